@@ -1,0 +1,283 @@
+"""Write and query functions shared by every layer. Each takes ``session=`` and never commits:
+the caller owns the transaction (importers are all-or-nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, SQLModel, select
+
+from db.errors import TheraPrefError
+from db.hashing import normalize_text, prompt_hash, text_hash
+from db.models import (
+    PREFERENCES,
+    Annotator,
+    AuditEvent,
+    CandidateModel,
+    Comparison,
+    GuidelineVersion,
+    Judgment,
+    Prompt,
+    Response,
+    utcnow,
+)
+
+SOURCE_PREFIX = "import:"
+
+
+class DataError(TheraPrefError, ValueError):
+    """Input that violates the data model (shown to the user as one line)."""
+
+
+def validate_messages(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Check a conversation: role/content dicts, user/assistant turns, ending in a user turn.
+
+    >>> validate_messages([{"role": "user", "content": "I feel low"}])
+    [{'role': 'user', 'content': 'I feel low'}]
+    >>> validate_messages([{"role": "assistant", "content": "hi"}])
+    Traceback (most recent call last):
+    ...
+    db.crud.DataError: conversation must end with a user turn
+    """
+    if not isinstance(messages, list) or not messages:
+        raise DataError("conversation is empty")
+    clean = []
+    for message in messages:
+        if not isinstance(message, dict):
+            raise DataError("each message must be an object with role and content")
+        role, content = message.get("role"), message.get("content")
+        if role not in ("user", "assistant"):
+            raise DataError(f"unexpected role {role!r} (expected user or assistant)")
+        if not isinstance(content, str) or not content.strip():
+            raise DataError(f"{role} message has no text content")
+        clean.append({"role": role, "content": content})
+    if clean[-1]["role"] != "user":
+        raise DataError("conversation must end with a user turn")
+    return clean
+
+
+def get_or_create_prompt(
+    messages: list[dict[str, Any]],
+    *,
+    session: Session,
+    system_prompt: str | None = None,
+    source: str = "manual",
+    external_id: str | None = None,
+    topic: str | None = None,
+    tags: list[str] | None = None,
+) -> tuple[Prompt, bool]:
+    messages = validate_messages(messages)
+    digest = prompt_hash(messages, system_prompt)
+    existing = session.exec(select(Prompt).where(Prompt.content_hash == digest)).first()
+    if existing is not None:
+        return existing, False
+    prompt = Prompt(
+        messages=messages,
+        system_prompt=system_prompt,
+        source=source,
+        external_id=external_id,
+        topic=topic,
+        tags=list(tags or []),
+        content_hash=digest,
+    )
+    session.add(prompt)
+    session.flush()
+    return prompt, True
+
+
+def get_or_create_candidate(
+    name: str, *, session: Session, provider: str, model_id: str = "", **fields: Any
+) -> tuple[CandidateModel, bool]:
+    """Find a candidate (or non-model source) by name, creating it when missing.
+
+    An existing row is updated with ``provider``/``model_id``/``fields`` so that the registry file
+    stays the source of truth.
+    """
+    candidate = session.exec(select(CandidateModel).where(CandidateModel.name == name)).first()
+    created = candidate is None
+    if created:
+        candidate = CandidateModel(name=name, provider=provider, model_id=model_id, **fields)
+    else:
+        candidate.provider, candidate.model_id = provider, model_id or candidate.model_id
+        for key, value in fields.items():
+            setattr(candidate, key, value)
+    session.add(candidate)
+    session.flush()
+    return candidate, created
+
+
+def add_response(
+    prompt: Prompt, candidate: CandidateModel, text: str, *, session: Session,
+    meta: dict[str, Any] | None = None,
+) -> tuple[Response, bool]:
+    if not isinstance(text, str) or not text.strip():
+        raise DataError("reply text is empty")
+    digest = text_hash(text)
+    existing = session.exec(
+        select(Response).where(
+            Response.prompt_id == prompt.id,
+            Response.candidate_model_id == candidate.id,
+            Response.text_hash == digest,
+        )
+    ).first()
+    if existing is not None:
+        return existing, False
+    response = Response(prompt_id=prompt.id, candidate_model_id=candidate.id, text=text.strip(),
+                        text_hash=digest, meta=dict(meta or {}))
+    session.add(response)
+    session.flush()
+    return response, True
+
+
+def add_comparison(
+    first: Response, second: Response, *, session: Session, judgments_required: int = 1
+) -> tuple[Comparison, bool]:
+    """Pair two distinct responses of one prompt, stored in canonical (id) order."""
+    if first.id == second.id:
+        raise DataError("a comparison needs two distinct responses")
+    if first.prompt_id != second.prompt_id:
+        raise DataError("both responses of a comparison must answer the same prompt")
+    low, high = sorted((first.id, second.id))
+    existing = session.exec(
+        select(Comparison).where(Comparison.response_a_id == low, Comparison.response_b_id == high)
+    ).first()
+    if existing is not None:
+        return existing, False
+    comparison = Comparison(prompt_id=first.prompt_id, response_a_id=low, response_b_id=high,
+                            judgments_required=judgments_required)
+    session.add(comparison)
+    session.flush()
+    return comparison, True
+
+
+def get_or_create_source_annotator(dataset: str, *, session: Session) -> Annotator:
+    """The non-login annotator that stands for an imported dataset (``import:<dataset>``)."""
+    username = dataset if dataset.startswith(SOURCE_PREFIX) else SOURCE_PREFIX + dataset
+    annotator = session.exec(select(Annotator).where(Annotator.username == username)).first()
+    if annotator is None:
+        annotator = Annotator(username=username, display_name=username, role="source",
+                              password_hash=None, credential="imported dataset")
+        session.add(annotator)
+        session.flush()
+    return annotator
+
+
+def add_judgment(
+    comparison: Comparison,
+    annotator: Annotator,
+    preferred: str,
+    *,
+    session: Session,
+    strength: int | None = None,
+    shown_left: str = "a",
+    flags_a: list[str] | None = None,
+    flags_b: list[str] | None = None,
+    rationale: str = "",
+    rewrite: str | None = None,
+    ms_spent: int | None = None,
+    guideline_version: int | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Judgment, bool]:
+    """Record one judgment; a second one by the same annotator (or with a used idempotency key)
+    returns the stored one with ``created=False`` instead of duplicating."""
+    if preferred not in PREFERENCES:
+        raise DataError(f"preferred must be one of {', '.join(PREFERENCES)}, not {preferred!r}")
+    if strength is not None and strength not in (1, 2, 3):
+        raise DataError("strength must be 1, 2 or 3")
+    if idempotency_key:
+        same_key = session.exec(select(Judgment).where(Judgment.idempotency_key == idempotency_key)).first()
+        if same_key is not None:
+            return same_key, False
+    existing = session.exec(
+        select(Judgment).where(Judgment.comparison_id == comparison.id,
+                               Judgment.annotator_id == annotator.id)
+    ).first()
+    if existing is not None:
+        return existing, False
+    judgment = Judgment(
+        comparison_id=comparison.id, annotator_id=annotator.id, preferred=preferred,
+        strength=strength, shown_left=shown_left, flags_a=list(flags_a or []),
+        flags_b=list(flags_b or []), rationale=rationale or "", rewrite=rewrite or None,
+        ms_spent=ms_spent, guideline_version=guideline_version, idempotency_key=idempotency_key,
+    )
+    session.add(judgment)
+    comparison.judgments_count = (comparison.judgments_count or 0) + 1
+    session.add(comparison)
+    session.flush()
+    return judgment, True
+
+
+def current_guideline(*, session: Session) -> GuidelineVersion | None:
+    return session.exec(select(GuidelineVersion).order_by(GuidelineVersion.version.desc())).first()
+
+
+def add_guideline_version(text: str, *, session: Session, author: Annotator | None = None) -> GuidelineVersion:
+    if not text.strip():
+        raise DataError("guidelines text is empty")
+    latest = current_guideline(session=session)
+    version = GuidelineVersion(version=(latest.version + 1) if latest else 1, text=text,
+                               author_id=author.id if author else None)
+    session.add(version)
+    session.flush()
+    return version
+
+
+def audit(actor: str, action: str, *, session: Session, target: str = "",
+          details: dict[str, Any] | None = None) -> AuditEvent:
+    event = AuditEvent(actor=actor, action=action, target=target, details=dict(details or {}))
+    session.add(event)
+    session.flush()
+    return event
+
+
+def table_counts(*, session: Session) -> dict[str, int]:
+    counts = {}
+    for table in SQLModel.metadata.sorted_tables:
+        counts[table.name] = session.exec(select(func.count()).select_from(table)).one()
+    return counts
+
+
+def counts_by_source(*, session: Session) -> dict[str, dict[str, int]]:
+    """Prompts per source, and judgments per annotator kind (clinicians vs each imported source)."""
+    prompts = dict(session.exec(select(Prompt.source, func.count()).group_by(Prompt.source)).all())
+    judgments_rows = session.exec(
+        select(Annotator.role, Annotator.username, func.count(Judgment.id))
+        .join(Judgment, Judgment.annotator_id == Annotator.id)
+        .group_by(Annotator.role, Annotator.username)
+    ).all()
+    judgments: dict[str, int] = {}
+    for role, username, count in judgments_rows:
+        key = username if role == "source" else "clinicians"
+        judgments[key] = judgments.get(key, 0) + count
+    return {"prompts": prompts, "judgments": judgments}
+
+
+def counts_by_candidate(*, session: Session) -> list[dict[str, Any]]:
+    rows = session.exec(
+        select(CandidateModel.name, CandidateModel.provider, func.count(Response.id))
+        .join(Response, Response.candidate_model_id == CandidateModel.id, isouter=True)
+        .group_by(CandidateModel.name, CandidateModel.provider)
+        .order_by(CandidateModel.name)
+    ).all()
+    return [{"name": n, "provider": p, "responses": c} for n, p, c in rows]
+
+
+def database_fingerprint(*, session: Session) -> str:
+    """A short digest of what the database holds (row counts and newest ids) for provenance."""
+    state = {}
+    for table in SQLModel.metadata.sorted_tables:
+        if "id" in table.c and table.name not in ("auditevent", "exportrun", "reservation"):
+            state[table.name] = list(session.exec(select(func.count(), func.max(table.c.id))).one())
+    payload = json.dumps(state, sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+__all__ = [
+    "DataError", "validate_messages", "get_or_create_prompt", "get_or_create_candidate",
+    "add_response", "add_comparison", "get_or_create_source_annotator", "add_judgment",
+    "current_guideline", "add_guideline_version", "audit", "table_counts", "counts_by_source",
+    "counts_by_candidate", "database_fingerprint", "normalize_text", "utcnow",
+]

@@ -1,0 +1,250 @@
+"""TheraPref tables (SQLModel).
+
+Change the schema only through an Alembic migration in ``db/migrations/versions``.
+
+Conventions:
+- ``Judgment.preferred`` speaks of the comparison's own ``a``/``b`` (``Comparison.response_a_id`` /
+  ``response_b_id``), never of screen positions; ``shown_left`` records which one was on the left.
+- A comparison stores its two responses in canonical order (``response_a_id < response_b_id``), so
+  the pair {x, y} exists once whatever order a pairing routine proposes it in.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Column,
+    ForeignKeyConstraint,
+    Index,
+    UniqueConstraint,
+)
+from sqlmodel import Field, SQLModel
+
+PREFERENCES = ("a", "b", "tie", "both_bad")
+ROLES = ("clinician", "admin", "source")
+SAFETY_FLAGS = {
+    "misses_risk": "Misses risk or crisis cues",
+    "harmful_advice": "Harmful or unsafe advice",
+    "dismissive": "Dismissive or invalidating",
+    "toxic": "Toxic language",
+    "boundary": "Boundary or role violation",
+    "factual_error": "Factual error",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _json_column(default: Any = None) -> Any:
+    return Field(default_factory=lambda: default() if callable(default) else default,
+                 sa_column=Column(JSON, nullable=True))
+
+
+class Annotator(SQLModel, table=True):
+    """A person who judges (clinician/admin) or a non-login source of imported preferences."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    username: str = Field(index=True, unique=True, max_length=120)
+    display_name: str = Field(default="", max_length=200)
+    role: str = Field(default="clinician", max_length=20)
+    password_hash: Optional[str] = Field(default=None, max_length=255)
+    credential: str = Field(default="", max_length=200)
+    is_active: bool = Field(default=True)
+    failed_logins: int = Field(default=0)
+    locked_until: Optional[datetime] = None
+    last_login_at: Optional[datetime] = None
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("role IN ('clinician', 'admin', 'source')", name="ck_annotator_role"),
+    )
+
+
+class GuidelineVersion(SQLModel, table=True):
+    """One version of the rating rubric; the newest is in force and stamped on each judgment."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    version: int = Field(unique=True)
+    text: str
+    author_id: Optional[int] = Field(default=None, foreign_key="annotator.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Prompt(SQLModel, table=True):
+    """A conversation so far (chat messages ending in a user turn)."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    messages: list[dict[str, str]] = _json_column(list)
+    system_prompt: Optional[str] = None
+    source: str = Field(default="manual", index=True, max_length=200)
+    external_id: Optional[str] = Field(default=None, max_length=500)
+    topic: Optional[str] = Field(default=None, index=True, max_length=200)
+    tags: list[str] = _json_column(list)
+    content_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CandidateModel(SQLModel, table=True):
+    """A model (or non-model source such as ``reference``) whose replies are compared.
+
+    API keys are never stored: ``api_key_env`` names the environment variable holding one.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=200)
+    provider: str = Field(max_length=50)
+    model_id: str = Field(default="", max_length=500)
+    endpoint: Optional[str] = Field(default=None, max_length=1000)
+    api_key_env: Optional[str] = Field(default=None, max_length=200)
+    params: dict[str, Any] = _json_column(dict)
+    system_prompt: Optional[str] = None
+    replies_per_prompt: int = Field(default=1)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Response(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    candidate_model_id: int = Field(foreign_key="candidatemodel.id", index=True)
+    text: str
+    text_hash: str = Field(max_length=64)
+    meta: dict[str, Any] = _json_column(dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "candidate_model_id", "text_hash", name="uq_response_text"),
+        # Target of the comparison's composite keys: a response "belongs to" a prompt.
+        UniqueConstraint("id", "prompt_id", name="uq_response_id_prompt"),
+    )
+
+
+class Comparison(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    response_a_id: int
+    response_b_id: int
+    judgments_required: int = Field(default=1)
+    judgments_count: int = Field(default=0)
+    gold_answer: Optional[str] = Field(default=None, max_length=10)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("response_a_id < response_b_id", name="ck_comparison_distinct"),
+        CheckConstraint("judgments_required >= 1", name="ck_comparison_required"),
+        ForeignKeyConstraint(["response_a_id", "prompt_id"], ["response.id", "response.prompt_id"],
+                             name="fk_comparison_a_prompt"),
+        ForeignKeyConstraint(["response_b_id", "prompt_id"], ["response.id", "response.prompt_id"],
+                             name="fk_comparison_b_prompt"),
+        UniqueConstraint("response_a_id", "response_b_id", name="uq_comparison_pair"),
+        # The assignment query scans open comparisons by how many judgments they still need.
+        Index("ix_comparison_queue", "judgments_count", "judgments_required", "id"),
+    )
+
+
+class Judgment(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    preferred: str = Field(max_length=10)
+    strength: Optional[int] = None
+    shown_left: str = Field(default="a", max_length=1)
+    flags_a: list[str] = _json_column(list)
+    flags_b: list[str] = _json_column(list)
+    rationale: str = ""
+    rewrite: Optional[str] = None
+    ms_spent: Optional[int] = None
+    guideline_version: Optional[int] = None
+    idempotency_key: Optional[str] = Field(default=None, unique=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+    __table_args__ = (
+        UniqueConstraint("comparison_id", "annotator_id", name="uq_judgment_once"),
+        CheckConstraint("preferred IN ('a', 'b', 'tie', 'both_bad')", name="ck_judgment_preferred"),
+        CheckConstraint("strength IS NULL OR (strength BETWEEN 1 AND 3)", name="ck_judgment_strength"),
+        CheckConstraint("shown_left IN ('a', 'b')", name="ck_judgment_shown_left"),
+    )
+
+
+class Reservation(SQLModel, table=True):
+    """A comparison held for one annotator while it is on their screen (expires)."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    token: str = Field(max_length=64, unique=True)
+    expires_at: datetime = Field(index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("comparison_id", "annotator_id", name="uq_reservation"),)
+
+
+class Skip(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    reason: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("comparison_id", "annotator_id", name="uq_skip_once"),)
+
+
+class GenerationFailure(SQLModel, table=True):
+    """The last failed attempt to generate replies for (prompt, candidate); retried next run."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    candidate_model_id: int = Field(foreign_key="candidatemodel.id", index=True)
+    error: str = ""
+    attempts: int = Field(default=1)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "candidate_model_id", name="uq_generation_failure"),
+    )
+
+
+class RewardModelRun(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    path: str
+    base_model: str = ""
+    config: dict[str, Any] = _json_column(dict)
+    metrics: dict[str, Any] = _json_column(dict)
+    data_fingerprint: str = Field(default="", max_length=64)
+    n_train: int = 0
+    n_eval: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ResponseScore(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    response_id: int = Field(foreign_key="response.id", index=True)
+    reward_model_run_id: int = Field(foreign_key="rewardmodelrun.id", index=True)
+    score: float
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("response_id", "reward_model_run_id", name="uq_score"),)
+
+
+class ExportRun(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=50)
+    path: str
+    filters: dict[str, Any] = _json_column(dict)
+    counts: dict[str, Any] = _json_column(dict)
+    data_fingerprint: str = Field(default="", max_length=64)
+    actor: str = Field(default="cli", max_length=200)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEvent(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    actor: str = Field(max_length=200)
+    action: str = Field(max_length=100, index=True)
+    target: str = Field(default="", max_length=500)
+    details: dict[str, Any] = _json_column(dict)
+    created_at: datetime = Field(default_factory=utcnow, index=True)

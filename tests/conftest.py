@@ -1,0 +1,89 @@
+"""Shared fixtures: real SQLite files, a real PostgreSQL server, small real databases."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+from sqlmodel import Session
+
+from db.engine import make_engine
+from db.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+GABY = SHARED_DATA / "gaby_sft_sample.jsonl"
+COUNSEL_CHAT = SHARED_DATA / "counsel_chat.csv"
+DIALOGFLOW = SHARED_DATA / "dialogflow_augmend.zip"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.pop("THERAPREF_DATABASE_URL", None)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"shared data missing at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    from tests.pg import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'therapref.db'}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    return postgres_server.create_database(f"t{os.getpid()}_{next(_db_counter)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db_url(request, tmp_path) -> str:
+    """A migrated, empty database on a SQLite file and on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'therapref.db'}"
+    return request.getfixturevalue("postgresql_url_fixture")
+
+
+@pytest.fixture
+def postgresql_url_fixture(postgres_server) -> str:
+    return postgres_server.create_database(f"t{os.getpid()}_{next(_db_counter)}")
+
+
+@pytest.fixture
+def engine(sqlite_url):
+    """A migrated SQLite file database."""
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def any_engine(any_db_url):
+    """A migrated database, once on SQLite and once on PostgreSQL."""
+    engine = make_engine(any_db_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session(engine):
+    with Session(engine, expire_on_commit=False) as session:
+        yield session

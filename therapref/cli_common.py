@@ -1,0 +1,73 @@
+"""Pieces every command shares: the ``--db`` option, opening the database, one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Optional
+
+import typer
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from db.engine import make_engine
+from db.errors import TheraPrefError
+from therapref.settings import Settings
+
+DbOption = Annotated[
+    Optional[str],
+    typer.Option("--db", help="SQLAlchemy URL or SQLite file (env THERAPREF_DATABASE_URL; default therapref.db)",
+                 show_default=False),
+]
+ConfigOption = Annotated[
+    Optional[str], typer.Option("--settings", help="TOML settings file (default therapref.toml if present)")
+]
+
+
+def settings_for(db: str | None, **overrides) -> Settings:
+    return Settings.load({"database_url": db, **overrides})
+
+
+def open_engine(db: str | None, *, migrate: bool = True) -> Engine:
+    """Engine for the chosen database, migrated to the newest schema (cheap when up to date)."""
+    from db.migrate import upgrade
+
+    settings = settings_for(db)
+    engine = make_engine(settings.database_url)
+    if migrate:
+        with errors():
+            upgrade(engine)
+    return engine
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"Error: {message}", err=True, fg=typer.colors.RED)
+    return typer.Exit(code)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Turn user-facing errors into one line on stderr and exit status 1 (no traceback)."""
+    try:
+        yield
+    except TheraPrefError as exc:
+        raise fail(str(exc)) from None
+    except IntegrityError as exc:
+        raise fail(f"database constraint violated: {str(exc.orig).splitlines()[0]}") from None
+    except OperationalError as exc:
+        raise fail(f"database error: {str(exc.orig).splitlines()[0]}") from None
+    except KeyboardInterrupt:
+        typer.secho("Interrupted; nothing half-written was kept.", err=True)
+        raise typer.Exit(130) from None
+
+
+def read_password(password_stdin: bool, *, confirm: bool = True) -> str:
+    """A password from stdin (one line) or an interactive prompt; never from argv."""
+    if password_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+        if not password:
+            raise fail("no password on standard input")
+        return password
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
