@@ -1,0 +1,1 @@
+"""Candidate models: registry, generation (OpenAI-compatible endpoints, embedded local model), pairing."""
