@@ -1,0 +1,95 @@
+"""The demo project: patient messages written for TheraPref, two embedded candidates, their
+replies, comparisons (some judged by two clinicians, for agreement) and two accounts."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from sqlalchemy.engine import Engine
+
+from candidates.demo_prompts import DEMO_PROMPTS
+from db.auth import create_annotator, get_annotator, set_password
+from db.crud import audit, get_or_create_prompt
+from db.engine import session_scope
+from db.migrate import upgrade
+
+DEMO_SOURCE = "demo"
+DEMO_ACCOUNTS = (("demo-admin", "admin", "Demo Admin"), ("demo-clinician", "clinician", "Demo Clinician"))
+
+
+@dataclass
+class DemoResult:
+    prompts_added: int = 0
+    prompts_total: int = 0
+    credentials: dict[str, str] = field(default_factory=dict)
+    generation: object | None = None
+    pairing: object | None = None
+
+    def lines(self) -> list[str]:
+        out = [f"Prompts: {self.prompts_added} added, {self.prompts_total} in the demo set."]
+        if self.generation is not None:
+            out.append(f"Generation: {self.generation}")
+        if self.pairing is not None:
+            out.append(f"Pairs: {self.pairing}")
+        return out
+
+
+def _password() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def seed_demo_prompts(*, session) -> int:  # noqa: ANN001
+    added = 0
+    for index, (topic, text) in enumerate(DEMO_PROMPTS):
+        _, created = get_or_create_prompt([{"role": "user", "content": text}], session=session,
+                                          source=DEMO_SOURCE, external_id=f"demo-{index:02d}", topic=topic)
+        added += created
+    return added
+
+
+def reset_demo_accounts(*, session) -> dict[str, str]:  # noqa: ANN001
+    """Create the demo accounts, or give them fresh random passwords; return the credentials."""
+    credentials = {}
+    for username, role, display in DEMO_ACCOUNTS:
+        password = _password()
+        if get_annotator(username, session=session) is None:
+            create_annotator(username, password, session=session, role=role, display_name=display,
+                             credential="demo")
+        else:
+            set_password(username, password, session=session)
+        credentials[username] = password
+    audit("demo", "demo.accounts_reset", session=session, target=",".join(credentials))
+    return credentials
+
+
+def build_demo(engine: Engine, *, generate: bool = True, progress: bool = True,
+               overlap: int = 2, overlap_fraction: float = 0.25) -> DemoResult:
+    """Build (or top up) the demo project in ``engine``'s database. Idempotent."""
+    from candidates.pairing import make_pairs
+    from candidates.registry import demo_candidates, sync_registry
+
+    upgrade(engine)
+    result = DemoResult(prompts_total=len(DEMO_PROMPTS))
+    with session_scope(engine) as session:
+        result.prompts_added = seed_demo_prompts(session=session)
+        _seed_guidelines(session=session)
+        result.credentials = reset_demo_accounts(session=session)
+        specs = demo_candidates()
+        sync_registry(specs, session=session)
+    if generate:
+        from candidates.generate import run_generation
+
+        result.generation = run_generation(engine, specs, progress=progress)
+    with session_scope(engine) as session:
+        result.pairing = make_pairs(session=session, overlap=overlap, overlap_fraction=overlap_fraction, seed=0)
+    return result
+
+
+def _seed_guidelines(*, session) -> None:  # noqa: ANN001
+    from db.crud import add_guideline_version, current_guideline
+
+    if current_guideline(session=session) is None:
+        from db.guidelines import default_guidelines
+
+        add_guideline_version(default_guidelines(), session=session)

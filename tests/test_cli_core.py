@@ -1,0 +1,125 @@
+"""Core commands through typer's CliRunner on real SQLite files (and PostgreSQL for init/status)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from db.engine import make_engine
+from db.models import Annotator, AuditEvent
+from therapref.cli import app
+
+runner = CliRunner()
+PASSWORD = "a-long-enough-password"
+
+CORE_COMMANDS = [
+    ["init"], ["db"], ["db", "upgrade"], ["status"], ["backup"], ["demo"],
+    ["annotators"], ["annotators", "add"], ["annotators", "list"], ["annotators", "deactivate"],
+    ["annotators", "reset-password"],
+]
+
+
+@pytest.mark.parametrize("command", CORE_COMMANDS, ids=" ".join)
+def test_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("therapref ")
+
+
+def test_init_upgrade_status(tmp_path):
+    db = str(tmp_path / "t.db")
+    result = runner.invoke(app, ["init", "--db", db])
+    assert result.exit_code == 0, result.output
+    assert "Database ready" in result.output
+    result = runner.invoke(app, ["db", "upgrade", "--db", db])
+    assert result.exit_code == 0 and "-> 0001" in result.output
+    result = runner.invoke(app, ["status", "--db", db, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["tables"]["prompt"] == 0
+    assert set(report) == {"tables", "by_source", "by_candidate"}
+    text = runner.invoke(app, ["status", "--db", db])
+    assert "Tables:" in text.output and "prompt" in text.output
+
+
+def test_status_on_postgres(postgres_url):
+    result = runner.invoke(app, ["status", "--db", postgres_url, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["tables"]["judgment"] == 0
+
+
+def test_database_url_from_env(tmp_path, monkeypatch):
+    db = tmp_path / "env.db"
+    monkeypatch.setenv("THERAPREF_DATABASE_URL", f"sqlite:///{db}")
+    result = runner.invoke(app, ["init"])
+    assert result.exit_code == 0, result.output
+    assert db.exists()
+
+
+def test_annotators_lifecycle(tmp_path):
+    db = str(tmp_path / "t.db")
+    add = runner.invoke(app, ["annotators", "add", "dr.kim", "--role", "admin", "--credential", "LCSW",
+                              "--password-stdin", "--db", db], input=PASSWORD + "\n")
+    assert add.exit_code == 0, add.output
+    assert PASSWORD not in add.output
+    dup = runner.invoke(app, ["annotators", "add", "dr.kim", "--password-stdin", "--db", db], input=PASSWORD + "\n")
+    assert dup.exit_code == 1 and "already exists" in dup.output
+    short = runner.invoke(app, ["annotators", "add", "x", "--password-stdin", "--db", db], input="abc\n")
+    assert short.exit_code == 1 and "at least" in short.output
+    prompted = runner.invoke(app, ["annotators", "add", "nurse.jo", "--db", db],
+                             input=f"{PASSWORD}\n{PASSWORD}\n")
+    assert prompted.exit_code == 0, prompted.output
+    listing = runner.invoke(app, ["annotators", "list", "--db", db])
+    assert "dr.kim" in listing.output and "admin" in listing.output and "nurse.jo" in listing.output
+    assert runner.invoke(app, ["annotators", "deactivate", "nurse.jo", "--db", db]).exit_code == 0
+    assert "inactive" in runner.invoke(app, ["annotators", "list", "--db", db]).output
+    reset = runner.invoke(app, ["annotators", "reset-password", "dr.kim", "--password-stdin", "--db", db],
+                          input="another-long-password\n")
+    assert reset.exit_code == 0, reset.output
+    missing = runner.invoke(app, ["annotators", "deactivate", "ghost", "--db", db])
+    assert missing.exit_code == 1 and "no annotator" in missing.output
+    engine = make_engine(db)
+    with Session(engine) as session:
+        hashes = [a.password_hash for a in session.exec(select(Annotator))]
+        actions = [e.action for e in session.exec(select(AuditEvent))]
+    assert all(h.startswith("$argon2") for h in hashes)
+    assert "annotator.add" in actions and "annotator.deactivate" in actions and "annotator.reset_password" in actions
+    dump = "\n".join(sqlite3.connect(db).iterdump())
+    assert PASSWORD not in dump and "another-long-password" not in dump
+
+
+def test_backup(tmp_path):
+    db = str(tmp_path / "t.db")
+    runner.invoke(app, ["annotators", "add", "dr.kim", "--password-stdin", "--db", db], input=PASSWORD + "\n")
+    target = tmp_path / "copy.db"
+    result = runner.invoke(app, ["backup", str(target), "--db", db])
+    assert result.exit_code == 0, result.output
+    copy = sqlite3.connect(target)
+    assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert copy.execute("select username from annotator").fetchall() == [("dr.kim",)]
+    again = runner.invoke(app, ["backup", str(target), "--db", db])
+    assert again.exit_code == 1 and "exists" in again.output
+    assert runner.invoke(app, ["backup", str(target), "--db", db, "--force"]).exit_code == 0
+    nowhere = runner.invoke(app, ["backup", str(tmp_path / "no" / "such" / "dir.db"), "--db", db])
+    assert nowhere.exit_code == 1 and "not a directory" in nowhere.output
+
+
+def test_backup_refuses_postgres(postgres_url, tmp_path):
+    result = runner.invoke(app, ["backup", str(tmp_path / "x.db"), "--db", postgres_url])
+    assert result.exit_code == 1 and "pg_dump" in result.output
+
+
+def test_unreachable_database_is_one_line(tmp_path):
+    result = runner.invoke(app, ["status", "--db", "postgresql://nobody@127.0.0.1:1/none"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: database error:")
+    assert "Traceback" not in result.output
