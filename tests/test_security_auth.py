@@ -1,0 +1,151 @@
+"""Accounts: argon2 hashes, passwords never in logs/output/tables, lockout, audit of admin actions.
+
+Runs the real CLI as a subprocess and the library against SQLite and a real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from argon2 import PasswordHasher
+from sqlmodel import Session, select
+
+from db.auth import LOCKOUT, MAX_FAILED_LOGINS, authenticate, create_annotator, is_locked
+from db.engine import make_engine
+from db.models import Annotator, AuditEvent, utcnow
+from tests.reliability_helpers import dump_tables, run_cli
+
+SECRET = "PlantedPassw0rd-7f3a9c"
+
+
+@pytest.fixture
+def cli_db(tmp_path):
+    url = f"sqlite:///{tmp_path / 'sec.db'}"
+    result = run_cli("init", "--db", url)
+    assert result.returncode == 0, result.stderr
+    return url
+
+
+def test_cli_add_user_hashes_with_argon2_and_never_prints_password(cli_db, tmp_path):
+    add = run_cli("annotators", "add", "alice", "--db", cli_db, "--role", "admin", "--password-stdin",
+                  input=SECRET + "\n")
+    assert add.returncode == 0, add.stderr
+    reset = run_cli("annotators", "reset-password", "alice", "--db", cli_db, "--password-stdin",
+                    input=SECRET + "-new\n")
+    assert reset.returncode == 0, reset.stderr
+    listing = run_cli("annotators", "list", "--db", cli_db)
+    short = run_cli("annotators", "add", "bob", "--db", cli_db, "--password-stdin", input="short\n")
+    assert short.returncode == 1 and short.stderr.count("\n") == 1 and "short" not in short.stderr
+    output = "".join(r.stdout + r.stderr for r in (add, reset, listing, short))
+    assert SECRET not in output
+
+    engine = make_engine(cli_db)
+    with Session(engine) as session:
+        alice = session.exec(select(Annotator).where(Annotator.username == "alice")).one()
+        assert alice.password_hash.startswith("$argon2id$")
+        assert PasswordHasher().verify(alice.password_hash, SECRET + "-new")
+        assert authenticate("alice", SECRET + "-new", session=session) is not None
+    dump = dump_tables(engine)
+    assert SECRET not in dump, "a password reached the database in clear text"
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all(SECRET.encode() not in p.read_bytes() for p in files)
+
+
+def test_library_login_never_logs_password(engine, caplog):
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)  # SQL echo would show bound params
+    try:
+        with Session(engine, expire_on_commit=False) as session:
+            create_annotator("carol", SECRET, session=session)
+            session.commit()
+            assert authenticate("carol", "wrong-" + SECRET, session=session) is None
+            assert authenticate("carol", SECRET, session=session) is not None
+            session.commit()
+    finally:
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
+    assert caplog.records, "SQL logging was expected to capture statements"
+    assert SECRET not in caplog.text
+
+
+def test_lockout_after_repeated_failures(any_engine):
+    with Session(any_engine, expire_on_commit=False) as session:
+        create_annotator("dave", SECRET, session=session)
+        session.commit()
+        for _ in range(MAX_FAILED_LOGINS - 1):
+            assert authenticate("dave", "nope-nope-nope", session=session) is None
+        session.commit()
+        assert not is_locked("dave", session=session)
+        assert authenticate("dave", "nope-nope-nope", session=session) is None
+        session.commit()
+        assert is_locked("dave", session=session)
+        # Locked: even the right password fails, and the lock is not lifted by trying.
+        assert authenticate("dave", SECRET, session=session) is None
+        session.commit()
+        assert is_locked("dave", session=session)
+        # When the lock expires the right password works again.
+        dave = session.exec(select(Annotator).where(Annotator.username == "dave")).one()
+        dave.locked_until = utcnow() - timedelta(seconds=1)
+        session.add(dave)
+        session.commit()
+        assert authenticate("dave", SECRET, session=session) is not None
+        assert LOCKOUT >= timedelta(minutes=5)
+
+
+def test_unknown_inactive_and_source_accounts_cannot_log_in(engine):
+    from db.auth import set_active
+    from db.crud import get_or_create_source_annotator
+
+    with Session(engine, expire_on_commit=False) as session:
+        create_annotator("erin", SECRET, session=session)
+        source = get_or_create_source_annotator("counselchat-upvotes", session=session)
+        assert source.password_hash is None
+        set_active("erin", False, session=session)
+        session.commit()
+        assert authenticate("erin", SECRET, session=session) is None
+        assert authenticate("nobody", SECRET, session=session) is None
+        assert authenticate(source.username, "", session=session) is None
+        assert authenticate(source.username, SECRET, session=session) is None
+
+
+def test_cli_reset_password_lifts_lockout(cli_db):
+    assert run_cli("annotators", "add", "frank", "--db", cli_db, "--password-stdin",
+                   input=SECRET + "\n").returncode == 0
+    engine = make_engine(cli_db)
+    with Session(engine, expire_on_commit=False) as session:
+        for _ in range(MAX_FAILED_LOGINS):
+            authenticate("frank", "wrong-password", session=session)
+        session.commit()
+        assert is_locked("frank", session=session)
+    assert run_cli("annotators", "reset-password", "frank", "--db", cli_db, "--password-stdin",
+                   input=SECRET + "2\n").returncode == 0
+    with Session(engine, expire_on_commit=False) as session:
+        assert not is_locked("frank", session=session)
+        assert authenticate("frank", SECRET + "2", session=session) is not None
+
+
+def test_admin_actions_are_audited(cli_db):
+    started = utcnow()
+    for args, stdin in [
+        (("annotators", "add", "gina", "--role", "admin"), SECRET + "\n"),
+        (("annotators", "add", "hank"), SECRET + "\n"),
+        (("annotators", "reset-password", "hank"), SECRET + "x\n"),
+        (("annotators", "deactivate", "hank"), None),
+    ]:
+        extra = ("--password-stdin",) if stdin else ()
+        result = run_cli(*args, "--db", cli_db, *extra, input=stdin)
+        assert result.returncode == 0, result.stderr
+    engine = make_engine(cli_db)
+    with Session(engine) as session:
+        events = session.exec(select(AuditEvent).order_by(AuditEvent.id)).all()
+    seen = [(e.action, e.target) for e in events]
+    assert ("annotator.add", "gina") in seen
+    assert ("annotator.add", "hank") in seen
+    assert ("annotator.reset_password", "hank") in seen
+    assert ("annotator.deactivate", "hank") in seen
+    for event in events:
+        assert event.actor, "every audit event names who acted"
+        created = event.created_at if event.created_at.tzinfo else event.created_at.replace(tzinfo=started.tzinfo)
+        assert created >= started - timedelta(seconds=5), "every audit event says when"
+        assert SECRET not in repr(event.details)
