@@ -1,7 +1,147 @@
-"""Commands of this area are registered here."""
+"""``therapref export …`` and ``therapref finetune openai …``: parse, call one library function, print."""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
+
+from therapref.cli_common import DbOption, errors, fail, open_engine
+
+finetune_app = typer.Typer(help="Fine-tune hosted models on exported files.", no_args_is_help=True)
+
+
+class Kind(StrEnum):
+    sft = "sft"
+    dpo = "dpo"
+    openai_dpo = "openai-dpo"
+    kto = "kto"
+    hf = "hf"
+
+
+class Sources(StrEnum):
+    clinicians = "clinicians"
+    imported = "imported"
+    both = "both"
+
+
+class Selection(StrEnum):
+    majority = "majority"
+    bt = "bt"
+    reference = "reference"
+    reward = "reward"
+
+
+class Method(StrEnum):
+    sft = "sft"
+    dpo = "dpo"
+
+
+def export(
+    kind: Annotated[Kind, typer.Argument(help="sft | dpo | openai-dpo | kto | hf")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (a folder for hf).")],
+    db: DbOption = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
+    scrub_pii: Annotated[bool, typer.Option(help="Replace e-mails, phones, URLs and names with placeholders.")] = False,
+    sources: Annotated[Sources, typer.Option(help="Whose judgments count.")] = Sources.clinicians,
+    min_votes: Annotated[int, typer.Option(help="Least judgments per comparison / reply.")] = 1,
+    min_margin: Annotated[int, typer.Option(help="Least vote difference between winner and loser.")] = 1,
+    min_agreement: Annotated[float, typer.Option(help="Least share of votes for the winner (0..1).")] = 0.0,
+    guideline_version: Annotated[Optional[int], typer.Option(
+        help="Only judgments under this guideline version.")] = None,
+    candidate: Annotated[Optional[list[str]], typer.Option(
+        "--candidate", help="Only replies of this candidate model (repeat for several).")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Only judgments at/after this ISO date(-time), UTC.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Only judgments before this ISO date(-time), UTC.")] = None,
+    exclude_flagged: Annotated[bool, typer.Option(help="Drop every item involving a flagged reply.")] = False,
+    system_prompt: Annotated[Optional[str], typer.Option(
+        help="System message for every row (default: each prompt's own).")] = None,
+    select: Annotated[Selection, typer.Option(
+        "--select", help="SFT preferred reply: majority, bt, reference (every reply of --reference-candidate), reward.")
+    ] = Selection.majority,
+    reference_candidate: Annotated[str, typer.Option(help="Candidate whose replies are references.")] = "reference",
+    prefer_source: Annotated[Optional[str], typer.Option(
+        help="SFT: use this candidate's reply for a prompt whenever it has one.")] = None,
+    rewrites: Annotated[str, typer.Option(help="Clinician rewrites: prefer or skip.")] = "prefer",
+    reward_model: Annotated[Optional[Path], typer.Option(help="Reward model folder (--select reward).")] = None,
+    margin: Annotated[bool, typer.Option(help="DPO: write the optional margin column.")] = True,
+) -> None:
+    """Export training data: SFT, DPO (TRL), OpenAI preference, KTO, or an HF dataset folder."""
+    from exports.filters import ExportFilters, parse_when
+    from exports.run import ExportOptions, run_export
+
+    with errors():
+        filters = ExportFilters(
+            sources=sources.value, min_votes=min_votes, min_margin=min_margin, min_agreement=min_agreement,
+            guideline_version=guideline_version, candidate_models=tuple(candidate or ()),
+            since=parse_when(since, name="since"), until=parse_when(until, name="until"),
+            exclude_flagged=exclude_flagged,
+        )
+        options = ExportOptions(
+            force=force, scrub_pii=scrub_pii, system_prompt=system_prompt, selection=select.value,
+            reference_candidate=reference_candidate, prefer_source=prefer_source, rewrites=rewrites,
+            reward_model=str(reward_model) if reward_model else None, margin=margin,
+            command=["therapref", *sys.argv[1:]],
+        )
+        engine = open_engine(db)
+
+        def progress(n: int) -> None:
+            typer.echo(f"  … {n:,} read", err=True)
+
+        result = run_export(kind.value, output, engine=engine, filters=filters, options=options,
+                            progress=progress)
+    counts = result.counts
+    dropped = ", ".join(f"{reason} {n:,}" for reason, n in counts["dropped"].items()) or "none"
+    typer.echo(f"Wrote {result.rows:,} {kind.value} rows to {result.path} "
+               f"({counts['in']:,} {counts['unit']} read; dropped: {dropped}).")
+    if "pii_replaced" in counts:
+        pii = ", ".join(f"{k} {v:,}" for k, v in counts["pii_replaced"].items())
+        typer.echo(f"PII replaced: {pii}.")
+    typer.echo(f"Manifest: {result.manifest}")
+
+
+@finetune_app.command("openai")
+def finetune_openai(
+    file: Annotated[Path, typer.Argument(
+        help="SFT JSONL (export sft) or OpenAI preference JSONL (export openai-dpo).")],
+    method: Annotated[Method, typer.Option(help="sft (supervised) or dpo (preference).")] = Method.sft,
+    model: Annotated[str, typer.Option(help="Base model id to fine-tune.")] = "gpt-4.1-mini-2025-04-14",
+    db: DbOption = None,
+    dry_run: Annotated[bool, typer.Option(help="Validate the file only; upload nothing.")] = False,
+    follow: Annotated[bool, typer.Option(help="Poll until done, then register the ft: model as a candidate.")] = False,
+    suffix: Annotated[Optional[str], typer.Option(help="Up to 64 characters added to the model name.")] = None,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
+    base_url: Annotated[Optional[str], typer.Option(help="API base URL (default: OpenAI).")] = None,
+    n_epochs: Annotated[Optional[int], typer.Option(help="Epochs (default: auto).")] = None,
+    beta: Annotated[Optional[float], typer.Option(help="DPO beta (default: auto).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Token limit per example.")] = 65_536,
+    poll_seconds: Annotated[float, typer.Option(help="Seconds between status polls.")] = 10.0,
+    timeout: Annotated[Optional[float], typer.Option(help="Stop following after this many seconds.")] = None,
+) -> None:
+    """Validate a training file, upload it and start (and optionally follow) an OpenAI fine-tuning job."""
+    from exports.openai_ft import FinetuneConfig, run_finetune
+
+    config = FinetuneConfig(method=method.value, model=model, suffix=suffix, n_epochs=n_epochs, beta=beta,
+                            max_tokens=max_tokens, base_url=base_url, api_key_env=api_key_env, follow=follow,
+                            poll_seconds=poll_seconds, timeout_seconds=timeout)
+    api_key = None if dry_run else os.environ.get(api_key_env)
+    if not dry_run and not api_key:
+        raise fail(f"environment variable {api_key_env} is not set (it must hold the OpenAI API key)")
+    with errors():
+        engine = None if dry_run else open_engine(db)
+        result = run_finetune(file, config=config, api_key=api_key, engine=engine, dry_run=dry_run,
+                              log=typer.echo)
+    if dry_run:
+        typer.echo("Dry run: the file is valid; nothing was uploaded.")
+    elif not follow:
+        typer.echo(f"Job {result.job_id} started; rerun with --follow or check the OpenAI dashboard.")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+    app.command("export")(export)
+    app.add_typer(finetune_app, name="finetune")

@@ -1,0 +1,184 @@
+"""Streaming reads for exports. Votes are aggregated per comparison in SQL, rows are fetched in
+batches (server-side cursor on PostgreSQL, a lazy cursor on SQLite), so memory does not grow with
+the number of judgments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import String, and_, case, cast, func, or_, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import aliased
+
+from db.models import Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
+from exports.filters import CLINICIAN_ROLES, ExportFilters, judgment_conditions
+
+BATCH = 2000
+J, A, C = Judgment.__table__, Annotator.__table__, Comparison.__table__
+P, R, M = Prompt.__table__, Response.__table__, CandidateModel.__table__
+
+
+@dataclass(frozen=True)
+class Votes:
+    """Votes on one comparison (its own a/b) after the judgment filters."""
+
+    a: int = 0
+    b: int = 0
+    tie: int = 0
+    both_bad: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.a + self.b + self.tie + self.both_bad
+
+
+@dataclass(frozen=True)
+class PairRow:
+    comparison_id: int
+    prompt_id: int
+    messages: list[dict[str, str]]
+    system_prompt: str | None
+    a_id: int
+    a_text: str
+    a_model: str
+    b_id: int
+    b_text: str
+    b_model: str
+    votes: Votes
+
+
+def _stream(conn: Connection, stmt: Any) -> Iterator[Any]:
+    result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(stmt)
+    try:
+        yield from result
+    finally:
+        result.close()
+
+
+def _nonempty_json_list(column: Any) -> Any:
+    text = cast(column, String)
+    return and_(column.isnot(None), text.notin_(["[]", "null", ""]))
+
+
+def _vote_columns() -> list[Any]:
+    pref = J.c.preferred
+    return [func.sum(case((pref == value, 1), else_=0)).label(f"v_{value}")
+            for value in ("a", "b", "tie", "both_bad")]
+
+
+def flagged_response_ids(conn: Connection) -> set[int]:
+    """Replies any clinician (or admin) flagged unsafe, in any comparison, whatever the filters.
+
+    The set grows with the number of flagged replies, not with the number of judgments.
+    """
+    flagged: set[int] = set()
+    base = J.join(A, A.c.id == J.c.annotator_id).join(C, C.c.id == J.c.comparison_id)
+    role = A.c.role.in_(CLINICIAN_ROLES)
+    for column, flags in ((C.c.response_a_id, J.c.flags_a), (C.c.response_b_id, J.c.flags_b)):
+        stmt = select(column).distinct().select_from(base).where(role, _nonempty_json_list(flags))
+        flagged.update(row[0] for row in _stream(conn, stmt))
+    return flagged
+
+
+def count_comparisons(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(C)).scalar_one())
+
+
+def iter_pairs(conn: Connection, filters: ExportFilters) -> Iterator[PairRow]:
+    """Every comparison with at least one judgment passing the filters, with its votes and texts,
+    in comparison id order."""
+    agg = (
+        select(J.c.comparison_id, *_vote_columns())
+        .select_from(J.join(A, A.c.id == J.c.annotator_id))
+        .where(*judgment_conditions(filters))
+        .group_by(J.c.comparison_id)
+        .subquery("agg")
+    )
+    ra, rb, ma, mb = aliased(R), aliased(R), aliased(M), aliased(M)
+    stmt = (
+        select(agg.c.comparison_id, C.c.prompt_id, P.c.messages, P.c.system_prompt,
+               ra.c.id, ra.c.text, ma.c.name, rb.c.id, rb.c.text, mb.c.name,
+               agg.c.v_a, agg.c.v_b, agg.c.v_tie, agg.c.v_both_bad)
+        .select_from(
+            agg.join(C, C.c.id == agg.c.comparison_id)
+            .join(P, P.c.id == C.c.prompt_id)
+            .join(ra, ra.c.id == C.c.response_a_id).join(ma, ma.c.id == ra.c.candidate_model_id)
+            .join(rb, rb.c.id == C.c.response_b_id).join(mb, mb.c.id == rb.c.candidate_model_id)
+        )
+        .order_by(agg.c.comparison_id)
+    )
+    for row in _stream(conn, stmt):
+        yield PairRow(row[0], row[1], row[2] or [], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
+                      Votes(int(row[10]), int(row[11]), int(row[12]), int(row[13])))
+
+
+def iter_prompts(conn: Connection) -> Iterator[tuple[int, list[dict[str, str]], str | None]]:
+    stmt = select(P.c.id, P.c.messages, P.c.system_prompt).order_by(P.c.id)
+    for row in _stream(conn, stmt):
+        yield row[0], row[1] or [], row[2]
+
+
+def count_prompts(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(P)).scalar_one())
+
+
+def prompt_responses(conn: Connection, prompt_id: int) -> list[tuple[int, str, str]]:
+    """(response id, text, candidate name) of one prompt's replies."""
+    stmt = (select(R.c.id, R.c.text, M.c.name).select_from(R.join(M, M.c.id == R.c.candidate_model_id))
+            .where(R.c.prompt_id == prompt_id).order_by(R.c.id))
+    return [(row[0], row[1], row[2]) for row in conn.execute(stmt)]
+
+
+def prompt_comparisons(conn: Connection, prompt_id: int, filters: ExportFilters) -> list[tuple[int, int, Votes]]:
+    """(response a id, response b id, votes) for one prompt's judged comparisons."""
+    stmt = (
+        select(C.c.response_a_id, C.c.response_b_id, *_vote_columns())
+        .select_from(J.join(A, A.c.id == J.c.annotator_id).join(C, C.c.id == J.c.comparison_id))
+        .where(C.c.prompt_id == prompt_id, *judgment_conditions(filters))
+        .group_by(C.c.id, C.c.response_a_id, C.c.response_b_id)
+        .order_by(C.c.id)
+    )
+    return [(row[0], row[1], Votes(*(int(v) for v in row[2:]))) for row in conn.execute(stmt)]
+
+
+def prompt_rewrite(conn: Connection, prompt_id: int, filters: ExportFilters) -> str | None:
+    """The newest clinician rewrite among the prompt's judgments that pass the filters."""
+    roles = [r for r in filters.roles() if r in CLINICIAN_ROLES]
+    if not roles:
+        return None
+    terms = [t for t in judgment_conditions(filters)[1:]]
+    stmt = (
+        select(J.c.rewrite)
+        .select_from(J.join(A, A.c.id == J.c.annotator_id).join(C, C.c.id == J.c.comparison_id))
+        .where(C.c.prompt_id == prompt_id, A.c.role.in_(roles), J.c.rewrite.isnot(None), J.c.rewrite != "",
+               *terms)
+        .order_by(J.c.created_at.desc(), J.c.id.desc())
+        .limit(1)
+    )
+    value = conn.execute(stmt).scalar_one_or_none()
+    return value.strip() if value and value.strip() else None
+
+
+def iter_candidate_replies(conn: Connection, candidate: str) -> Iterator[tuple[int, int, list, str | None, str]]:
+    """(response id, prompt id, messages, system prompt, text) of every reply of one candidate, in
+    the order they were stored (import order)."""
+    stmt = (
+        select(R.c.id, P.c.id, P.c.messages, P.c.system_prompt, R.c.text)
+        .select_from(R.join(M, M.c.id == R.c.candidate_model_id).join(P, P.c.id == R.c.prompt_id))
+        .where(M.c.name == candidate)
+        .order_by(R.c.id)
+    )
+    for row in _stream(conn, stmt):
+        yield row[0], row[1], row[2] or [], row[3], row[4]
+
+
+def count_candidate_replies(conn: Connection, candidate: str) -> int:
+    stmt = (select(func.count()).select_from(R.join(M, M.c.id == R.c.candidate_model_id))
+            .where(M.c.name == candidate))
+    return int(conn.execute(stmt).scalar_one())
+
+
+__all__ = ["Votes", "PairRow", "flagged_response_ids", "iter_pairs", "iter_prompts", "prompt_responses",
+           "prompt_comparisons", "prompt_rewrite", "iter_candidate_replies", "or_"]
