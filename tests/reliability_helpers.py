@@ -169,7 +169,7 @@ def run_cli(*args: str, cwd: Path | None = None, input: str | None = None, env: 
 
 def kill_when(
     args: Iterable[str],
-    ready: Callable[[], bool],
+    ready: Callable[[subprocess.Popen], bool],
     *,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
@@ -177,9 +177,10 @@ def kill_when(
     poll: float = 0.05,
     log: Path | None = None,
 ) -> tuple[bool, str]:
-    """Start ``therapref ARGS``; SIGKILL it as soon as ``ready()`` is true.
+    """Start ``therapref ARGS`` in its own process group; SIGKILL the whole group as soon as
+    ``ready(process)`` is true (checked every ``poll`` seconds).
 
-    Returns (killed, output). ``killed`` is False when the process finished before ``ready()``
+    Returns (killed, output). ``killed`` is False when the process finished before ``ready``
     became true (the caller decides whether that defeats the test).
     """
     log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"kill-{os.getpid()}-{time.monotonic_ns()}.log"
@@ -193,7 +194,7 @@ def kill_when(
                 if proc.poll() is not None:
                     break
                 try:
-                    hit = ready()
+                    hit = ready(proc)
                 except Exception:  # noqa: BLE001 - the database may not exist yet
                     hit = False
                 if hit:
@@ -237,3 +238,42 @@ def grep_tree(root: Path, needle: str) -> list[str]:
             except OSError:
                 continue
     return hits
+
+
+def read_position(pid: int, path: Path) -> int:
+    """How far process ``pid`` has read into ``path`` (from /proc/PID/fdinfo); -1 if not open.
+
+    Used to kill an importer part-way through its input, without a fixed sleep.
+    """
+    target = str(Path(path).resolve())
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fd_dir.iterdir():
+            try:
+                if os.readlink(fd) == target:
+                    for line in (Path(f"/proc/{pid}/fdinfo") / fd.name).read_text().splitlines():
+                        if line.startswith("pos:"):
+                            return int(line.split()[1])
+            except OSError:
+                continue
+    except OSError:
+        return -1
+    return -1
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
