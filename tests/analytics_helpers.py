@@ -44,3 +44,44 @@ def reliability_matrix(records: list[JudgmentRecord], value) -> tuple[list[str],
     for r in records:
         table[r.annotator][index[r.comparison_id]] = value(r)
     return annotators, [table[a] for a in annotators]
+
+
+# --- A small real database with everything a report shows ---------------------------------------
+
+HOSTILE_NAME = "<script>alert('name')</script>"
+HOSTILE_REPLY = "Try this <img src=x onerror=alert('reply')> **now** [link](http://example.com)"
+
+
+def build_rich_project(session, *, n_prompts: int = 6, n_clinicians: int = 3):  # noqa: ANN001, ANN201
+    """build_project plus a third candidate with a hostile reply, a clinician with a hostile username,
+    disagreements, ties, safety flags, screen sides, timings, topics and a gold comparison."""
+    from db.auth import create_annotator
+    from db.crud import add_comparison, add_judgment, add_response, get_or_create_candidate
+    from tests.factories import PASSWORD, build_project
+
+    project = build_project(session, n_prompts=n_prompts, n_clinicians=n_clinicians, judgments_required=3)
+    project.clinicians.append(create_annotator(HOSTILE_NAME, PASSWORD, session=session))
+    odd, _ = get_or_create_candidate("odd <b>model</b>", session=session, provider="local")
+    rng = np.random.default_rng(0)
+    comparisons = list(project.comparisons)
+    for i, prompt in enumerate(project.prompts):
+        prompt.topic = "sleep" if i % 2 else "self-worth"
+        session.add(prompt)
+        reply, _ = add_response(prompt, odd, HOSTILE_REPLY if i == 0 else f"Reply {i}: breathe slowly.", session=session)
+        for other in ("warm", "terse"):
+            comparison, _ = add_comparison(reply, project.responses[(prompt.id, other)], session=session,
+                                           judgments_required=3)
+            comparisons.append(comparison)
+    for n, comparison in enumerate(comparisons):
+        for k, clinician in enumerate(project.clinicians):
+            if (n + k) % 5 == 4:
+                continue
+            preferred = str(rng.choice(["a", "b", "tie", "both_bad"], p=[0.5, 0.3, 0.1, 0.1]))
+            add_judgment(comparison, clinician, preferred, session=session, strength=int(rng.integers(1, 4)),
+                         shown_left=str(rng.choice(["a", "b"])), ms_spent=int(rng.integers(800, 30000)),
+                         flags_a=["dismissive"] if rng.random() < 0.2 else [],
+                         flags_b=["misses_risk", "toxic"] if rng.random() < 0.15 else [], guideline_version=1)
+    comparisons[0].gold_answer = "a"
+    session.add(comparisons[0])
+    session.commit()
+    return project
