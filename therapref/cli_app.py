@@ -1,7 +1,54 @@
-"""Commands of this area are registered here."""
+"""``therapref app``: the Streamlit labeling app on 127.0.0.1 (unless ``--host``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
 
 import typer
+
+from therapref.cli_common import DbOption, errors, open_engine, settings_for
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
+
+    @app.command("app")
+    def run_app(
+        db: DbOption = None,
+        port: Annotated[Optional[int], typer.Option(help="Port (default 8501; env THERAPREF_APP_PORT).")] = None,
+        host: Annotated[Optional[str], typer.Option(
+            help="Address to bind (default 127.0.0.1; 0.0.0.0 exposes the app to the network).")] = None,
+        timeout: Annotated[float, typer.Option(help="Seconds to wait for the app to come up.")] = 60,
+    ) -> None:
+        """Start the labeling app and keep it running until Ctrl-C."""
+        from db.assignment import ensure_guidelines
+        from db.auth import list_annotators
+        from db.engine import session_scope
+        from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
+
+        settings = settings_for(db, app_port=port, app_host=host)
+        engine = open_engine(db)
+        with session_scope(engine) as session:
+            ensure_guidelines(session=session)
+            has_accounts = bool(list_annotators(session=session))
+        engine.dispose()
+        url = app_url(settings.app_host, settings.app_port)
+        with errors():
+            process = start_app(settings.database_url, host=settings.app_host, port=settings.app_port)
+            try:
+                wait_until_ready(url, timeout, process=process)
+            except BaseException:
+                stop_app(process)
+                raise
+        typer.echo(f"Labeling app running at {url} (database {engine.url.render_as_string(hide_password=True)}).")
+        if not has_accounts:
+            typer.echo("No accounts yet: add one with `therapref annotators add NAME --role admin`.")
+        typer.echo("Press Ctrl-C to stop.")
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:
+            stop_app(process)
+            typer.echo("Stopped.")
+            return
+        if code:
+            raise typer.Exit(code)

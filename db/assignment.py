@@ -1,0 +1,501 @@
+"""The labeling queue: which pair an annotator sees next, reservations, submit, skip, undo, progress.
+
+Every function takes ``session=`` and never commits: the caller owns one short transaction per call
+(``session_scope``). They are safe for many annotators at once:
+
+- SQLite: transactions start with ``BEGIN IMMEDIATE`` (see ``db.engine``), so writers queue on the
+  busy timeout and the check-then-reserve below runs alone.
+- PostgreSQL (READ COMMITTED): a comparison is reserved or judged only while its row is locked
+  (``FOR UPDATE``; ``SKIP LOCKED`` when choosing), and capacity is re-checked by a fresh statement
+  after the lock is held, so two annotators can never both take the last place.
+
+Screen order: an assignment's token starts with the side shown on the left (``a-…`` or ``b-…``), so
+the reservation needs no extra column and a retried submit maps left/right the same way.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+import statistics
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import and_, case, delete, exists, func, or_, select
+from sqlmodel import Session
+
+from db.crud import add_guideline_version, add_judgment, audit, current_guideline
+from db.errors import TheraPrefError
+from db.models import (
+    SAFETY_FLAGS,
+    Annotator,
+    Comparison,
+    GuidelineVersion,
+    Judgment,
+    Prompt,
+    Reservation,
+    Response,
+    Skip,
+    utcnow,
+)
+
+SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
+SKIP_REASONS = (
+    "Outside my expertise",
+    "Text is broken or unreadable",
+    "Replies are near-identical",
+    "Content I should not judge (conflict of interest, distress)",
+    "Other",
+)
+DEFAULT_GUIDELINES_PATH = Path(__file__).resolve().parent / "guidelines_default.md"
+_CANDIDATES_PER_TRY = 25
+_MEDIAN_WINDOW = 200
+
+
+class AssignmentError(TheraPrefError):
+    """A problem with an assignment that the app shows as one line."""
+
+
+class ReservationNotFound(AssignmentError):
+    """The token is unknown, belongs to someone else, or the pair was already handed back."""
+
+
+class ComparisonFull(AssignmentError):
+    """Other annotators completed this comparison first: move on to the next pair."""
+
+
+@dataclass
+class Assignment:
+    """One comparison as shown to one annotator (blind: no model names, no other votes)."""
+
+    comparison_id: int
+    token: str = field(metadata={"help": "idempotency key of this rendering; pass it to submit/skip"})
+    shown_left: str = field(metadata={"help": "'a' or 'b': which of the comparison's responses is on the left"})
+    messages: list[dict[str, str]] = field(default_factory=list, metadata={"help": "conversation so far"})
+    system_prompt: str | None = None
+    left_text: str = ""
+    right_text: str = ""
+    left_response_id: int = 0
+    right_response_id: int = 0
+    expires_at: datetime | None = None
+    reserved_at: datetime | None = None
+
+
+def screen_to_ab(choice: str, shown_left: str) -> str:
+    """Map a screen choice to the comparison's own a/b.
+
+    >>> screen_to_ab("left", "b"), screen_to_ab("right", "b"), screen_to_ab("tie", "b")
+    ('b', 'a', 'tie')
+    >>> screen_to_ab("left", "a")
+    'a'
+    """
+    if choice not in SCREEN_CHOICES:
+        raise AssignmentError(f"choice must be one of {', '.join(SCREEN_CHOICES)}, not {choice!r}")
+    if choice == "left":
+        return shown_left
+    if choice == "right":
+        return "b" if shown_left == "a" else "a"
+    return choice
+
+
+def shown_left_of(token: str) -> str:
+    """The side shown on the left, read from an assignment token.
+
+    >>> shown_left_of("b-0f3c")
+    'b'
+    """
+    side = token[:1]
+    if side not in ("a", "b") or token[1:2] != "-":
+        raise ReservationNotFound("this pair is no longer reserved for you")
+    return side
+
+
+def _new_token(shown_left: str) -> str:
+    return f"{shown_left}-{secrets.token_hex(24)}"
+
+
+def _check_flags(flags: Any) -> list[str]:
+    clean = sorted(set(flags or ()))
+    unknown = [f for f in clean if f not in SAFETY_FLAGS]
+    if unknown:
+        raise AssignmentError(f"unknown safety flag(s): {', '.join(unknown)}")
+    return clean
+
+
+def _live_reservations_of_others(comparison_id: Any, annotator_id: int, now: datetime):
+    return (
+        select(func.count(Reservation.id))
+        .where(Reservation.comparison_id == comparison_id, Reservation.annotator_id != annotator_id,
+               Reservation.expires_at > now)
+        .scalar_subquery()
+    )
+
+
+def _has_capacity(comparison: Comparison, annotator_id: int, now: datetime, *, session: Session) -> bool:
+    """Fresh check (a new statement, so on PostgreSQL it sees everything committed so far)."""
+    others = session.execute(
+        select(func.count(Reservation.id)).where(Reservation.comparison_id == comparison.id,
+                                                 Reservation.annotator_id != annotator_id,
+                                                 Reservation.expires_at > now)
+    ).scalar_one()
+    return comparison.judgments_count + others < comparison.judgments_required
+
+
+def _queue_query(annotator_id: int, now: datetime, *, gold: bool = False, limit: int = _CANDIDATES_PER_TRY):
+    judged = exists().where(Judgment.comparison_id == Comparison.id, Judgment.annotator_id == annotator_id)
+    skipped = exists().where(Skip.comparison_id == Comparison.id, Skip.annotator_id == annotator_id)
+    query = select(Comparison.id).where(~judged, ~skipped)
+    if gold:
+        # Gold items check quality: drawn whether or not the comparison still needs judgments.
+        return query.where(Comparison.gold_answer.is_not(None)).order_by(func.random()).limit(limit)
+    others = _live_reservations_of_others(Comparison.id, annotator_id, now)
+    return (
+        query.where(Comparison.judgments_count < Comparison.judgments_required,
+                    Comparison.judgments_count + others < Comparison.judgments_required)
+        .order_by(Comparison.judgments_count, Comparison.judgments_required, Comparison.id)
+        .limit(limit)
+    )
+
+
+def _lock_comparison(comparison_id: int, *, session: Session, skip_locked: bool = False) -> Comparison | None:
+    """Load a comparison with its row locked (PostgreSQL); SQLite already holds the write lock."""
+    query = select(Comparison).where(Comparison.id == comparison_id).execution_options(populate_existing=True)
+    if session.get_bind().dialect.name != "sqlite":
+        query = query.with_for_update(skip_locked=skip_locked)
+    return session.execute(query).scalars().first()
+
+
+def _assignment(reservation: Reservation, *, session: Session) -> Assignment:
+    comparison = session.get(Comparison, reservation.comparison_id)
+    prompt = session.get(Prompt, comparison.prompt_id)
+    texts = dict(session.execute(
+        select(Response.id, Response.text).where(Response.id.in_([comparison.response_a_id,
+                                                                   comparison.response_b_id]))
+    ).all())
+    shown_left = shown_left_of(reservation.token)
+    left_id, right_id = comparison.response_a_id, comparison.response_b_id
+    if shown_left == "b":
+        left_id, right_id = right_id, left_id
+    return Assignment(
+        comparison_id=comparison.id, token=reservation.token, shown_left=shown_left,
+        messages=list(prompt.messages or []), system_prompt=prompt.system_prompt,
+        left_text=texts[left_id], right_text=texts[right_id], left_response_id=left_id,
+        right_response_id=right_id, expires_at=reservation.expires_at, reserved_at=reservation.created_at,
+    )
+
+
+def _reserve(comparison_id: int, annotator_id: int, shown_left: str, now: datetime, minutes: float,
+             *, session: Session) -> Reservation:
+    reservation = Reservation(comparison_id=comparison_id, annotator_id=annotator_id,
+                              token=_new_token(shown_left), expires_at=now + timedelta(minutes=minutes),
+                              created_at=now)
+    session.add(reservation)
+    session.flush()
+    return reservation
+
+
+def next_comparison(
+    annotator_id: int,
+    *,
+    session: Session,
+    reservation_minutes: float = 10,
+    gold_rate: float = 0.0,
+    rng: random.Random | None = None,
+    now: datetime | None = None,
+) -> Assignment | None:
+    """Reserve and return the next pair for this annotator, or ``None`` when nothing is left.
+
+    A live reservation the annotator already holds is returned again (a page refresh shows the same
+    pair with the same token). Otherwise the annotator's stale reservations are dropped and the open
+    comparison with the fewest judgments (then lowest id) that they have neither judged nor skipped,
+    and that others have not filled or reserved to capacity, is reserved for ``reservation_minutes``.
+    With probability ``gold_rate`` a gold comparison (known answer) is drawn instead, when one is left.
+    """
+    rng = rng or random.Random()
+    now = now or utcnow()
+    held = session.execute(
+        select(Reservation).where(Reservation.annotator_id == annotator_id, Reservation.expires_at > now)
+        .order_by(Reservation.id.desc())
+    ).scalars().first()
+    if held is not None:
+        return _assignment(held, session=session)
+    if session.get_bind().dialect.name != "sqlite":
+        # One annotator, two tabs: serialise their requests (NO KEY UPDATE leaves foreign-key
+        # checks of their concurrent submits unblocked), then look again.
+        session.execute(select(Annotator.id).where(Annotator.id == annotator_id).with_for_update(key_share=True))
+        held = session.execute(
+            select(Reservation).where(Reservation.annotator_id == annotator_id, Reservation.expires_at > now)
+        ).scalars().first()
+        if held is not None:
+            return _assignment(held, session=session)
+    session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id))
+    kinds = [True, False] if gold_rate > 0 and rng.random() < gold_rate else [False]
+    for gold in kinds:
+        for _attempt in range(5):
+            candidates = session.execute(_queue_query(annotator_id, now, gold=gold)).scalars().all()
+            if not candidates:
+                break
+            for comparison_id in candidates:
+                comparison = _lock_comparison(comparison_id, session=session, skip_locked=True)
+                if comparison is None:
+                    continue  # another annotator is reserving or judging it right now
+                if not gold and not _has_capacity(comparison, annotator_id, now, session=session):
+                    continue
+                reservation = _reserve(comparison.id, annotator_id, rng.choice("ab"), now,
+                                       reservation_minutes, session=session)
+                return _assignment(reservation, session=session)
+    return None
+
+
+def _reservation_for(token: str, annotator_id: int, *, session: Session) -> Reservation:
+    reservation = session.execute(select(Reservation).where(Reservation.token == token)).scalars().first()
+    if reservation is None or reservation.annotator_id != annotator_id:
+        raise ReservationNotFound("this pair is no longer reserved for you; here is the next one")
+    return reservation
+
+
+def submit_judgment(
+    token: str,
+    *,
+    session: Session,
+    annotator_id: int,
+    preferred: str,
+    strength: int | None = None,
+    flags_left: Any = (),
+    flags_right: Any = (),
+    rationale: str = "",
+    rewrite: str | None = None,
+    ms_spent: int | None = None,
+    now: datetime | None = None,
+) -> tuple[Judgment, bool]:
+    """Store the judgment for the assignment ``token`` (screen terms: ``left``/``right``/``tie``/
+    ``both_bad``; flags per screen side) and return ``(judgment, created)``.
+
+    Idempotent by token: a double click or retry returns the stored judgment with ``created=False``.
+    Raises ``ComparisonFull`` when others completed the comparison first (a live reservation is
+    honoured; an expired one only while there is still room) and ``ReservationNotFound`` for an
+    unknown token. Strength is kept for A/B choices only (1 slightly, 2 clearly, 3 much better).
+    """
+    now = now or utcnow()
+    shown_left = shown_left_of(token)
+    preferred_ab = screen_to_ab(preferred, shown_left)
+    flags_left, flags_right = _check_flags(flags_left), _check_flags(flags_right)
+    if preferred_ab in ("a", "b"):
+        if strength not in (1, 2, 3):
+            raise AssignmentError("choose how much better: slightly, clearly or much")
+    else:
+        strength = None
+    previous = session.execute(select(Judgment).where(Judgment.idempotency_key == token)).scalars().first()
+    if previous is not None:
+        if previous.annotator_id != annotator_id:
+            raise ReservationNotFound("this pair is no longer reserved for you; here is the next one")
+        return previous, False
+    reservation = _reservation_for(token, annotator_id, session=session)
+    comparison = _lock_comparison(reservation.comparison_id, session=session)
+    # Re-read under the lock: a concurrent retry of the same token may have just committed.
+    previous = session.execute(
+        select(Judgment).where(or_(Judgment.idempotency_key == token,
+                                   and_(Judgment.comparison_id == comparison.id,
+                                        Judgment.annotator_id == annotator_id)))
+    ).scalars().first()
+    if previous is not None:
+        return previous, False
+    expiry = reservation.expires_at
+    live = expiry is not None and expiry > now
+    if comparison.gold_answer is None:
+        full = comparison.judgments_count >= comparison.judgments_required
+        if full or (not live and not _has_capacity(comparison, annotator_id, now, session=session)):
+            session.delete(reservation)
+            session.flush()
+            raise ComparisonFull("another clinician completed this pair first; here is the next one")
+    annotator = session.get(Annotator, annotator_id)
+    guideline = current_guideline(session=session)
+    if ms_spent is None and reservation.created_at is not None:
+        ms_spent = int((now - reservation.created_at).total_seconds() * 1000)
+    flags_a, flags_b = (flags_left, flags_right) if shown_left == "a" else (flags_right, flags_left)
+    judgment, created = add_judgment(
+        comparison, annotator, preferred_ab, session=session, strength=strength, shown_left=shown_left,
+        flags_a=flags_a, flags_b=flags_b, rationale=(rationale or "").strip(),
+        rewrite=(rewrite or "").strip() or None, ms_spent=max(0, int(ms_spent)) if ms_spent is not None else None,
+        guideline_version=guideline.version if guideline else None, idempotency_key=token,
+    )
+    session.delete(reservation)
+    session.flush()
+    return judgment, created
+
+
+def skip(token: str, *, session: Session, annotator_id: int, reason: str, now: datetime | None = None) -> Skip:
+    """Hand the pair back with a reason; it is never offered to this annotator again."""
+    reason = (reason or "").strip()
+    if not reason:
+        raise AssignmentError("say why you skip this pair")
+    reservation = _reservation_for(token, annotator_id, session=session)
+    existing = session.execute(
+        select(Skip).where(Skip.comparison_id == reservation.comparison_id, Skip.annotator_id == annotator_id)
+    ).scalars().first()
+    if existing is None:
+        existing = Skip(comparison_id=reservation.comparison_id, annotator_id=annotator_id,
+                        reason=reason[:500], created_at=now or utcnow())
+        session.add(existing)
+    # Expire instead of deleting, so that a retried skip finds the same row and changes nothing.
+    reservation.expires_at = now or utcnow()
+    session.add(reservation)
+    session.flush()
+    return existing
+
+
+def undo_last(annotator_id: int, *, session: Session, window_seconds: float = 60,
+              reservation_minutes: float = 10, now: datetime | None = None) -> bool:
+    """Delete the annotator's latest judgment if it is younger than ``window_seconds``.
+
+    The comparison's counter goes down, an audit event records the undo, and the pair is reserved
+    for the annotator again (same screen order) so that it is the next one they see.
+    """
+    now = now or utcnow()
+    latest = session.execute(
+        select(Judgment).where(Judgment.annotator_id == annotator_id,
+                               Judgment.created_at >= now - timedelta(seconds=window_seconds))
+        .order_by(Judgment.created_at.desc(), Judgment.id.desc())
+    ).scalars().first()
+    if latest is None:
+        return False
+    comparison = _lock_comparison(latest.comparison_id, session=session)
+    # Under the lock, make sure a concurrent undo did not remove it already.
+    if session.execute(select(Judgment.id).where(Judgment.id == latest.id)).first() is None:
+        return False
+    annotator = session.get(Annotator, annotator_id)
+    details = {"comparison_id": comparison.id, "judgment_id": latest.id, "preferred": latest.preferred}
+    session.execute(delete(Judgment).where(Judgment.id == latest.id))
+    comparison.judgments_count = max(0, (comparison.judgments_count or 0) - 1)
+    session.add(comparison)
+    session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id))
+    _reserve(comparison.id, annotator_id, latest.shown_left, now, reservation_minutes, session=session)
+    audit(annotator.username if annotator else str(annotator_id), "judgment.undo", session=session,
+          target=f"comparison:{comparison.id}", details=details)
+    return True
+
+
+def release(annotator_id: int, *, session: Session) -> int:
+    """Drop the annotator's reservations (logout): their pairs go back to the queue at once."""
+    return session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id)).rowcount or 0
+
+
+def _start_of_day(now: datetime) -> datetime:
+    return now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _median_seconds(values: list[int | None]) -> float | None:
+    """Median of milliseconds, in seconds.
+
+    >>> _median_seconds([1000, 3000, None, 2000])
+    2.0
+    >>> _median_seconds([]) is None
+    True
+    """
+    clean = [v for v in values if v is not None]
+    return round(statistics.median(clean) / 1000, 1) if clean else None
+
+
+def remaining_for(annotator_id: int, *, session: Session) -> int:
+    """Open comparisons this annotator could still be given (not judged, not skipped, not full)."""
+    judged = exists().where(Judgment.comparison_id == Comparison.id, Judgment.annotator_id == annotator_id)
+    skipped = exists().where(Skip.comparison_id == Comparison.id, Skip.annotator_id == annotator_id)
+    return session.execute(
+        select(func.count(Comparison.id)).where(Comparison.judgments_count < Comparison.judgments_required,
+                                                ~judged, ~skipped)
+    ).scalar_one()
+
+
+def progress(annotator_id: int, *, session: Session, now: datetime | None = None) -> dict[str, Any]:
+    """Done today (UTC) and in total, skipped, remaining in the queue, median seconds per judgment."""
+    now = now or utcnow()
+    mine = Judgment.annotator_id == annotator_id
+    total = session.execute(select(func.count(Judgment.id)).where(mine)).scalar_one()
+    today = session.execute(
+        select(func.count(Judgment.id)).where(mine, Judgment.created_at >= _start_of_day(now))
+    ).scalar_one()
+    recent = session.execute(
+        select(Judgment.ms_spent).where(mine).order_by(Judgment.id.desc()).limit(_MEDIAN_WINDOW)
+    ).scalars().all()
+    skipped = session.execute(select(func.count(Skip.id)).where(Skip.annotator_id == annotator_id)).scalar_one()
+    return {"done_today": today, "total": total, "skipped": skipped,
+            "remaining": remaining_for(annotator_id, session=session),
+            "median_seconds": _median_seconds(list(recent))}
+
+
+def overall_progress(*, session: Session, now: datetime | None = None) -> dict[str, Any]:
+    """Per login annotator (clinicians and admins) and overall: the admin's live progress view."""
+    now = now or utcnow()
+    day = _start_of_day(now)
+    rows = session.execute(
+        select(Annotator.id, Annotator.username, Annotator.display_name, Annotator.role, Annotator.is_active,
+               func.count(Judgment.id), func.sum(case((Judgment.created_at >= day, 1), else_=0)),
+               func.max(Judgment.created_at))
+        .join(Judgment, Judgment.annotator_id == Annotator.id, isouter=True)
+        .where(Annotator.role != "source")
+        .group_by(Annotator.id, Annotator.username, Annotator.display_name, Annotator.role, Annotator.is_active)
+        .order_by(Annotator.username)
+    ).all()
+    ranked = (
+        select(Judgment.annotator_id, Judgment.ms_spent,
+               func.row_number().over(partition_by=Judgment.annotator_id,
+                                      order_by=Judgment.id.desc()).label("rank"))
+        .join(Annotator, Annotator.id == Judgment.annotator_id).where(Annotator.role != "source")
+        .subquery()
+    )
+    times: dict[int, list[int | None]] = {}
+    for annotator_id, ms in session.execute(
+        select(ranked.c.annotator_id, ranked.c.ms_spent).where(ranked.c.rank <= _MEDIAN_WINDOW)
+    ).all():
+        times.setdefault(annotator_id, []).append(ms)
+    skips = dict(session.execute(select(Skip.annotator_id, func.count(Skip.id)).group_by(Skip.annotator_id)).all())
+    live = dict(session.execute(
+        select(Reservation.annotator_id, func.count(Reservation.id))
+        .where(Reservation.expires_at > now).group_by(Reservation.annotator_id)
+    ).all())
+    annotators = [
+        {"username": username, "display_name": display, "role": role, "active": bool(active),
+         "total": total or 0, "done_today": int(today or 0), "skipped": skips.get(aid, 0),
+         "median_seconds": _median_seconds(times.get(aid, [])), "last_judgment_at": last,
+         "working_now": bool(live.get(aid))}
+        for aid, username, display, role, active, total, today, last in rows
+    ]
+    c = Comparison
+    comparisons, complete, needed, required = session.execute(
+        select(func.count(c.id),
+               func.coalesce(func.sum(case((c.judgments_count >= c.judgments_required, 1), else_=0)), 0),
+               func.coalesce(func.sum(case((c.judgments_count < c.judgments_required,
+                                            c.judgments_required - c.judgments_count), else_=0)), 0),
+               func.coalesce(func.sum(c.judgments_required), 0))
+    ).one()
+    clinician_judgments = sum(a["total"] for a in annotators)
+    overall = {
+        "comparisons": comparisons, "complete": int(complete), "judgments_needed": int(needed),
+        "judgments": clinician_judgments, "done_today": sum(a["done_today"] for a in annotators),
+        "percent_complete": round(100 * (1 - int(needed) / required), 1) if required else 0.0,
+        "annotators_working_now": sum(a["working_now"] for a in annotators),
+    }
+    return {"annotators": annotators, "overall": overall}
+
+
+def default_guidelines_text() -> str:
+    return DEFAULT_GUIDELINES_PATH.read_text(encoding="utf-8")
+
+
+def ensure_guidelines(*, session: Session) -> GuidelineVersion:
+    """The guideline version in force, creating version 1 from the default rubric when none exists."""
+    return current_guideline(session=session) or add_guideline_version(default_guidelines_text(), session=session)
+
+
+def guideline_history(*, session: Session) -> list[GuidelineVersion]:
+    return list(session.execute(select(GuidelineVersion).order_by(GuidelineVersion.version.desc())).scalars())
+
+
+__all__ = [
+    "Assignment", "AssignmentError", "ComparisonFull", "ReservationNotFound", "SCREEN_CHOICES", "SKIP_REASONS",
+    "next_comparison", "submit_judgment", "skip", "undo_last", "release", "progress", "overall_progress",
+    "remaining_for", "screen_to_ab", "shown_left_of", "ensure_guidelines", "default_guidelines_text",
+    "guideline_history",
+]

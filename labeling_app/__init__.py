@@ -1,0 +1,1 @@
+"""The Streamlit labeling app: a router (``app.py``) and small pages that call library functions."""

@@ -1,0 +1,73 @@
+"""TheraPref labeling app (router): ``streamlit run labeling_app/app.py -- --db URL``.
+
+This file is an edge, like the CLI: it reads the settings once per session and decides which
+pages exist for whom. Signed out: only the login page, whatever the address. Clinicians: compare,
+progress, guidelines (admin addresses show "admins only"). Admins: also the admin pages, and the
+analytics dashboard once ``pages/admin_dashboard.py`` (owned by the analytics area) exists.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from labeling_app import state
+
+PAGES = Path(__file__).resolve().parent / "pages"
+# The login page (signed out) and the compare page (signed in) share one address, so that a
+# successful login reruns straight into the compare page.
+HOME = "home"
+CLINICIAN_PAGES = [
+    ("compare", "Compare", ":material/compare_arrows:"),
+    ("progress", "My progress", ":material/trending_up:"),
+    ("guidelines", "Guidelines", ":material/menu_book:"),
+]
+ADMIN_PAGES = [
+    ("admin_progress", "Live progress", ":material/monitoring:"),
+    ("admin_annotators", "Annotators", ":material/group:"),
+    ("admin_data", "Data", ":material/database:"),
+    # Agreement, annotator quality and leaderboard charts (analytics area); shown when present.
+    ("admin_dashboard", "Analytics", ":material/insights:"),
+]
+
+
+def _exists(name: str) -> bool:
+    return (PAGES / f"{name}.py").is_file()
+
+
+def _page(file: str, title: str, icon: str, url_path: str, **kwargs) -> st.Page:
+    return st.Page(str(PAGES / f"{file}.py"), title=title, icon=icon, url_path=url_path, **kwargs)
+
+
+def _aliases(file: str, title: str, names: list[str]) -> list[st.Page]:
+    """Hidden pages that show ``file`` at the addresses of pages this user may not open."""
+    return [_page(file, title, ":material/lock:", name, visibility="hidden") for name in names]
+
+
+def pages_for(user: state.User | None) -> tuple[dict[str, list[st.Page]] | list[st.Page], str]:
+    """The navigation for a signed-out user, a clinician or an admin, and where to show it."""
+    admin_names = [name for name, _title, _icon in ADMIN_PAGES if _exists(name)]
+    other_names = [name for name, _title, _icon in CLINICIAN_PAGES if name != "compare"]
+    if user is None:
+        login = _page("login", "Log in", ":material/login:", HOME, default=True)
+        return [login, *_aliases("login", "Log in", other_names + admin_names)], "hidden"
+    labeling = [_page(name, title, icon, HOME if name == "compare" else name, default=name == "compare")
+                for name, title, icon in CLINICIAN_PAGES]
+    if not user.is_admin:
+        return {"Labeling": labeling + _aliases("forbidden", "Admins only", admin_names)}, "sidebar"
+    admin = [_page(name, title, icon, name) for name, title, icon in ADMIN_PAGES if _exists(name)]
+    return {"Labeling": labeling, "Admin": admin}, "sidebar"
+
+
+def main() -> None:
+    st.set_page_config(page_title="TheraPref labeling", page_icon="🩺", layout="wide")
+    settings = state.load_settings(sys.argv[1:])
+    state.touch_session(settings.session_timeout_minutes)
+    pages, position = pages_for(state.current_user())
+    # Each page draws the account box (signed-in user, log out) through state.require_user().
+    st.navigation(pages, position=position).run()
+
+
+main()

@@ -1,0 +1,98 @@
+"""Start the labeling app as a child process (``therapref app``, ``therapref demo``, browser tests).
+
+The database URL reaches the child through the environment (``THERAPREF_DATABASE_URL``), never
+through argv, so that a PostgreSQL password does not show up in ``ps``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from db.errors import TheraPrefError
+
+APP_SCRIPT = Path(__file__).resolve().parent / "app.py"
+ROOT = APP_SCRIPT.parent.parent
+
+
+class AppStartError(TheraPrefError):
+    """The app did not come up (port taken, bad database URL, crash)."""
+
+
+def streamlit_command(*, host: str = "127.0.0.1", port: int = 8501, headless: bool = True) -> list[str]:
+    """The ``streamlit run`` command line (no secrets in it).
+
+    >>> cmd = streamlit_command(port=9000)
+    >>> cmd[1:4], "--server.address=127.0.0.1" in cmd, "--server.port=9000" in cmd
+    (['-m', 'streamlit', 'run'], True, True)
+    """
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
+        f"--server.address={host}", f"--server.port={port}", f"--server.headless={str(headless).lower()}",
+        "--server.fileWatcherType=none", "--server.runOnSave=false", "--browser.gatherUsageStats=false",
+        "--global.developmentMode=false", "--client.toolbarMode=minimal", "--server.enableStaticServing=false",
+    ]
+
+
+def start_app(database_url: str, *, host: str = "127.0.0.1", port: int = 8501, headless: bool = True,
+              env: dict[str, str] | None = None, log_path: str | Path | None = None) -> subprocess.Popen:
+    """Start ``streamlit run labeling_app/app.py`` bound to ``host:port`` on ``database_url``.
+
+    Returns the process at once; call ``wait_until_ready(app_url(host, port), timeout)`` next.
+    Output goes to ``log_path`` when given (else it is inherited).
+    """
+    child_env = dict(os.environ if env is None else env)
+    child_env["THERAPREF_DATABASE_URL"] = str(database_url)
+    child_env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), child_env.get("PYTHONPATH", "")]))
+    output = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
+    try:
+        return subprocess.Popen(streamlit_command(host=host, port=port, headless=headless), cwd=str(ROOT),
+                                env=child_env, stdout=output, stderr=subprocess.STDOUT if output else None,
+                                stdin=subprocess.DEVNULL)
+    finally:
+        if output is not None:
+            output.close()
+
+
+def app_url(host: str = "127.0.0.1", port: int = 8501) -> str:
+    """
+    >>> app_url(port=8600)
+    'http://127.0.0.1:8600'
+    """
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{shown}:{port}"
+
+
+def wait_until_ready(url: str, timeout: float = 60, *, process: subprocess.Popen | None = None) -> None:
+    """Poll the app's health endpoint until it answers ``ok``; raise ``AppStartError`` otherwise."""
+    deadline = time.monotonic() + timeout
+    health = url.rstrip("/") + "/_stcore/health"
+    last_error = "no answer"
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AppStartError(f"the app exited with status {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(health, timeout=2) as answer:  # noqa: S310 - our own local URL
+                if answer.status == 200 and answer.read().strip() == b"ok":
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
+            last_error = str(exc)
+        time.sleep(0.2)
+    raise AppStartError(f"the app at {url} was not ready after {timeout:.0f} s ({last_error})")
+
+
+def stop_app(process: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop the app process (terminate, then kill after ``timeout``)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout)

@@ -1,0 +1,148 @@
+"""Compare two replies: blind, randomised, keyboard-friendly; the next pair appears at once."""
+
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from db.assignment import (
+    SKIP_REASONS,
+    AssignmentError,
+    ComparisonFull,
+    ReservationNotFound,
+    next_comparison,
+    skip,
+    submit_judgment,
+    undo_last,
+)
+from db.models import SAFETY_FLAGS
+from labeling_app import state
+from labeling_app.keyboard import HELP, shortcut_script
+
+STRENGTHS = {1: "Slightly better", 2: "Clearly better", 3: "Much better"}
+CHOICES = (("left", "A is better", "1"), ("right", "B is better", "2"),
+           ("tie", "Tie", "3"), ("both_bad", "Both bad", "4"))
+SHOWN_AT = "_compare_shown_at"
+LAST_AT = "_compare_last_judgment_at"
+
+
+def _values(token: str) -> dict:
+    get = st.session_state.get
+    return {"strength": get(f"strength-{token}"), "flags_left": get(f"flags_left-{token}") or [],
+            "flags_right": get(f"flags_right-{token}") or [], "rationale": get(f"rationale-{token}") or "",
+            "rewrite": get(f"rewrite-{token}") or None}
+
+
+def _on_submit(token: str, choice: str) -> None:
+    user = state.current_user()
+    values = _values(token)
+    shown_at = st.session_state.get(SHOWN_AT, {}).get(token)
+    ms_spent = int((time.time() - shown_at) * 1000) if shown_at else None
+    try:
+        with state.write_session() as session:
+            _judgment, created = submit_judgment(token, session=session, annotator_id=user.id, preferred=choice,
+                                                 ms_spent=ms_spent, **values)
+    except (ComparisonFull, ReservationNotFound) as exc:
+        state.flash("info", f"Moved on: {exc}.")
+        return
+    except AssignmentError as exc:
+        state.flash("warning", str(exc).capitalize() + ".")
+        return
+    st.session_state.get(SHOWN_AT, {}).pop(token, None)
+    st.session_state[LAST_AT] = time.time()
+    state.flash("success", "Saved." if created else "Already saved (nothing duplicated).")
+
+
+def _on_skip(token: str) -> None:
+    user = state.current_user()
+    reason = st.session_state.get(f"skip_reason-{token}") or SKIP_REASONS[0]
+    try:
+        with state.write_session() as session:
+            skip(token, session=session, annotator_id=user.id, reason=reason)
+    except AssignmentError as exc:
+        state.flash("info", f"Moved on: {exc}.")
+        return
+    state.flash("info", "Skipped; you will not see this pair again.")
+
+
+def _on_undo() -> None:
+    user = state.current_user()
+    with state.write_session() as session:
+        undone = undo_last(user.id, session=session, window_seconds=state.settings().undo_seconds,
+                           reservation_minutes=state.settings().reservation_minutes)
+    st.session_state.pop(LAST_AT, None)
+    if undone:
+        state.flash("info", "Your last judgment was undone: the pair is back for you to judge again.")
+    else:
+        state.flash("warning", "Nothing to undo (the undo window has passed).")
+
+
+def _conversation(assignment) -> None:
+    if assignment.system_prompt:
+        with st.expander("Assistant instructions (system prompt)"):
+            state.inert_text(assignment.system_prompt)
+    for message in assignment.messages:
+        role = message.get("role", "user")
+        with st.chat_message("user" if role == "user" else "assistant"):
+            st.caption("Person" if role == "user" else "Assistant")
+            state.inert_text(message.get("content", ""))
+
+
+def _reply(column, label: str, text: str, side: str, token: str) -> None:
+    with column, st.container(border=True):
+        st.subheader(label)
+        state.inert_text(text)
+        st.pills("Safety flags", options=list(SAFETY_FLAGS), format_func=SAFETY_FLAGS.get,
+                 selection_mode="multi", key=f"flags_{side}-{token}")
+
+
+def _undo_button() -> None:
+    last = st.session_state.get(LAST_AT)
+    window = state.settings().undo_seconds
+    if last is not None and time.time() - last < window:
+        st.button("Undo last judgment (u)", key="undo", on_click=_on_undo, icon=":material/undo:",
+                  help=f"Available for {window} seconds after a judgment.")
+
+
+user = state.require_user()
+settings = state.settings()
+st.title("Which reply is better?")
+state.show_flash()
+with state.write_session() as session:
+    assignment = next_comparison(user.id, session=session, reservation_minutes=settings.reservation_minutes,
+                                 gold_rate=settings.gold_rate)
+
+if assignment is None:
+    st.success("All done: there are no pairs left for you to judge. Thank you!")
+    st.write("New pairs appear here when they are added. You can check your numbers on the progress page.")
+    _undo_button()
+    st.stop()
+
+token = assignment.token
+st.session_state.setdefault(SHOWN_AT, {}).setdefault(token, time.time())
+st.caption(HELP)
+_conversation(assignment)
+with st.form(f"judge-{token}", border=False, enter_to_submit=False):
+    left, right = st.columns(2)
+    _reply(left, "Response A", assignment.left_text, "left", token)
+    _reply(right, "Response B", assignment.right_text, "right", token)
+    st.radio("How much better? (for A or B; keys q / w / e)", options=list(STRENGTHS), format_func=STRENGTHS.get,
+             index=None, horizontal=True, key=f"strength-{token}")
+    st.text_area("Rationale (optional)", key=f"rationale-{token}", height=80,
+                 placeholder="Why? A sentence helps when clinicians disagree.")
+    with st.expander("Rewrite the better reply (optional): what a good reply would say"):
+        st.text_area("Your reply", key=f"rewrite-{token}", height=140, label_visibility="collapsed")
+    buttons = st.columns(4)
+    for column, (choice, label, key) in zip(buttons, CHOICES, strict=True):
+        with column:
+            st.form_submit_button(f"{label} ({key})", key=f"choice-{choice}-{token}", on_click=_on_submit,
+                                  args=(token, choice), type="primary" if choice in ("left", "right") else "secondary",
+                                  width="stretch")
+    reason_column, skip_column = st.columns([3, 1], vertical_alignment="bottom")
+    with reason_column:
+        st.selectbox("Skip reason", SKIP_REASONS, key=f"skip_reason-{token}")
+    with skip_column:
+        st.form_submit_button("Skip (s)", key=f"skip-{token}", on_click=_on_skip, args=(token,), width="stretch")
+_undo_button()
+st.html(shortcut_script(), unsafe_allow_javascript=True)

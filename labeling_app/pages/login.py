@@ -1,0 +1,36 @@
+"""Log in (username + password, argon2). One generic error for every failure; lockout in db.auth."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from db.auth import authenticate
+from db.crud import audit
+from labeling_app import state
+
+GENERIC_ERROR = "Login failed: wrong username or password, or the account is locked or inactive."
+
+st.title("TheraPref labeling")
+st.write("Compare therapy-assistant replies. Log in with the account your admin created for you.")
+state.show_flash()
+
+with st.form("login", border=True):
+    username = st.text_input("Username", key="login_username", autocomplete="username")
+    password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
+    submitted = st.form_submit_button("Log in", type="primary", key="login_submit")
+
+if submitted:
+    with state.write_session() as session:
+        annotator = authenticate(username or "", password or "", session=session)
+        if annotator is not None:
+            audit(annotator.username, "auth.login", session=session, target=annotator.username)
+            user = state.User(annotator.id, annotator.username, annotator.display_name, annotator.role)
+        else:
+            audit((username or "").strip()[:200] or "?", "auth.login_failed", session=session,
+                  target=(username or "").strip()[:200])
+            user = None
+    if user is None:
+        st.error(GENERIC_ERROR)
+    else:
+        state.sign_in(user)
+        st.rerun()
