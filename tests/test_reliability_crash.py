@@ -186,3 +186,136 @@ def test_kill_during_pairing_then_rerun(tmp_path):
     again = run_cli("pairs", "--db", url)
     assert again.returncode == 0 and "Created 0 comparisons" in again.stdout
     assert count(make_engine(url), "comparison") == expected
+
+
+TRAIN_TOML = """[train]
+max_steps = 4
+save_strategy = "steps"
+save_steps = 2
+save_total_limit = 10
+per_device_train_batch_size = 2
+logging_steps = 1
+max_length = 64
+num_threads = 1
+"""
+SENTINEL_LOSS = 987.654
+
+
+def test_kill_during_training_then_resume(tmp_path):
+    """Killed after its first checkpoint, `therapref train --resume` continues from that checkpoint
+    (a sentinel planted in the checkpoint's log history shows up in the finished run) and records
+    one RewardModelRun."""
+    from sqlmodel import Session, select
+
+    from db.models import RewardModelRun
+    from tests.factories import build_project
+    from tests.reliability_helpers import tiny_reward_base
+
+    url = f"sqlite:///{tmp_path / 'train.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    with Session(engine, expire_on_commit=False) as session:
+        build_project(session, n_prompts=6, n_clinicians=2, with_judgments=True)
+    base = tiny_reward_base(tmp_path / "tiny-bert")
+    config = tmp_path / "train.toml"
+    config.write_text(TRAIN_TOML)
+    output = tmp_path / "rm"
+    args = ["train", "--output", str(output), "--db", url, "--config", str(config), "--base-model", str(base)]
+    first = output / "checkpoint-2" / "trainer_state.json"
+
+    killed, log = kill_when(args, lambda proc: first.is_file(), poll=0.02, log=tmp_path / "t.log")
+    assert killed, f"training finished before its first checkpoint was seen:\n{log[-2000:]}"
+    assert_sound(engine)
+    assert count(engine, "rewardmodelrun") == 0
+    assert not (output / "therapref_reward.json").exists(), "a killed run must not look finished"
+
+    state = json.loads(first.read_text())
+    state["log_history"][0]["loss"] = SENTINEL_LOSS
+    first.write_text(json.dumps(state))
+
+    resumed = run_cli(*args, "--resume", timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    with Session(engine) as session:
+        runs = session.exec(select(RewardModelRun)).all()
+    assert len(runs) == 1
+    assert SENTINEL_LOSS in runs[0].metrics["train_loss"], "training restarted instead of resuming"
+    meta = json.loads((output / "therapref_reward.json").read_text())
+    assert meta["training"]["global_step"] == 4
+    assert (output / "config.json").is_file() and any(output.glob("*.safetensors"))
+    assert_sound(engine)
+
+
+def _export_db(url: str, n: int) -> None:
+    """``n`` prompts, two replies each, one comparison each, judged by an imported source."""
+    from sqlalchemy import insert
+
+    from db.models import Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
+
+    engine = make_engine(url)
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(Annotator), [{"id": 1, "username": "import:crash", "display_name": "import:crash",
+                                          "role": "source", "credential": "", "is_active": True, "failed_logins": 0}])
+        conn.execute(insert(CandidateModel), [{"id": 1, "name": "x", "provider": "local", "model_id": "",
+                                               "params": {}, "replies_per_prompt": 1},
+                                              {"id": 2, "name": "y", "provider": "local", "model_id": "",
+                                               "params": {}, "replies_per_prompt": 1}])
+        conn.execute(insert(Prompt), [{"id": i, "messages": [{"role": "user", "content": f"Patient message {i}"}],
+                                       "source": "crash", "tags": [], "content_hash": f"e{i}"}
+                                      for i in range(1, n + 1)])
+        conn.execute(insert(Response), [{"id": 2 * i - 1 + k, "prompt_id": i, "candidate_model_id": 1 + k,
+                                         "text": f"{'Warm, specific' if k == 0 else 'Terse'} reply {i}",
+                                         "text_hash": f"h{i}-{k}", "meta": {}}
+                                        for i in range(1, n + 1) for k in (0, 1)])
+        conn.execute(insert(Comparison), [{"id": i, "prompt_id": i, "response_a_id": 2 * i - 1, "response_b_id": 2 * i,
+                                           "judgments_required": 1, "judgments_count": 1} for i in range(1, n + 1)])
+        conn.execute(insert(Judgment), [{"comparison_id": i, "annotator_id": 1, "preferred": "a", "strength": 2,
+                                         "shown_left": "a", "flags_a": [], "flags_b": [], "rationale": ""}
+                                        for i in range(1, n + 1)])
+    engine.dispose()
+
+
+def test_kill_during_export_leaves_no_partial_file(tmp_path):
+    db_file = tmp_path / "export.db"
+    url = f"sqlite:///{db_file}"
+    n = 15000
+    _export_db(url, n)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    target = out_dir / "prefs.jsonl"
+    args = ["export", "dpo", "--output", str(target), "--db", url, "--sources", "imported"]
+
+    def writing(proc) -> bool:  # noqa: ANN001
+        return any(p.stat().st_size > 0 for p in out_dir.glob(".prefs.jsonl.*"))
+
+    killed, log = kill_when(args, writing, poll=0.01, log=tmp_path / "e.log")
+    assert killed, f"export finished before it was seen writing:\n{log[-2000:]}"
+    assert not target.exists(), "a killed export left a file at the target path"
+    assert not list(out_dir.glob("prefs*.json")), "a killed export left a manifest"
+    engine = make_engine(url)
+    assert count(engine, "exportrun") == 0
+    assert_sound(engine)
+
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    lines = target.read_text().splitlines()
+    assert len(lines) == n and len(set(lines)) == n
+    assert all(json.loads(line)["chosen"] for line in lines[:50])
+    assert count(engine, "exportrun") == 1
+    assert_sound(engine)
+
+
+def test_export_rerun_removes_stale_temporary_files(tmp_path):
+    """After a SIGKILL the hidden temporary file of the killed export is a partial export: the next
+    export to the same target must not leave it lying next to the finished file."""
+    db_file = tmp_path / "export.db"
+    url = f"sqlite:///{db_file}"
+    _export_db(url, 200)
+    target = tmp_path / "prefs.jsonl"
+    stale = tmp_path / ".prefs.jsonl.deadbeef.tmp"  # what a killed export leaves (exports.atomic.temp_file)
+    stale.write_text('{"prompt": "half a row')
+    rerun = run_cli("export", "dpo", "--output", str(target), "--db", url, "--sources", "imported")
+    assert rerun.returncode == 0, rerun.stderr
+    assert len(target.read_text().splitlines()) == 200
+    leftovers = sorted(p.name for p in tmp_path.glob(".prefs.jsonl*"))
+    assert leftovers == [], f"partial export files left behind: {leftovers}"
