@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zipfile
 
 import pytest
 from sqlmodel import Session, select
@@ -257,6 +258,7 @@ BAD_INPUTS = [
     ("zip-dotdot", "prompts", "x.zip", None, None, "entry ../evil.json: entry points outside"),
     ("zip-absolute", "prompts", "x.zip", None, None, "entry /etc/cron.d/x: entry points outside"),
     ("zip-not-a-zip", "prompts", "x.zip", b"PK\x03\x04 garbage", None, "not a readable zip"),
+    ("zip-bomb", "prompts", "x.zip", None, None, "entry intents/Sad_usersays_en.json: entry is larger than"),
     ("zip-bad-json", "prompts", "x.zip", None, None, "entry intents/Sad_usersays_en.json, line 1: invalid JSON"),
     ("trl-missing-columns", "preferences", "x.jsonl", b'{"prompt": "p", "chosen": "c"}\n', "trl",
      "line 1: missing field(s) rejected"),
@@ -287,6 +289,12 @@ def _zip_content(case: str, path):
         return write_zip(path, {"intents/Sad.json": INTENT, "intents/Sad_usersays_en.json": PHRASES})
     if case == "zip-dotdot":
         return write_zip(path, {"agent.json": AGENT, "intents/Sad_usersays_en.json": PHRASES, "../evil.json": "{}"})
+    if case == "zip-bomb":  # 17 MB of zeros compress to a few kB
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("agent.json", AGENT)
+            archive.writestr("intents/Sad_usersays_en.json", b"0" * 17_000_000)
+        assert path.stat().st_size < 100_000
+        return path
     if case == "zip-absolute":
         return write_zip(path, {"agent.json": AGENT, "/etc/cron.d/x": "* * * * * root true"})
     return write_zip(path, {"agent.json": AGENT, "intents/Sad.json": INTENT, "intents/Sad_usersays_en.json": "[{"})

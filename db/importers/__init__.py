@@ -129,7 +129,7 @@ def import_prompts(path: str | Path, *, session: Session, format: str | None = N
     fmt = _resolve(path, format, "prompts", PROMPT_FORMATS)
     run = ImportRun(session, path, fmt, progress=progress)
     PROMPT_FORMATS[fmt](path, run, max_line_bytes=max_line_bytes)
-    run.release()
+    run.release(force=True)
     if actor:
         audit(actor, "import.prompts", session=session, target=path.name, details=run.summary.as_dict())
     return run.summary
@@ -151,7 +151,7 @@ def import_preferences(path: str | Path, *, session: Session, format: str | None
     check_dataset(dataset)
     run = ImportRun(session, path, fmt, dataset=dataset, progress=progress)
     PREFERENCE_FORMATS[fmt](path, run, dataset=dataset, max_line_bytes=max_line_bytes)
-    run.release()
+    run.release(force=True)
     if actor:
         audit(actor, "import.preferences", session=session, target=path.name, details=run.summary.as_dict())
     return run.summary

@@ -27,14 +27,16 @@ from db.crud import (
     add_response,
     get_or_create_prompt,
     get_or_create_source_annotator,
+    validate_messages,
 )
 from db.errors import TheraPrefError
-from db.hashing import normalize_text
+from db.hashing import normalize_text, prompt_hash
 from db.models import Annotator, CandidateModel, Prompt, Response
 
 MAX_LINE_BYTES = 1_048_576
 """Longest accepted line (JSONL record, CSV line, text line), in bytes; ``--max-line-bytes``."""
 PROGRESS_EVERY = 1000
+RELEASE_BATCH = 2000
 GZIP_MAGIC = b"\x1f\x8b"
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")
 
@@ -270,6 +272,7 @@ class ImportRun:
         self._candidates: dict[str, CandidateModel] = {}
         self._annotators: dict[str, Annotator] = {}
         self._touched: list[Any] = []
+        self._recent_prompts: dict[str, Prompt] = {}  # content hash -> prompt, until the next release
         self._progress = progress
 
     # counting ---------------------------------------------------------------
@@ -295,12 +298,16 @@ class ImportRun:
         """Release these rows too at the next ``release``."""
         self._touched.extend(rows)
 
-    def release(self) -> None:
-        """Forget this record's ORM objects (they are flushed) so long files use flat memory."""
+    def release(self, *, force: bool = False) -> None:
+        """Forget the ORM objects of the records so far (they are flushed), once a batch has
+        gathered (or when ``force``), so that long files run in flat memory."""
+        if not force and len(self._touched) < RELEASE_BATCH:
+            return
         for row in self._touched:
             if row in self.session:
                 self.session.expunge(row)
         self._touched.clear()
+        self._recent_prompts.clear()
 
     # rows -------------------------------------------------------------------
     def candidate(self, name: str, provider: str, model_id: str = "", **fields: Any) -> CandidateModel:
@@ -333,7 +340,12 @@ class ImportRun:
             if isinstance(fields.get(name), str):
                 fields[name] = fields[name][:limit]
         try:
-            prompt, created = get_or_create_prompt(messages, session=self.session, **fields)
+            digest = prompt_hash(validate_messages(messages), fields.get("system_prompt"))
+            prompt = self._recent_prompts.get(digest)
+            created = False
+            if prompt is None:
+                prompt, created = get_or_create_prompt(messages, session=self.session, **fields)
+                self._recent_prompts[digest] = prompt
         except DataError as exc:
             raise ImportFormatError(self.path, str(exc), line=line, entry=entry) from None
         self._count("prompts", prompt, created)
