@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
 from analytics.records import JudgmentRecord
 
-START = datetime(2026, 3, 2, 9, tzinfo=timezone.utc)
+START = datetime(2026, 3, 2, 9, tzinfo=UTC)
 
 
 def simulate_panel(n_items: int, annotators: list[str], *, seed: int = 0, noise: float = 0.25,
@@ -67,7 +67,8 @@ def build_rich_project(session, *, n_prompts: int = 6, n_clinicians: int = 3):  
     for i, prompt in enumerate(project.prompts):
         prompt.topic = "sleep" if i % 2 else "self-worth"
         session.add(prompt)
-        reply, _ = add_response(prompt, odd, HOSTILE_REPLY if i == 0 else f"Reply {i}: breathe slowly.", session=session)
+        text = HOSTILE_REPLY if i == 0 else f"Reply {i}: breathe slowly."
+        reply, _ = add_response(prompt, odd, text, session=session)
         for other in ("warm", "terse"):
             comparison, _ = add_comparison(reply, project.responses[(prompt.id, other)], session=session,
                                            judgments_required=3)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session
 
-from db.engine import make_engine
-from db.migrate import upgrade
-
 from analytics.reward_eval import (
     held_out_comparison_ids,
     length_scorer,
@@ -15,6 +12,8 @@ from analytics.reward_eval import (
     reward_vs_clinicians,
 )
 from db.crud import add_judgment
+from db.engine import make_engine
+from db.migrate import upgrade
 from tests.factories import PATIENT_MESSAGES, build_project
 
 

@@ -19,8 +19,8 @@ st.title("Analytics")
 
 
 @st.cache_data(ttl=300, show_spinner="Computing agreement, quality and ratings…", max_entries=8)
-def _summary(database_url: str, fingerprint: str, judges: str, n_bootstrap: int) -> AnalyticsSummary:
-    # database_url and fingerprint are cache keys: new judgments give a new fingerprint.
+def _summary(database_url: str, fingerprint: str, gold: tuple, judges: str, n_bootstrap: int) -> AnalyticsSummary:
+    # database_url, fingerprint and gold are cache keys: new judgments or gold answers recompute.
     with state.read_session() as session:
         return build_summary(session=session, config=AnalyticsConfig(judges=judges, n_bootstrap=n_bootstrap))
 
@@ -31,7 +31,8 @@ judges = left.selectbox("Judgments by", JUDGES, index=0, help=AnalyticsConfig.__
 n_bootstrap = right.select_slider("Bootstrap resamples", options=[100, 200, 500, 1000], value=200)
 with state.read_session() as session:
     fingerprint = database_fingerprint(session=session)
-summary = _summary(state.settings().database_url, fingerprint, judges, n_bootstrap)
+    gold = tuple((g.id, g.gold_answer) for g in gold_comparisons(session=session))
+summary = _summary(state.settings().database_url, fingerprint, gold, judges, n_bootstrap)
 for note in summary.notes:
     st.info(note)
 
@@ -118,3 +119,7 @@ with gold_tab:
         rows = [{"comparison": g.id, "gold answer": g.gold_answer, "judgments": g.judgments_count}
                 for g in gold_comparisons(session=session)]
     st.dataframe(rows, hide_index=True, width="stretch")
+    accuracy = [{"annotator": q.annotator, "gold items": q.gold_accuracy.n_items, "accuracy": q.gold_accuracy.value}
+                for q in summary.quality if q.gold_accuracy.n_items]
+    if accuracy:
+        st.dataframe(accuracy, hide_index=True, width="stretch")
