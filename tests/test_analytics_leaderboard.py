@@ -119,3 +119,33 @@ def test_report_has_per_topic_boards_and_is_deterministic():
 def test_one_model_gives_no_board():
     board = fit_leaderboard([Battle("x", "x", 1.0)], n_bootstrap=10)
     assert board.ratings == [] and "two candidate models" in board.note
+
+
+def test_batched_newton_matches_scipy_lbfgs():
+    from scipy.optimize import minimize
+
+    from analytics.bradley_terry import design_matrix, fit_logistic
+
+    rng = np.random.default_rng(2)
+    n, k, ridge = 400, 4, 0.1
+    ia = rng.integers(0, k, n)
+    ib = (ia + rng.integers(1, k, n)) % k
+    length = rng.normal(size=n)
+    x = design_matrix(ia, ib, k, length[:, None])
+    truth = np.array([0.8, 0.0, -0.3, -0.5, 0.7])
+    score = (rng.random(n) < 1 / (1 + np.exp(-x @ truth))).astype(float)
+    score[rng.random(n) < 0.1] = 0.5  # ties as half wins
+
+    def loss(theta, w):
+        eta = x @ theta
+        value = np.sum(w * (np.logaddexp(0, eta) - score * eta)) + ridge / 2 * theta @ theta
+        grad = x.T @ (w * (1 / (1 + np.exp(-eta)) - score)) + ridge * theta
+        return value, grad
+
+    weights = np.ones((2, n))
+    weights[1] = rng.integers(0, 3, n)  # a second, bootstrap-like weighting in the same batch
+    ours = fit_logistic(x, weights, weights * score, ridge=ridge)
+    for row in range(2):
+        expected = minimize(loss, np.zeros(k + 1), args=(weights[row],), jac=True, method="L-BFGS-B",
+                            options={"gtol": 1e-10}).x
+        np.testing.assert_allclose(ours[row], expected, atol=1e-5)
