@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
-import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -302,7 +301,7 @@ class LlamaCppProvider(_LocalProvider):
 
         self.llm = load_llama(gguf_path(self.spec), n_ctx=self.spec.n_ctx,
                          seed=self.spec.seed if self.spec.seed is not None else 0,
-                         n_threads=max(1, os.cpu_count() or 1), verbose=False)
+                         n_threads=self.spec.threads, n_threads_batch=self.spec.threads, verbose=False)
 
     def generate_batch(self, jobs: list[Job]) -> list[Reply | Failure]:
         (job,) = jobs
@@ -365,9 +364,15 @@ class TransformersProvider(_LocalProvider):
         if sample:
             kwargs.update(temperature=spec.temperature, top_p=spec.top_p, top_k=0)
         torch.manual_seed(jobs[0].seed if jobs[0].seed is not None else 0)
+        threads = torch.get_num_threads()
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
         started = time.perf_counter()
-        with torch.inference_mode():
-            output = self.model.generate(**inputs, **kwargs)
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
         latency = time.perf_counter() - started
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}

@@ -77,6 +77,8 @@ class CandidateSpec:
     backoff_max: float = field(default=30.0, metadata={"help": "longest delay between retries in seconds"})
     batch_size: int = field(default=8, metadata={"help": "prompts per generate() call (transformers provider)"})
     n_ctx: int = field(default=2048, metadata={"help": "context window (llamacpp provider)"})
+    threads: int | None = field(default=None, metadata={
+        "help": "CPU threads for local providers (unset = library default; 1 is fastest on a busy machine)"})
     extra_params: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "extra request-body fields for the endpoint (openai provider), e.g. max_completion_tokens"})
 
@@ -137,8 +139,8 @@ def spec_from_dict(data: Mapping[str, Any], *, where: str = "candidate") -> Cand
             raise RegistryError(f"{where}: field {key!r} must be a string, not {value!r}")
         if key in _INT_FIELDS and (isinstance(value, bool) or not isinstance(value, int)):
             raise RegistryError(f"{where}: field {key!r} must be an integer, not {value!r}")
-        if key == "seed" and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise RegistryError(f"{where}: field 'seed' must be an integer, not {value!r}")
+        if key in ("seed", "threads") and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise RegistryError(f"{where}: field {key!r} must be an integer, not {value!r}")
         if key in _FLOAT_FIELDS:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise RegistryError(f"{where}: field {key!r} must be a number, not {value!r}")
@@ -165,6 +167,7 @@ def _check_ranges(spec: CandidateSpec, where: str) -> None:
         (spec.backoff_base >= 0 and spec.backoff_max >= 0, "backoff_base and backoff_max must be 0 or more"),
         (spec.batch_size >= 1, "batch_size must be at least 1"),
         (spec.n_ctx >= 64, "n_ctx must be at least 64"),
+        (spec.threads is None or spec.threads >= 1, "threads must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:
