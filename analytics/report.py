@@ -202,11 +202,15 @@ def _reward(s: AnalyticsSummary) -> Section:
                               "majority."), Image("reward_model", "Reward model vs judges"),
                     Table(["", "value [95% CI] (n)"], rows)]
     if r.disagreements:
+
+        def side(choice: str, d) -> str:  # noqa: ANN001
+            return f"{choice} ({d.model_a if choice == 'a' else d.model_b})"
+
         blocks.append(Table(
             ["comparison", "judges chose", "model chose", "score a", "score b", "patient", "reply a", "reply b"],
-            [[str(d.comparison_id), f"{d.majority} ({d.model_a if d.majority == 'a' else d.model_b})",
-              d.model_choice, f"{d.score_a:.3f}", f"{d.score_b:.3f}", _excerpt(d.prompt), _excerpt(d.text_a),
-              _excerpt(d.text_b)] for d in r.disagreements],
+            [[str(d.comparison_id), side(d.majority, d), side(d.model_choice, d), f"{d.score_a:.3f}",
+              f"{d.score_b:.3f}", _excerpt(d.prompt), _excerpt(d.text_a), _excerpt(d.text_b)]
+             for d in r.disagreements],
             f"Largest disagreements (up to {s.config.max_disagreements}, biggest score margin first)"))
     return _section("reward", *blocks)
 

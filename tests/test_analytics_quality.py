@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 from sqlmodel import Session, select
 
+from analytics.config import AnalyticsConfig
 from analytics.errors import AnalyticsError
 from analytics.gold import gold_comparisons, set_gold
 from analytics.progress import completion, safety_flag_counts
 from analytics.quality import annotator_quality, position_bias
 from analytics.records import JudgmentRecord, load_judgments
+from analytics.reward_eval import length_scorer, majority_items
+from analytics.summary import build_summary
 from db.crud import add_judgment, get_or_create_source_annotator
 from db.models import AuditEvent, Comparison
 from tests.factories import build_project
@@ -112,6 +115,8 @@ def test_load_judgments_and_completion_on_sqlite_and_postgres(any_engine):
         clinicians = load_judgments(session=session)
         everyone = load_judgments(session=session, roles=("clinician", "admin", "source"))
         done = completion(session=session)
+        summary = build_summary(session=session, config=AnalyticsConfig(n_bootstrap=20), scorer=length_scorer)
+        imported = majority_items(session=session, roles=("source",))
     assert len(clinicians) == 7 and len(everyone) == 8
     assert {r.role for r in clinicians} == {"clinician", "admin"}
     warm = next(r for r in clinicians if r.annotator == "clin0")
@@ -124,3 +129,7 @@ def test_load_judgments_and_completion_on_sqlite_and_postgres(any_engine):
     flags = {f.model: f for f in safety_flag_counts(clinicians)}
     assert flags["warm"].judged == 7 and sum(flags["warm"].counts.values()) + sum(flags["terse"].counts.values()) == 1
     assert math.isclose(done.share_complete, 2 / 3)
+    assert summary.n_judgments == 7 and summary.agreement.n_comparisons == 3
+    assert [r.model for r in summary.leaderboard.overall.ratings] == ["warm", "terse"]
+    assert summary.reward.n_items == 3 and summary.reward.agreement.value == 1.0  # warm is longer and preferred
+    assert [(i.comparison_id, i.votes) for i in imported] == [(project.comparisons[0].id, 1)]
