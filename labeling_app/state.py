@@ -22,6 +22,7 @@ SETTINGS_KEY = "_therapref_settings"
 USER_KEY = "_therapref_user"
 SEEN_KEY = "_therapref_last_seen"
 FLASH_KEY = "_therapref_flash"
+LOGIN_ERROR = "Login failed: wrong username or password, or the account is locked or inactive."
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,6 @@ from db.auth import authenticate
 from db.crud import audit
 from labeling_app import state
 
-GENERIC_ERROR = "Login failed: wrong username or password, or the account is locked or inactive."
-
 st.title("TheraPref labeling")
 st.write("Compare therapy-assistant replies. Log in with the account your admin created for you.")
 state.show_flash()
@@ -30,7 +28,7 @@ if submitted:
                   target=(username or "").strip()[:200])
             user = None
     if user is None:
-        st.error(GENERIC_ERROR)
+        st.error(state.LOGIN_ERROR)
     else:
         state.sign_in(user)
         st.rerun()
