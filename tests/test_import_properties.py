@@ -4,12 +4,15 @@ pairs round-trip through the database; arbitrary bytes and malformed records giv
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import unicodedata
+import zipfile
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, delete, select
 
@@ -200,3 +203,64 @@ def test_truncated_or_mutated_valid_record_is_rejected(db, fmt, data):
     message = str(caught.value)
     assert message.startswith(f"{path}, line 2: ") and "\n" not in message, message
     assert counts(engine) == before
+
+
+@PROPERTY
+@given(st.lists(text, min_size=1, max_size=3), text, text)
+def test_hh_rlhf_round_trip(db, context, chosen, rejected):
+    for piece in (*context, chosen, rejected):
+        assume("\n\nHuman:" not in piece and "\n\nAssistant:" not in piece)
+    engine, folder = db
+    _wipe(engine)
+    turns = []
+    for index, piece in enumerate(context):
+        turns.append(("Human", piece))
+        if index < len(context) - 1:
+            turns.append(("Assistant", f"reply {index}"))
+    head = "".join(f"\n\nHuman: {body}" if role == "Human" else f"\n\nAssistant: {body}" for role, body in turns)
+    record = {"chosen": f"{head}\n\nAssistant: {chosen}", "rejected": f"{head}\n\nAssistant: {rejected}"}
+    path = _file(folder, ".jsonl", (json.dumps(record) + "\n").encode())
+    summary = run_import(engine, import_preferences, path, format="hh-rlhf")
+    if normalize_text(chosen) == normalize_text(rejected):
+        assert summary.skipped == {"chosen equals rejected": 1}
+        return
+    with Session(engine) as session:
+        judgment = session.exec(select(Judgment)).one()
+        comparison = session.get(Comparison, judgment.comparison_id)
+        a, b = session.get(Response, comparison.response_a_id), session.get(Response, comparison.response_b_id)
+        got_chosen, got_rejected = (a, b) if judgment.preferred == "a" else (b, a)
+        prompt = session.get(Prompt, comparison.prompt_id)
+    expected = [{"role": "user" if role == "Human" else "assistant", "content": body} for role, body in turns]
+    assert prompt.messages == expected
+    assert (got_chosen.text, got_rejected.text) == (chosen, rejected)
+
+
+csv_cells = st.text(st.characters(exclude_categories=("Cs",)), max_size=12) | st.integers(-3, 30).map(str)
+
+
+@PROPERTY
+@given(st.lists(st.lists(csv_cells, min_size=6, max_size=6), min_size=0, max_size=5),
+       st.sampled_from(["counselchat", "counselchat-upvotes"]))
+def test_counselchat_random_rows_give_one_line_error_or_import(db, rows, fmt):
+    engine, folder = db
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["questionID", "questionTitle", "questionText", "topic", "answerText", "upvotes"])
+    writer.writerows(rows)
+    path = _file(folder, ".csv", buffer.getvalue().encode("utf-8", "surrogatepass"))
+    function = import_prompts if fmt == "counselchat" else import_preferences
+    _expect_clean_failure_or_success(engine, function, path, fmt)
+
+
+@PROPERTY
+@given(st.dictionaries(st.sampled_from(["agent.json", "intents/A.json", "intents/A_usersays_en.json",
+                                        "intents/B_usersays_en.json", "../x.json", "/abs.json"]),
+                       json_values, min_size=1, max_size=4))
+def test_dialogflow_random_zips_give_one_line_error_or_import(db, entries):
+    engine, folder = db
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, value in entries.items():
+            archive.writestr(zipfile.ZipInfo(name), json.dumps(value))
+    path = _file(folder, ".zip", buffer.getvalue())
+    _expect_clean_failure_or_success(engine, import_prompts, path, "dialogflow")

@@ -104,6 +104,12 @@ def test_error_rolls_back_everything(any_engine, tmp_path):
     with pytest.raises(ImportFormatError, match=r"partly.jsonl, line 6: invalid JSON"):
         run_import(any_engine, import_prompts, bad)
     assert counts(any_engine) == before
+    # PostgreSQL cannot store NUL characters: refused up front with a located error, not a driver error
+    nul = write_jsonl(tmp_path / "nul.jsonl", [{"prompt": "ok", "chosen": "fine", "rejected": "also fine"},
+                                               {"prompt": "a\u0000b", "chosen": "c", "rejected": "d"}])
+    with pytest.raises(ImportFormatError, match=r"nul.jsonl, line 2: prompt contains a NUL character"):
+        run_import(any_engine, import_preferences, nul)
+    assert counts(any_engine) == before
 
 
 def test_counselchat_upvote_preferences(engine):
