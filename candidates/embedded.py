@@ -56,13 +56,18 @@ def _materialise(gguf: Path, target: Path) -> None:
 
     folder, name = str(gguf.parent), gguf.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = LlamaConfig(**{k: v for k, v in loaded.config.to_dict().items()
                             if k not in ("architectures", "_name_or_path", "transformers_version")})
     config.architectures = ["LlamaForCausalLM"]
     model = LlamaForCausalLM(config)
-    model.load_state_dict(loaded.state_dict(), strict=False)
-    if getattr(config, "tie_word_embeddings", False):
+    result = model.load_state_dict(loaded.state_dict(), strict=False)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"GGUF → HF copy is incomplete: missing {missing[:5]}, "
+                           f"unexpected {list(result.unexpected_keys)[:5]}")
+    if tied:
         model.tie_weights()
     model.generation_config = loaded.generation_config
     if tokenizer.pad_token is None:
