@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -41,7 +40,29 @@ class Method(StrEnum):
     dpo = "dpo"
 
 
+def command_line(ctx: typer.Context) -> list[str]:
+    """The command as run (from the parsed parameters; values that equal the default left out)."""
+    words = ctx.command_path.split()
+    defaults = {p.name: p.default for p in ctx.command.params}
+    for name, value in ctx.params.items():
+        if name == "kind":
+            words.insert(len(ctx.command_path.split()), str(getattr(value, "value", value)))
+            continue
+        if value == defaults.get(name) or value in (None, [], ()):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, list | tuple):
+            for item in value:
+                words += [flag, str(item)]
+        else:
+            words += [flag, str(getattr(value, "value", value))]
+    return words
+
+
 def export(
+    ctx: typer.Context,
     kind: Annotated[Kind, typer.Argument(help="sft | dpo | openai-dpo | kto | hf")],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (a folder for hf).")],
     db: DbOption = None,
@@ -85,7 +106,7 @@ def export(
             force=force, scrub_pii=scrub_pii, system_prompt=system_prompt, selection=select.value,
             reference_candidate=reference_candidate, prefer_source=prefer_source, rewrites=rewrites,
             reward_model=str(reward_model) if reward_model else None, margin=margin,
-            command=["therapref", *sys.argv[1:]],
+            command=command_line(ctx),
         )
         engine = open_engine(db)
 
