@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import String, and_, case, cast, func, or_, select
+from sqlalchemy import String, and_, case, cast, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
@@ -52,7 +52,8 @@ class PairRow:
 def _stream(conn: Connection, stmt: Any) -> Iterator[Any]:
     result = conn.execution_options(stream_results=True, yield_per=BATCH).execute(stmt)
     try:
-        yield from result
+        for batch in result.partitions(BATCH):  # fetchmany: one round trip per batch
+            yield from batch
     finally:
         result.close()
 
@@ -181,4 +182,4 @@ def count_candidate_replies(conn: Connection, candidate: str) -> int:
 
 
 __all__ = ["Votes", "PairRow", "flagged_response_ids", "iter_pairs", "iter_prompts", "prompt_responses",
-           "prompt_comparisons", "prompt_rewrite", "iter_candidate_replies", "or_"]
+           "prompt_comparisons", "prompt_rewrite", "iter_candidate_replies"]

