@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from analytics.stats import bootstrap_weights
+
 MAX_STEP = 2.0
 
 
@@ -50,6 +52,7 @@ def fit_logistic(x: np.ndarray, trials: np.ndarray, successes: np.ndarray, *, ri
     theta = np.zeros((n_batch, p))
     penalty = max(ridge, 1e-10) * np.eye(p)
     active = np.ones(n_batch, dtype=bool)
+    outer = (x[:, :, None] * x[:, None, :]).reshape(x.shape[0], p * p)  # Hessian = curvature @ outer
     for _ in range(max_iter):
         idx = np.flatnonzero(active)
         if idx.size == 0:
@@ -58,7 +61,7 @@ def fit_logistic(x: np.ndarray, trials: np.ndarray, successes: np.ndarray, *, ri
         prob = 1.0 / (1.0 + np.exp(-eta))
         grad = (successes[idx] - trials[idx] * prob) @ x - theta[idx] * max(ridge, 1e-10)
         curvature = trials[idx] * prob * (1.0 - prob)
-        hessian = np.einsum("bn,ni,nj->bij", curvature, x, x) + penalty
+        hessian = (curvature @ outer).reshape(-1, p, p) + penalty
         step = np.linalg.solve(hessian, grad[..., None])[..., 0]
         largest = np.abs(step).max(axis=1)
         step *= np.minimum(1.0, MAX_STEP / np.maximum(largest, 1e-300))[:, None]
@@ -108,5 +111,4 @@ def cluster_weights(clusters: Sequence, n_bootstrap: int, rng: np.random.Generat
     keys, inverse = np.unique(np.asarray(clusters), return_inverse=True)
     if n_bootstrap == 0 or keys.size == 0:
         return np.zeros((0, len(clusters)))
-    draws = rng.multinomial(keys.size, np.full(keys.size, 1.0 / keys.size), size=n_bootstrap).astype(float)
-    return draws[:, inverse]
+    return bootstrap_weights(keys.size, n_bootstrap, rng)[:, inverse]

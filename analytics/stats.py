@@ -49,7 +49,9 @@ def bootstrap_weights(n_clusters: int, n_bootstrap: int, rng: np.random.Generato
     """
     if n_clusters == 0 or n_bootstrap == 0:
         return np.zeros((0, n_clusters))
-    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=n_bootstrap).astype(float)
+    draws = rng.integers(0, n_clusters, size=(n_bootstrap, n_clusters))
+    draws += np.arange(n_bootstrap)[:, None] * n_clusters
+    return np.bincount(draws.ravel(), minlength=n_bootstrap * n_clusters).reshape(n_bootstrap, n_clusters).astype(float)
 
 
 def percentile_interval(samples: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
