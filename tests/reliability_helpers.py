@@ -295,3 +295,25 @@ def tiny_reward_base(folder: Path) -> Path:
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def browser_login(page, base_url: str, username: str, password: str, *, timeout_ms: int = 60_000) -> None:  # noqa: ANN001
+    """Open the labeling app and log in through its form."""
+    page.goto(base_url)
+    page.get_by_role("textbox", name="Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_text(f"Signed in as {username}", exact=False).wait_for(timeout=timeout_ms)
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float = 60, poll: float = 0.1, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+        time.sleep(poll)
