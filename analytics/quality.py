@@ -44,6 +44,9 @@ class PositionBias:
         return self.left / self.choices if self.choices else math.nan
 
 
+NO_SCREEN = PositionBias(0, 0, math.nan, False)
+
+
 def position_bias(records: Sequence[JudgmentRecord], *, alpha: float = 0.05) -> PositionBias:
     """Test whether the left reply is chosen more (or less) often than chance.
 
@@ -133,7 +136,8 @@ def annotator_quality(
         rows.append(AnnotatorQuality(
             annotator=name, role=own[0].role, n_judgments=n,
             majority_agreement=proportion(agree, len(with_majority), confidence),
-            position=position_bias(own, alpha=bias_alpha),
+            # Imported datasets never showed anything on a screen: no position to be biased by.
+            position=position_bias(own, alpha=bias_alpha) if own[0].role != "source" else NO_SCREEN,
             tie_rate=sum(r.preferred == "tie" for r in own) / n,
             both_bad_rate=sum(r.preferred == "both_bad" for r in own) / n,
             median_seconds=statistics.median(seconds) if seconds else math.nan,

@@ -85,8 +85,9 @@ def build_summary(
     if not records:
         notes.append(f"No judgments by {config.judges} yet: every section below is empty.")
     elif parts["agreement"].n_comparisons == 0:
-        notes.append("No comparison has been judged by two or more annotators, so agreement cannot be "
-                     "measured: raise judgments_required (overlap) with `therapref pairs --overlap K`.")
+        notes.append("No comparison has been judged by two or more annotators, so agreement cannot be measured"
+                     + (" (each imported preference is one judgment)." if config.judges == "imported" else
+                        ": raise judgments_required (overlap) with `therapref pairs --overlap K`."))
     reward = None
     if scorer is not None:
         ids = None if held_out_ids is None else list(held_out_ids)

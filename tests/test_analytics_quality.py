@@ -133,3 +133,11 @@ def test_load_judgments_and_completion_on_sqlite_and_postgres(any_engine):
     assert [r.model for r in summary.leaderboard.overall.ratings] == ["warm", "terse"]
     assert summary.reward.n_items == 3 and summary.reward.agreement.value == 1.0  # warm is longer and preferred
     assert [(i.comparison_id, i.votes) for i in imported] == [(project.comparisons[0].id, 1)]
+
+
+def test_imported_sources_are_not_tested_for_position_bias():
+    records = [JudgmentRecord(i, "import:hh", "a", shown_left="a", role="source", judgment_id=i + 1) for i in range(40)]
+    row = annotator_quality(records)[0]
+    assert row.position.choices == 0 and not row.position.biased
+    clinician = [JudgmentRecord(**{**r.__dict__, "role": "clinician"}) for r in records]
+    assert annotator_quality(clinician)[0].position.biased
