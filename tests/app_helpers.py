@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlmodel import Session
@@ -11,7 +14,12 @@ from db.engine import make_engine
 from db.migrate import upgrade
 from tests.factories import build_project
 
-APP = Path(__file__).resolve().parent.parent / "labeling_app" / "app.py"
+ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "labeling_app" / "app.py"
+OUTPUT = ROOT / "test-output" / "app"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 XSS_REPLY = ("Here is a thought.\n<script>window.__xss = 1;</script>\n"
              "<img src=x onerror=\"window.__xss = 2\">\n**not bold** [not a link](http://example.com)")
 
@@ -30,7 +38,60 @@ def make_database(url: str, *, n_prompts: int = 4, n_clinicians: int = 2, judgme
                 session=session, source="test")
             hostile, _ = add_response(prompt, project.candidates[0], XSS_REPLY, session=session)
             plain, _ = add_response(prompt, project.candidates[1], "A plain reply.", session=session)
-            comparison, _ = add_comparison(hostile, plain, session=session, judgments_required=judgments_required)
+            # One place only, so that it sorts first when the others need more (fewest places first).
+            comparison, _ = add_comparison(hostile, plain, session=session, judgments_required=1)
             project.comparisons.insert(0, comparison)
             session.commit()
     return engine, project
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(database_url: str, log_path: Path) -> Iterator[str]:
+    """``streamlit run`` on 127.0.0.1 and a free port; yields its base URL; stops it afterwards."""
+    from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
+
+    port = free_port()
+    process = start_app(database_url, port=port, log_path=log_path)
+    try:
+        wait_until_ready(app_url(port=port), 90, process=process)
+        yield app_url(port=port)
+    finally:
+        stop_app(process)
+
+
+def login(page, base_url: str, username: str, password: str) -> None:
+    page.goto(base_url + "/")
+    page.get_by_role("textbox", name="Username").fill(username)
+    page.get_by_role("textbox", name="Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_text(f"Signed in as {username}").wait_for(timeout=60_000)
+
+
+TOKEN_JS = """() => {
+  for (const el of document.querySelectorAll('[class*="st-key-choice-left-"]')) {
+    for (const cls of el.classList) {
+      if (cls.startsWith('st-key-choice-left-')) { return cls.slice('st-key-choice-left-'.length); }
+    }
+  }
+  return null;
+}"""
+
+
+def current_token(page, timeout: float = 60_000) -> str:
+    """The token of the pair on screen (waits until a pair is shown)."""
+    page.wait_for_function(TOKEN_JS, timeout=timeout)
+    return page.evaluate(TOKEN_JS)
+
+
+def wait_for_new_pair(page, old_token: str, timeout: float = 60_000) -> str | None:
+    """Wait until the pair on screen changed (or the queue is done); return the new token or None."""
+    page.wait_for_function(
+        "(old) => { const t = (" + TOKEN_JS + ")(); return (t !== null && t !== old) || "
+        "document.body.innerText.includes('All done'); }", arg=old_token, timeout=timeout)
+    return page.evaluate(TOKEN_JS)
