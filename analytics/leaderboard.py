@@ -131,8 +131,9 @@ def fit_leaderboard(
         return fit_logistic(x, trials, successes, ridge=ridge)
 
     anchor_index = index.get(anchor_model) if anchor_model else None
+    note = ""
     if anchor_model and anchor_index is None:
-        anchor_index = None  # the anchor model has no battles here: fall back to the mean
+        note = f"anchor model {anchor_model!r} has no battles here, so the mean rating is the anchor"
     theta = fit(np.ones((1, len(battles))))[0]
     rating = to_ratings(theta[:k], scale=scale, anchor_rating=anchor_rating, anchor_index=anchor_index)
     rng = np.random.default_rng(seed)
@@ -157,7 +158,7 @@ def fit_leaderboard(
     if length_control:
         low, high = percentile_interval(boot[:, k], confidence) if len(boot) else (math.nan, math.nan)
         coef = Estimate(float(theta[k]), low, high, len(battles))
-    return Leaderboard(ratings, len(battles), length_control, coef)
+    return Leaderboard(ratings, len(battles), length_control, coef, note)
 
 
 def _tallies(battles: Sequence[Battle], models: Sequence[str]) -> dict[str, list[int]]:
@@ -230,7 +231,8 @@ def leaderboard_report(
     for b in battles:
         if b.topic:
             by_topic.setdefault(b.topic, []).append(b)
-    if len(by_topic) > 1 or (by_topic and len(by_topic[next(iter(by_topic))]) < len(battles)):
+    one_topic_for_all = len(by_topic) == 1 and sum(len(g) for g in by_topic.values()) == len(battles)
+    if not one_topic_for_all:  # a board identical to the overall one says nothing new
         for topic in sorted(by_topic):
             group = by_topic[topic]
             if len(group) >= min_topic_battles and len({b.model_a for b in group} | {b.model_b for b in group}) > 1:

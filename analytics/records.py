@@ -7,7 +7,7 @@ data without a database.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func
@@ -47,7 +47,6 @@ class JudgmentRecord:
     prompt_id: int = 0
     response_a_id: int = 0
     response_b_id: int = 0
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def chose_left(self) -> bool | None:

@@ -160,6 +160,7 @@ def _leaderboard(s: AnalyticsSummary) -> list[Section]:
                          Image("leaderboard", "Leaderboard"))]
     blocks: list = [Paragraph(f"Bradley–Terry ratings from {lb.overall.n_battles} battles (ties count half a win; "
                               f"{c.bt_scale:g} points = 10× odds; {anchor})."),
+                    *([Paragraph(lb.overall.note, note=True)] if lb.overall.note else []),
                     Image("leaderboard", "Ratings with 95% bootstrap intervals"),
                     _board_table(lb.overall, "Bradley–Terry"),
                     _board_table(lb.length_controlled, "Length-controlled (reply length difference as a covariate)")]
@@ -241,7 +242,7 @@ def write_report(summary: AnalyticsSummary, output: str | Path) -> ReportFiles:
     Everything is rendered in memory first; each file is then written to a temporary name and
     renamed, so an interrupted run never leaves a half-written file.
     """
-    from analytics.plots import render_charts
+    from analytics.plots import CHARTS, render_charts
 
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -252,6 +253,8 @@ def write_report(summary: AnalyticsSummary, output: str | Path) -> ReportFiles:
     markdown = to_markdown(doc)
     data = json.dumps(summary.as_dict(), indent=2, sort_keys=True, default=str)
     (output / "charts").mkdir(parents=True, exist_ok=True)
+    for stale in set(CHARTS) - set(charts):  # e.g. a reward chart from an earlier run with a model
+        (output / "charts" / f"{stale}.png").unlink(missing_ok=True)
     chart_paths = []
     for name, png in charts.items():
         chart_paths.append(_atomic_write(output / "charts" / f"{name}.png", png))

@@ -149,3 +149,10 @@ def test_batched_newton_matches_scipy_lbfgs():
         expected = minimize(loss, np.zeros(k + 1), args=(weights[row],), jac=True, method="L-BFGS-B",
                             options={"gtol": 1e-10}).x
         np.testing.assert_allclose(ours[row], expected, atol=1e-5)
+
+
+def test_unknown_anchor_model_falls_back_to_the_mean():
+    battles = [Battle("x", "y", 1.0, cluster=i) for i in range(5)] + [Battle("x", "y", 0.0, cluster=9)]
+    board = fit_leaderboard(battles, n_bootstrap=10, anchor_model="missing")
+    assert "'missing' has no battles" in board.note
+    assert np.mean([r.rating for r in board.ratings]) == pytest.approx(1000)
