@@ -126,7 +126,10 @@ def preflight(specs: list[CandidateSpec], *, secrets: Mapping[str, str] | None =
         raise GenerationConfigError(str(exc)) from None
     for spec in specs:
         if spec.provider == "llamacpp":
-            path = gguf_path(spec)
+            try:
+                path = gguf_path(spec)
+            except FileNotFoundError as exc:
+                raise GenerationConfigError(f"candidate {spec.name!r}: {exc}") from None
             if not path.is_file():
                 raise GenerationConfigError(f"candidate {spec.name!r}: GGUF model file {path} not found")
         elif spec.provider == "transformers" and spec.model_id not in ("", EMBEDDED):

@@ -64,7 +64,7 @@ def test_generate_cli_against_real_llama_cpp_server(tmp_path, engine, monkeypatc
             assert KEY.encode() not in path.read_bytes()
 
 
-def test_faults_are_retried_recorded_and_refilled(engine):
+def test_faults_are_retried_recorded_and_refilled(any_engine):
     texts = ["rate limited please", "server error once", "too slow always", "malformed body", "gateway down",
              "dropped connection", "bad request", "all fine here"]
     plan = {
@@ -76,17 +76,17 @@ def test_faults_are_retried_recorded_and_refilled(engine):
         "dropped": [("drop",)],
         "bad request": [("status", 400, {})],
     }
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(any_engine, expire_on_commit=False) as session:
         prompts = {p.messages[0]["content"]: p.id for p in add_prompts(session, len(texts), texts=texts)}
     with FakeOpenAIServer(plan=plan) as server:
         spec = _spec(server.url)
-        summary = run_generation(engine, [spec], progress=False)
+        summary = run_generation(any_engine, [spec], progress=False)
         assert (summary.done, summary.failed, summary.duplicates) == (4, 4, 0)
         # Retry-After honoured: the retry came at least ~1 s after the 429.
         first, second = server.calls_for("rate limited")
         assert second.at - first.at >= 0.95
         assert [len(server.calls_for(t)) for t in texts] == [2, 2, 2, 1, 2, 2, 1, 1]
-        with Session(engine, expire_on_commit=False) as session:
+        with Session(any_engine, expire_on_commit=False) as session:
             failed = failures(session)
             assert set(failed) == {prompts[t] for t in ("too slow always", "malformed body", "gateway down",
                                                         "bad request")}
@@ -102,13 +102,13 @@ def test_faults_are_retried_recorded_and_refilled(engine):
             assert dropped.meta["attempts"] == 2
         # The next run retries exactly the failed prompts, clears their failures, duplicates nothing.
         calls_before = len(server.calls)
-        summary = run_generation(engine, [spec], progress=False)
+        summary = run_generation(any_engine, [spec], progress=False)
         assert (summary.done, summary.failed) == (4, 0)
         assert len(server.calls) - calls_before == 4
-        with Session(engine, expire_on_commit=False) as session:
+        with Session(any_engine, expire_on_commit=False) as session:
             assert failures(session) == {}
             assert reply_counts(session) == {(pid, "remote"): 1 for pid in prompts.values()}
-        assert run_generation(engine, [spec], progress=False).planned == 0
+        assert run_generation(any_engine, [spec], progress=False).planned == 0
 
 
 def test_failures_accumulate_attempts_across_runs(engine):
@@ -150,21 +150,21 @@ def test_unreachable_endpoint_fails_before_any_work(engine):
         assert session.exec(select(CandidateModel)).all() == []
 
 
-def test_key_is_sent_as_bearer_and_several_replies_per_prompt(engine):
-    with Session(engine, expire_on_commit=False) as session:
+def test_key_is_sent_as_bearer_and_several_replies_per_prompt(any_engine):
+    with Session(any_engine, expire_on_commit=False) as session:
         prompts = add_prompts(session, 2)
     spec = _spec("", api_key_env="REMOTE_KEY", replies_per_prompt=2, seed=10)
     with FakeOpenAIServer() as server:
         spec.base_url = server.url
-        summary = run_generation(engine, [spec], progress=False, secrets={"REMOTE_KEY": KEY})
+        summary = run_generation(any_engine, [spec], progress=False, secrets={"REMOTE_KEY": KEY})
         assert summary.done == 4
         assert {c.authorization for c in server.calls} == {f"Bearer {KEY}"}
         assert sorted(c.body["seed"] for c in server.calls) == [10, 10, 11, 11]
-    with Session(engine, expire_on_commit=False) as session:
+    with Session(any_engine, expire_on_commit=False) as session:
         assert reply_counts(session) == {(p.id, "remote"): 2 for p in prompts}
         assert sorted(r.meta["reply_index"] for r in session.exec(select(Response)).all()) == [0, 0, 1, 1]
     with pytest.raises(GenerationConfigError, match="REMOTE_KEY"):
-        run_generation(engine, [spec], progress=False, secrets={})
+        run_generation(any_engine, [spec], progress=False, secrets={})
 
 
 def test_two_concurrent_runs_never_duplicate(engine):
