@@ -162,9 +162,11 @@ def main() -> None:
     exp, exp_mb = in_child("export", str(db_path), str(out))
     base_rate = base["rows"] / base["seconds"]
     rate = exp["judgments"] / exp["seconds"]
-    print(f"{'':<34}{'seconds':>9}{'judgments/s':>14}{'peak RSS MB':>13}")
-    print(f"{'baseline: raw sqlite3 scan':<34}{base['seconds']:>9.2f}{base_rate:>14,.0f}{base_mb:>13.0f}")
-    print(f"{'export dpo (run_export)':<34}{exp['seconds']:>9.2f}{rate:>14,.0f}{exp_mb:>13.0f}")
+    print(f"{'':<30}{'seconds':>9}{'judgments/s':>14}{'peak RSS MB':>13}{'child CPU s':>13}")
+    print(f"{'baseline: raw sqlite3 scan':<30}{base['seconds']:>9.2f}{base_rate:>14,.0f}{base_mb:>13.0f}"
+          f"{base['cpu_seconds']:>13.2f}")
+    print(f"{'export dpo (run_export)':<30}{exp['seconds']:>9.2f}{rate:>14,.0f}{exp_mb:>13.0f}"
+          f"{exp['cpu_seconds']:>13.2f}")
     print(f"export / baseline throughput: {rate / base_rate:.2f}x; pairs written: {exp['rows']:,} "
           f"({exp['rows'] / exp['seconds']:,.0f} pairs/s); dropped: {exp['dropped']}")
     ok_rate, ok_mem = rate >= TARGET_ROWS_PER_S, exp_mb < TARGET_PEAK_MB

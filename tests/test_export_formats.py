@@ -183,5 +183,9 @@ def test_dpo_on_sqlite_and_postgres(any_engine, tmp_path):
     """The streaming query (server-side cursor on PostgreSQL) gives the golden rows on both."""
     with Session(any_engine, expire_on_commit=False) as session:
         sc = build_scenario(session)
-    export(any_engine, "dpo", tmp_path / "dpo.jsonl")
+    export(any_engine, "dpo", tmp_path / "dpo.jsonl", since=parse_when("2000-01-01"),
+           until=parse_when("2999-12-31T23:00:00+02:00"))
     assert lines(tmp_path / "dpo.jsonl") == expected_dpo(sc)
+    result = export(any_engine, "kto", tmp_path / "kto.jsonl", guideline_version=1)
+    judgments = result.counts["judgments"]
+    assert (judgments["dropped_source"], judgments["dropped_guideline"], judgments["judgments_used"]) == (1, 1, 12)
