@@ -13,7 +13,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
-URL = re.compile(r"\b(?:https?://|www\.)[^\s<>\"')\]]+[^\s<>\"')\].,;:!?]", re.IGNORECASE)
+URL = re.compile(
+    r"\b(?:(?:https?://|www\.)[^\s<>\"')\]]+[^\s<>\"')\].,;:!?]"
+    r"|[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:com|org|net|edu|gov|info|io|co\.uk|org\.uk)\b"
+    r"(?:/[^\s<>\"')\]]*[^\s<>\"')\].,;:!?])?)",
+    re.IGNORECASE,
+)
 PHONE = re.compile(
     r"(?<![\w+])(?:\+?\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)|\d{2,4})[\s.-]?\d{3,4}[\s.-]?\d{3,4}(?![\w])"
 )
@@ -23,7 +28,7 @@ NOT_NAMES = frozenset("""
 Sorry Fine Good Okay Ok Not So Just Really Very Here Happy Sad Tired Glad Afraid Scared Worried
 Always Never Still Also Trying Going Feeling Getting Being Having Doing Done Sure Unsure Confused
 Anxious Depressed Lonely Stressed Lost Stuck Angry Upset Alone Ready Well Better Worse Sick
-A An The In On At From With Able Unable Only Constantly Currently Honestly Afraid Overwhelmed
+A An The In On At From With Able Unable Only Constantly Currently Honestly Overwhelmed Crazy Weird Human
 """.split())
 INTRO = re.compile(
     rf"\b(?:[Mm]y name is|[Mm]y name's|[Cc]all me|I'm|I am|[Tt]his is)\s+{_NAME}(?=[,.!?;:]|\s*$|\s+and\b)"
@@ -39,7 +44,7 @@ PLACEHOLDERS = {"email": "[EMAIL]", "url": "[URL]", "phone": "[PHONE]", "name": 
 
 @dataclass
 class Scrubber:
-    """Replace PII in texts; ``counts`` says how many of each kind were replaced.
+    r"""Replace PII in texts; ``counts`` says how many of each kind were replaced.
 
     >>> s = Scrubber()
     >>> s("Hi, I'm Dana, mail dana@x.org or call 555-123-4567, see https://x.org/a.")
@@ -48,6 +53,12 @@ class Scrubber:
     {'email': 1, 'url': 1, 'phone': 1, 'name': 1}
     >>> s("I'm sorry, I'm Tired. My name is Jo Ann.")
     "I'm sorry, I'm Tired. My name is [NAME]."
+    >>> s("Visit betterhelp.com/start or http://a.b/c?d=1.\nBest,\nMaria")
+    'Visit [URL] or [URL].\nBest,\n[NAME]'
+    >>> s("Call +44 20 7946 0958 today.\n- Dr Ruiz")
+    'Call [PHONE] today.\n- [NAME]'
+    >>> s("Hope this helps!\n— Jordan")
+    'Hope this helps!\n— [NAME]'
     """
 
     counts: Counter = field(default_factory=Counter)
