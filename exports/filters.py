@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, case, func, literal, select
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
@@ -121,8 +122,10 @@ def judgment_conditions(filters: ExportFilters) -> list[ColumnElement[bool]]:
     return terms
 
 
-def judgment_filter_counts(filters: ExportFilters, *, session: Session) -> dict[str, int]:
+def judgment_filter_counts(filters: ExportFilters, *, session: Session | Connection) -> dict[str, int]:
     """How many judgments exist and how many each judgment-level filter removed (one scan).
+
+    ``session`` may be a Session or a (read-only) Connection.
 
     A judgment removed by several filters is counted under the first: source, guideline, date.
     """

@@ -99,7 +99,7 @@ def run_export(kind: str, output: str | Path, *, engine: Engine, filters: Export
     try:
         with read_only_engine(engine).connect() as conn:
             with conn.begin():
-                judgment_counts = judgment_filter_counts(filters, session=_SessionShim(conn))
+                judgment_counts = judgment_filter_counts(filters, session=conn)
                 rows, tracker = _rows(kind, conn, filters, options, progress)
                 if scrubber:
                     rows = (_scrub_row(row, scrubber) for row in rows)
@@ -126,13 +126,6 @@ def run_export(kind: str, output: str | Path, *, engine: Engine, filters: Export
         return result
     finally:
         discard(tmp)
-
-
-class _SessionShim:
-    """Lets the filter-count query run on the read-only connection."""
-
-    def __init__(self, conn: Any) -> None:
-        self.execute = conn.execute
 
 
 def _check_options(kind: str, options: ExportOptions) -> None:

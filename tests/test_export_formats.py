@@ -188,4 +188,8 @@ def test_dpo_on_sqlite_and_postgres(any_engine, tmp_path):
     assert lines(tmp_path / "dpo.jsonl") == expected_dpo(sc)
     result = export(any_engine, "kto", tmp_path / "kto.jsonl", guideline_version=1)
     judgments = result.counts["judgments"]
+    # SFT runs per-prompt queries while the prompt cursor streams (server-side on PostgreSQL).
+    export(any_engine, "sft", tmp_path / "sft.jsonl")
+    assert [row["messages"][-1]["content"] for row in lines(tmp_path / "sft.jsonl")] == [
+        sc.texts["W1"], sc.texts["W2"], sc.texts["REWRITE"]]
     assert (judgments["dropped_source"], judgments["dropped_guideline"], judgments["judgments_used"]) == (1, 1, 12)
