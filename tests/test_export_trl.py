@@ -109,3 +109,22 @@ def test_sft_best_of_n_with_reward_model(engine, tmp_path):
             assert row["messages"][-1]["content"] != sc.texts["K1"]
         scores = rm.score_batch([(row["messages"][:-1], text) for text in options])
         assert row["messages"][-1]["content"] == options[scores.index(max(scores))]
+
+
+def test_kto_and_sft_rows_are_trl_conversational(engine, tmp_path, smollm2):
+    """TRL's own helpers accept the KTO (unpaired) and SFT rows and render them with the chat template."""
+    from transformers import AutoTokenizer
+    from trl.data_utils import apply_chat_template, is_conversational
+
+    with Session(engine, expire_on_commit=False) as session:
+        sc = build_scenario(session)
+    run_export("kto", tmp_path / "kto.jsonl", engine=engine)
+    run_export("sft", tmp_path / "sft.jsonl", engine=engine)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    kto = [json.loads(line) for line in (tmp_path / "kto.jsonl").read_text().splitlines()]
+    assert all(is_conversational(row) for row in kto)
+    rendered = apply_chat_template(kto[0], tokenizer)
+    assert rendered["label"] is True and sc.texts["W1"] in rendered["completion"]
+    assert sc.prompts["P1"][0]["content"] in rendered["prompt"]
+    sft = json.loads((tmp_path / "sft.jsonl").read_text().splitlines()[0])
+    assert is_conversational(sft) and sc.texts["W1"] in apply_chat_template(sft, tokenizer)["text"]

@@ -150,6 +150,8 @@ def dpo_file(engine, sqlite_url, tmp_path):
 
 
 def finetune(fake, db, path, *args, env=True):
+    if "--model" not in args:
+        args = (*args, "--model", "gpt-4.1-mini-2025-04-14")
     return runner.invoke(app, ["finetune", "openai", str(path), "--db", db, "--base-url", fake.url,
                                "--api-key-env", "TP_TEST_OPENAI_KEY", "--poll-seconds", "0", *args],
                          env={"TP_TEST_OPENAI_KEY": KEY} if env else {"TP_TEST_OPENAI_KEY": ""})
@@ -218,7 +220,7 @@ def test_dry_run_uploads_nothing_and_needs_no_key(sqlite_url, sft_file):
 def test_bad_key_error_is_redacted(engine, sqlite_url, sft_file, tmp_path, monkeypatch):
     with FakeOpenAI() as fake:
         result = runner.invoke(app, ["finetune", "openai", str(sft_file), "--db", sqlite_url, "--base-url", fake.url,
-                                     "--api-key-env", "TP_TEST_OPENAI_KEY"],
+                                     "--api-key-env", "TP_TEST_OPENAI_KEY", "--model", "gpt-4.1-mini-2025-04-14"],
                                env={"TP_TEST_OPENAI_KEY": KEY + "-wrong"})
     assert result.exit_code == 1
     line = result.output.strip().splitlines()[-1]

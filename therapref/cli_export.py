@@ -129,8 +129,8 @@ def export(
 def finetune_openai(
     file: Annotated[Path, typer.Argument(
         help="SFT JSONL (export sft) or OpenAI preference JSONL (export openai-dpo).")],
+    model: Annotated[str, typer.Option(help="Base model id to fine-tune, e.g. gpt-4.1-mini-2025-04-14.")],
     method: Annotated[Method, typer.Option(help="sft (supervised) or dpo (preference).")] = Method.sft,
-    model: Annotated[str, typer.Option(help="Base model id to fine-tune.")] = "gpt-4.1-mini-2025-04-14",
     db: DbOption = None,
     dry_run: Annotated[bool, typer.Option(help="Validate the file only; upload nothing.")] = False,
     follow: Annotated[bool, typer.Option(help="Poll until done, then register the ft: model as a candidate.")] = False,
