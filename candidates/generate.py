@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, func
@@ -65,6 +66,7 @@ class GenerationSummary:
     """What a run did; ``str()`` is the final summary line."""
 
     planned: int = 0
+    prompts: int = 0
     done: int = 0
     failed: int = 0
     duplicates: int = 0
@@ -87,8 +89,11 @@ class GenerationSummary:
         Generated 2 replies (0 failed, 0 duplicates) for 1 candidate in 0.0 s: 40 tokens,
         latency p50 1.00 s, p95 1.45 s.
         """
+        if self.planned == 0 and self.prompts == 0:
+            return "No prompts to generate replies for: import some with `therapref import prompts FILE`."
         if self.planned == 0:
-            return f"Nothing to generate: every prompt already has its replies from {self.candidates} candidate(s)."
+            return (f"Nothing to generate: all {self.prompts:,} prompts already have their replies from "
+                    f"{self.candidates} candidate(s).")
         latency = (f"latency p50 {self.p50:.2f} s, p95 {self.p95:.2f} s" if self.latencies else "no latency data")
         plural = "candidate" if self.candidates == 1 else "candidates"
         text = (f"Generated {self.done:,} replies ({self.failed:,} failed, {self.duplicates:,} duplicates) for "
@@ -148,8 +153,9 @@ def preflight(specs: list[CandidateSpec], *, secrets: Mapping[str, str] | None =
 
 
 def plan_jobs(specs: list[CandidateSpec], rows: Mapping[str, CandidateModel], *, session: Session,
-              prompt_ids: list[int] | None = None) -> list[tuple[CandidateSpec, Job]]:
-    """The replies still missing, per candidate and prompt (reply index continues the count)."""
+              prompt_ids: list[int] | None = None) -> tuple[list[tuple[CandidateSpec, Job]], int]:
+    """The replies still missing, per candidate and prompt (reply index continues the count), and
+    the number of prompts considered."""
     query = select(Prompt).order_by(Prompt.id)
     if prompt_ids is not None:
         wanted = sorted(set(prompt_ids))
@@ -177,22 +183,28 @@ def plan_jobs(specs: list[CandidateSpec], rows: Mapping[str, CandidateModel], *,
             for k in range(counts.get((prompt.id, row.id), 0), spec.replies_per_prompt):
                 jobs.append((spec, Job(prompt.id, row.id, messages, reply_index=k,
                                        seed=None if base_seed is None else base_seed + k, system_source=source)))
-    return jobs
+    return jobs, len(prompts)
 
 
-def write_reply(engine: Engine, job: Job, reply: Reply, *, replies_required: int) -> bool:
-    """Store one reply in its own transaction; True when a new row was written."""
+def write_reply(engine: Engine, job: Job, reply: Reply, *, replies_required: int,
+                clear_failure: bool = True) -> bool:
+    """Store one reply in its own transaction; True when a new row was written.
+
+    With ``clear_failure`` the pair's GenerationFailure row is deleted once it has all its replies
+    (callers that know the pair never failed skip that query)."""
+    # add_response only needs the two ids: stand-ins save two SELECTs per reply.
+    prompt, candidate = SimpleNamespace(id=job.prompt_id), SimpleNamespace(id=job.candidate_id)
     try:
         with session_scope(engine) as session:
-            prompt = session.get(Prompt, job.prompt_id)
-            candidate = session.get(CandidateModel, job.candidate_id)
-            _, created = add_response(prompt, candidate, reply.text, session=session, meta=reply.meta)
-            have = session.exec(select(func.count(Response.id)).where(
-                Response.prompt_id == job.prompt_id, Response.candidate_model_id == job.candidate_id)).one()
-            if have >= replies_required:
-                session.exec(delete(GenerationFailure).where(
-                    GenerationFailure.prompt_id == job.prompt_id,
-                    GenerationFailure.candidate_model_id == job.candidate_id))
+            _, created = add_response(prompt, candidate, reply.text, session=session,  # type: ignore[arg-type]
+                                      meta=reply.meta)
+            if clear_failure:
+                have = session.exec(select(func.count(Response.id)).where(
+                    Response.prompt_id == job.prompt_id, Response.candidate_model_id == job.candidate_id)).one()
+                if have >= replies_required:
+                    session.exec(delete(GenerationFailure).where(
+                        GenerationFailure.prompt_id == job.prompt_id,
+                        GenerationFailure.candidate_model_id == job.candidate_id))
             return created
     except IntegrityError:
         return False  # another process stored the same reply first: no duplicate
@@ -228,17 +240,22 @@ def run_generation(engine: Engine, specs: list[CandidateSpec], *, prompt_ids: li
     preflight(specs, secrets=secrets, check_endpoints=check_endpoints)
     with session_scope(engine) as session:
         rows = sync_registry(specs, session=session)
-        planned = plan_jobs(specs, rows, session=session, prompt_ids=prompt_ids)
-    summary = GenerationSummary(planned=len(planned), candidates=len(specs))
+        planned, n_prompts = plan_jobs(specs, rows, session=session, prompt_ids=prompt_ids)
+        failed_pairs = {(f.prompt_id, f.candidate_model_id) for f in session.exec(
+            select(GenerationFailure).where(GenerationFailure.candidate_model_id.in_(  # type: ignore[union-attr]
+                [row.id for row in rows.values()]))).all()}
+    summary = GenerationSummary(planned=len(planned), prompts=n_prompts, candidates=len(specs))
     if planned:
         started = time.perf_counter()
-        asyncio.run(_execute(engine, specs, planned, summary, secrets=secrets, progress=progress))
+        asyncio.run(_execute(engine, specs, planned, summary, secrets=secrets, progress=progress,
+                             failed_pairs=failed_pairs))
         summary.elapsed_s = time.perf_counter() - started
     return summary
 
 
 async def _execute(engine: Engine, specs: list[CandidateSpec], planned: list[tuple[CandidateSpec, Job]],
-                   summary: GenerationSummary, *, secrets: Mapping[str, str] | None, progress: bool) -> None:
+                   summary: GenerationSummary, *, secrets: Mapping[str, str] | None, progress: bool,
+                   failed_pairs: set[tuple[int, int]]) -> None:
     from tqdm import tqdm
 
     loop = asyncio.get_running_loop()
@@ -254,9 +271,11 @@ async def _execute(engine: Engine, specs: list[CandidateSpec], planned: list[tup
         async def emit(job: Job, outcome: Reply | Failure) -> None:
             if isinstance(outcome, Reply):
                 outcome.meta.update(system=job.system_source, reply_index=job.reply_index, seed=job.seed)
+                pair = (job.prompt_id, job.candidate_id)
                 try:
-                    created = await loop.run_in_executor(
-                        writer, lambda: write_reply(engine, job, outcome, replies_required=spec.replies_per_prompt))
+                    created = await loop.run_in_executor(writer, lambda: write_reply(
+                        engine, job, outcome, replies_required=spec.replies_per_prompt,
+                        clear_failure=pair in failed_pairs))
                 except DataError as exc:
                     outcome = Failure(str(exc))
                 else:
@@ -270,6 +289,7 @@ async def _execute(engine: Engine, specs: list[CandidateSpec], planned: list[tup
             if isinstance(outcome, Failure):
                 error = scrub(outcome.error, secrets)
                 await loop.run_in_executor(writer, lambda: write_failure(engine, job, error))
+                failed_pairs.add((job.prompt_id, job.candidate_id))
                 summary.failed += 1
                 summary.errors.setdefault(spec.name, error)
             bar.update(1)

@@ -138,3 +138,11 @@ def test_generate_cli_argument_errors(engine, tmp_path):
     assert unknown.exit_code == 1 and "unknown prompt id(s): 99" in unknown.stderr
     name = _cli("generate", "--config", str(config), "--candidate", "zzz", "--db", db)
     assert name.exit_code == 1 and "no candidate named 'zzz'" in name.stderr
+
+
+def test_generate_on_an_empty_database_says_what_to_do(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[[candidate]]\nname = "a"\nprovider = "llamacpp"\n')
+    result = _cli("generate", "--config", str(config), "--db", str(tmp_path / "empty.db"), "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "No prompts to generate replies for: import some with `therapref import prompts FILE`." in result.stdout
