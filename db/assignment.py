@@ -21,9 +21,11 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, case, delete, exists, func, or_, select
+from sqlalchemy import bindparam, case, delete, exists, func, insert, select
+from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from db.crud import add_guideline_version, add_judgment, audit, current_guideline
@@ -167,33 +169,58 @@ def _lock_comparison(comparison_id: int, *, session: Session, skip_locked: bool 
     return session.execute(query).scalars().first()
 
 
-def _assignment(reservation: Reservation, *, session: Session) -> Assignment:
-    comparison = session.get(Comparison, reservation.comparison_id)
-    prompt = session.get(Prompt, comparison.prompt_id)
-    texts = dict(session.execute(
-        select(Response.id, Response.text).where(Response.id.in_([comparison.response_a_id,
-                                                                   comparison.response_b_id]))
-    ).all())
-    shown_left = shown_left_of(reservation.token)
-    left_id, right_id = comparison.response_a_id, comparison.response_b_id
-    if shown_left == "b":
-        left_id, right_id = right_id, left_id
+_RA, _RB = aliased(Response), aliased(Response)
+# Built once: the hot path only binds parameters (statement construction is a large share of the cost).
+_OWN_RESERVATIONS = (
+    select(Reservation.id, Reservation.comparison_id, Reservation.token, Reservation.expires_at,
+           Reservation.created_at)
+    .where(Reservation.annotator_id == bindparam("annotator_id")).order_by(Reservation.id.desc())
+)
+_SHOWN = (
+    select(Comparison.response_a_id, Comparison.response_b_id, Prompt.messages, Prompt.system_prompt,
+           _RA.text, _RB.text)
+    .join(Prompt, Prompt.id == Comparison.prompt_id)
+    .join(_RA, _RA.id == Comparison.response_a_id)
+    .join(_RB, _RB.id == Comparison.response_b_id)
+    .where(Comparison.id == bindparam("comparison_id"))
+)
+_RESERVATION_BY_TOKEN = (
+    select(Reservation.id, Reservation.comparison_id, Reservation.annotator_id, Reservation.expires_at,
+           Reservation.created_at)
+    .where(Reservation.token == bindparam("token"))
+)
+_JUDGMENT_BY_KEY = select(Judgment).where(Judgment.idempotency_key == bindparam("token"))
+_INSERT_RESERVATION = insert(Reservation)
+_DELETE_RESERVATION = delete(Reservation).where(Reservation.id == bindparam("reservation_id"))
+
+
+def _is_sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def _assignment(comparison_id: int, token: str, expires_at: datetime, reserved_at: datetime,
+                *, session: Session) -> Assignment:
+    a_id, b_id, messages, system_prompt, a_text, b_text = session.execute(
+        _SHOWN, {"comparison_id": comparison_id}).one()
+    shown_left = shown_left_of(token)
+    left, right = ((a_id, a_text), (b_id, b_text)) if shown_left == "a" else ((b_id, b_text), (a_id, a_text))
     return Assignment(
-        comparison_id=comparison.id, token=reservation.token, shown_left=shown_left,
-        messages=list(prompt.messages or []), system_prompt=prompt.system_prompt,
-        left_text=texts[left_id], right_text=texts[right_id], left_response_id=left_id,
-        right_response_id=right_id, expires_at=reservation.expires_at, reserved_at=reservation.created_at,
+        comparison_id=comparison_id, token=token, shown_left=shown_left, messages=list(messages or []),
+        system_prompt=system_prompt, left_text=left[1], right_text=right[1], left_response_id=left[0],
+        right_response_id=right[0], expires_at=_aware(expires_at), reserved_at=_aware(reserved_at),
     )
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def _reserve(comparison_id: int, annotator_id: int, shown_left: str, now: datetime, minutes: float,
-             *, session: Session) -> Reservation:
-    reservation = Reservation(comparison_id=comparison_id, annotator_id=annotator_id,
-                              token=_new_token(shown_left), expires_at=now + timedelta(minutes=minutes),
-                              created_at=now)
-    session.add(reservation)
-    session.flush()
-    return reservation
+             *, session: Session) -> tuple[str, datetime]:
+    token, expires_at = _new_token(shown_left), now + timedelta(minutes=minutes)
+    session.execute(_INSERT_RESERVATION, {"comparison_id": comparison_id, "annotator_id": annotator_id,
+                                          "token": token, "expires_at": expires_at, "created_at": now})
+    return token, expires_at
 
 
 def next_comparison(
@@ -215,45 +242,40 @@ def next_comparison(
     """
     rng = rng or random.Random()
     now = now or utcnow()
-    held = session.execute(
-        select(Reservation).where(Reservation.annotator_id == annotator_id, Reservation.expires_at > now)
-        .order_by(Reservation.id.desc())
-    ).scalars().first()
-    if held is not None:
-        return _assignment(held, session=session)
-    if session.get_bind().dialect.name != "sqlite":
+    sqlite = _is_sqlite(session)
+    if not sqlite:
         # One annotator, two tabs: serialise their requests (NO KEY UPDATE leaves foreign-key
-        # checks of their concurrent submits unblocked), then look again.
+        # checks of their concurrent submits unblocked).
         session.execute(select(Annotator.id).where(Annotator.id == annotator_id).with_for_update(key_share=True))
-        held = session.execute(
-            select(Reservation).where(Reservation.annotator_id == annotator_id, Reservation.expires_at > now)
-        ).scalars().first()
-        if held is not None:
-            return _assignment(held, session=session)
-    session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id))
+    own = session.execute(_OWN_RESERVATIONS, {"annotator_id": annotator_id}).all()
+    for _rid, comparison_id, token, expires_at, created_at in own:
+        if _aware(expires_at) > now:
+            return _assignment(comparison_id, token, expires_at, created_at, session=session)
+    if own:
+        session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id))
     kinds = [True, False] if gold_rate > 0 and rng.random() < gold_rate else [False]
     for gold in kinds:
-        for _attempt in range(5):
+        for _attempt in range(1 if sqlite else 5):
             candidates = session.execute(_queue_query(annotator_id, now, gold=gold)).scalars().all()
             if not candidates:
                 break
             for comparison_id in candidates:
-                comparison = _lock_comparison(comparison_id, session=session, skip_locked=True)
-                if comparison is None:
-                    continue  # another annotator is reserving or judging it right now
-                if not gold and not _has_capacity(comparison, annotator_id, now, session=session):
-                    continue
-                reservation = _reserve(comparison.id, annotator_id, rng.choice("ab"), now,
-                                       reservation_minutes, session=session)
-                return _assignment(reservation, session=session)
+                if not sqlite:
+                    # PostgreSQL: take the row lock (skip rows others are taking right now), then
+                    # re-check capacity with a fresh statement that sees every committed reservation.
+                    comparison = _lock_comparison(comparison_id, session=session, skip_locked=True)
+                    if comparison is None or (
+                            not gold and not _has_capacity(comparison, annotator_id, now, session=session)):
+                        continue
+                # SQLite: BEGIN IMMEDIATE holds the write lock, so the queue query's answer stands.
+                token, expires_at = _reserve(comparison_id, annotator_id, rng.choice("ab"), now,
+                                             reservation_minutes, session=session)
+                return _assignment(comparison_id, token, expires_at, now, session=session)
     return None
 
 
-def _reservation_for(token: str, annotator_id: int, *, session: Session) -> Reservation:
-    reservation = session.execute(select(Reservation).where(Reservation.token == token)).scalars().first()
-    if reservation is None or reservation.annotator_id != annotator_id:
-        raise ReservationNotFound("this pair is no longer reserved for you; here is the next one")
-    return reservation
+def _gone() -> ReservationNotFound:
+    return ReservationNotFound("this pair is no longer reserved for you; here is the next one")
 
 
 def submit_judgment(
@@ -287,43 +309,44 @@ def submit_judgment(
             raise AssignmentError("choose how much better: slightly, clearly or much")
     else:
         strength = None
-    previous = session.execute(select(Judgment).where(Judgment.idempotency_key == token)).scalars().first()
-    if previous is not None:
-        if previous.annotator_id != annotator_id:
-            raise ReservationNotFound("this pair is no longer reserved for you; here is the next one")
+    reservation = session.execute(_RESERVATION_BY_TOKEN, {"token": token}).first()
+    if reservation is None:
+        # Already submitted (the reservation is consumed in the same transaction): a retry.
+        previous = session.execute(_JUDGMENT_BY_KEY, {"token": token}).scalars().first()
+        if previous is None or previous.annotator_id != annotator_id:
+            raise _gone()
         return previous, False
-    reservation = _reservation_for(token, annotator_id, session=session)
-    comparison = _lock_comparison(reservation.comparison_id, session=session)
-    # Re-read under the lock: a concurrent retry of the same token may have just committed.
-    previous = session.execute(
-        select(Judgment).where(or_(Judgment.idempotency_key == token,
-                                   and_(Judgment.comparison_id == comparison.id,
-                                        Judgment.annotator_id == annotator_id)))
-    ).scalars().first()
-    if previous is not None:
-        return previous, False
-    expiry = reservation.expires_at
-    live = expiry is not None and expiry > now
+    reservation_id, comparison_id, owner, expires_at, reserved_at = reservation
+    if owner != annotator_id:
+        raise _gone()
+    # Locked on PostgreSQL: a concurrent retry of the same token waits here, then add_judgment below
+    # (fresh statements) finds the judgment it stored and returns it instead of a duplicate.
+    comparison = _lock_comparison(comparison_id, session=session)
+    live = _aware(expires_at) > now
     if comparison.gold_answer is None:
         full = comparison.judgments_count >= comparison.judgments_required
         if full or (not live and not _has_capacity(comparison, annotator_id, now, session=session)):
-            session.delete(reservation)
-            session.flush()
             raise ComparisonFull("another clinician completed this pair first; here is the next one")
-    annotator = session.get(Annotator, annotator_id)
     guideline = current_guideline(session=session)
-    if ms_spent is None and reservation.created_at is not None:
-        ms_spent = int((now - reservation.created_at).total_seconds() * 1000)
+    if ms_spent is None and reserved_at is not None:
+        ms_spent = int((now - _aware(reserved_at)).total_seconds() * 1000)
     flags_a, flags_b = (flags_left, flags_right) if shown_left == "a" else (flags_right, flags_left)
+    # add_judgment only reads the annotator's id: no need to load the row.
     judgment, created = add_judgment(
-        comparison, annotator, preferred_ab, session=session, strength=strength, shown_left=shown_left,
-        flags_a=flags_a, flags_b=flags_b, rationale=(rationale or "").strip(),
+        comparison, SimpleNamespace(id=annotator_id), preferred_ab, session=session, strength=strength,
+        shown_left=shown_left, flags_a=flags_a, flags_b=flags_b, rationale=(rationale or "").strip(),
         rewrite=(rewrite or "").strip() or None, ms_spent=max(0, int(ms_spent)) if ms_spent is not None else None,
         guideline_version=guideline.version if guideline else None, idempotency_key=token,
     )
-    session.delete(reservation)
-    session.flush()
+    session.execute(_DELETE_RESERVATION, {"reservation_id": reservation_id})
     return judgment, created
+
+
+def _reservation_for(token: str, annotator_id: int, *, session: Session) -> Reservation:
+    reservation = session.execute(select(Reservation).where(Reservation.token == token)).scalars().first()
+    if reservation is None or reservation.annotator_id != annotator_id:
+        raise _gone()
+    return reservation
 
 
 def skip(token: str, *, session: Session, annotator_id: int, reason: str, now: datetime | None = None) -> Skip:
