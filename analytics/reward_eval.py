@@ -207,9 +207,17 @@ def length_scorer(messages: list[dict[str, str]], reply: str) -> float:
 
 def load_reward_model(path: str) -> object:
     """``reward.RewardModel.load(path)``, imported only here (torch loads only when asked for)."""
-    from reward import RewardModel
+    from analytics.errors import AnalyticsError
+    from db.errors import TheraPrefError
+    from reward.scoring import RewardModel
 
-    return RewardModel.load(path)
+    try:
+        return RewardModel.load(path)
+    except TheraPrefError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:  # unreadable weights, wrong architecture, …
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AnalyticsError(f"{path}: cannot load the reward model ({first})") from exc
 
 
 def held_out_comparison_ids(meta: dict, *, session: Session) -> list[int] | None:

@@ -50,3 +50,16 @@ def test_report_with_reward_model(tmp_path, model_dir):
     html = (out / "report.html").read_text()
     assert ">Reward model vs judges</h2>" in html and "no held-out split" not in html
     assert (out / "charts" / "reward_model.png").stat().st_size > 1000
+
+
+def test_unloadable_model_folder_is_one_line(tmp_path):
+    db = tmp_path / "therapref.db"
+    upgrade(make_engine(db))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "bert"}')  # no weights
+    result = CliRunner().invoke(app, ["report", "--output", str(tmp_path / "out"), "--db", str(db),
+                                      "--reward-model", str(broken)])
+    assert result.exit_code == 1
+    assert "cannot load the reward model" in result.output and result.output.count("Error:") == 1
+    assert not (tmp_path / "out").exists()
