@@ -78,7 +78,10 @@ def test_report_from_a_small_database(rich_db, tmp_path):
     assert "<script" not in markdown and "<img" not in markdown and "[link](http" not in markdown
     assert "&lt;script&gt;" in markdown
 
-    data = json.loads(files.json.read_text())
+    def no_nan(token: str):  # noqa: ANN202 - strict JSON: NaN/Infinity are not JSON
+        raise AssertionError(f"report.json contains {token}")
+
+    data = json.loads(files.json.read_text(), parse_constant=no_nan)
     assert data["n_judgments"] == summary.n_judgments and data["reward_model"]["n_items"] == summary.reward.n_items
     assert {row["annotator"] for row in data["annotators"]} == {"clin0", "clin1", "clin2", HOSTILE_NAME}
     assert HOSTILE_REPLY not in html  # the disagreement table shows it escaped, if at all
