@@ -308,7 +308,7 @@ def browser_login(page, base_url: str, username: str, password: str, *, timeout_
     page.get_by_role("textbox", name="Username").fill(username)
     page.get_by_role("textbox", name="Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    page.get_by_text(f"Signed in as {username}", exact=False).wait_for(timeout=timeout_ms)
+    page.get_by_text("Signed in as", exact=False).first.wait_for(timeout=timeout_ms)
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout: float = 60, poll: float = 0.1, what: str = "") -> None:
