@@ -22,6 +22,7 @@ from candidates.registry import EMBEDDED, CandidateSpec
 
 RETRY_AFTER_LIMIT_S = 120.0
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+FATAL_STATUS = frozenset({401, 403, 404})  # bad key, no access, unknown model: every request would fail
 
 
 @dataclass
@@ -151,6 +152,7 @@ class OpenAIProvider:
         self.secrets = secrets or {}
         self.rng = rng or random.Random()
         self.client: Any = None
+        self.fatal: str | None = None
 
     async def start(self) -> None:
         from openai import AsyncOpenAI
@@ -170,7 +172,8 @@ class OpenAIProvider:
 
         async def one(job: Job) -> None:
             async with semaphore:
-                outcome = await self.generate(job)
+                # After a 401/403/404 the remaining prompts fail fast instead of hammering the endpoint.
+                outcome = Failure(f"not sent: {self.fatal}", 0) if self.fatal else await self.generate(job)
             await emit(job, outcome)
 
         await asyncio.gather(*(one(job) for job in jobs))
@@ -193,9 +196,11 @@ class OpenAIProvider:
         spec, started = self.spec, time.perf_counter()
         for attempt in range(spec.max_retries + 1):
             sent = time.perf_counter()
-            retry_after = None
+            retry_after, status = None, 0
             try:
-                completion = await self.client.chat.completions.create(**self._request(job))
+                # The raw response skips building pydantic models: less client CPU per reply.
+                raw = await self.client.chat.completions.with_raw_response.create(**self._request(job))
+                completion = json.loads(raw.content)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 retry_after = retry_after_seconds(dict(exc.response.headers))
@@ -215,6 +220,8 @@ class OpenAIProvider:
             if retry_after is not None and retry_after > RETRY_AFTER_LIMIT_S:
                 return Failure(scrub(f"{error} (server asks to retry after {retry_after:.0f} s)", self.secrets),
                                attempt + 1)
+            if status in FATAL_STATUS:
+                self.fatal = self.fatal or scrub(error, self.secrets)
             if not retryable or attempt == spec.max_retries:
                 suffix = f" ({attempt + 1} attempts)" if attempt else ""
                 return Failure(scrub(error + suffix, self.secrets), attempt + 1)
@@ -223,21 +230,23 @@ class OpenAIProvider:
         raise AssertionError("unreachable")
 
     def _reply(self, job: Job, completion: Any, *, latency: float, total: float, attempts: int) -> Reply | Failure:
-        choices = getattr(completion, "choices", None) or []
-        if not choices or getattr(choices[0], "message", None) is None:
-            return Failure("malformed response from endpoint: no choices", attempts)
-        choice = choices[0]
-        text = choice.message.content or ""
-        if not text.strip():
-            return Failure(f"endpoint returned an empty reply (finish_reason={choice.finish_reason})", attempts)
-        usage = getattr(completion, "usage", None)
+        """A reply from a Chat Completions JSON body (anything unexpected is a malformed response)."""
+        try:
+            choice = completion["choices"][0]
+            message = choice["message"]
+            text = message.get("content") or ""
+            finish_reason = choice.get("finish_reason")
+            usage = completion.get("usage") or {}
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return Failure("malformed response from endpoint: no choices[0].message", attempts)
+        if not isinstance(text, str) or not text.strip():
+            return Failure(f"endpoint returned an empty reply (finish_reason={finish_reason})", attempts)
         meta = {
-            "provider": "openai", "model": getattr(completion, "model", None) or self.spec.model_id,
+            "provider": "openai", "model": completion.get("model") or self.spec.model_id,
             "latency_s": round(latency, 4), "elapsed_s": round(total, 4), "attempts": attempts,
-            "finish_reason": choice.finish_reason,
-            "prompt_tokens": getattr(usage, "prompt_tokens", None),
-            "completion_tokens": getattr(usage, "completion_tokens", None),
-            "total_tokens": getattr(usage, "total_tokens", None),
+            "finish_reason": finish_reason,
+            "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens"),
+            "total_tokens": usage.get("total_tokens"),
         }
         return Reply(text, meta)
 

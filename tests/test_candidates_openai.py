@@ -183,3 +183,16 @@ def test_two_concurrent_runs_never_duplicate(engine):
     assert sum(r.done + r.duplicates for r in results) == sum(r.planned for r in results)
     with Session(engine, expire_on_commit=False) as session:
         assert reply_counts(session) == {(p.id, "remote"): 1 for p in prompts}
+
+
+def test_bad_key_fails_fast_without_hammering_the_endpoint(engine):
+    with Session(engine, expire_on_commit=False) as session:
+        prompts = add_prompts(session, 4)
+    with FakeOpenAIServer(plan={"": [("status", 401, {})]}) as server:
+        summary = run_generation(engine, [_spec(server.url, concurrency=1)], progress=False)
+        assert (summary.done, summary.failed) == (0, 4)
+        assert len(server.calls) == 1  # the other prompts were not sent
+    with Session(engine) as session:
+        failed = failures(session)
+        assert set(failed) == {p.id for p in prompts}
+        assert all("HTTP 401" in f.error for f in failed.values())
