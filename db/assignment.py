@@ -145,7 +145,7 @@ def _has_capacity(comparison: Comparison, annotator_id: int, now: datetime, *, s
     return comparison.judgments_count + others < comparison.judgments_required
 
 
-def _queue_query(annotator_id: int, now: datetime, *, gold: bool = False, limit: int = _CANDIDATES_PER_TRY):
+def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int = _CANDIDATES_PER_TRY):
     judged = exists().where(Judgment.comparison_id == Comparison.id, Judgment.annotator_id == annotator_id)
     skipped = exists().where(Skip.comparison_id == Comparison.id, Skip.annotator_id == annotator_id)
     query = select(Comparison.id).where(~judged, ~skipped)
@@ -159,6 +159,11 @@ def _queue_query(annotator_id: int, now: datetime, *, gold: bool = False, limit:
         .order_by(Comparison.judgments_count, Comparison.judgments_required, Comparison.id)
         .limit(limit)
     )
+
+
+# Built once with bound parameters (annotator_id, now); the hot path only binds values.
+_QUEUE = _queue_query(bindparam("annotator_id"), bindparam("now"))
+_GOLD_QUEUE = _queue_query(bindparam("annotator_id"), bindparam("now"), gold=True)
 
 
 def _lock_comparison(comparison_id: int, *, session: Session, skip_locked: bool = False) -> Comparison | None:
@@ -256,7 +261,8 @@ def next_comparison(
     kinds = [True, False] if gold_rate > 0 and rng.random() < gold_rate else [False]
     for gold in kinds:
         for _attempt in range(1 if sqlite else 5):
-            candidates = session.execute(_queue_query(annotator_id, now, gold=gold)).scalars().all()
+            candidates = session.execute(_GOLD_QUEUE if gold else _QUEUE,
+                                         {"annotator_id": annotator_id, "now": now}).scalars().all()
             if not candidates:
                 break
             for comparison_id in candidates:

@@ -47,17 +47,37 @@ def start_app(database_url: str, *, host: str = "127.0.0.1", port: int = 8501, h
     Output goes to ``log_path`` when given (else it is inherited).
     """
     child_env = dict(os.environ if env is None else env)
-    child_env["THERAPREF_DATABASE_URL"] = str(database_url)
+    child_env["THERAPREF_DATABASE_URL"] = absolute_sqlite(database_url)
     child_env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), child_env.get("PYTHONPATH", "")]))
     output = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen(streamlit_command(host=host, port=port, headless=headless), cwd=str(ROOT),
-                                env=child_env, stdout=output, stderr=subprocess.STDOUT if output else None,
+        # The child keeps the caller's working directory (therapref.toml, relative paths).
+        return subprocess.Popen(streamlit_command(host=host, port=port, headless=headless), env=child_env,
+                                stdout=output, stderr=subprocess.STDOUT if output else None,
                                 stdin=subprocess.DEVNULL)
     finally:
         if output is not None:
             output.close()
+
+
+def absolute_sqlite(database_url: str | Path) -> str:
+    """A SQLite file path made absolute (the app must open the file the caller meant); other URLs as given.
+
+    >>> absolute_sqlite("sqlite:////tmp/x.db"), absolute_sqlite("postgresql+psycopg://u@h/db")
+    ('sqlite:////tmp/x.db', 'postgresql+psycopg://u@h/db')
+    >>> absolute_sqlite("data/x.db") == "sqlite:///" + str(Path("data/x.db").resolve())
+    True
+    """
+    from sqlalchemy.engine import make_url
+
+    from db.engine import normalize_url
+
+    url = normalize_url(database_url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return str(database_url) if "://" in str(database_url) else url
+    return f"sqlite:///{Path(parsed.database).expanduser().resolve()}"
 
 
 def app_url(host: str = "127.0.0.1", port: int = 8501) -> str:
