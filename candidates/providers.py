@@ -60,7 +60,7 @@ def retry_after_seconds(headers: Mapping[str, str] | None, *, now: datetime | No
     >>> retry_after_seconds({"retry-after-ms": "250"})
     0.25
     >>> retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:05 GMT"},
-    ...                     now=datetime(2015, 10, 21, 7, 28, 0, tzinfo=timezone.utc))
+    ...                     now=datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC))
     5.0
     >>> retry_after_seconds({}) is None
     True
