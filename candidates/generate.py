@@ -247,8 +247,15 @@ def run_generation(engine: Engine, specs: list[CandidateSpec], *, prompt_ids: li
     summary = GenerationSummary(planned=len(planned), prompts=n_prompts, candidates=len(specs))
     if planned:
         started = time.perf_counter()
-        asyncio.run(_execute(engine, specs, planned, summary, secrets=secrets, progress=progress,
-                             failed_pairs=failed_pairs))
+        work = _execute(engine, specs, planned, summary, secrets=secrets, progress=progress,
+                        failed_pairs=failed_pairs)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(work)
+        else:  # called from inside an event loop (a notebook, an async app): run in a worker thread
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pool.submit(asyncio.run, work).result()
         summary.elapsed_s = time.perf_counter() - started
     return summary
 

@@ -196,3 +196,15 @@ def test_bad_key_fails_fast_without_hammering_the_endpoint(engine):
         failed = failures(session)
         assert set(failed) == {p.id for p in prompts}
         assert all("HTTP 401" in f.error for f in failed.values())
+
+
+def test_run_generation_works_inside_a_running_event_loop(engine):
+    import asyncio
+
+    with Session(engine, expire_on_commit=False) as session:
+        add_prompts(session, 2)
+    with FakeOpenAIServer() as server:
+        async def notebook_cell():
+            return run_generation(engine, [_spec(server.url)], progress=False)
+
+        assert asyncio.run(notebook_cell()).done == 2
