@@ -134,6 +134,19 @@ def _logout() -> None:
     sign_out("You are logged out.")
 
 
+def callback_user() -> User | None:
+    """The user for a widget callback, or None if the session has been idle too long.
+
+    Callbacks run before the script (and so before ``touch_session``): a click on a screen left
+    open past the timeout must not write anything.
+    """
+    user = current_user()
+    seen = st.session_state.get(SEEN_KEY)
+    if user is None or (seen is not None and time.time() - seen > settings().session_timeout_minutes * 60):
+        return None
+    return user
+
+
 def require_user() -> User:
     """The signed-in user, or stop the page (defence in depth: the router already hides pages).
 

@@ -86,12 +86,15 @@ def test_login_failure_is_generic_and_locks_out(app_db):
 
 
 def test_session_timeout_returns_to_login(app_db):
-    _, project = app_db
+    engine, project = app_db
     at = _app(project.clinicians[0])
     assert _titles(at) == ["Which reply is better?"]
     at.session_state[SEEN_KEY] = time.time() - 61 * 60
-    at.run()
+    at.button(key=f"choice-tie-{_token(at)}").click().run()  # a click on a screen left open too long
     assert _titles(at) == ["TheraPref labeling"] and "timed out" in at.info[0].value
+    with Session(engine) as session:
+        assert session.execute(select(func.count(Judgment.id))).scalar_one() == 0  # nothing written
+        assert session.execute(select(func.count(Reservation.id))).scalar_one() == 0  # pair released
 
 
 def test_clinician_cannot_open_admin_pages(app_db):

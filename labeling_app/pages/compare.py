@@ -35,7 +35,9 @@ def _values(token: str) -> dict:
 
 
 def _on_submit(token: str, choice: str) -> None:
-    user = state.current_user()
+    user = state.callback_user()
+    if user is None:
+        return
     values = _values(token)
     shown_at = st.session_state.get(SHOWN_AT, {}).get(token)
     ms_spent = int((time.time() - shown_at) * 1000) if shown_at else None
@@ -55,7 +57,9 @@ def _on_submit(token: str, choice: str) -> None:
 
 
 def _on_skip(token: str) -> None:
-    user = state.current_user()
+    user = state.callback_user()
+    if user is None:
+        return
     reason = st.session_state.get(f"skip_reason-{token}") or SKIP_REASONS[0]
     try:
         with state.write_session() as session:
@@ -67,7 +71,9 @@ def _on_skip(token: str) -> None:
 
 
 def _on_undo() -> None:
-    user = state.current_user()
+    user = state.callback_user()
+    if user is None:
+        return
     with state.write_session() as session:
         undone = undo_last(user.id, session=session, window_seconds=state.settings().undo_seconds,
                            reservation_minutes=state.settings().reservation_minutes)
