@@ -88,7 +88,7 @@ def run_export(kind: str, output: str | Path, *, engine: Engine, filters: Export
     check_target(path, force=options.force, is_dir=(kind == "hf"))
     if kind != "hf":
         check_target(manifest_path(path, kind), force=True)
-    with session_scope(engine) as session:
+    with session_scope(read_only_engine(engine)) as session:
         check_filters(filters, session=session)
         if options.selection == "reference" or options.prefer_source:
             names = {options.reference_candidate if options.selection == "reference" else options.prefer_source}
@@ -133,8 +133,10 @@ def _check_options(kind: str, options: ExportOptions) -> None:
         raise ExportError(f"--select {options.selection!r} is not one of {', '.join(SELECTIONS)}")
     if options.rewrites not in ("prefer", "skip"):
         raise ExportError(f"--rewrites {options.rewrites!r} is not one of prefer, skip")
-    if options.selection == "reward" and kind != "sft":
-        raise ExportError("--select reward applies to sft exports only")
+    if options.selection != "majority" and kind != "sft":
+        raise ExportError(f"--select {options.selection} applies to sft exports only")
+    if options.prefer_source and kind != "sft":
+        raise ExportError("--prefer-source applies to sft exports only")
     if options.selection == "reward" and not options.reward_model:
         raise ExportError("--select reward needs --reward-model DIR")
     if options.reward_model and not Path(options.reward_model).is_dir():
