@@ -193,3 +193,16 @@ def test_dpo_on_sqlite_and_postgres(any_engine, tmp_path):
     assert [row["messages"][-1]["content"] for row in lines(tmp_path / "sft.jsonl")] == [
         sc.texts["W1"], sc.texts["W2"], sc.texts["REWRITE"]]
     assert (judgments["dropped_source"], judgments["dropped_guideline"], judgments["judgments_used"]) == (1, 1, 12)
+
+
+@pytest.mark.parametrize(("kind", "kw", "message"), [
+    ("dpo", {"selection": "bt"}, "--select bt applies to sft exports only"),
+    ("kto", {"prefer_source": "warm"}, "--prefer-source applies to sft exports only"),
+    ("sft", {"selection": "reward"}, "--select reward needs --reward-model DIR"),
+    ("sft", {"prefer_source": "nobody"}, "unknown candidate model 'nobody'"),
+    ("csv", {}, "unknown export kind 'csv'"),
+])
+def test_option_misuse(engine, scenario, tmp_path, kind, kw, message):
+    with pytest.raises(ExportError, match=message):
+        export(engine, kind, tmp_path / "x.jsonl", **kw)
+    assert not (tmp_path / "x.jsonl").exists()
