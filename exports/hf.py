@@ -101,6 +101,9 @@ def card_text(manifest: dict[str, Any]) -> str:
     dropped = "\n".join(f"| {reason} | {n} |" for reason, n in counts.get("dropped", {}).items()) or "| (none) | 0 |"
     fields = "\n".join(f"| {name} | {help_} |" for name, help_ in FIELDS.items())
     filters = json.dumps(manifest["filters"], indent=2, sort_keys=True)
+    sources = manifest.get("database_sources") or {}
+    prompt_sources = ", ".join(f"`{k}` ({v})" for k, v in sorted(sources.get("prompts", {}).items())) or "none"
+    judgment_sources = ", ".join(f"`{k}` ({v})" for k, v in sorted(sources.get("judgments", {}).items())) or "none"
     pii = counts.get("pii_replaced")
     pii_line = (f"PII scrubbing was applied (replacements: {json.dumps(pii, sort_keys=True)})."
                 if pii else "PII scrubbing was NOT applied: check the text before sharing this dataset.")
@@ -152,7 +155,8 @@ Load it with `datasets.load_from_disk("<this folder>/dataset")` or
 
 The replies and judgments belong to the project that collected them; prompts or preferences imported
 from public datasets keep their own licences (for example Counsel Chat is MIT-licensed): check the
-sources in your database before publishing. Replies that any clinician flagged as unsafe are never
+sources in your database before publishing. This database holds prompts from {prompt_sources} and
+judgments from {judgment_sources}. Replies that any clinician flagged as unsafe are never
 used as the chosen reply. {pii_line} This data is about mental health: do not use it to give
 clinical advice without clinical oversight.
 

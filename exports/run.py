@@ -361,7 +361,7 @@ def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: Export
             counts: dict[str, Any], digest: str, started: Any) -> ExportResult:
     """Write the manifest, move the export into place and record an ExportRun and audit event,
     all or nothing."""
-    from db.crud import audit, database_fingerprint
+    from db.crud import audit, counts_by_source, database_fingerprint
     from db.models import ExportRun
     from therapref import __version__
 
@@ -378,7 +378,7 @@ def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: Export
             "options": {k: v for k, v in asdict(options).items() if k not in ("command", "actor", "force")},
             "counts": counts, "database_fingerprint": fingerprint, "tool": "therapref",
             "tool_version": __version__, "started_at": started.isoformat(), "finished_at": utcnow().isoformat(),
-            "export_run_id": run.id,
+            "export_run_id": run.id, "database_sources": counts_by_source(session=session),
         }
         audit(options.actor, "export.write", session=session, target=str(path.resolve()),
               details={"kind": kind, "rows": counts["out"], "export_run_id": run.id, "sha256": digest})

@@ -115,6 +115,7 @@ def test_hf_dataset_folder(engine, scenario, tmp_path):
     assert table.column("votes").to_pylist() == [3, 2]
     card = (out / "README.md").read_text()
     assert "2 rows written from 6 comparisons" in card and "chosen_flagged" in card and "Licence" in card
+    assert "judgments from `clinicians` (13), `import:hh` (1)" in card
     assert read_manifest(out / "manifest.json")["kind"] == "hf"
 
 
