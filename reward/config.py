@@ -19,7 +19,7 @@ SMOLLM2_BASE = "smollm2"
 THERAPREF_FIELDS = (
     "base_model", "sources", "aggregation", "margin_mapping", "guideline_versions", "eval_fraction",
     "min_context_tokens", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "length_feature", "num_threads",
+    "length_feature", "num_threads", "freeze_layers",
 )
 #: Training fields worth recording next to ours.
 RECORDED_TRAINING_FIELDS = (
@@ -79,6 +79,8 @@ class TheraRewardConfig(RewardConfig):
     length_feature: bool = field(default=False, metadata={
         "help": "Hybrid score: after training, fit a weight for log reply length on the training pairs and add "
                 "it to the network's reward (length is informative for many preference sources)."})
+    freeze_layers: int = field(default=0, metadata={
+        "help": "Freeze the embeddings and the lowest N transformer layers (cheaper CPU training; 0 trains all)."})
     num_threads: int | None = field(default=None, metadata={
         "help": "CPU threads for torch (default: torch's own choice)."})
 

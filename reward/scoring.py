@@ -54,8 +54,10 @@ class RewardModel:
             raise RewardError(f"{path}: not a model folder (no config.json)")
         meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1,
-                                                                   dtype=dtype or torch.float32)
+        from reward.train import load_kwargs
+
+        extra = load_kwargs(str(path)) or {"num_labels": 1}
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype or torch.float32, **extra)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device).eval()

@@ -78,6 +78,24 @@ class TrainResult:
     files: dict[str, str] = field(default_factory=dict)
 
 
+def load_kwargs(path: str) -> dict[str, Any]:
+    """Extra ``from_pretrained`` arguments: a folder materialised from a GGUF file may still list the
+    GGUF ``quantization_config`` although its weights are plain floats; drop it so it can be trained."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return {}
+    quant = getattr(cfg, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if str(method).lower().endswith("gguf"):
+        del cfg.quantization_config
+        cfg.num_labels = 1
+        return {"config": cfg}
+    return {}
+
+
 def _load_model(base: str, config: TheraRewardConfig) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -90,7 +108,8 @@ def _load_model(base: str, config: TheraRewardConfig) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(base)
         with suppress_seqcls_warning():
             model = AutoModelForSequenceClassification.from_pretrained(
-                base, num_labels=1, dtype=torch.float32, **(config.model_init_kwargs or {}))
+                base, dtype=torch.float32, **(load_kwargs(base) or {"num_labels": 1}),
+                **(config.model_init_kwargs or {}))
     except (OSError, ValueError) as exc:
         raise RewardError(f"base model {base}: cannot load ({str(exc).splitlines()[0]})") from None
     finally:
@@ -99,6 +118,26 @@ def _load_model(base: str, config: TheraRewardConfig) -> tuple[Any, Any]:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def freeze_lower_layers(model: Any, n_layers: int) -> int:
+    """Freeze the embeddings and transformer layers 0..n_layers-1; returns how many tensors were frozen.
+
+    Works by parameter name (``…layer.3.…``, ``…layers.3.…``, ``…h.3.…``) so that BERT- and
+    Llama-style models are both covered; the reward head always stays trainable.
+    """
+    frozen = 0
+    if n_layers <= 0:
+        return 0
+    for name, param in model.named_parameters():
+        match = LAYER_INDEX.search(name)
+        if ("embed" in name and "score" not in name) or (match and int(match.group(1)) < n_layers):
+            param.requires_grad_(False)
+            frozen += 1
+    return frozen
 
 
 def _peft_config(config: TheraRewardConfig) -> Any:
@@ -194,6 +233,8 @@ def train_reward_model(
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     model, tokenizer = _load_model(base, config)
+    if config.freeze_layers and not config.use_lora:
+        freeze_lower_layers(model, config.freeze_layers)
     encoder = Encoder(tokenizer, max_length=config.max_length or 512, min_context_tokens=config.min_context_tokens)
     with_margin = any(p.margin for p in train_pairs)
     columns, n_truncated = encode_pairs(encoder, train_pairs, with_margin=with_margin)
