@@ -39,13 +39,15 @@ def _password() -> str:
     return secrets.token_urlsafe(12)
 
 
-def seed_demo_prompts(*, session) -> int:  # noqa: ANN001
-    added = 0
+def seed_demo_prompts(*, session) -> tuple[int, list[int]]:  # noqa: ANN001
+    """Add the demo messages; return how many were new and the ids of all of them."""
+    added, ids = 0, []
     for index, (topic, text) in enumerate(DEMO_PROMPTS):
-        _, created = get_or_create_prompt([{"role": "user", "content": text}], session=session,
-                                          source=DEMO_SOURCE, external_id=f"demo-{index:02d}", topic=topic)
+        prompt, created = get_or_create_prompt([{"role": "user", "content": text}], session=session,
+                                               source=DEMO_SOURCE, external_id=f"demo-{index:02d}", topic=topic)
         added += created
-    return added
+        ids.append(prompt.id)
+    return added, ids
 
 
 def reset_demo_accounts(*, session) -> dict[str, str]:  # noqa: ANN001
@@ -63,7 +65,7 @@ def reset_demo_accounts(*, session) -> dict[str, str]:  # noqa: ANN001
     return credentials
 
 
-def build_demo(engine: Engine, *, generate: bool = True, progress: bool = True,
+def build_demo(engine: Engine, *, generate: bool = True, progress: bool = True, max_tokens: int = 96,
                overlap: int = 2, overlap_fraction: float = 0.25) -> DemoResult:
     """Build (or top up) the demo project in ``engine``'s database. Idempotent."""
     from candidates.pairing import make_pairs
@@ -72,15 +74,16 @@ def build_demo(engine: Engine, *, generate: bool = True, progress: bool = True,
     upgrade(engine)
     result = DemoResult(prompts_total=len(DEMO_PROMPTS))
     with session_scope(engine) as session:
-        result.prompts_added = seed_demo_prompts(session=session)
+        result.prompts_added, prompt_ids = seed_demo_prompts(session=session)
         _seed_guidelines(session=session)
         result.credentials = reset_demo_accounts(session=session)
-        specs = demo_candidates()
+        specs = demo_candidates(max_tokens=max_tokens)
         sync_registry(specs, session=session)
     if generate:
         from candidates.generate import run_generation
 
-        result.generation = run_generation(engine, specs, progress=progress)
+        # Only the demo prompts: a demo built into a working database must not generate for all of it.
+        result.generation = run_generation(engine, specs, prompt_ids=prompt_ids, progress=progress)
     with session_scope(engine) as session:
         result.pairing = make_pairs(session=session, overlap=overlap, overlap_fraction=overlap_fraction, seed=0)
     return result

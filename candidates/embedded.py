@@ -39,15 +39,30 @@ def smollm2_hf_path(cache_dir: str | Path | None = None) -> Path:
     """
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
     target = cache / f"{SMOLLM2_ALIAS}-hf"
-    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+    if _is_complete(target):
         return target
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f".{SMOLLM2_ALIAS}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        if _is_complete(target):
             return target
         _materialise(smollm2_gguf_path(), target)
     return target
+
+
+# The GGUF loader's quantization_config would make transformers treat the saved float weights as
+# quantised (and refuse to train them); the names are the GGUF file's, not ours.
+_NOT_COPIED = ("architectures", "_name_or_path", "_model_name_or_path", "transformers_version",
+               "quantization_config")
+
+
+def _is_complete(target: Path) -> bool:
+    import json
+
+    config = target / "config.json"
+    if not (config.is_file() and (target / "tokenizer_config.json").is_file()):
+        return False
+    return "quantization_config" not in json.loads(config.read_text())
 
 
 def _materialise(gguf: Path, target: Path) -> None:
@@ -58,7 +73,7 @@ def _materialise(gguf: Path, target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     config = LlamaConfig(**{k: v for k, v in loaded.config.to_dict().items()
-                            if k not in ("architectures", "_name_or_path", "transformers_version")})
+                            if k not in _NOT_COPIED})
     config.architectures = ["LlamaForCausalLM"]
     model = LlamaForCausalLM(config)
     result = model.load_state_dict(loaded.state_dict(), strict=False)

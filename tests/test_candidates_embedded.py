@@ -43,3 +43,28 @@ def test_cache_dir_is_honoured(tmp_path):
     (target / "tokenizer_config.json").write_text("{}")
     assert smollm2_hf_path(tmp_path) == target
     assert smollm2_hf_path(str(tmp_path)) == target
+
+
+def test_hf_folder_is_trainable_float_model():
+    """No GGUF quantization_config survives: transformers would refuse to train the weights."""
+    folder = smollm2_hf_path()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert getattr(model.config, "quantization_config", None) is None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    batch = tokenizer(["I feel anxious today."], return_tensors="pt")
+    loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    assert model.model.layers[0].mlp.down_proj.weight.grad is not None
+
+
+def test_stale_quantised_folder_is_materialised_again(tmp_path, monkeypatch):
+    import candidates.embedded as embedded
+
+    target = tmp_path / f"{SMOLLM2_ALIAS}-hf"
+    target.mkdir()
+    (target / "config.json").write_text('{"quantization_config": {"quant_method": "gguf"}}')
+    (target / "tokenizer_config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(embedded, "_materialise", lambda gguf_path, folder: calls.append(folder))
+    assert smollm2_hf_path(tmp_path) == target
+    assert calls == [target]

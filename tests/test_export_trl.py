@@ -32,15 +32,8 @@ def dpo_file(engine, tmp_path):
 
 
 def _load(auto_class, path, **kwargs):
-    """Load the materialised SmolLM2. Its config.json still carries the GGUF ``quantization_config``
-    (written by the materialisation step), which makes transformers treat the float32 weights as
-    "purely quantized" and refuse training; we drop that stale entry when loading."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path, **kwargs)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    return auto_class.from_pretrained(path, config=config, dtype="float32")
+    """Load the materialised SmolLM2 exactly as a user would: a plain folder load."""
+    return auto_class.from_pretrained(path, dtype="float32", **kwargs)
 
 
 def _common_args(tmp_path, name):
