@@ -6,8 +6,11 @@ server, then times the two calls the app makes per judgment, each in its own tra
 random clinicians. A 1%-size baseline database runs side by side; the ratio shows how the calls
 scale. Target: p95 < 20 ms on both databases.
 
-Layout: 200 clinicians; 20k prompts × 5 candidates; 10 comparisons per prompt, 12 judgments
-required each; the first 80% are complete (12 judgments), the rest have 2 so far (the open queue).
+Layout: 200 clinicians plus one "fast" clinician; 20k prompts × 5 candidates; 10 comparisons per
+prompt, 12 judgments required each; the first 80% are complete (12 judgments). Of the open 20%, the
+first half has 1 judgment, all by the fast clinician, the second half 3 (1M judgments in all). So
+for the fast clinician the front of the queue is 10k pairs they already judged: the worst case for
+"never the same pair twice", timed on its own line.
 
     python bench/app_queries.py [--comparisons 100000] [--calls 400] [--only sqlite|postgresql]
 """
@@ -35,7 +38,7 @@ PAIRS_PER_PROMPT = len(list(combinations(range(CANDIDATES), 2)))  # 10
 REQUIRED = 12
 CLINICIANS = 200
 OPEN_SHARE = 0.2
-OPEN_COUNT = 2
+FAST = CLINICIANS + 1
 STAMP_SQLITE = "2026-11-20 10:00:00.000000"
 STAMP_PG = "2026-11-20 10:00:00+00"
 
@@ -44,14 +47,16 @@ def layout(n_comparisons: int):
     """Yield the rows of every table (ids explicit), in insert order."""
     n_prompts = max(1, n_comparisons // PAIRS_PER_PROMPT)
     annotators = [(i, f"clin{i}", f"Clinician {i}", "clinician", None, "LCSW", True, 0, None, None)
-                  for i in range(1, CLINICIANS + 1)]
+                  for i in range(1, FAST + 1)]
     candidates = [(i, f"model-{i}", "local", f"model-{i}", None, None, "{}", None, 1) for i in range(1, CANDIDATES + 1)]
     prompts = [(p, f'[{{"role": "user", "content": "Patient message {p}: I feel low and cannot sleep."}}]',
                 "You are a careful therapy assistant.", "bench", None, None, "[]", f"{p:064x}")
                for p in range(1, n_prompts + 1)]
     responses, comparisons = [], []
     cid = 0
-    open_from = int(n_prompts * PAIRS_PER_PROMPT * (1 - OPEN_SHARE))
+    total = n_prompts * PAIRS_PER_PROMPT
+    open_from = int(total * (1 - OPEN_SHARE))
+    half = open_from + (total - open_from) // 2
     for p in range(1, n_prompts + 1):
         ids = []
         for k in range(CANDIDATES):
@@ -61,7 +66,7 @@ def layout(n_comparisons: int):
                               f"{rid:064x}", "{}"))
         for a, b in combinations(ids, 2):
             cid += 1
-            count = REQUIRED if cid <= open_from else OPEN_COUNT
+            count = REQUIRED if cid <= open_from else 1 if cid <= half else 3
             comparisons.append((cid, p, a, b, REQUIRED, count))
     return annotators, candidates, prompts, responses, comparisons
 
@@ -71,7 +76,8 @@ def judgments(comparisons):
     for cid, _p, _a, _b, _req, count in comparisons:
         for k in range(count):
             jid += 1
-            annotator = (cid * 7 + k) % CLINICIANS + 1  # distinct per comparison
+            # Distinct per comparison; single judgments are the fast clinician's.
+            annotator = FAST if count == 1 else (cid * 7 + k) % CLINICIANS + 1
             yield (jid, cid, annotator, "a" if (cid + k) % 3 else "b", 2, "a", 4000 + (jid % 5000))
 
 
@@ -147,28 +153,40 @@ def build_postgres(server, name: str, n_comparisons: int) -> str:
     return url
 
 
-def measure(url: str, calls: int, seed: int = 7) -> dict[str, list[float]]:
-    """Time next_comparison + submit_judgment pairs for random clinicians (one transaction each)."""
+def add_judged_set_index(url: str) -> None:
+    from sqlalchemy import text
+
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE INDEX ix_judgment_annotator_comparison "
+                                "ON judgment (annotator_id, comparison_id)"))
+        connection.execute(text("ANALYZE"))
+    engine.dispose()
+
+
+def measure(url: str, calls: int, seed: int = 7, annotator: int | None = None) -> dict[str, list[float]]:
+    """Time next_comparison + submit_judgment pairs for random clinicians (or one), one transaction each."""
     engine = make_engine(url)
     rng = random.Random(seed)
     times: dict[str, list[float]] = {"next_comparison": [], "submit_judgment": []}
     for i in range(calls + 20):
-        annotator = rng.randint(1, CLINICIANS)
+        who = annotator or rng.randint(1, CLINICIANS)
         start = time.perf_counter()
         with session_scope(engine) as session:
-            assignment = next_comparison(annotator, session=session, rng=rng)
+            assignment = next_comparison(who, session=session, rng=rng)
         mid = time.perf_counter()
+        if i >= 20:  # warm-up: connection pool, statement caches
+            times["next_comparison"].append((mid - start) * 1000)
         if assignment is None:
             continue
         try:
             with session_scope(engine) as session:
-                submit_judgment(assignment.token, session=session, annotator_id=annotator,
+                submit_judgment(assignment.token, session=session, annotator_id=who,
                                 preferred=rng.choice(["left", "right", "tie"]), strength=2, ms_spent=3000)
         except ComparisonFull:
             pass
         end = time.perf_counter()
-        if i >= 20:  # warm-up: connection pool, statement caches
-            times["next_comparison"].append((mid - start) * 1000)
+        if i >= 20:
             times["submit_judgment"].append((end - mid) * 1000)
     engine.dispose()
     return times
@@ -180,6 +198,8 @@ def percentile(values: list[float], q: float) -> float:
     5.5
     """
     ordered = sorted(values)
+    if not ordered:
+        return float("nan")
     if len(ordered) == 1:
         return ordered[0]
     return statistics.quantiles(ordered, n=100, method="inclusive")[int(q * 100) - 1]
@@ -190,7 +210,7 @@ def report(label: str, big: dict, small: dict) -> None:
         p50, p95 = percentile(big[name], 0.5), percentile(big[name], 0.95)
         b50, b95 = percentile(small[name], 0.5), percentile(small[name], 0.95)
         verdict = "OK" if p95 < 20 else "SLOW"
-        print(f"{label:<10} {name:<16} p50={p50:6.2f}ms p95={p95:6.2f}ms  "
+        print(f"{label:<11} {name:<16} p50={p50:6.2f}ms p95={p95:6.2f}ms  "
               f"(1% baseline p50={b50:5.2f}ms p95={b95:5.2f}ms; p95 ratio {p95 / b95:4.2f}x)  "
               f"target p95<20ms: {verdict}", flush=True)
 
@@ -200,11 +220,15 @@ def main() -> None:
     parser.add_argument("--comparisons", type=int, default=100_000)
     parser.add_argument("--calls", type=int, default=400, help="timed next+submit pairs per database")
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    parser.add_argument("--judged-set-index", action="store_true",
+                        help="add the index judgment (annotator_id, comparison_id), proposed for the next "
+                             "migration; next_comparison then reads each annotator's judged set once")
     args = parser.parse_args()
     small_n = max(PAIRS_PER_PROMPT, args.comparisons // 100)
     n_judgments = sum(c[5] for c in layout(args.comparisons)[4])
-    print(f"layout: {args.comparisons:,} comparisons, {n_judgments:,} judgments, {CLINICIANS} clinicians; "
-          f"baseline {small_n:,} comparisons; {args.calls} timed calls each", flush=True)
+    print(f"layout: {args.comparisons:,} comparisons, {n_judgments:,} judgments, {FAST} clinicians; "
+          f"baseline {small_n:,} comparisons; {args.calls} timed calls each"
+          + ("; with index judgment (annotator_id, comparison_id)" if args.judged_set_index else ""), flush=True)
     with tempfile.TemporaryDirectory(prefix="therapref-bench-") as tmp:
         if args.only in (None, "postgresql"):
             from tests.pg import PostgresServer
@@ -215,7 +239,10 @@ def main() -> None:
                 big = build_postgres(server, "bench_big", args.comparisons)
                 print(f"postgresql built in {time.perf_counter() - t:.1f}s", flush=True)
                 small = build_postgres(server, "bench_small", small_n)
+                if args.judged_set_index:
+                    add_judged_set_index(big), add_judged_set_index(small)
                 report("postgresql", measure(big, args.calls), measure(small, args.calls))
+                report("pg fast", measure(big, args.calls, annotator=FAST), measure(small, args.calls, annotator=FAST))
             finally:
                 server.stop()
         if args.only in (None, "sqlite"):
@@ -223,7 +250,10 @@ def main() -> None:
             big = build_sqlite(Path(tmp) / "big.db", args.comparisons)
             print(f"sqlite built in {time.perf_counter() - t:.1f}s", flush=True)
             small = build_sqlite(Path(tmp) / "small.db", small_n)
+            if args.judged_set_index:
+                add_judged_set_index(big), add_judged_set_index(small)
             report("sqlite", measure(big, args.calls), measure(small, args.calls))
+            report("sqlite fast", measure(big, args.calls, annotator=FAST), measure(small, args.calls, annotator=FAST))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, exists, func, insert, select
+from sqlalchemy import bindparam, case, delete, exists, func, insert, inspect, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
@@ -145,8 +145,15 @@ def _has_capacity(comparison: Comparison, annotator_id: int, now: datetime, *, s
     return comparison.judgments_count + others < comparison.judgments_required
 
 
-def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int = _CANDIDATES_PER_TRY):
-    judged = exists().where(Judgment.comparison_id == Comparison.id, Judgment.annotator_id == annotator_id)
+def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int = _CANDIDATES_PER_TRY,
+                 judged_set: bool = False):
+    if judged_set:
+        # One pass over the annotator's own judgments (index-only with a (annotator_id,
+        # comparison_id) index), then hash/b-tree probes: cost no longer grows with how many pairs
+        # they judged at the front of the queue.
+        judged = Comparison.id.in_(select(Judgment.comparison_id).where(Judgment.annotator_id == annotator_id))
+    else:
+        judged = exists().where(Judgment.comparison_id == Comparison.id, Judgment.annotator_id == annotator_id)
     skipped = exists().where(Skip.comparison_id == Comparison.id, Skip.annotator_id == annotator_id)
     query = select(Comparison.id).where(~judged, ~skipped)
     if gold:
@@ -163,7 +170,26 @@ def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int 
 
 # Built once with bound parameters (annotator_id, now); the hot path only binds values.
 _QUEUE = _queue_query(bindparam("annotator_id"), bindparam("now"))
+_QUEUE_JUDGED_SET = _queue_query(bindparam("annotator_id"), bindparam("now"), judged_set=True)
 _GOLD_QUEUE = _queue_query(bindparam("annotator_id"), bindparam("now"), gold=True)
+JUDGED_SET_INDEX = ("annotator_id", "comparison_id")
+_judged_set_ok: dict[str, bool] = {}
+
+
+def _has_judged_set_index(session: Session) -> bool:
+    """Whether ``judgment`` has an index led by (annotator_id, comparison_id) (checked once per database).
+
+    Without it the queue query probes ``uq_judgment_once`` row by row (best for most annotators);
+    with it, it reads the annotator's judged set once, which keeps the worst case flat.
+    """
+    bind = session.get_bind()
+    key = bind.url.render_as_string(hide_password=True)
+    if key not in _judged_set_ok:
+        inspector = inspect(session.connection())  # this transaction's connection: no second lock
+        indexes = inspector.get_indexes("judgment") + [
+            {"column_names": c["column_names"]} for c in inspector.get_unique_constraints("judgment")]
+        _judged_set_ok[key] = any(tuple(i["column_names"][:2]) == JUDGED_SET_INDEX for i in indexes)
+    return _judged_set_ok[key]
 
 
 def _lock_comparison(comparison_id: int, *, session: Session, skip_locked: bool = False) -> Comparison | None:
@@ -261,7 +287,8 @@ def next_comparison(
     kinds = [True, False] if gold_rate > 0 and rng.random() < gold_rate else [False]
     for gold in kinds:
         for _attempt in range(1 if sqlite else 5):
-            candidates = session.execute(_GOLD_QUEUE if gold else _QUEUE,
+            queue = _QUEUE_JUDGED_SET if _has_judged_set_index(session) else _QUEUE
+            candidates = session.execute(_GOLD_QUEUE if gold else queue,
                                          {"annotator_id": annotator_id, "now": now}).scalars().all()
             if not candidates:
                 break
