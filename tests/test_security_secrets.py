@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlmodel import Session, select
@@ -21,6 +23,44 @@ from tests.reliability_helpers import cli_env, dump_tables, grep_tree, run_cli
 
 pytestmark = pytest.mark.slow
 KEY_ENV = "THERAPREF_TEST_OPENAI_KEY"
+
+
+class EchoingServer:
+    """A careless OpenAI-compatible endpoint: every request gets a 401 whose message repeats the
+    Authorization header it received (real services print a masked key; this one does not)."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                return None
+
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                auth = self.headers.get("Authorization") or ""
+                outer.seen.append(auth)
+                body = json.dumps({"error": {"message": f"Incorrect API key provided: {auth.split()[-1]}",
+                                             "type": "invalid_request_error", "code": "invalid_api_key"}}).encode()
+                self.send_response(401)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST  # noqa: N815
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> EchoingServer:
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:  # noqa: ANN002
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 def _judge_everything(url: str, n_clinicians: int = 2) -> int:
@@ -56,18 +96,18 @@ def test_planted_api_key_never_leaves_the_environment(tmp_path):
         return result
 
     cli("import", "prompts", str(GABY), "--db", url)
-    # One prompt gets an error body that echoes the key back (as a careless or hostile endpoint might).
-    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {key}", "type": "invalid_request"}})
-    plan = {"grief": [("raw", echo)] * 3}
-    with FakeOpenAIServer(plan=plan) as server:
+    with FakeOpenAIServer() as server, EchoingServer() as echo:
         registry = tmp_path / "candidates.toml"
         registry.write_text(
             '[[candidate]]\nname = "cloud-model"\nprovider = "openai"\nmodel_id = "gpt-fake"\n'
-            f'base_url = "{server.url}"\napi_key_env = "{KEY_ENV}"\nmax_retries = 0\n')
+            f'base_url = "{server.url}"\napi_key_env = "{KEY_ENV}"\nmax_retries = 0\n\n'
+            '[[candidate]]\nname = "careless-endpoint"\nprovider = "openai"\nmodel_id = "gpt-echo"\n'
+            f'base_url = "{echo.url}"\napi_key_env = "{KEY_ENV}"\nmax_retries = 0\n')
         first = cli("generate", "--config", str(registry), "--db", url, "--no-progress", ok=False)
         assert server.calls, "the fake endpoint was never called"
         assert all(call.authorization == f"Bearer {key}" for call in server.calls), "the key was not used"
-        assert first.returncode == 1, "the echoed error should count as a failed request"
+        assert echo.seen and set(echo.seen) == {f"Bearer {key}"}
+        assert first.returncode == 1, "the echoing endpoint's 401s count as failed requests"
     cli("pairs", "--db", url)
     assert _judge_everything(url) > 0
     exports = tmp_path / "exports"
@@ -84,7 +124,8 @@ def test_planted_api_key_never_leaves_the_environment(tmp_path):
         candidate = session.exec(select(CandidateModel).where(CandidateModel.name == "cloud-model")).one()
         assert candidate.api_key_env == KEY_ENV  # only the variable's NAME is stored
         failures = session.exec(select(GenerationFailure)).all()
-        assert failures and all(f.error for f in failures), "the echoed-key error should be recorded"
+        assert failures and all("401" in f.error or "API key" in f.error for f in failures), \
+            [f.error for f in failures]
     assert key not in dump_tables(engine), "the API key reached the database"
     assert grep_tree(tmp_path, key) == [], "the API key reached a file (export, manifest, report, log, backup)"
     leaked = [text for text in outputs if key in text]
