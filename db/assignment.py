@@ -287,7 +287,9 @@ def next_comparison(
     kinds = [True, False] if gold_rate > 0 and rng.random() < gold_rate else [False]
     for gold in kinds:
         for _attempt in range(1 if sqlite else 5):
-            queue = _QUEUE_JUDGED_SET if _has_judged_set_index(session) else _QUEUE
+            # PostgreSQL with the (annotator_id, comparison_id) index: one hashed read of the judged
+            # set. SQLite's row-by-row probes are cheap enough either way (bench/app_queries.py).
+            queue = _QUEUE_JUDGED_SET if not sqlite and _has_judged_set_index(session) else _QUEUE
             candidates = session.execute(_GOLD_QUEUE if gold else queue,
                                          {"annotator_id": annotator_id, "now": now}).scalars().all()
             if not candidates:

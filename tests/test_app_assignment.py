@@ -234,8 +234,8 @@ def test_many_annotators_at_once_never_overfill(any_engine):
 
 
 def test_judged_set_index_is_used_when_present(any_engine):
-    """The proposed index judgment (annotator_id, comparison_id) switches the queue query to one read
-    of the annotator's judged set; the answers stay the same."""
+    """The proposed index judgment (annotator_id, comparison_id) is detected; on PostgreSQL it switches
+    the queue query to one read of the annotator's judged set; the answers stay the same."""
     from sqlalchemy import text
 
     from db import assignment
