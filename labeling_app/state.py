@@ -179,6 +179,17 @@ def show_flash() -> None:
         getattr(st, kind)(text)
 
 
+def md_escape(text: str) -> str:
+    r"""Escape text for Streamlit's Markdown elements (st.success, st.error…): no links, emphasis,
+    HTML or LaTeX from names someone typed.
+
+    >>> md_escape("[x](javascript:alert(1)) *bold* <b> $x$")
+    '\\[x\\]\\(javascript\\:alert\\(1\\)\\) \\*bold\\* &lt;b&gt; \\$x\\$'
+    """
+    escaped = "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|~$:" else ch for ch in str(text))
+    return escaped.replace("<", "&lt;").replace(">", "&gt;")
+
+
 def inert_text(text: str) -> None:
     """Untrusted text (prompts, replies): no HTML, no Markdown, line breaks kept."""
     st.text(text or "")

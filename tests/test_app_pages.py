@@ -225,6 +225,10 @@ def test_admin_manages_annotators_with_audit(app_db):
     at.text_input(key="new_password").input("long-enough-pw")
     at.button(key="add_submit").click().run()
     assert "Added clinician newclin" in at.success[0].value
+    at.text_input(key="new_username").input("[evil](http://example.com)")
+    at.text_input(key="new_password").input("long-enough-pw")
+    at.button(key="add_submit").click().run()
+    assert "\\[evil\\]\\(http\\:" in at.success[0].value  # a typed name is never a live link
     at.selectbox(key="active_username").set_value("clin1")
     at.radio(key="active_choice").set_value("Inactive")
     at.button(key="active_submit").click().run()
@@ -238,7 +242,9 @@ def test_admin_manages_annotators_with_audit(app_db):
     with Session(engine) as session:
         events = session.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.target)
                                  .where(AuditEvent.action.like("annotator.%")).order_by(AuditEvent.id)).all()
-        assert events == [("admin", "annotator.add", "newclin"), ("admin", "annotator.deactivate", "clin1"),
+        assert events == [("admin", "annotator.add", "newclin"),
+                          ("admin", "annotator.add", "[evil](http://example.com)"),
+                          ("admin", "annotator.deactivate", "clin1"),
                           ("admin", "annotator.reset_password", "clin0")]
         assert not session.execute(select(Annotator.is_active).where(Annotator.username == "clin1")).scalar_one()
     login = _app()

@@ -22,7 +22,7 @@ def _run(action, success: str) -> None:
         with state.write_session() as session:
             action(session)
     except TheraPrefError as exc:
-        st.error(str(exc))
+        st.error(state.md_escape(str(exc)))  # messages quote the typed username
         return
     state.flash("success", success)
     st.rerun()
@@ -38,16 +38,16 @@ with add, st.form("add_annotator", clear_on_submit=True):
     if st.form_submit_button("Add annotator", type="primary", key="add_submit"):
         _run(lambda s: add_account(admin.username, username, new_password, session=s, role=role,
                                    display_name=display_name, credential=credential),
-             f"Added {role} {username.strip()}.")
+             f"Added {role} {state.md_escape(username.strip())}.")
 with status, st.form("set_active"):
     who = st.selectbox("Annotator", usernames, key="active_username")
     active = st.radio("Account", ["Active", "Inactive"], horizontal=True, key="active_choice")
     if st.form_submit_button("Apply", key="active_submit") and who:
         _run(lambda s: set_account_active(admin.username, who, active == "Active", session=s),
-             f"{who} is now {active.lower()}.")
+             f"{state.md_escape(who)} is now {active.lower()}.")
 with password, st.form("reset_password", clear_on_submit=True):
     who_pw = st.selectbox("Annotator", usernames, key="reset_username")
     reset_to = st.text_input("New password (min. 8 characters)", type="password", key="reset_password_value")
     if st.form_submit_button("Reset password", key="reset_submit") and who_pw:
         _run(lambda s: reset_account_password(admin.username, who_pw, reset_to, session=s),
-             f"Password reset for {who_pw}; any lockout is lifted.")
+             f"Password reset for {state.md_escape(who_pw)}; any lockout is lifted.")
