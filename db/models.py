@@ -167,6 +167,8 @@ class Judgment(SQLModel, table=True):
         CheckConstraint("preferred IN ('a', 'b', 'tie', 'both_bad')", name="ck_judgment_preferred"),
         CheckConstraint("strength IS NULL OR (strength BETWEEN 1 AND 3)", name="ck_judgment_strength"),
         CheckConstraint("shown_left IN ('a', 'b')", name="ck_judgment_shown_left"),
+        # "What has this annotator already judged?" is on the hot path of every queue fetch.
+        Index("ix_judgment_annotator_comparison", "annotator_id", "comparison_id"),
     )
 
 

@@ -41,7 +41,9 @@ def test_init_upgrade_status(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Database ready" in result.output
     result = runner.invoke(app, ["db", "upgrade", "--db", db])
-    assert result.exit_code == 0 and "-> 0001" in result.output
+    from db.migrate import head_revision
+
+    assert result.exit_code == 0 and f"-> {head_revision()}" in result.output
     result = runner.invoke(app, ["status", "--db", db, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
