@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from candidates.demo_prompts import DEMO_PROMPTS
+from db.assignment import ensure_guidelines
 from db.auth import create_annotator, get_annotator, set_password
 from db.crud import audit, get_or_create_prompt
 from db.engine import session_scope
@@ -75,7 +76,7 @@ def build_demo(engine: Engine, *, generate: bool = True, progress: bool = True, 
     result = DemoResult(prompts_total=len(DEMO_PROMPTS))
     with session_scope(engine) as session:
         result.prompts_added, prompt_ids = seed_demo_prompts(session=session)
-        _seed_guidelines(session=session)
+        ensure_guidelines(session=session)
         result.credentials = reset_demo_accounts(session=session)
         specs = demo_candidates(max_tokens=max_tokens)
         sync_registry(specs, session=session)
@@ -87,12 +88,3 @@ def build_demo(engine: Engine, *, generate: bool = True, progress: bool = True, 
     with session_scope(engine) as session:
         result.pairing = make_pairs(session=session, overlap=overlap, overlap_fraction=overlap_fraction, seed=0)
     return result
-
-
-def _seed_guidelines(*, session) -> None:  # noqa: ANN001
-    from db.crud import add_guideline_version, current_guideline
-
-    if current_guideline(session=session) is None:
-        from db.guidelines import default_guidelines
-
-        add_guideline_version(default_guidelines(), session=session)

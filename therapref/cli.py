@@ -10,7 +10,7 @@ import typer
 
 from db.engine import session_scope
 from therapref import __version__
-from therapref.cli_common import DbOption, errors, fail, open_engine, read_password
+from therapref.cli_common import DbOption, errors, open_engine, read_password
 
 app = typer.Typer(
     name="therapref",

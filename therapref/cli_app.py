@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from therapref.cli_common import DbOption, errors, open_engine, settings_for
+from therapref.settings import Settings
 
 
 def register(app: typer.Typer) -> None:
@@ -21,34 +22,38 @@ def register(app: typer.Typer) -> None:
         timeout: Annotated[float, typer.Option(help="Seconds to wait for the app to come up.")] = 60,
     ) -> None:
         """Start the labeling app and keep it running until Ctrl-C."""
-        from db.assignment import ensure_guidelines
-        from db.auth import list_annotators
-        from db.engine import session_scope
-        from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
+        serve(settings_for(db, app_port=port, app_host=host), timeout=timeout)
 
-        settings = settings_for(db, app_port=port, app_host=host)
-        engine = open_engine(db)
-        with session_scope(engine) as session:
-            ensure_guidelines(session=session)
-            has_accounts = bool(list_annotators(session=session))
-        engine.dispose()
-        url = app_url(settings.app_host, settings.app_port)
-        with errors():
-            process = start_app(settings.database_url, host=settings.app_host, port=settings.app_port)
-            try:
-                wait_until_ready(url, timeout, process=process)
-            except BaseException:
-                stop_app(process)
-                raise
-        typer.echo(f"Labeling app running at {url} (database {engine.url.render_as_string(hide_password=True)}).")
-        if not has_accounts:
-            typer.echo("No accounts yet: add one with `therapref annotators add NAME --role admin`.")
-        typer.echo("Press Ctrl-C to stop.")
+
+def serve(settings: Settings, *, timeout: float = 60) -> None:
+    """Start the app for ``settings`` and block until it exits or Ctrl-C (also used by ``demo``)."""
+    from db.assignment import ensure_guidelines
+    from db.auth import list_annotators
+    from db.engine import session_scope
+    from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
+
+    engine = open_engine(settings.database_url)
+    with session_scope(engine) as session:
+        ensure_guidelines(session=session)
+        has_accounts = bool(list_annotators(session=session))
+    engine.dispose()
+    url = app_url(settings.app_host, settings.app_port)
+    with errors():
+        process = start_app(settings.database_url, host=settings.app_host, port=settings.app_port)
         try:
-            code = process.wait()
-        except KeyboardInterrupt:
+            wait_until_ready(url, timeout, process=process)
+        except BaseException:
             stop_app(process)
-            typer.echo("Stopped.")
-            return
-        if code:
-            raise typer.Exit(code)
+            raise
+    if not has_accounts:
+        typer.echo("No accounts yet: add one with `therapref annotators add NAME --role admin`.")
+    typer.echo(f"Labeling app running at {url} (database {engine.url.render_as_string(hide_password=True)}). "
+               "Press Ctrl-C to stop.")
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        stop_app(process)
+        typer.echo("Stopped.")
+        return
+    if code:
+        raise typer.Exit(code)

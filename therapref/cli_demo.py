@@ -37,20 +37,6 @@ def demo(
     if no_app:
         typer.echo("Start the labeling app with: therapref app")
         return
-    _run_app(settings)
+    from therapref.cli_app import serve
 
-
-def _run_app(settings) -> None:  # noqa: ANN001
-    from labeling_app.launch import start_app, wait_until_ready
-
-    url = f"http://{settings.app_host}:{settings.app_port}"
-    process = start_app(settings.database_url, host=settings.app_host, port=settings.app_port)
-    try:
-        wait_until_ready(url, timeout=60)
-        typer.echo(f"Labeling app running at {url} (Ctrl+C to stop).")
-        process.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    serve(settings)

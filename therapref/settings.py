@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 DEFAULT_CONFIG_FILE = "therapref.toml"
 
@@ -31,7 +32,7 @@ class Settings:
         *,
         environ: Mapping[str, str] | None = None,
         config_file: str | Path | None = None,
-    ) -> "Settings":
+    ) -> Settings:
         """Merge defaults, a TOML file (``[therapref]`` table or top level), ``THERAPREF_*`` env
         vars and explicit overrides (``None`` values are ignored)."""
         environ = os.environ if environ is None else environ
