@@ -205,13 +205,20 @@ def _worker(url: str, annotator_id: int, config: LoadConfig, index: int, barrier
                     for thread in threads:
                         thread.join()
                     failures = [o for o in outcomes if isinstance(o, BaseException)]
+                    successes = [o for o in outcomes if not isinstance(o, BaseException)]
+                    ids = {o[0] for o in successes}
+                    n_created = sum(o[1] for o in successes)
+                    if len(ids) > 1 or n_created > 1:
+                        double_created += max(0, n_created - 1) + max(0, len(ids) - 1)
+                    if n_created and failures:
+                        # One click stored the judgment, the other surfaced an error: record what was
+                        # stored (it is not lost), then count the error.
+                        created[assignment.token] = next(o[0] for o in successes if o[1])
+                        last_token = assignment.token
+                        done += 1
                     if failures:
                         raise failures[0]
-                    ids = {o[0] for o in outcomes}
-                    n_created = sum(o[1] for o in outcomes)
-                    if len(ids) != 1 or n_created != 1:
-                        double_created += max(0, n_created - 1) + len(ids) - 1
-                    judgment_id = outcomes[0][0]
+                    judgment_id = successes[0][0]
                     was_created = n_created >= 1
                 else:
                     judgment_id, was_created = submit(assignment.token, choice)

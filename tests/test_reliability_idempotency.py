@@ -78,29 +78,49 @@ def test_resent_form_after_refresh_is_one_judgment(any_engine, project):
     assert count(any_engine, "reservation") == 1  # only the new pair is held
 
 
-def test_racing_requests_with_one_token(any_engine, project):
-    """Eight requests with one token at the same instant (separate connections): one created."""
-    me = project.clinicians[0].id
-    shown = _next(any_engine, me)
-    barrier = threading.Barrier(8)
+def _race(engine, token: str, annotator_id: int, n: int = 8) -> list:
+    barrier = threading.Barrier(n)
     outcomes: list = []
 
     def click() -> None:
         barrier.wait()
         try:
-            outcomes.append(_submit(any_engine, shown.token, me))
+            outcomes.append(_submit(engine, token, annotator_id))
         except Exception as exc:  # noqa: BLE001
             outcomes.append(exc)
 
-    threads = [threading.Thread(target=click) for _ in range(8)]
+    threads = [threading.Thread(target=click) for _ in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return outcomes
+
+
+def test_racing_requests_with_one_token(any_engine, project):
+    """Eight requests with one token at the same instant (separate connections): one created."""
+    me = project.clinicians[0].id
+    shown = _next(any_engine, me)
+    outcomes = _race(any_engine, shown.token, me)
     errors = [o for o in outcomes if isinstance(o, Exception)]
     assert errors == []
     assert sum(o[2] for o in outcomes) == 1
     assert len({o[0] for o in outcomes}) == 1
+    assert count(any_engine, "judgment") == 1
+    assert_sound(any_engine)
+
+
+def test_racing_requests_that_fill_the_comparison(any_engine):
+    """The same race on a comparison's last open place (overlap 1): the retries must get the stored
+    judgment back, not "another clinician completed this pair first"."""
+    with Session(any_engine, expire_on_commit=False) as session:
+        project = build_project(session, n_prompts=2, n_clinicians=1, judgments_required=1)
+    me = project.clinicians[0].id
+    shown = _next(any_engine, me)
+    outcomes = _race(any_engine, shown.token, me)
+    errors = [repr(o) for o in outcomes if isinstance(o, Exception)]
+    assert errors == [], errors
+    assert sum(o[2] for o in outcomes) == 1 and len({o[0] for o in outcomes}) == 1
     assert count(any_engine, "judgment") == 1
     assert_sound(any_engine)
 
