@@ -163,6 +163,22 @@ def _trainer_class() -> type:
     return TheraRewardTrainer
 
 
+def default_threads() -> int | None:
+    """CPU training threads when none are configured: half the cores (at least one), or None on a GPU.
+
+    Measured on a shared 2-core machine, one thread trained 3× faster than torch's default of two:
+    OpenMP threads that wait for each other at every barrier lose badly when another process
+    holds a core. With more cores, half of them still leaves room for the data loader and the OS.
+    """
+    import os
+
+    from reward.config import _accelerator_present
+
+    if _accelerator_present():
+        return None
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def fit_length_weight(diffs: Sequence[float], gaps: Sequence[float]) -> tuple[float, float]:
     """Logistic fit of P(chosen) = σ(a·Δnetwork + w·Δloglength), no intercept (symmetric).
 
@@ -230,8 +246,9 @@ def train_reward_model(
 
     from reward.encoding import Encoder, encode_pairs
 
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    threads = config.num_threads or default_threads()
+    if threads:
+        torch.set_num_threads(threads)
     model, tokenizer = _load_model(base, config)
     if config.freeze_layers and not config.use_lora:
         freeze_lower_layers(model, config.freeze_layers)
