@@ -159,6 +159,7 @@ def main() -> None:
     print(f"total {time.perf_counter() - started:.0f}s")
     out = os.environ.get("OUT")
     if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
         Path(out, "gpu_reward.json").write_text(json.dumps(rows, indent=2))
 
 

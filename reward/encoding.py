@@ -35,12 +35,15 @@ def fit(context: list[int], reply: list[int], budget: int, min_context: int) -> 
     ([3, 4], [5, 6], True)
     >>> fit([1, 2, 3, 4], [5, 6, 7, 8, 9], budget=4, min_context=1)
     ([4], [5, 6, 7], True)
+    >>> fit(list(range(100)), list(range(100, 200)), budget=10, min_context=64)[1]
+    [100, 101, 102, 103, 104]
     >>> fit([1], [2], budget=4, min_context=1)
     ([1], [2], False)
     """
     if len(context) + len(reply) <= budget:
         return context, reply, False
-    keep_context = max(budget - len(reply), min(len(context), min_context, budget))
+    # the context reserve never takes more than half the budget: the reply is what is scored
+    keep_context = max(budget - len(reply), min(len(context), min_context, budget // 2))
     keep_reply = budget - keep_context
     return (context[len(context) - keep_context:] if keep_context else []), reply[:keep_reply], True
 
