@@ -73,6 +73,7 @@ def test_two_app_processes_share_one_postgres(postgres_url, tmp_path):
             stop_app(app)
     logs = "".join((tmp_path / f"app{i}.log").read_text() for i in range(2))
     assert "Traceback" not in logs, logs[-3000:]
+    assert PASSWORD not in logs, "a password reached the app log"
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT comparison_id, annotator_id FROM judgment")).fetchall()
     assert {a for _, a in rows} == {c.id for c in project.clinicians}, "rows from both app processes"

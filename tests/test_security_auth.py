@@ -152,3 +152,20 @@ def test_admin_actions_are_audited(cli_db):
         created = event.created_at if event.created_at.tzinfo else event.created_at.replace(tzinfo=started.tzinfo)
         assert created >= started - timedelta(seconds=5), "every audit event says when"
         assert SECRET not in repr(event.details)
+
+
+def test_admin_actions_in_the_app_are_audited_with_the_admin_as_actor(engine):
+    """The app's account actions (labeling_app.accounts) record the signed-in admin as the actor."""
+    from labeling_app.accounts import add_account, reset_account_password, set_account_active
+
+    with Session(engine, expire_on_commit=False) as session:
+        add_account("lead-admin", "ivy", SECRET, session=session, role="clinician")
+        reset_account_password("lead-admin", "ivy", SECRET + "-2", session=session)
+        set_account_active("lead-admin", "ivy", False, session=session)
+        session.commit()
+        events = session.exec(select(AuditEvent).order_by(AuditEvent.id)).all()
+    assert [(e.actor, e.action, e.target) for e in events] == [
+        ("lead-admin", "annotator.add", "ivy"), ("lead-admin", "annotator.reset_password", "ivy"),
+        ("lead-admin", "annotator.deactivate", "ivy")]
+    assert all(e.created_at is not None for e in events)
+    assert SECRET not in dump_tables(engine)

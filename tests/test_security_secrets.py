@@ -17,7 +17,7 @@ from candidates.fake_server import FakeOpenAIServer
 from db.assignment import next_comparison, submit_judgment
 from db.auth import create_annotator
 from db.engine import make_engine, session_scope
-from db.models import CandidateModel, GenerationFailure
+from db.models import AuditEvent, CandidateModel, GenerationFailure
 from tests.conftest import GABY
 from tests.reliability_helpers import cli_env, dump_tables, grep_tree, run_cli
 
@@ -126,6 +126,11 @@ def test_planted_api_key_never_leaves_the_environment(tmp_path):
         failures = session.exec(select(GenerationFailure)).all()
         assert failures and all("401" in f.error or "API key" in f.error for f in failures), \
             [f.error for f in failures]
+        exports_audited = session.exec(select(AuditEvent).where(AuditEvent.action == "export.write")).all()
+    # Exports are audited: who (actor), what (target path, kind, rows), when (created_at).
+    assert len(exports_audited) == 3
+    assert all(e.actor and e.target.startswith(str(exports)) and e.details.get("kind") and e.created_at
+               for e in exports_audited)
     assert key not in dump_tables(engine), "the API key reached the database"
     assert grep_tree(tmp_path, key) == [], "the API key reached a file (export, manifest, report, log, backup)"
     leaked = [text for text in outputs if key in text]
