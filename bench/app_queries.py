@@ -153,17 +153,6 @@ def build_postgres(server, name: str, n_comparisons: int) -> str:
     return url
 
 
-def add_judged_set_index(url: str) -> None:
-    from sqlalchemy import text
-
-    engine = make_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("CREATE INDEX ix_judgment_annotator_comparison "
-                                "ON judgment (annotator_id, comparison_id)"))
-        connection.execute(text("ANALYZE"))
-    engine.dispose()
-
-
 def measure(url: str, calls: int, seed: int = 7, annotator: int | None = None) -> dict[str, list[float]]:
     """Time next_comparison + submit_judgment pairs for random clinicians (or one), one transaction each."""
     engine = make_engine(url)
@@ -220,15 +209,11 @@ def main() -> None:
     parser.add_argument("--comparisons", type=int, default=100_000)
     parser.add_argument("--calls", type=int, default=400, help="timed next+submit pairs per database")
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
-    parser.add_argument("--judged-set-index", action="store_true",
-                        help="add the index judgment (annotator_id, comparison_id), proposed for the next "
-                             "migration; next_comparison then reads each annotator's judged set once")
     args = parser.parse_args()
     small_n = max(PAIRS_PER_PROMPT, args.comparisons // 100)
     n_judgments = sum(c[5] for c in layout(args.comparisons)[4])
     print(f"layout: {args.comparisons:,} comparisons, {n_judgments:,} judgments, {FAST} clinicians; "
-          f"baseline {small_n:,} comparisons; {args.calls} timed calls each"
-          + ("; with index judgment (annotator_id, comparison_id)" if args.judged_set_index else ""), flush=True)
+          f"baseline {small_n:,} comparisons; {args.calls} timed calls each", flush=True)
     with tempfile.TemporaryDirectory(prefix="therapref-bench-") as tmp:
         if args.only in (None, "postgresql"):
             from tests.pg import PostgresServer
@@ -239,8 +224,6 @@ def main() -> None:
                 big = build_postgres(server, "bench_big", args.comparisons)
                 print(f"postgresql built in {time.perf_counter() - t:.1f}s", flush=True)
                 small = build_postgres(server, "bench_small", small_n)
-                if args.judged_set_index:
-                    add_judged_set_index(big), add_judged_set_index(small)
                 report("postgresql", measure(big, args.calls), measure(small, args.calls))
                 report("pg fast", measure(big, args.calls, annotator=FAST), measure(small, args.calls, annotator=FAST))
             finally:
@@ -250,8 +233,6 @@ def main() -> None:
             big = build_sqlite(Path(tmp) / "big.db", args.comparisons)
             print(f"sqlite built in {time.perf_counter() - t:.1f}s", flush=True)
             small = build_sqlite(Path(tmp) / "small.db", small_n)
-            if args.judged_set_index:
-                add_judged_set_index(big), add_judged_set_index(small)
             report("sqlite", measure(big, args.calls), measure(small, args.calls))
             report("sqlite fast", measure(big, args.calls, annotator=FAST), measure(small, args.calls, annotator=FAST))
 

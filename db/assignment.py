@@ -24,7 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, exists, func, insert, inspect, select
+from sqlalchemy import bindparam, case, delete, exists, func, insert, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
@@ -172,24 +172,6 @@ def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int 
 _QUEUE = _queue_query(bindparam("annotator_id"), bindparam("now"))
 _QUEUE_JUDGED_SET = _queue_query(bindparam("annotator_id"), bindparam("now"), judged_set=True)
 _GOLD_QUEUE = _queue_query(bindparam("annotator_id"), bindparam("now"), gold=True)
-JUDGED_SET_INDEX = ("annotator_id", "comparison_id")
-_judged_set_ok: dict[str, bool] = {}
-
-
-def _has_judged_set_index(session: Session) -> bool:
-    """Whether ``judgment`` has an index led by (annotator_id, comparison_id) (checked once per database).
-
-    Without it the queue query probes ``uq_judgment_once`` row by row (best for most annotators);
-    with it, it reads the annotator's judged set once, which keeps the worst case flat.
-    """
-    bind = session.get_bind()
-    key = bind.url.render_as_string(hide_password=True)
-    if key not in _judged_set_ok:
-        inspector = inspect(session.connection())  # this transaction's connection: no second lock
-        indexes = inspector.get_indexes("judgment") + [
-            {"column_names": c["column_names"]} for c in inspector.get_unique_constraints("judgment")]
-        _judged_set_ok[key] = any(tuple(i["column_names"][:2]) == JUDGED_SET_INDEX for i in indexes)
-    return _judged_set_ok[key]
 
 
 def _lock_comparison(comparison_id: int, *, session: Session, skip_locked: bool = False) -> Comparison | None:
@@ -287,9 +269,9 @@ def next_comparison(
     kinds = [True, False] if gold_rate > 0 and rng.random() < gold_rate else [False]
     for gold in kinds:
         for _attempt in range(1 if sqlite else 5):
-            # PostgreSQL with the (annotator_id, comparison_id) index: one hashed read of the judged
-            # set. SQLite's row-by-row probes are cheap enough either way (bench/app_queries.py).
-            queue = _QUEUE_JUDGED_SET if not sqlite and _has_judged_set_index(session) else _QUEUE
+            # PostgreSQL: one hashed read of the judged set (index ix_judgment_annotator_comparison).
+            # SQLite's row-by-row probes are cheap enough either way (bench/app_queries.py).
+            queue = _QUEUE if sqlite else _QUEUE_JUDGED_SET
             candidates = session.execute(_GOLD_QUEUE if gold else queue,
                                          {"annotator_id": annotator_id, "now": now}).scalars().all()
             if not candidates:
@@ -357,6 +339,11 @@ def submit_judgment(
     # Locked on PostgreSQL: a concurrent retry of the same token waits here, then add_judgment below
     # (fresh statements) finds the judgment it stored and returns it instead of a duplicate.
     comparison = _lock_comparison(comparison_id, session=session)
+    # A concurrent retry that waited on the lock may find its twin's judgment (and the pair now
+    # full): that is the same submission, not "moved on".
+    previous = session.execute(_JUDGMENT_BY_KEY, {"token": token}).scalars().first()
+    if previous is not None:
+        return previous, False
     live = _aware(expires_at) > now
     if comparison.gold_answer is None:
         full = comparison.judgments_count >= comparison.judgments_required
