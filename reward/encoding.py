@@ -85,7 +85,7 @@ class Encoder:
     def _ids(self, texts: list[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
     def _split(self, messages: Sequence[tuple[str, str]], reply: str) -> tuple[str, str]:
         if self.layout == "chat":
