@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing as mp
+import os
 import random
 import sys
 import tempfile
@@ -325,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [d.strip() for d in args.databases.split(",") if d.strip()]
     order = [d for d in ("postgresql", "sqlite") if d in wanted]
     failed = False
+    print(f"# {config.annotators} annotator processes × {config.judgments} judgments, overlap {config.overlap}; "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
     for database in order:
         server = None
         tmp = tempfile.TemporaryDirectory(prefix="therapref-load-")
