@@ -8,6 +8,12 @@ held-out accuracy next to the length baseline. Data: Counsel Chat upvote pairs f
 ``$OUT`` is set.
 
     python bench/gpu_reward.py [--steps 300] [--budget-s 70]
+
+On a GPU box that cannot install packages or reach the hub, pass the models and data as folders
+(``--minilm DIR --smollm2 DIR --data FILE``). A ``--smollm2`` folder holding only the config and
+tokenizer (no weights: the 540 MB float copy does not fit the transfer limit) is initialised
+randomly with SmolLM2's exact architecture: pairs/s are the same, accuracy is then meaningless and
+is reported as such.
 """
 
 from __future__ import annotations
@@ -116,11 +122,30 @@ def run(name: str, base: str, pairs, held, args, workdir: Path, **overrides) -> 
     return row
 
 
+def random_init_if_empty(folder: Path) -> tuple[Path, bool]:
+    """Use ``folder`` as is when it holds weights; else save a randomly initialised model of the
+    same config (with its tokenizer) next to it and return that."""
+    if any(folder.glob("*.safetensors")):
+        return folder, False
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    target = folder.with_name(folder.name + "-random")
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(target)
+    return target, True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--budget-s", type=float, default=55.0, help="wall-clock cap per training run")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run that checks the script itself")
+    parser.add_argument("--minilm", help="all-MiniLM-L6-v2 folder (default: the embedded package)")
+    parser.add_argument("--smollm2", help="SmolLM2 HF folder (default: materialised from the embedded GGUF)")
+    parser.add_argument("--data", help="counsel_chat.csv (default: ../shared/data)")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -136,9 +161,15 @@ def main() -> None:
     from reward.pairs import cap_pairs_per_prompt, split_by_prompt
 
     t0 = time.perf_counter()
-    smollm2 = smollm2_hf_path(None if args.smoke else Path(tempfile.gettempdir()) / "therapref-cache")
-    print(f"SmolLM2 materialised in {time.perf_counter() - t0:.1f}s at {smollm2}", flush=True)
-    data = find_data()
+    random_decoder = False
+    if args.smollm2:
+        smollm2, random_decoder = random_init_if_empty(Path(args.smollm2))
+    else:
+        smollm2 = smollm2_hf_path(None if args.smoke else Path(tempfile.gettempdir()) / "therapref-cache")
+    print(f"SmolLM2 ready in {time.perf_counter() - t0:.1f}s at {smollm2}"
+          + (" (random weights, SmolLM2 architecture: throughput only)" if random_decoder else ""), flush=True)
+    minilm = args.minilm or "embedded"
+    data = Path(args.data) if args.data else find_data()
     pairs = counselchat_pairs(data) if data else synthetic_pairs()
     train, held = split_by_prompt(pairs, eval_fraction=0.25, seed=0)
     held = cap_pairs_per_prompt(held, cap=5, seed=0)
@@ -150,12 +181,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         (b1, l1), (b2, l2) = sizes["minilm"], sizes["smollm2"]
-        rows.append(run("minilm-full", "embedded", train, held, args, workdir, per_device_train_batch_size=b1,
+        rows.append(run("minilm-full", minilm, train, held, args, workdir, per_device_train_batch_size=b1,
                         max_length=l1, learning_rate=5e-5))
         rows.append(run("smollm2-full", str(smollm2), train, held, args, workdir, per_device_train_batch_size=b2,
                         max_length=l2, learning_rate=1e-5))
         rows.append(run("smollm2-lora", str(smollm2), train, held, args, workdir, per_device_train_batch_size=b2,
                         max_length=l2, learning_rate=2e-4, use_lora=True))
+    if random_decoder:
+        for row in rows[1:]:
+            row["weights"] = "random init (accuracy not meaningful)"
     print(f"total {time.perf_counter() - started:.0f}s")
     out = os.environ.get("OUT")
     if out:
