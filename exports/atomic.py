@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,10 +28,42 @@ def check_target(path: Path, *, force: bool, is_dir: bool = False) -> None:
         raise ExportError(f"cannot write {path}: folder {parent} is not writable")
 
 
+def _prefix(path: Path) -> str:
+    # The writer's pid is in the name, so that a later export can tell a killed writer's leftovers
+    # from a live one's work in progress.
+    return f".{path.name}.{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(path: Path) -> list[Path]:
+    """Delete temporary files/folders of ``path`` left by writers that no longer run (kill -9)."""
+    removed = []
+    for candidate in path.parent.glob(f".{path.name}.*"):
+        # ".NAME.<pid>-<random>.tmp", ".NAME.old-<pid>"; older writers used ".NAME.<random>.tmp".
+        match = re.fullmatch(r"(?:(\d+)-)?\w+\.tmp|old-(\d+)", candidate.name[len(path.name) + 2:])
+        if match is None:
+            continue
+        pid = match.group(1) or match.group(2)
+        if pid is not None and _alive(int(pid)):
+            continue
+        discard(candidate)
+        removed.append(candidate)
+    return removed
+
+
 def temp_file(path: Path) -> Path:
     """A new empty hidden file in the target's folder (same file system, so ``os.replace`` is atomic)."""
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
@@ -39,7 +72,7 @@ def temp_file(path: Path) -> Path:
 
 def temp_dir(path: Path) -> Path:
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        return Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -65,8 +98,10 @@ def publish(tmp: Path, path: Path, *, force: bool) -> None:
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
+            remove_stale(path)
             return
     os.replace(tmp, path)
+    remove_stale(path)
     try:
         # mkstemp creates 0600 files; give the export the usual permissions.
         mask = os.umask(0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from exports.errors import ExportError
+
 Messages = list[dict[str, str]]
 
 
@@ -15,7 +17,17 @@ def conversation(messages: Messages, system: str | None) -> Messages:
     [{'role': 'system', 'content': 'Be kind.'}, {'role': 'user', 'content': 'hi'}]
     >>> conversation([{"role": "user", "content": "hi"}], None)
     [{'role': 'user', 'content': 'hi'}]
+    >>> conversation(True, None)
+    Traceback (most recent call last):
+    ...
+    exports.errors.ExportError: a stored prompt has malformed messages (expected role/content objects, got bool)
     """
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str)
+            for m in messages):
+        # Rows written by hand or by an older version: refuse to export them rather than crash.
+        raise ExportError("a stored prompt has malformed messages (expected role/content objects, "
+                          f"got {type(messages).__name__})")
     head = [{"role": "system", "content": system}] if system else []
     return head + [{"role": m["role"], "content": m["content"]} for m in messages]
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from db.engine import make_engine
 from db.errors import TheraPrefError
@@ -55,7 +55,7 @@ def errors() -> Iterator[None]:
         raise fail(str(exc)) from None
     except IntegrityError as exc:
         raise fail(f"database constraint violated: {str(exc.orig).splitlines()[0]}") from None
-    except OperationalError as exc:
+    except DatabaseError as exc:
         raise fail(f"database error: {str(exc.orig).splitlines()[0]}") from None
     except KeyboardInterrupt:
         typer.secho("Interrupted; nothing half-written was kept.", err=True)
