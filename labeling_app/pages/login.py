@@ -7,6 +7,7 @@ import streamlit as st
 from db.auth import authenticate
 from db.crud import audit
 from labeling_app import state
+from labeling_app.throttle import LoginThrottle
 
 st.title("TheraPref labeling")
 st.write("Compare therapy-assistant replies. Log in with the account your admin created for you.")
@@ -17,7 +18,12 @@ with st.form("login", border=True):
     password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
     submitted = st.form_submit_button("Log in", type="primary", key="login_submit")
 
-if submitted:
+throttle: LoginThrottle = st.session_state.setdefault("login_throttle", LoginThrottle())
+
+if submitted and throttle.wait_seconds() > 0:
+    # Refused before any password check: the answer does not depend on the credentials.
+    st.error(f"Too many failed attempts from this browser: try again in {throttle.wait_seconds():.0f} seconds.")
+elif submitted:
     with state.write_session() as session:
         annotator = authenticate(username or "", password or "", session=session)
         if annotator is not None:
@@ -28,7 +34,9 @@ if submitted:
                   target=(username or "").strip()[:200])
             user = None
     if user is None:
+        throttle.failed()
         st.error(state.LOGIN_ERROR)
     else:
+        throttle.succeeded()
         state.sign_in(user)
         st.rerun()
