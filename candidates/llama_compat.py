@@ -79,16 +79,6 @@ def load_llama(model_path: str | Path, **kwargs: Any) -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Run llama-cpp-python's OpenAI-compatible server with the AMX fix applied."""
-    import llama_cpp.llama_cpp as native
-
-    if needs_no_repack():
-        original = native.llama_model_default_params
-
-        def default_params() -> Any:
-            params = original()
-            params.use_extra_bufts = False
-            return params
-
-        native.llama_model_default_params = default_params
     sys.argv = ["llama_cpp.server", *(sys.argv[1:] if argv is None else argv)]
-    runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+    with _extra_buffer_types(not needs_no_repack()):
+        runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
