@@ -45,7 +45,7 @@ class PostgresServer:
             shutil.chown(self.root, "postgres", "postgres")
         os.chmod(self.root, 0o755)
 
-    def start(self) -> "PostgresServer":
+    def start(self) -> PostgresServer:
         subprocess.run(_as_postgres([_pg_tool("initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
                                      "--no-sync", "-E", "UTF8"]), check=True, capture_output=True)
         options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories={self.root} "

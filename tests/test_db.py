@@ -20,7 +20,6 @@ from db.crud import (
     counts_by_source,
     current_guideline,
     database_fingerprint,
-    get_or_create_candidate,
     get_or_create_prompt,
     get_or_create_source_annotator,
     table_counts,
@@ -156,7 +155,8 @@ def test_constraint_comparison_and_judgment_checks(any_engine, case):
         low, high = sorted((r0.id, r0b.id))
         rows = {
             "same": Comparison(prompt_id=p0.id, response_a_id=r0.id, response_b_id=r0.id),
-            "other_prompt": Comparison(prompt_id=p0.id, response_a_id=min(r0.id, r1.id), response_b_id=max(r0.id, r1.id)),
+            "other_prompt": Comparison(prompt_id=p0.id, response_a_id=min(r0.id, r1.id),
+                                       response_b_id=max(r0.id, r1.id)),
             "reversed": Comparison(prompt_id=p0.id, response_a_id=high, response_b_id=low),
             "bad_preferred": Judgment(comparison_id=project.comparisons[0].id,
                                       annotator_id=project.clinicians[0].id, preferred="left"),
