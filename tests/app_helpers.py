@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from db.crud import add_comparison, add_response, get_or_create_prompt
 from db.engine import make_engine
 from db.migrate import upgrade
 from tests.factories import build_project
+from tests.pg import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "labeling_app" / "app.py"
@@ -43,12 +43,6 @@ def make_database(url: str, *, n_prompts: int = 4, n_clinicians: int = 2, judgme
             project.comparisons.insert(0, comparison)
             session.commit()
     return engine, project
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
