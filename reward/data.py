@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
-import io
 import itertools
 import json
 from collections.abc import Iterator, Sequence
@@ -231,31 +229,23 @@ def _hh_pair(record: dict[str, Any], source: str) -> PreferencePair:
 def counselchat_pairs(path: str | Path) -> list[PreferencePair]:
     """Counsel Chat: answers to the same question with different upvotes (more upvotes = chosen).
 
-    The prompt is the question's title and text as one user turn; the prompt key is the questionID.
+    Rows come from the importer's reader (``db.importers.iter_counselchat_rows``: same cleaning,
+    same one-line errors); the prompt is the question as one user turn, the key its questionID.
     """
-    path = Path(path)
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(io.StringIO(handle.read()))
-        required = {"questionID", "questionTitle", "questionText", "answerText", "upvotes"}
-        missing = required - set(reader.fieldnames or ())
-        if missing:
-            raise RewardError(f"{path}, line 1: missing column(s) {', '.join(sorted(missing))}")
-        by_question: dict[str, list[tuple[int, str, str, int]]] = {}
-        for number, row in enumerate(reader, start=2):
-            try:
-                upvotes = int(float(row["upvotes"] or 0))
-            except ValueError:
-                raise RewardError(f"{path}, line {number}: upvotes {row['upvotes']!r} is not a number") from None
-            answer = " ".join((row["answerText"] or "").replace("\xa0", " ").split())
-            if not answer:
-                continue
-            question = " ".join(f"{row['questionTitle'] or ''}\n{row['questionText'] or ''}".replace(
-                "\xa0", " ").split(" ")).strip()
-            by_question.setdefault(str(row["questionID"]), []).append((number, question, answer, upvotes))
+    from db.importers import iter_counselchat_rows
+    from db.importers.base import ImportFormatError
+
+    by_question: dict[str, list[tuple[str, str, int]]] = {}
+    try:
+        for row in iter_counselchat_rows(path):
+            if row.answer:
+                by_question.setdefault(row.questionID, []).append((row.question, row.answer, row.upvotes or 0))
+    except ImportFormatError as exc:
+        raise RewardError(str(exc)) from None
     pairs = []
     for qid, answers in by_question.items():
-        prompt = (("user", answers[0][1]),)
-        for (_, _, text_x, up_x), (_, _, text_y, up_y) in itertools.combinations(answers, 2):
+        prompt = (("user", answers[0][0]),)
+        for (_, text_x, up_x), (_, text_y, up_y) in itertools.combinations(answers, 2):
             if up_x == up_y or text_x == text_y:
                 continue
             chosen, rejected = (text_x, text_y) if up_x > up_y else (text_y, text_x)
