@@ -226,11 +226,13 @@ def _hh_pair(record: dict[str, Any], source: str) -> PreferencePair:
                           prompt_key=_key(frozen), source=source)
 
 
-def counselchat_pairs(path: str | Path) -> list[PreferencePair]:
+def counselchat_pairs(path: str | Path, *, upvote_margin: bool = False) -> list[PreferencePair]:
     """Counsel Chat: answers to the same question with different upvotes (more upvotes = chosen).
 
     Rows come from the importer's reader (``db.importers.iter_counselchat_rows``: same cleaning,
     same one-line errors); the prompt is the question as one user turn, the key its questionID.
+    With ``upvote_margin`` each pair's ``margin`` is the upvote difference (≥ 1) instead of 0, for
+    callers that weight, filter or map it (e.g. to TRL's margin); off by default.
     """
     from db.importers import iter_counselchat_rows
     from db.importers.base import ImportFormatError
@@ -250,5 +252,6 @@ def counselchat_pairs(path: str | Path) -> list[PreferencePair]:
                 continue
             chosen, rejected = (text_x, text_y) if up_x > up_y else (text_y, text_x)
             pairs.append(PreferencePair(prompt=prompt, chosen=chosen, rejected=rejected,
-                                        prompt_key=f"counselchat:{qid}", source="import:counselchat-upvotes"))
+                                        prompt_key=f"counselchat:{qid}", source="import:counselchat-upvotes",
+                                        margin=float(abs(up_x - up_y)) if upvote_margin else 0.0))
     return pairs

@@ -98,10 +98,11 @@ def load_kwargs(path: str) -> dict[str, Any]:
 
 def _load_model(base: str, config: TheraRewardConfig) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from transformers.utils import logging as hf_logging
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
+    set_seed(config.seed)  # the new reward head is drawn here, before the Trainer seeds: same seed, same model
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the new head is "missing" from the base checkpoint by design
     try:
@@ -207,9 +208,13 @@ def train_reward_model(
     provenance: dict[str, Any] | None = None,
     eval_pairs: Sequence[PreferencePair] | None = None,
     overwrite: bool = False,
+    callbacks: Sequence[Any] | None = None,
 ) -> TrainResult:
     """Split ``pairs`` by prompt (unless ``eval_pairs`` is given), train, save the model folder with
     tokenizer, config, eval report and model card, and return what happened.
+
+    ``callbacks`` (``transformers.TrainerCallback`` objects) are handed to the trainer, e.g. to stop
+    on a time budget or to probe the model at each epoch's end.
 
     Under ``accelerate launch`` every process trains; only the main one writes artifacts.
     """
@@ -259,7 +264,7 @@ def train_reward_model(
     config.max_length = encoder.max_length  # every row fits, so TRL's length filter drops nothing
     trainer = _trainer_class()(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-        peft_config=_peft_config(config) if config.use_lora else None,
+        peft_config=_peft_config(config) if config.use_lora else None, callbacks=list(callbacks or []) or None,
     )
     if len(trainer.train_dataset) != len(train_pairs):  # pragma: no cover - guarded by encoding
         raise RewardError(f"TRL dropped {len(train_pairs) - len(trainer.train_dataset)} pairs")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from db.crud import add_judgment, get_or_create_source_annotator
-from reward.data import pairs_from_db, read_preference_file, read_preference_file_direct
+from reward.data import counselchat_pairs, pairs_from_db, read_preference_file, read_preference_file_direct
 from reward.errors import RewardError
 from reward.pairs import Vote, build_pairs, parse_margin_mapping, split_by_prompt
 from tests.factories import build_project
@@ -128,3 +128,13 @@ def test_preference_files_in_every_import_format(tmp_path, shared_data):
     bad.write_text(json.dumps({"prompt": "x", "chosen": "y", "rejected": "z"}) + "\n{not json\n")
     with pytest.raises(RewardError, match=r"bad.jsonl, line 2"):
         read_preference_file_direct(bad)
+
+
+def test_counselchat_upvote_margin_is_opt_in(shared_data):
+    plain = counselchat_pairs(shared_data / "counsel_chat.csv")
+    with_margin = counselchat_pairs(shared_data / "counsel_chat.csv", upvote_margin=True)
+    assert {p.margin for p in plain} == {0.0}
+    assert [(p.prompt_key, p.chosen, p.rejected) for p in with_margin] == [
+        (p.prompt_key, p.chosen, p.rejected) for p in plain]
+    margins = {p.margin for p in with_margin}
+    assert min(margins) == 1.0 and max(margins) > 1.0 and all(m == int(m) for m in margins)

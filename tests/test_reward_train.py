@@ -26,6 +26,7 @@ from therapref.cli import app
 
 TOPICS = ["sleep", "work", "my mother", "exams", "my partner", "money", "friends", "moving", "grief", "panic"]
 LONG_HISTORY = " ".join(["I keep thinking about everything that went wrong this year."] * 40)
+EPOCH_ENDS: list[tuple[float, bool]] = []  # seen by the `trained` fixture's callback
 
 
 def make_pairs(n: int = 36) -> list[PreferencePair]:
@@ -48,7 +49,14 @@ def trained(tmp_path_factory):
     config = load_config(output_dir=str(out), num_train_epochs=2, per_device_train_batch_size=8, max_length=64,
                          learning_rate=2e-4, logging_steps=1, eval_fraction=0.2, seed=7, save_strategy="no")
     pairs = make_pairs()
-    result = train_reward_model(config, pairs, provenance={"database_fingerprint": "abc123", "origin": "test"})
+    from transformers import TrainerCallback
+
+    class EpochEnds(TrainerCallback):
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            EPOCH_ENDS.append((float(state.epoch), model is not None))
+
+    result = train_reward_model(config, pairs, provenance={"database_fingerprint": "abc123", "origin": "test"},
+                                callbacks=[EpochEnds()])
     return result, pairs, out
 
 
@@ -58,6 +66,7 @@ def test_training_changes_weights_lowers_loss_and_keeps_long_pairs(trained):
     assert result.n_truncated >= 1
     assert result.meta["data"]["n_truncated"] == result.n_truncated
     assert result.train_loss[-1] < result.train_loss[0]
+    assert EPOCH_ENDS == [(1.0, True), (2.0, True)]  # callbacks reach the trainer, with the model
     base = load_file(str(resolve_base_model("embedded") + "/model.safetensors"))
     trained_weights = load_file(str(out / "model.safetensors"))
     key = next(k for k in trained_weights if k.endswith("encoder.layer.0.attention.self.query.weight"))
@@ -125,6 +134,18 @@ def test_checkpoint_and_resume(tmp_path):
     assert len(second.train_loss) == 4 and second.train_loss[:2] == pytest.approx(first.train_loss)
     with pytest.raises(RewardError, match="not empty"):
         train_reward_model(load_config(max_steps=2, **common), pairs)
+
+
+def test_reward_head_is_seeded(tmp_path):
+    from reward.train import _load_model
+
+    config = load_config(output_dir=str(tmp_path / "m"), seed=3)
+    heads = []
+    for _ in range(2):
+        torch.rand(7)  # whatever the global RNG did before, the same seed draws the same new head
+        model, _ = _load_model(resolve_base_model("embedded"), config)
+        heads.append(model.classifier.weight.detach().clone())
+    assert torch.equal(heads[0], heads[1])
 
 
 def test_missing_base_model_fails_before_any_work(tmp_path):
