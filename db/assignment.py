@@ -24,11 +24,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, exists, func, insert, select
+from sqlalchemy import bindparam, case, delete, exists, func, insert, select, update
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from db.crud import add_guideline_version, add_judgment, audit, current_guideline
+from db.crud import add_guideline_version, audit, current_guideline
 from db.errors import TheraPrefError
 from db.models import (
     SAFETY_FLAGS,
@@ -204,6 +204,17 @@ _RESERVATION_BY_TOKEN = (
 )
 _JUDGMENT_BY_KEY = select(Judgment).where(Judgment.idempotency_key == bindparam("token"))
 _INSERT_RESERVATION = insert(Reservation)
+_COMPARISON_STATE = (select(Comparison.judgments_count, Comparison.judgments_required, Comparison.gold_answer)
+                     .where(Comparison.id == bindparam("comparison_id")))
+_COMPARISON_FOR_UPDATE = _COMPARISON_STATE.with_for_update()
+_JUDGMENT_OF = select(Judgment.id).where(
+    (Judgment.idempotency_key == bindparam("token"))
+    | ((Judgment.comparison_id == bindparam("comparison_id")) & (Judgment.annotator_id == bindparam("annotator_id")))
+).limit(1)
+_CURRENT_GUIDELINE = select(func.max(GuidelineVersion.version))
+_INSERT_JUDGMENT = insert(Judgment)
+_COUNT_UP = (update(Comparison).where(Comparison.id == bindparam("comparison_id"))
+             .values(judgments_count=Comparison.judgments_count + 1))
 _DELETE_RESERVATION = delete(Reservation).where(Reservation.id == bindparam("reservation_id"))
 
 
@@ -213,7 +224,7 @@ def _is_sqlite(session: Session) -> bool:
 
 def _assignment(comparison_id: int, token: str, expires_at: datetime, reserved_at: datetime,
                 *, session: Session) -> Assignment:
-    a_id, b_id, messages, system_prompt, a_text, b_text = session.execute(
+    a_id, b_id, messages, system_prompt, a_text, b_text = session.connection().execute(
         _SHOWN, {"comparison_id": comparison_id}).one()
     shown_left = shown_left_of(token)
     left, right = ((a_id, a_text), (b_id, b_text)) if shown_left == "a" else ((b_id, b_text), (a_id, a_text))
@@ -231,7 +242,7 @@ def _aware(value: datetime | None) -> datetime | None:
 def _reserve(comparison_id: int, annotator_id: int, shown_left: str, now: datetime, minutes: float,
              *, session: Session) -> tuple[str, datetime]:
     token, expires_at = _new_token(shown_left), now + timedelta(minutes=minutes)
-    session.execute(_INSERT_RESERVATION, {"comparison_id": comparison_id, "annotator_id": annotator_id,
+    session.connection().execute(_INSERT_RESERVATION, {"comparison_id": comparison_id, "annotator_id": annotator_id,
                                           "token": token, "expires_at": expires_at, "created_at": now})
     return token, expires_at
 
@@ -260,7 +271,8 @@ def next_comparison(
         # One annotator, two tabs: serialise their requests (NO KEY UPDATE leaves foreign-key
         # checks of their concurrent submits unblocked).
         session.execute(select(Annotator.id).where(Annotator.id == annotator_id).with_for_update(key_share=True))
-    own = session.execute(_OWN_RESERVATIONS, {"annotator_id": annotator_id}).all()
+    conn = session.connection()  # Core on the connection: no ORM layer per statement
+    own = conn.execute(_OWN_RESERVATIONS, {"annotator_id": annotator_id}).all()
     for _rid, comparison_id, token, expires_at, created_at in own:
         if _aware(expires_at) > now:
             return _assignment(comparison_id, token, expires_at, created_at, session=session)
@@ -272,7 +284,7 @@ def next_comparison(
             # PostgreSQL: one hashed read of the judged set (index ix_judgment_annotator_comparison).
             # SQLite's row-by-row probes are cheap enough either way (bench/app_queries.py).
             queue = _QUEUE if sqlite else _QUEUE_JUDGED_SET
-            candidates = session.execute(_GOLD_QUEUE if gold else queue,
+            candidates = conn.execute(_GOLD_QUEUE if gold else queue,
                                          {"annotator_id": annotator_id, "now": now}).scalars().all()
             if not candidates:
                 break
@@ -326,7 +338,8 @@ def submit_judgment(
             raise AssignmentError("choose how much better: slightly, clearly or much")
     else:
         strength = None
-    reservation = session.execute(_RESERVATION_BY_TOKEN, {"token": token}).first()
+    conn = session.connection()  # Core on the connection: no ORM layer per statement
+    reservation = conn.execute(_RESERVATION_BY_TOKEN, {"token": token}).first()
     if reservation is None:
         # Already submitted (the reservation is consumed in the same transaction): a retry.
         previous = session.execute(_JUDGMENT_BY_KEY, {"token": token}).scalars().first()
@@ -336,32 +349,40 @@ def submit_judgment(
     reservation_id, comparison_id, owner, expires_at, reserved_at = reservation
     if owner != annotator_id:
         raise _gone()
-    # Locked on PostgreSQL: a concurrent retry of the same token waits here, then add_judgment below
-    # (fresh statements) finds the judgment it stored and returns it instead of a duplicate.
-    comparison = _lock_comparison(comparison_id, session=session)
-    # A concurrent retry that waited on the lock may find its twin's judgment (and the pair now
-    # full): that is the same submission, not "moved on".
-    previous = session.execute(_JUDGMENT_BY_KEY, {"token": token}).scalars().first()
-    if previous is not None:
-        return previous, False
+    # Core statements only (this is the hot path of every click; the ORM unit of work costs more
+    # than the SQL). On PostgreSQL the row lock makes a concurrent retry of the same token wait
+    # here; the check below then finds the judgment its twin stored and returns it.
+    count, required, gold_answer = conn.execute(
+        _COMPARISON_FOR_UPDATE if not _is_sqlite(session) else _COMPARISON_STATE,
+        {"comparison_id": comparison_id}).one()
+    # Same token already stored (a concurrent twin), or this annotator judged the pair another way.
+    previous_id = conn.execute(_JUDGMENT_OF, {"token": token, "comparison_id": comparison_id,
+                                                 "annotator_id": annotator_id}).scalar()
+    if previous_id is not None:
+        return session.get(Judgment, previous_id), False
     live = _aware(expires_at) > now
-    if comparison.gold_answer is None:
-        full = comparison.judgments_count >= comparison.judgments_required
-        if full or (not live and not _has_capacity(comparison, annotator_id, now, session=session)):
+    if gold_answer is None:
+        full = count >= required
+        if full or (not live and not _has_capacity(SimpleNamespace(id=comparison_id, judgments_count=count,
+                                                                   judgments_required=required),
+                                                   annotator_id, now, session=session)):
             raise ComparisonFull("another clinician completed this pair first; here is the next one")
-    guideline = current_guideline(session=session)
     if ms_spent is None and reserved_at is not None:
         ms_spent = int((now - _aware(reserved_at)).total_seconds() * 1000)
     flags_a, flags_b = (flags_left, flags_right) if shown_left == "a" else (flags_right, flags_left)
-    # add_judgment only reads the annotator's id: no need to load the row.
-    judgment, created = add_judgment(
-        comparison, SimpleNamespace(id=annotator_id), preferred_ab, session=session, strength=strength,
-        shown_left=shown_left, flags_a=flags_a, flags_b=flags_b, rationale=(rationale or "").strip(),
-        rewrite=(rewrite or "").strip() or None, ms_spent=max(0, int(ms_spent)) if ms_spent is not None else None,
-        guideline_version=guideline.version if guideline else None, idempotency_key=token,
-    )
-    session.execute(_DELETE_RESERVATION, {"reservation_id": reservation_id})
-    return judgment, created
+    values = {
+        "comparison_id": comparison_id, "annotator_id": annotator_id, "preferred": preferred_ab,
+        "strength": strength, "shown_left": shown_left, "flags_a": flags_a, "flags_b": flags_b,
+        "rationale": (rationale or "").strip(), "rewrite": (rewrite or "").strip() or None,
+        "ms_spent": max(0, int(ms_spent)) if ms_spent is not None else None,
+        "guideline_version": conn.execute(_CURRENT_GUIDELINE).scalar(), "idempotency_key": token,
+        "created_at": now,
+    }
+    judgment_id = conn.execute(_INSERT_JUDGMENT, values).inserted_primary_key[0]
+    conn.execute(_COUNT_UP, {"comparison_id": comparison_id})
+    conn.execute(_DELETE_RESERVATION, {"reservation_id": reservation_id})
+    # Not attached to the session: what was stored, as the caller reads it.
+    return Judgment(id=judgment_id, **values), True
 
 
 def _reservation_for(token: str, annotator_id: int, *, session: Session) -> Reservation:
