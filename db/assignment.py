@@ -137,11 +137,8 @@ def _live_reservations_of_others(comparison_id: Any, annotator_id: int, now: dat
 
 def _has_capacity(comparison: Comparison, annotator_id: int, now: datetime, *, session: Session) -> bool:
     """Fresh check (a new statement, so on PostgreSQL it sees everything committed so far)."""
-    others = session.execute(
-        select(func.count(Reservation.id)).where(Reservation.comparison_id == comparison.id,
-                                                 Reservation.annotator_id != annotator_id,
-                                                 Reservation.expires_at > now)
-    ).scalar_one()
+    others = session.connection().execute(_OTHERS_LIVE, {"comparison_id": comparison.id, "annotator_id": annotator_id,
+                                                        "now": now}).scalar_one()
     return comparison.judgments_count + others < comparison.judgments_required
 
 
@@ -207,12 +204,17 @@ _INSERT_RESERVATION = insert(Reservation)
 _COMPARISON_STATE = (select(Comparison.judgments_count, Comparison.judgments_required, Comparison.gold_answer)
                      .where(Comparison.id == bindparam("comparison_id")))
 _COMPARISON_FOR_UPDATE = _COMPARISON_STATE.with_for_update()
+_COMPARISON_SKIP_LOCKED = _COMPARISON_STATE.with_for_update(skip_locked=True)
 _JUDGMENT_OF = select(Judgment.id).where(
     (Judgment.idempotency_key == bindparam("token"))
     | ((Judgment.comparison_id == bindparam("comparison_id")) & (Judgment.annotator_id == bindparam("annotator_id")))
 ).limit(1)
 _CURRENT_GUIDELINE = select(func.max(GuidelineVersion.version))
 _INSERT_JUDGMENT = insert(Judgment)
+_OTHERS_LIVE = select(func.count(Reservation.id)).where(
+    Reservation.comparison_id == bindparam("comparison_id"), Reservation.annotator_id != bindparam("annotator_id"),
+    Reservation.expires_at > bindparam("now"))
+_LOCK_ANNOTATOR = select(Annotator.id).where(Annotator.id == bindparam("annotator_id")).with_for_update(key_share=True)
 _COUNT_UP = (update(Comparison).where(Comparison.id == bindparam("comparison_id"))
              .values(judgments_count=Comparison.judgments_count + 1))
 _DELETE_RESERVATION = delete(Reservation).where(Reservation.id == bindparam("reservation_id"))
@@ -267,11 +269,11 @@ def next_comparison(
     rng = rng or random.Random()
     now = now or utcnow()
     sqlite = _is_sqlite(session)
+    conn = session.connection()  # Core on the connection: no ORM layer per statement
     if not sqlite:
         # One annotator, two tabs: serialise their requests (NO KEY UPDATE leaves foreign-key
         # checks of their concurrent submits unblocked).
-        session.execute(select(Annotator.id).where(Annotator.id == annotator_id).with_for_update(key_share=True))
-    conn = session.connection()  # Core on the connection: no ORM layer per statement
+        conn.execute(_LOCK_ANNOTATOR, {"annotator_id": annotator_id})
     own = conn.execute(_OWN_RESERVATIONS, {"annotator_id": annotator_id}).all()
     for _rid, comparison_id, token, expires_at, created_at in own:
         if _aware(expires_at) > now:
@@ -292,9 +294,10 @@ def next_comparison(
                 if not sqlite:
                     # PostgreSQL: take the row lock (skip rows others are taking right now), then
                     # re-check capacity with a fresh statement that sees every committed reservation.
-                    comparison = _lock_comparison(comparison_id, session=session, skip_locked=True)
-                    if comparison is None or (
-                            not gold and not _has_capacity(comparison, annotator_id, now, session=session)):
+                    state = conn.execute(_COMPARISON_SKIP_LOCKED, {"comparison_id": comparison_id}).first()
+                    if state is None or (not gold and not _has_capacity(
+                            SimpleNamespace(id=comparison_id, judgments_count=state[0], judgments_required=state[1]),
+                            annotator_id, now, session=session)):
                         continue
                 # SQLite: BEGIN IMMEDIATE holds the write lock, so the queue query's answer stands.
                 token, expires_at = _reserve(comparison_id, annotator_id, rng.choice("ab"), now,
