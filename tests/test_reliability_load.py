@@ -34,3 +34,16 @@ def test_concurrent_annotators(any_db_url):
     timed = result.judgments - CONFIG.annotators  # each process's first judgment is its untimed warm-up
     assert result.details["calls"] >= 2 * timed  # fetch + submit at least, per judgment
     assert LINE.match(result.line()), result.line()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_concurrent_annotators_without_the_writer_queue(sqlite_url, monkeypatch):
+    # The fallback (read-only folder for the lock file, or the switch off): SQLite's own
+    # BEGIN IMMEDIATE + busy timeout must keep every judgment on its own. The forked annotator
+    # processes inherit the switch.
+    monkeypatch.setenv("THERAPREF_SQLITE_WRITER_QUEUE", "off")
+    result = run_load(sqlite_url, CONFIG)
+    assert result.error_samples == [], result.error_samples
+    assert (result.lost, result.duplicated, result.errors) == (0, 0, 0)
+    assert result.judgments == CONFIG.annotators * CONFIG.judgments
