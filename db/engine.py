@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-import sqlite3
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +11,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
+
+from db.writer_queue import WriterQueueConnection, writer_lock_path, writer_queue_enabled
+
+__all__ = ["make_engine", "read_only_engine", "session_scope", "is_sqlite", "normalize_url",
+           "WriterQueueConnection", "writer_lock_path", "writer_queue_enabled"]
 
 DEFAULT_DATABASE = "therapref.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -50,95 +51,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
     except Exception:  # noqa: BLE001 - in-memory databases cannot use WAL; that is fine
         pass
     cursor.close()
-
-
-# Thread ident -> writer locks it holds through some connection (see WriterQueueConnection).
-_WRITER_LOCKS_HELD: dict[int, int] = {}
-
-
-def writer_lock_path(database: str) -> Path:
-    """The file next to a SQLite database whose OS lock queues the writers of all processes.
-
-    >>> writer_lock_path("/data/therapref.db").name
-    'therapref.db-writer.lock'
-    """
-    return Path(f"{database}-writer.lock")
-
-
-class WriterQueueConnection(sqlite3.Connection):
-    """A pysqlite connection whose write transactions first wait on an OS lock (``flock``).
-
-    Why: SQLite's own busy handler polls with sleeps that grow to 100 ms, so under many writers the
-    database sits idle while waiters sleep, and an unlucky writer can wait seconds (the p99 of
-    ``bench/load.py``). A blocked ``flock`` wakes as soon as the holder commits. SQLite's lock and
-    busy timeout still apply underneath (other programs writing the file are safe, just not queued).
-    The kernel drops the lock when a process dies (kill -9 leaves nothing stale). A thread that already
-    holds the lock through another connection does not queue again (it would wait for itself); it
-    falls back to the busy timeout as before.
-    """
-
-    def __init__(self, database, *args, **kwargs) -> None:  # noqa: ANN001
-        super().__init__(database, *args, **kwargs)
-        self._writer_fd: int | None = None
-        self._writer_owner: int | None = None
-        self._writer_path = None
-        if isinstance(database, str | os.PathLike) and not kwargs.get("uri"):
-            name = os.fspath(database)
-            if name and name != ":memory:" and not name.startswith("file:"):
-                self._writer_path = writer_lock_path(name)
-
-    def acquire_writer_lock(self) -> None:
-        if self._writer_path is None or self._writer_owner is not None:
-            return
-        me = threading.get_ident()
-        if _WRITER_LOCKS_HELD.get(me):
-            return
-        if self._writer_fd is None:
-            try:
-                self._writer_fd = os.open(self._writer_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            except OSError:  # read-only folder: SQLite's busy timeout alone
-                self._writer_path = None
-                return
-        fcntl.flock(self._writer_fd, fcntl.LOCK_EX)  # releases the GIL while it waits
-        self._writer_owner = me
-        _WRITER_LOCKS_HELD[me] = _WRITER_LOCKS_HELD.get(me, 0) + 1
-
-    def release_writer_lock(self) -> None:
-        owner, self._writer_owner = self._writer_owner, None
-        if owner is None or self._writer_fd is None:
-            return
-        fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
-        left = _WRITER_LOCKS_HELD.get(owner, 1) - 1
-        if left > 0:
-            _WRITER_LOCKS_HELD[owner] = left
-        else:
-            _WRITER_LOCKS_HELD.pop(owner, None)
-
-    def commit(self) -> None:
-        try:
-            super().commit()
-        finally:
-            self.release_writer_lock()
-
-    def rollback(self) -> None:
-        try:
-            super().rollback()
-        finally:
-            self.release_writer_lock()
-
-    def close(self) -> None:
-        try:
-            self.release_writer_lock()
-            if self._writer_fd is not None:
-                os.close(self._writer_fd)
-                self._writer_fd = None
-        finally:
-            super().close()
-
-
-def writer_queue_enabled() -> bool:
-    """``THERAPREF_SQLITE_WRITER_QUEUE=off`` leaves writers to SQLite's busy handler alone (to compare)."""
-    return os.environ.get("THERAPREF_SQLITE_WRITER_QUEUE", "on").strip().lower() not in ("off", "0", "false", "no")
 
 
 def _sqlite_begin(conn) -> None:  # noqa: ANN001

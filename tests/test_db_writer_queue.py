@@ -1,7 +1,8 @@
-"""SQLite writers of all processes queue on ``<file>-writer.lock`` (db.engine.WriterQueueConnection).
+"""SQLite writers of all processes queue on ``<file>-writer.lock`` (db/writer_queue.py).
 
-Each test fails if the queue breaks: a second writer that does not wait, a lock that outlives a
-killed process, a thread that deadlocks on its own lock, or the switch that turns the queue off.
+Each test fails if the queue breaks: a writer that does not wait for the lock, a wait without
+bound, a lock that outlives a killed process, a thread that deadlocks on its own lock, or the
+switch that turns the queue off.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import textwrap
 import threading
 import time
 
+import pytest
 from sqlalchemy import text
 
-from db.engine import WriterQueueConnection, make_engine, session_scope, writer_lock_path
+from db.engine import make_engine, session_scope
 from db.migrate import upgrade
+from db.writer_queue import WriterQueueConnection, writer_lock_path
 from tests.reliability_helpers import ROOT
 
 
@@ -96,6 +99,30 @@ def test_writers_wait_on_the_os_lock_not_only_on_sqlite(tmp_path):
         os.close(fd)
     assert wrote.wait(5)
     thread.join()
+    engine.dispose()
+
+
+@pytest.mark.timeout(30)
+def test_the_wait_is_bounded_then_sqlite_decides(tmp_path, monkeypatch):
+    # A stuck lock holder that does not hold SQLite's lock: after wait_seconds the writer goes on.
+    monkeypatch.setattr(WriterQueueConnection, "wait_seconds", 0.4)
+    path = tmp_path / "b.db"
+    engine = make_engine(path)
+    fd = os.open(writer_lock_path(str(path)), os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        started = time.perf_counter()
+        with session_scope(engine) as session:
+            session.connection().execute(text("CREATE TABLE t (x INTEGER)"))
+        waited = time.perf_counter() - started
+        assert 0.3 <= waited < 5
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    # The abandoned wait hands its descriptor back once the lock is free; the next writer queues.
+    time.sleep(0.2)
+    with session_scope(engine) as session:
+        session.connection().execute(text("INSERT INTO t VALUES (1)"))
     engine.dispose()
 
 
