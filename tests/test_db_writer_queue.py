@@ -29,6 +29,20 @@ def _raw(engine):
     return engine.raw_connection().dbapi_connection
 
 
+def _write_in_thread(engine, sql: str) -> tuple[threading.Thread, threading.Event]:
+    """Start one write transaction in another thread; the event is set once it committed."""
+    wrote = threading.Event()
+
+    def writer() -> None:
+        with session_scope(engine) as session:
+            session.connection().execute(text(sql))
+        wrote.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    return thread, wrote
+
+
 def test_file_databases_queue_writers_and_memory_ones_do_not(tmp_path):
     path = tmp_path / "q.db"
     engine = make_engine(path)
@@ -83,15 +97,7 @@ def test_writers_wait_on_the_os_lock_not_only_on_sqlite(tmp_path):
         session.connection().execute(text("CREATE TABLE t (x INTEGER)"))
     fd = os.open(writer_lock_path(str(path)), os.O_RDONLY)
     fcntl.flock(fd, fcntl.LOCK_EX)
-    wrote = threading.Event()
-
-    def writer() -> None:
-        with session_scope(engine) as session:
-            session.connection().execute(text("INSERT INTO t VALUES (1)"))
-        wrote.set()
-
-    thread = threading.Thread(target=writer)
-    thread.start()
+    thread, wrote = _write_in_thread(engine, "INSERT INTO t VALUES (1)")
     try:
         assert not wrote.wait(0.5)  # queued behind the lock holder
     finally:
@@ -118,15 +124,7 @@ def test_the_wait_is_bounded_then_sqlite_decides(tmp_path, monkeypatch):
         # The given-up wait is still in flight on that connection; the next write takes it over
         # and is served as soon as the holder lets go.
         monkeypatch.setattr(WriterQueueConnection, "wait_seconds", 10)
-        wrote = threading.Event()
-
-        def writer() -> None:
-            with session_scope(engine) as session:
-                session.connection().execute(text("INSERT INTO t VALUES (1)"))
-            wrote.set()
-
-        thread = threading.Thread(target=writer)
-        thread.start()
+        thread, wrote = _write_in_thread(engine, "INSERT INTO t VALUES (1)")
         assert not wrote.wait(0.5)
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
