@@ -82,8 +82,9 @@ class TheraRewardConfig(RewardConfig):
     freeze_layers: int = field(default=0, metadata={
         "help": "Freeze the embeddings and the lowest N transformer layers (cheaper CPU training; 0 trains all)."})
     num_threads: int | None = field(default=None, metadata={
-        "help": "CPU threads for torch (default: half the cores when training on a CPU, which beats "
-                "torch's all-cores default on shared machines; see bench/reward_counselchat.py)."})
+        "help": "CPU threads for torch (default on a CPU: the cores no other process is running on, shared "
+                "among this machine's training processes; on a busy machine this beats torch's all-cores "
+                "default by up to 3x; see bench/reward_counselchat.py)."})
 
     # TRL / transformers defaults we change
     max_length: int | None = field(default=512, metadata={
