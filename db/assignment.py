@@ -21,7 +21,6 @@ import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import bindparam, case, delete, exists, func, insert, select, update
@@ -126,20 +125,18 @@ def _check_flags(flags: Any) -> list[str]:
     return clean
 
 
-def _live_reservations_of_others(comparison_id: Any, annotator_id: int, now: datetime):
-    return (
-        select(func.count(Reservation.id))
-        .where(Reservation.comparison_id == comparison_id, Reservation.annotator_id != annotator_id,
-               Reservation.expires_at > now)
-        .scalar_subquery()
-    )
+def _live_reservations_of_others(comparison_id: Any, annotator_id: Any, now: Any):
+    return select(func.count(Reservation.id)).where(
+        Reservation.comparison_id == comparison_id, Reservation.annotator_id != annotator_id,
+        Reservation.expires_at > now)
 
 
-def _has_capacity(comparison: Comparison, annotator_id: int, now: datetime, *, session: Session) -> bool:
+def _has_capacity(comparison_id: int, count: int, required: int, annotator_id: int, now: datetime,
+                  *, session: Session) -> bool:
     """Fresh check (a new statement, so on PostgreSQL it sees everything committed so far)."""
-    others = session.connection().execute(_OTHERS_LIVE, {"comparison_id": comparison.id, "annotator_id": annotator_id,
-                                                        "now": now}).scalar_one()
-    return comparison.judgments_count + others < comparison.judgments_required
+    others = session.connection().execute(_OTHERS_LIVE, {"comparison_id": comparison_id,
+                                                        "annotator_id": annotator_id, "now": now}).scalar_one()
+    return count + others < required
 
 
 def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int = _CANDIDATES_PER_TRY,
@@ -156,7 +153,7 @@ def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int 
     if gold:
         # Gold items check quality: drawn whether or not the comparison still needs judgments.
         return query.where(Comparison.gold_answer.is_not(None)).order_by(func.random()).limit(limit)
-    others = _live_reservations_of_others(Comparison.id, annotator_id, now)
+    others = _live_reservations_of_others(Comparison.id, annotator_id, now).scalar_subquery()
     return (
         query.where(Comparison.judgments_count < Comparison.judgments_required,
                     Comparison.judgments_count + others < Comparison.judgments_required)
@@ -211,9 +208,7 @@ _JUDGMENT_OF = select(Judgment.id).where(
 ).limit(1)
 _CURRENT_GUIDELINE = select(func.max(GuidelineVersion.version))
 _INSERT_JUDGMENT = insert(Judgment)
-_OTHERS_LIVE = select(func.count(Reservation.id)).where(
-    Reservation.comparison_id == bindparam("comparison_id"), Reservation.annotator_id != bindparam("annotator_id"),
-    Reservation.expires_at > bindparam("now"))
+_OTHERS_LIVE = _live_reservations_of_others(bindparam("comparison_id"), bindparam("annotator_id"), bindparam("now"))
 _LOCK_ANNOTATOR = select(Annotator.id).where(Annotator.id == bindparam("annotator_id")).with_for_update(key_share=True)
 _COUNT_UP = (update(Comparison).where(Comparison.id == bindparam("comparison_id"))
              .values(judgments_count=Comparison.judgments_count + 1))
@@ -296,8 +291,7 @@ def next_comparison(
                     # re-check capacity with a fresh statement that sees every committed reservation.
                     state = conn.execute(_COMPARISON_SKIP_LOCKED, {"comparison_id": comparison_id}).first()
                     if state is None or (not gold and not _has_capacity(
-                            SimpleNamespace(id=comparison_id, judgments_count=state[0], judgments_required=state[1]),
-                            annotator_id, now, session=session)):
+                            comparison_id, state[0], state[1], annotator_id, now, session=session)):
                         continue
                 # SQLite: BEGIN IMMEDIATE holds the write lock, so the queue query's answer stands.
                 token, expires_at = _reserve(comparison_id, annotator_id, rng.choice("ab"), now,
@@ -366,9 +360,8 @@ def submit_judgment(
     live = _aware(expires_at) > now
     if gold_answer is None:
         full = count >= required
-        if full or (not live and not _has_capacity(SimpleNamespace(id=comparison_id, judgments_count=count,
-                                                                   judgments_required=required),
-                                                   annotator_id, now, session=session)):
+        if full or (not live and not _has_capacity(comparison_id, count, required, annotator_id, now,
+                                                   session=session)):
             raise ComparisonFull("another clinician completed this pair first; here is the next one")
     if ms_spent is None and reserved_at is not None:
         ms_spent = int((now - _aware(reserved_at)).total_seconds() * 1000)

@@ -12,10 +12,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
-from db.writer_queue import WriterQueueConnection, writer_lock_path, writer_queue_enabled
+from db.writer_queue import WriterQueueConnection, writer_queue_enabled
 
-__all__ = ["make_engine", "read_only_engine", "session_scope", "is_sqlite", "normalize_url",
-           "WriterQueueConnection", "writer_lock_path", "writer_queue_enabled"]
+__all__ = ["make_engine", "read_only_engine", "session_scope", "is_sqlite", "normalize_url"]
 
 DEFAULT_DATABASE = "therapref.db"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -45,7 +44,6 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA mmap_size=268435456")
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
     except Exception:  # noqa: BLE001 - in-memory databases cannot use WAL; that is fine
