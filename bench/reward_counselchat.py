@@ -50,9 +50,14 @@ def quiet() -> None:
     datasets.disable_progress_bars()
 
 
-def accuracy_run(pairs, seed: int, args, workdir: Path) -> dict:
+def benchmark_split(pairs, seed: int) -> tuple[list, list]:
+    """The issue's split: 25% of questions held out, at most 5 pairs per held-out question."""
     train, held = split_by_prompt(pairs, eval_fraction=0.25, seed=seed)
-    held = cap_pairs_per_prompt(held, cap=5, seed=seed)
+    return train, cap_pairs_per_prompt(held, cap=5, seed=seed)
+
+
+def accuracy_run(pairs, seed: int, args, workdir: Path) -> dict:
+    train, held = benchmark_split(pairs, seed)
     config = load_config(
         output_dir=str(workdir / f"seed{seed}"), seed=seed, eval_fraction=0.0, max_length=args.max_length,
         per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, max_steps=args.steps,

@@ -54,7 +54,7 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 from gpu_reward import Budget, find_data  # noqa: E402  (also sets the offline flags)
-from reward_counselchat import mean_sd, quiet  # noqa: E402
+from reward_counselchat import benchmark_split, mean_sd, quiet  # noqa: E402
 
 from reward.pairs import PreferencePair, cap_pairs_per_prompt, length_words, split_by_prompt  # noqa: E402
 
@@ -135,12 +135,6 @@ def shorten(prompt: tuple[tuple[str, str], ...], words: int | None) -> tuple[tup
     return tuple((role, " ".join(text.split()[:words])) for role, text in prompt)
 
 
-def split(pairs: Sequence[PreferencePair], seed: int) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Exactly bench/reward_counselchat.py's split (on the unmodified pairs, so every config shares it)."""
-    train, held = split_by_prompt(pairs, eval_fraction=0.25, seed=seed)
-    return train, cap_pairs_per_prompt(held, cap=5, seed=seed)
-
-
 def fingerprint(pairs: Sequence[PreferencePair]) -> str:
     rows = sorted((p.prompt_key, p.chosen, p.rejected) for p in pairs)
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:12]
@@ -201,7 +195,7 @@ def run_seed(cfg: Sweep, pairs: Sequence[PreferencePair], seed: int, args: argpa
     from reward.train import train_reward_model
 
     started = time.perf_counter()
-    train_all, held_all = split(pairs, seed)
+    train_all, held_all = benchmark_split(pairs, seed)
     held_fp = fingerprint(held_all)
     if args.smoke:  # a few questions, a few pairs each
         train_all = cap_pairs_per_prompt(train_all, cap=3, seed=seed)[:30]
@@ -380,7 +374,7 @@ def main() -> None:
     env = environment()
     log(f"{env}; data {data}: {len(pairs)} pairs over {len({p.prompt_key for p in pairs})} questions; "
         f"{args.seeds} seeds × {len(configs)} configs, budget {args.budget_s:.0f}s")
-    splits = {seed: split(pairs, seed) for seed in range(args.seeds)}
+    splits = {seed: benchmark_split(pairs, seed) for seed in range(args.seeds)}
     work = {(cfg.name, seed): float(len(prepare_train(splits[seed][0], cfg)) * (0.8 if cfg.length_feature else 1.0))
             for cfg in configs for seed in range(args.seeds)}
     payload: dict[str, Any] = {
