@@ -19,7 +19,7 @@ SMOLLM2_BASE = "smollm2"
 THERAPREF_FIELDS = (
     "base_model", "sources", "aggregation", "margin_mapping", "guideline_versions", "eval_fraction",
     "min_context_tokens", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "length_feature", "num_threads", "freeze_layers",
+    "length_feature", "num_threads", "freeze_layers", "packing",
 )
 #: Training fields worth recording next to ours.
 RECORDED_TRAINING_FIELDS = (
@@ -81,6 +81,10 @@ class TheraRewardConfig(RewardConfig):
                 "it to the network's reward (length is informative for many preference sources)."})
     freeze_layers: int = field(default=0, metadata={
         "help": "Freeze the embeddings and the lowest N transformer layers (cheaper CPU training; 0 trains all)."})
+    packing: bool | None = field(default=None, metadata={
+        "help": "Padding-free batches for BERT-style bases (the embedded default): the sequences of a batch are laid "
+                "end to end and attention runs per sequence, 1.5-2x faster on a CPU. None: on for those bases on a "
+                "CPU, off on a GPU (whose fused attention handles padding well) and for other bases."})
     num_threads: int | None = field(default=None, metadata={
         "help": "CPU threads for torch (default on a CPU: the cores no other process is running on, shared "
                 "among this machine's training processes; on a busy machine this beats torch's all-cores "

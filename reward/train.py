@@ -7,13 +7,21 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from reward.config import EMBEDDED_BASE, SMOLLM2_BASE, TheraRewardConfig
 from reward.errors import RewardError
+from reward.packing import (
+    PACKED_ATTENTION,
+    PackedPooling,
+    PackedPreferenceCollator,
+    register_packed_attention,
+    supports_packing,
+)
 from reward.pairs import PairStats, PreferencePair, log_length_gap, split_by_prompt
 from reward.scoring import META_FILE, RewardModel
 
@@ -139,6 +147,39 @@ def freeze_lower_layers(model: Any, n_layers: int) -> int:
             param.requires_grad_(False)
             frozen += 1
     return frozen
+
+
+def use_packing(config: TheraRewardConfig, model: Any) -> bool:
+    """Whether to train on padding-free batches (``reward/packing.py``); ``packing=True`` on a base that
+    cannot be packed is an error, found before any training."""
+    from reward.config import _accelerator_present
+
+    if config.packing is False:
+        return False
+    possible = supports_packing(model) and not config.use_lora
+    if config.packing is True and not possible:
+        kind = getattr(model.config, "model_type", "unknown")
+        raise RewardError(f"packing works for BERT-style bases without LoRA, not this one ({kind}"
+                          f"{', LoRA' if config.use_lora else ''}): leave packing unset")
+    return possible and (config.packing is True or not _accelerator_present())
+
+
+@contextmanager
+def packed_training(model: Any, packed: bool) -> Iterator[None]:
+    """Packed attention and per-sequence pooling for the duration of training; the saved model and
+    later scoring use the model's own attention."""
+    if not packed:
+        yield
+        return
+    register_packed_attention()
+    own = model.config._attn_implementation
+    pooling = PackedPooling(model)
+    model.config._attn_implementation = PACKED_ATTENTION
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = own
+        pooling.remove()
 
 
 def _peft_config(config: TheraRewardConfig) -> Any:
@@ -293,14 +334,17 @@ def train_reward_model(
     columns, n_truncated = encode_pairs(encoder, train_pairs, with_margin=with_margin)
     dataset = Dataset.from_dict(columns)
     config.max_length = encoder.max_length  # every row fits, so TRL's length filter drops nothing
+    packed = use_packing(config, model)
     trainer = _trainer_class()(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+        data_collator=PackedPreferenceCollator() if packed else None,
         peft_config=_peft_config(config) if config.use_lora else None, callbacks=list(callbacks or []) or None,
     )
     if len(trainer.train_dataset) != len(train_pairs):  # pragma: no cover - guarded by encoding
         raise RewardError(f"TRL dropped {len(train_pairs) - len(trainer.train_dataset)} pairs")
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume or None)
+    with packed_training(model, packed):
+        trainer.train(resume_from_checkpoint=resume or None)
     seconds = time.perf_counter() - started
     epochs = trainer.state.epoch or config.num_train_epochs
     pairs_per_second = len(train_pairs) * float(epochs) / seconds if seconds else float("nan")
@@ -338,7 +382,7 @@ def train_reward_model(
                      "n_eval_prompts": len({p.prompt_key for p in held}),
                      "pair_stats": pair_stats.as_dict() if pair_stats else {}},
             "training": {"seconds": seconds, "pairs_per_second": pairs_per_second, "loss": losses,
-                         "global_step": trainer.state.global_step},
+                         "global_step": trainer.state.global_step, "packed_batches": packed},
         }
         files = save_artifacts(rm, config, meta, report)
     trainer.accelerator.wait_for_everyone()

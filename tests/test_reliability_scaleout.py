@@ -116,6 +116,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
     assert result.stdout.count("Model written to") == 1, "only the main process reports"
     meta = json.loads((output / "therapref_reward.json").read_text())
     assert meta["training"]["global_step"] == 3, "two processes share each epoch (5 steps would mean one)"
+    assert meta["training"]["packed_batches"], "padding-free batches work under DDP (hooks see the kwargs)"
     assert (output / "config.json").is_file() and any(output.glob("*.safetensors"))
     with Session(engine) as session:
         runs = session.exec(select(RewardModelRun)).all()
