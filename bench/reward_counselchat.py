@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--freeze-layers", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--speed-pairs", type=int, default=64)
+    parser.add_argument("--speed-pairs", type=int, default=256)
     parser.add_argument("--speed-max-length", type=int, default=256)
     parser.add_argument("--speed-batch-size", type=int, default=8)
     parser.add_argument("--speed-rounds", type=int, default=2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 PACKED_ATTENTION = "therapref_packed"
@@ -28,37 +29,104 @@ def packed_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     """Attention of packed sequences: ``query``/``key``/``value`` are ``[1, heads, tokens, head_dim]``
     and ``packed_lengths`` (passed through the model's keyword arguments) holds the length of each
     sequence; each sequence attends only to itself. Returns ``[1, tokens, heads, head_dim]``."""
-    lengths = kwargs["packed_lengths"]
+    layout = _layout(tuple(kwargs["packed_lengths"]), query.device)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     # [tokens, heads, head_dim]: the projections' own memory layout, so no copy here
     q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
     if dropout and module.training:
-        return _attention_with_dropout(q, k, v, lengths, scale, dropout).unsqueeze(0), None
-    return _PackedAttention.apply(q, k, v, lengths, scale).unsqueeze(0), None
+        out, _ = _attend(q, k, v, layout, scale, dropout)
+    else:
+        out = _PackedAttention.apply(q, k, v, layout, scale)
+    return out.unsqueeze(0), None
 
 
-def _blocks(x: Any, lengths: list[int], scale: float | None = None) -> list[Any]:
-    """Per-sequence ``[heads, n, head_dim]`` blocks, each contiguous (CPU bf16 matmuls copy strided
-    operands on every call otherwise)."""
-    parts = [part.transpose(0, 1) for part in x.split(lengths, 0)]
-    return [part * scale for part in parts] if scale is not None else [part.contiguous() for part in parts]
+#: Sequences are attended in blocks padded to a multiple of this many tokens, one batched matmul per
+#: block width. oneDNN, which runs CPU bf16 matmuls, builds (JIT-compiles) a kernel for every new
+#: shape, about 1 ms each; with exact lengths nearly every sequence of a batch paid that. Padded keys
+#: are masked and padded queries dropped.
+BLOCK_MULTIPLE = 16
 
 
-def _unblock(blocks: list[Any]) -> Any:
-    """Inverse of ``_blocks``: back to ``[tokens, heads, head_dim]``."""
+def round_up(n: int, multiple: int) -> int:
+    """>>> round_up(177, 16), round_up(176, 16), round_up(1, 16)
+    (192, 176, 16)
+    """
+    return -(-n // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class _Group:
+    width: int  # padded block length
+    lengths: tuple[int, ...]  # of its sequences
+    gather: Any  # [sequences × width] token index per block slot; the last index is a zero row
+
+
+@dataclass(frozen=True)
+class _Layout:
+    groups: tuple[_Group, ...]
+    scatter: Any  # [tokens]: each token's row in the groups' flattened blocks, laid end to end
+
+
+@lru_cache(maxsize=8)  # the same batch passes every layer, forward and backward
+def _layout(lengths: tuple[int, ...], device: Any) -> _Layout:
     import torch
 
-    return torch.cat([block.transpose(0, 1) for block in blocks], dim=0)
+    tokens = sum(lengths)
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    by_width: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_width.setdefault(round_up(n, BLOCK_MULTIPLE), []).append(i)
+    groups, scatter, offset = [], [0] * tokens, 0
+    for width, members in sorted(by_width.items()):
+        gather = []
+        for j, i in enumerate(members):
+            gather += list(range(starts[i], starts[i] + lengths[i])) + [tokens] * (width - lengths[i])
+            for r in range(lengths[i]):
+                scatter[starts[i] + r] = offset + j * width + r
+        offset += len(members) * width
+        groups.append(_Group(width, tuple(lengths[i] for i in members), torch.tensor(gather, device=device)))
+    return _Layout(tuple(groups), torch.tensor(scatter, device=device))
 
 
-def _attention_with_dropout(q: Any, k: Any, v: Any, lengths: list[int], scale: float, dropout: float) -> Any:
+def _to_blocks(x: Any, group: _Group) -> Any:
+    """``[tokens + 1, heads, head_dim]`` (last row zero) → contiguous ``[sequences, heads, width, head_dim]``
+    (CPU bf16 matmuls copy strided operands on every call otherwise)."""
+    blocks = x.index_select(0, group.gather).view(len(group.lengths), group.width, *x.shape[1:])
+    return blocks.transpose(1, 2).contiguous()
+
+
+def _from_blocks(blocks: list[Any], layout: _Layout) -> Any:
+    """Inverse of ``_to_blocks`` for all groups: back to ``[tokens, heads, head_dim]``."""
     import torch
 
-    outs = []
-    for qs, ks, vs in zip(_blocks(q, lengths, scale), _blocks(k, lengths), _blocks(v, lengths), strict=True):
-        probs = torch.nn.functional.dropout(torch.softmax(torch.bmm(qs, ks.transpose(1, 2)), dim=-1), p=dropout)
-        outs.append(torch.bmm(probs, vs))
-    return _unblock(outs)
+    flat = [b.transpose(1, 2).reshape(-1, b.shape[1], b.shape[3]) for b in blocks]
+    return torch.cat(flat).index_select(0, layout.scatter)
+
+
+def _with_zero_row(x: Any) -> Any:
+    import torch
+
+    return torch.cat([x, x.new_zeros(1, *x.shape[1:])])
+
+
+def _attend(q: Any, k: Any, v: Any, layout: _Layout, scale: float, dropout: float = 0.0) -> tuple[Any, list]:
+    """Output ``[tokens, heads, head_dim]`` and, per group, the (q, k, v, probabilities) blocks."""
+    import torch
+
+    q, k, v = _with_zero_row(q), _with_zero_row(k), _with_zero_row(v)
+    outs, saved = [], []
+    for group in layout.groups:
+        qb, kb, vb = _to_blocks(q, group) * scale, _to_blocks(k, group), _to_blocks(v, group)
+        scores = torch.matmul(qb, kb.transpose(-1, -2))
+        for j, n in enumerate(group.lengths):
+            if n < group.width:
+                scores[j, :, :, n:] = float("-inf")  # padded keys get probability 0
+        probs = torch.softmax(scores, dim=-1)
+        if dropout:
+            probs = torch.nn.functional.dropout(probs, p=dropout)
+        outs.append(torch.matmul(probs, vb))
+        saved.append((qb, kb, vb, probs))
+    return _from_blocks(outs, layout), saved
 
 
 def _packed_attention_function() -> Any:
@@ -66,28 +134,29 @@ def _packed_attention_function() -> Any:
 
     class PackedAttention(torch.autograd.Function):
         """softmax(scale · q kᵀ) v per sequence, with a hand-written backward: one autograd node per
-        layer instead of a dozen per sequence, and every matmul on contiguous blocks."""
+        layer instead of a dozen per block."""
 
         @staticmethod
-        def forward(ctx: Any, q: Any, k: Any, v: Any, lengths: list[int], scale: float) -> Any:
-            qs, ks, vs = _blocks(q, lengths, scale), _blocks(k, lengths), _blocks(v, lengths)
-            probs = [torch.softmax(torch.bmm(a, b.transpose(1, 2)), dim=-1) for a, b in zip(qs, ks, strict=True)]
-            ctx.save_for_backward(*qs, *ks, *vs, *probs)
-            ctx.lengths, ctx.scale = lengths, scale
-            return _unblock([torch.bmm(p, b) for p, b in zip(probs, vs, strict=True)])
+        def forward(ctx: Any, q: Any, k: Any, v: Any, layout: _Layout, scale: float) -> Any:
+            out, saved = _attend(q, k, v, layout, scale)
+            ctx.save_for_backward(*(t for blocks in saved for t in blocks))
+            ctx.layout, ctx.scale = layout, scale
+            return out
 
         @staticmethod
         def backward(ctx: Any, grad_out: Any) -> tuple[Any, Any, Any, None, None]:
-            n = len(ctx.lengths)
             saved = ctx.saved_tensors
-            qs, ks, vs, probs = saved[:n], saved[n:2 * n], saved[2 * n:3 * n], saved[3 * n:]
+            grad_out = _with_zero_row(grad_out)  # padded query rows get zero gradient: nothing leaks
             dq, dk, dv = [], [], []
-            for p, a, b, c, do in zip(probs, qs, ks, vs, _blocks(grad_out, ctx.lengths), strict=True):
-                dv.append(torch.bmm(p.transpose(1, 2), do))
-                ds = torch._softmax_backward_data(torch.bmm(do, c.transpose(1, 2)), p, -1, p.dtype)
-                dq.append(torch.bmm(ds, b).mul_(ctx.scale))
-                dk.append(torch.bmm(ds.transpose(1, 2), a))
-            return _unblock(dq), _unblock(dk), _unblock(dv), None, None
+            for index, group in enumerate(ctx.layout.groups):
+                qb, kb, vb, probs = saved[4 * index:4 * index + 4]
+                do = _to_blocks(grad_out, group)
+                dv.append(torch.matmul(probs.transpose(-1, -2), do))
+                ds = torch._softmax_backward_data(torch.matmul(do, vb.transpose(-1, -2)), probs, -1, probs.dtype)
+                dq.append(torch.matmul(ds, kb).mul_(ctx.scale))
+                dk.append(torch.matmul(ds.transpose(-1, -2), qb))
+            layout = ctx.layout
+            return _from_blocks(dq, layout), _from_blocks(dk, layout), _from_blocks(dv, layout), None, None
 
     return PackedAttention
 
@@ -127,33 +196,59 @@ def supports_packing(model: Any) -> bool:
             and getattr(base, "pooler", None) is not None and hasattr(model, "classifier"))
 
 
-def pack_rows(rows: Sequence[Sequence[int]]) -> dict[str, Any]:
+def token_multiple(n_tokens: int) -> int:
+    """The packed row is padded to a multiple of this, so that the linear layers see a few dozen
+    shapes over a training run instead of a new one per batch (see BLOCK_MULTIPLE): about 1/16 of the
+    row at most, between 16 and 256 tokens.
+
+    >>> token_multiple(100), token_multiple(1000), token_multiple(2800), token_multiple(20000)
+    (16, 32, 128, 256)
+    """
+    return max(16, min(256, 2 ** (n_tokens.bit_length() - 5)))
+
+
+def pack_rows(rows: Sequence[Sequence[int]], *, pad_token_id: int = 0) -> dict[str, Any]:
     """One row of tokens for several sequences, with restarting positions and the sequence lengths.
 
+    The row ends with a filler sequence of padding tokens that rounds its length up to
+    ``token_multiple``; the filler attends only to itself and yields no reward.
+
     >>> packed = pack_rows([[101, 7, 102], [101, 102]])
-    >>> packed["input_ids"].tolist(), packed["position_ids"].tolist(), packed["packed_lengths"]
-    ([[101, 7, 102, 101, 102]], [[0, 1, 2, 0, 1]], [3, 2])
+    >>> packed["input_ids"].tolist()[0][:6], packed["position_ids"].tolist()[0][:7], packed["packed_lengths"]
+    ([101, 7, 102, 101, 102, 0], [0, 1, 2, 0, 1, 0, 1], [3, 2, 11])
+    >>> packed["packed_sequences"], int(packed["attention_mask"].sum()), packed["input_ids"].shape[1]
+    (2, 5, 16)
     """
     import torch
 
     lengths = [len(row) for row in rows]
     if not all(lengths):
         raise ValueError("cannot pack an empty sequence")
-    input_ids = torch.tensor([token for row in rows for token in row], dtype=torch.long).unsqueeze(0)
-    position_ids = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
-    return {"input_ids": input_ids, "position_ids": position_ids,
-            "attention_mask": torch.ones_like(input_ids),  # all real tokens (TRL counts them)
-            "token_type_ids": torch.zeros_like(input_ids), "packed_lengths": lengths}
+    tokens = sum(lengths)
+    filler = round_up(tokens, token_multiple(tokens)) - tokens
+    ids = [token for row in rows for token in row] + [pad_token_id] * filler
+    input_ids = torch.tensor(ids, dtype=torch.long).unsqueeze(0)
+    all_lengths = lengths + ([filler] if filler else [])
+    position_ids = torch.cat([torch.arange(n) for n in all_lengths]).unsqueeze(0)
+    attention_mask = torch.ones_like(input_ids)
+    if filler:
+        attention_mask[0, tokens:] = 0  # TRL counts the real tokens; the packed attention needs no mask
+    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask,
+            "token_type_ids": torch.zeros_like(input_ids), "packed_lengths": all_lengths,
+            "packed_sequences": len(lengths)}
 
 
 @dataclass
 class PackedPreferenceCollator:
     """TRL's preference batch (chosen rows, then rejected rows) laid end to end without padding."""
 
+    pad_token_id: int = 0
+
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        batch = pack_rows([e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples])
+        batch = pack_rows([e["chosen_ids"] for e in examples] + [e["rejected_ids"] for e in examples],
+                          pad_token_id=self.pad_token_id)
         if "margin" in examples[0]:
             batch["margin"] = torch.tensor([e["margin"] for e in examples], dtype=torch.float)
         return batch
@@ -168,14 +263,15 @@ class PackedPooling:
     """
 
     def __init__(self, model: Any) -> None:
-        self.lengths: list[int] | None = None
+        self.lengths: list[int] | None = None  # of the real sequences (the filler yields no reward)
         self.handles = [
             model.register_forward_pre_hook(self._note_lengths, with_kwargs=True),
             model.bert.pooler.register_forward_pre_hook(self._first_tokens),
         ]
 
     def _note_lengths(self, module: Any, args: tuple, kwargs: dict) -> None:
-        self.lengths = kwargs.get("packed_lengths")
+        lengths = kwargs.get("packed_lengths")
+        self.lengths = lengths[:kwargs.get("packed_sequences", len(lengths))] if lengths is not None else None
 
     def _first_tokens(self, module: Any, args: tuple) -> tuple | None:
         if self.lengths is None:

@@ -337,7 +337,7 @@ def train_reward_model(
     packed = use_packing(config, model)
     trainer = _trainer_class()(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-        data_collator=PackedPreferenceCollator() if packed else None,
+        data_collator=PackedPreferenceCollator(pad_token_id=tokenizer.pad_token_id or 0) if packed else None,
         peft_config=_peft_config(config) if config.use_lora else None, callbacks=list(callbacks or []) or None,
     )
     if len(trainer.train_dataset) != len(train_pairs):  # pragma: no cover - guarded by encoding

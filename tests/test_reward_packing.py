@@ -39,7 +39,9 @@ def padded_rewards(network) -> torch.Tensor:
 def packed_rewards(network) -> torch.Tensor:
     rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(CHOSEN, REJECTED, strict=True)]
     batch = PackedPreferenceCollator()(rows)
-    assert batch["input_ids"].shape == (1, sum(map(len, CHOSEN + REJECTED)))  # no padding at all
+    # no padding inside the batch: 31 real tokens, then one filler token up to a multiple of 16
+    assert batch["input_ids"].shape == (1, 32) and batch["packed_lengths"][-1] == 1
+    assert int(batch["attention_mask"].sum()) == sum(map(len, CHOSEN + REJECTED))
     with packed_training(network, True):
         return network(**batch).logits.squeeze(-1)
 
