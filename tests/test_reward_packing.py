@@ -122,3 +122,29 @@ def test_only_bert_style_bases_without_lora_are_packed():
     assert not use_packing(load_config(output_dir="unused"), tiny_llama)
     with pytest.raises(RewardError, match=r"\(llama\)"):
         use_packing(load_config(output_dir="unused", packing=True), tiny_llama)
+
+
+def test_cli_no_packing_flag(tmp_path):
+    import json
+
+    from sqlmodel import Session
+    from typer.testing import CliRunner
+
+    from db.engine import make_engine
+    from db.migrate import upgrade
+    from tests.factories import build_project
+    from therapref.cli import app
+
+    url = f"sqlite:///{tmp_path / 'tp.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    with Session(engine) as session:
+        build_project(session, n_prompts=4, n_clinicians=2, with_judgments=True)
+    runs = {}
+    for flag in ("--no-packing", "--packing"):
+        out = tmp_path / flag.strip("-")
+        result = CliRunner().invoke(app, ["train", "--db", url, "--output", str(out), "--max-steps", "1",
+                                          "--max-length", "48", "--batch-size", "4", "--eval-fraction", "0.25", flag])
+        assert result.exit_code == 0, result.output
+        runs[flag] = json.loads((out / "therapref_reward.json").read_text())["training"]["packed_batches"]
+    assert runs == {"--no-packing": False, "--packing": True}

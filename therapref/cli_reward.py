@@ -38,6 +38,8 @@ def _train(
     lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
     length_feature: Annotated[Optional[bool], typer.Option(
         "--length-feature/--no-length-feature", help="Hybrid score with a fitted log-length weight.")] = None,
+    packing: Annotated[Optional[bool], typer.Option(
+        "--packing/--no-packing", help="Padding-free batches (default: on for BERT-style bases on a CPU).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --output folder.")] = False,
 ) -> None:
@@ -54,7 +56,7 @@ def _train(
             sources=sources, aggregation=aggregation, margin_mapping=margin_mapping,
             guideline_versions=guideline_versions, eval_fraction=eval_fraction, seed=seed,
             learning_rate=learning_rate, per_device_train_batch_size=batch_size, max_steps=max_steps,
-            use_lora=lora, lora_r=lora_r, length_feature=length_feature,
+            use_lora=lora, lora_r=lora_r, length_feature=length_feature, packing=packing,
             resume_from_checkpoint=True if resume else None)
         resolve_base_model(cfg.base_model)  # a missing base model fails before any work
         mapping = parse_margin_mapping(cfg.margin_mapping)
