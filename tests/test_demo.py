@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -76,3 +77,16 @@ def test_demo_ends_with_the_app_running(tmp_path):
     finally:
         process.terminate()
         process.wait(timeout=30)
+    # SIGTERM stops the app it started too (an orphaned server kept the port and a core busy)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _serving(port):
+        time.sleep(0.2)
+    assert not _serving(port), "the app outlived `therapref demo`"
+
+
+def _serving(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+            return True
+    except OSError:
+        return False

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from therapref.cli_common import DbOption, errors, open_engine, settings_for
+from therapref.cli_common import DbOption, errors, open_engine, settings_for, sigterm_as_interrupt
 from therapref.settings import Settings
 
 
@@ -50,7 +50,8 @@ def serve(settings: Settings, *, timeout: float = 60) -> None:
     typer.echo(f"Labeling app running at {url} (database {engine.url.render_as_string(hide_password=True)}). "
                "Press Ctrl-C to stop.")
     try:
-        code = process.wait()
+        with sigterm_as_interrupt():  # a terminated `therapref app`/`demo` must not orphan the app
+            code = process.wait()
     except KeyboardInterrupt:
         stop_app(process)
         typer.echo("Stopped.")

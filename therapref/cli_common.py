@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -71,3 +72,18 @@ def read_password(password_stdin: bool, *, confirm: bool = True) -> str:
             raise fail("no password on standard input")
         return password
     return typer.prompt("Password", hide_input=True, confirmation_prompt=confirm)
+
+
+def _raise_interrupt(signum, frame) -> None:  # noqa: ANN001
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a service manager, a test's ``terminate()``) handled like Ctrl-C, so that the
+    command's own clean-up runs: children stopped, partial work kept."""
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

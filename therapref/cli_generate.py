@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from therapref.cli_common import DbOption, errors, fail, open_engine, settings_for
+from therapref.cli_common import DbOption, errors, fail, open_engine, settings_for, sigterm_as_interrupt
 
 
 def parse_id_list(text: str) -> list[int]:
@@ -31,10 +30,6 @@ def parse_id_list(text: str) -> list[int]:
     if not ids:
         raise ValueError("--prompts: no ids given")
     return ids
-
-
-def _terminate_as_interrupt(signum, frame):  # noqa: ANN001
-    raise KeyboardInterrupt
 
 
 def register(app: typer.Typer) -> None:
@@ -73,15 +68,14 @@ def register(app: typer.Typer) -> None:
             engine = open_engine(db)
             if source is not None:
                 prompt_ids = _prompts_of_source(engine, source, prompt_ids)
-            previous = signal.signal(signal.SIGTERM, _terminate_as_interrupt)
             try:
-                summary = run_generation(engine, specs, prompt_ids=prompt_ids, progress=progress, secrets=secrets)
+                with sigterm_as_interrupt():
+                    summary = run_generation(engine, specs, prompt_ids=prompt_ids, progress=progress,
+                                             secrets=secrets)
             except KeyboardInterrupt:
                 typer.secho("Interrupted: replies already received are saved; run the command again to finish.",
                             err=True)
                 raise typer.Exit(130) from None
-            finally:
-                signal.signal(signal.SIGTERM, previous)
         typer.echo(str(summary))
         for name, error in summary.errors.items():
             typer.secho(f"  {name}: first error: {error}", err=True, fg=typer.colors.YELLOW)
