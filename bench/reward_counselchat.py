@@ -7,10 +7,11 @@ accuracy (hybrid score, and the network alone), the length baseline ("longer rep
 accuracy on pairs where the shorter reply won.
 
 Throughput: the same pairs, model and hyperparameters trained once by the toolkit
-(``reward.train_reward_model``: own tokenisation, length-grouped batches, no gradient
+(``reward.train_reward_model``: own tokenisation, padding-free packed batches, no gradient
 checkpointing, bf16 autocast where the CPU has it) and once by a plain TRL ``RewardTrainer`` script
 (TRL's defaults, text pairs, EOS set to [SEP] because BERT has none); pairs/s and the ratio. Only pairs
-that fit ``--speed-max-length`` tokens either way are used there, so both train on identical data.
+that fit the run's token limit either way are used there, so both train on identical data; one run
+per limit in ``--speed-max-lengths`` (512 is the toolkit's default ``max_length``).
 
     .venv/bin/python bench/reward_counselchat.py            # ~10-15 min on 2 idle cores
     .venv/bin/python bench/reward_counselchat.py --seeds 1 --steps 10 --speed-pairs 16   # smoke run
@@ -151,7 +152,8 @@ def main() -> None:
     parser.add_argument("--freeze-layers", type=int, default=4)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--speed-pairs", type=int, default=256)
-    parser.add_argument("--speed-max-length", type=int, default=256)
+    parser.add_argument("--speed-max-lengths", default="256,512",
+                        help="token limits of the throughput runs (512: the toolkit's default max_length)")
     parser.add_argument("--speed-batch-size", type=int, default=8)
     parser.add_argument("--speed-rounds", type=int, default=2)
     parser.add_argument("--skip-speed", action="store_true")
@@ -184,18 +186,23 @@ def main() -> None:
         print(f"shorter-wins accuracy (network) {mean_sd(r['network_shorter_wins'] for r in rows)}")
         print(f"gain over length baseline       {mean_sd(r['accuracy'] - r['length_baseline'] for r in rows)}")
         if not args.skip_speed:
-            sample = speed_pairs(pairs, args)
-            ours, plain = [], []
-            for _ in range(args.speed_rounds):  # alternate, so load from other processes hits both alike
-                plain.append(plain_trl(sample, args, workdir))
-                ours.append(toolkit(sample, args, workdir))
-            best_ours, best_plain = max(ours), max(plain)
-            print(f"\nthroughput on {len(sample)} pairs (≤{args.speed_max_length} tokens, "
-                  f"batch {args.speed_batch_size}, 1 epoch, best of {args.speed_rounds} alternating rounds): "
-                  f"toolkit {best_ours:.2f} pairs/s (runs {', '.join(f'{x:.2f}' for x in ours)}), "
-                  f"plain TRL script {best_plain:.2f} pairs/s (runs {', '.join(f'{x:.2f}' for x in plain)}), "
-                  f"ratio {best_ours / best_plain:.2f}×")
+            for limit in (int(x) for x in args.speed_max_lengths.split(",")):
+                args.speed_max_length = limit
+                throughput(pairs, args, workdir)
 
+
+def throughput(pairs, args, workdir: Path) -> None:
+    sample = speed_pairs(pairs, args)
+    ours, plain = [], []
+    for _ in range(args.speed_rounds):  # alternate, so load from other processes hits both alike
+        plain.append(plain_trl(sample, args, workdir))
+        ours.append(toolkit(sample, args, workdir))
+    best_ours, best_plain = max(ours), max(plain)
+    print(f"\nthroughput on {len(sample)} pairs (≤{args.speed_max_length} tokens, "
+          f"batch {args.speed_batch_size}, 1 epoch, best of {args.speed_rounds} alternating rounds): "
+          f"toolkit {best_ours:.2f} pairs/s (runs {', '.join(f'{x:.2f}' for x in ours)}), "
+          f"plain TRL script {best_plain:.2f} pairs/s (runs {', '.join(f'{x:.2f}' for x in plain)}), "
+          f"ratio {best_ours / best_plain:.2f}×", flush=True)
 
 if __name__ == "__main__":
     main()
