@@ -22,10 +22,14 @@ def model():
     config = load_config(output_dir="unused", seed=1)
     network, _ = _load_model(resolve_base_model("embedded"), config)
     network.train()
-    for module in network.modules():  # TRL's default (disable_dropout) for a deterministic comparison
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
+    set_dropout(network, 0.0)  # TRL's default (disable_dropout), for a deterministic comparison
     return network
+
+
+def set_dropout(network, p: float) -> None:
+    for module in network.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
 
 
 def padded_rewards(network) -> torch.Tensor:
@@ -79,18 +83,14 @@ def test_packed_batch_under_bf16_autocast_matches_to_bf16_precision(model):
 
 
 def test_packed_attention_with_dropout_trains(model):
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.5
+    set_dropout(model, 0.5)
     try:
         first, second = packed_rewards(model), packed_rewards(model)
         gradients(model, first)
         assert not torch.equal(first, second)  # dropout is applied in the packed path too
         assert model.bert.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
     finally:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
+        set_dropout(model, 0.0)
 
 
 def test_training_with_and_without_packing_gives_the_same_losses(tmp_path):
