@@ -82,9 +82,10 @@ class TheraRewardConfig(RewardConfig):
     freeze_layers: int = field(default=0, metadata={
         "help": "Freeze the embeddings and the lowest N transformer layers (cheaper CPU training; 0 trains all)."})
     packing: bool | None = field(default=None, metadata={
-        "help": "Padding-free batches for BERT-style bases (the embedded default): the sequences of a batch are laid "
-                "end to end and attention runs per sequence, 1.5-2x faster on a CPU. None: on for those bases on a "
-                "CPU, off on a GPU (whose fused attention handles padding well) and for other bases."})
+        "help": "Padding-free batches for BERT-style bases (the embedded default): the sequences of a batch are "
+                "laid end to end and each attends only to itself; about 2x (256 tokens) to 2.5x (512) the pairs/s "
+                "of a plain TRL script on a CPU. None: on for those bases on a CPU, off on a GPU (whose fused "
+                "attention handles padding well) and for other bases."})
     num_threads: int | None = field(default=None, metadata={
         "help": "CPU threads for torch (default on a CPU: the cores no other process is running on, shared "
                 "among this machine's training processes; on a busy machine this beats torch's all-cores "
