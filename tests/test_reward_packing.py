@@ -96,15 +96,18 @@ def test_packed_attention_with_dropout_trains(model):
 def test_training_with_and_without_packing_gives_the_same_losses(tmp_path):
     pairs = make_pairs(24)
     losses = {}
-    for packing in (False, True):
-        config = load_config(output_dir=str(tmp_path / f"m{packing}"), max_steps=3, per_device_train_batch_size=8,
-                             max_length=64, eval_fraction=0.0, logging_steps=1, save_strategy="no", bf16=False,
-                             learning_rate=1e-4, seed=5, packing=packing)
+    for packing, checkpointing in ((False, False), (True, False), (True, True)):
+        config = load_config(output_dir=str(tmp_path / f"m{packing}{checkpointing}"), max_steps=3,
+                             per_device_train_batch_size=8, max_length=64, eval_fraction=0.0, logging_steps=1,
+                             save_strategy="no", bf16=False, learning_rate=1e-4, seed=5, packing=packing,
+                             activation_checkpointing=checkpointing)
         result = train_reward_model(config, pairs)
-        losses[packing] = result.train_loss
+        losses[packing, checkpointing] = result.train_loss
         assert result.meta["config"]["packing"] is packing and result.meta["training"]["packed_batches"] is packing
-    assert len(losses[True]) == 3
-    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-5)
+    assert len(losses[True, False]) == 3
+    assert losses[True, False] == pytest.approx(losses[False, False], rel=1e-4, abs=1e-5)
+    # activation checkpointing re-runs the packed layers with the same keyword arguments
+    assert losses[True, True] == pytest.approx(losses[True, False], rel=1e-5)
 
 
 def test_only_bert_style_bases_without_lora_are_packed():
