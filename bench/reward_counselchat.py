@@ -187,8 +187,7 @@ def main() -> None:
         print(f"gain over length baseline       {mean_sd(r['accuracy'] - r['length_baseline'] for r in rows)}")
         if not args.skip_speed:
             for limit in (int(x) for x in args.speed_max_lengths.split(",")):
-                args.speed_max_length = limit
-                throughput(pairs, args, workdir)
+                throughput(pairs, argparse.Namespace(**{**vars(args), "speed_max_length": limit}), workdir)
 
 
 def throughput(pairs, args, workdir: Path) -> None:
@@ -203,6 +202,7 @@ def throughput(pairs, args, workdir: Path) -> None:
           f"toolkit {best_ours:.2f} pairs/s (runs {', '.join(f'{x:.2f}' for x in ours)}), "
           f"plain TRL script {best_plain:.2f} pairs/s (runs {', '.join(f'{x:.2f}' for x in plain)}), "
           f"ratio {best_ours / best_plain:.2f}×", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate
 from typing import Any
 
 PACKED_ATTENTION = "therapref_packed"
@@ -73,7 +74,7 @@ def _layout(lengths: tuple[int, ...], device: Any) -> _Layout:
     import torch
 
     tokens = sum(lengths)
-    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    starts = list(accumulate(lengths, initial=0))
     by_width: dict[int, list[int]] = {}
     for i, n in enumerate(lengths):
         by_width.setdefault(round_up(n, BLOCK_MULTIPLE), []).append(i)
