@@ -31,8 +31,11 @@ demo: install
 app: install
 	$(VENV)/bin/therapref app
 
+# The suite runs with HOME set to a fresh empty folder, as on a new machine: nothing in your home
+# folder (an accelerate or Hugging Face config) can make a test pass here and fail elsewhere.
 test: install system-deps
-	$(PY) -m pytest -q
+	@test_home=$$(mktemp -d) && trap 'rm -rf "$$test_home"' EXIT && \
+	  env HOME="$$test_home" -u XDG_CONFIG_HOME -u XDG_CACHE_HOME -u HF_HOME $(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check .

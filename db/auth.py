@@ -101,12 +101,15 @@ def authenticate(username: str, password: str, *, session: Session) -> Annotator
     """
     annotator = get_annotator(username.strip(), session=session)
     now = utcnow()
-    if annotator is None or annotator.role == "source" or not annotator.is_active:
-        verify_password(None, password)
+    # Every path verifies one argon2 hash, so that the time taken does not tell an unknown user
+    # from a locked, inactive or source account (the hash work dwarfs everything else here).
+    can_log_in = annotator is not None and annotator.role != "source" and annotator.is_active
+    password_ok = verify_password(annotator.password_hash if can_log_in else None, password)
+    if not can_log_in:
         return None
     if annotator.locked_until is not None and annotator.locked_until > now:
         return None
-    if not verify_password(annotator.password_hash, password):
+    if not password_ok:
         annotator.failed_logins += 1
         if annotator.failed_logins >= MAX_FAILED_LOGINS:
             annotator.locked_until = now + LOCKOUT

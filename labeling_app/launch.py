@@ -6,18 +6,22 @@ through argv, so that a PostgreSQL password does not show up in ``ps``.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from db.errors import TheraPrefError
 
 APP_SCRIPT = Path(__file__).resolve().parent / "app.py"
 ROOT = APP_SCRIPT.parent.parent
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class AppStartError(TheraPrefError):
@@ -55,7 +59,7 @@ def start_app(database_url: str, *, host: str = "127.0.0.1", port: int = 8501, h
         # The child keeps the caller's working directory (therapref.toml, relative paths).
         return subprocess.Popen(streamlit_command(host=host, port=port, headless=headless), env=child_env,
                                 stdout=output, stderr=subprocess.STDOUT if output else None,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(os.getpid()))
     finally:
         if output is not None:
             output.close()
@@ -107,12 +111,28 @@ def wait_until_ready(url: str, timeout: float = 60, *, process: subprocess.Popen
     raise AppStartError(f"the app at {url} was not ready after {timeout:.0f} s ({last_error})")
 
 
-def stop_app(process: subprocess.Popen, timeout: float = 10) -> None:
-    """Stop the app process (terminate, then kill after ``timeout``)."""
+def stop_app(process: subprocess.Popen, timeout: float = 5) -> None:
+    """Stop the app process: SIGTERM, then SIGKILL after ``timeout`` seconds (a Streamlit server
+    busy with a session can take longer than that to honour SIGTERM, or never do)."""
     if process.poll() is None:
         process.terminate()
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait(timeout=timeout)
+            process.wait()
+
+
+def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel SIGKILL the app when the process that started it dies,
+    however it dies (SIGKILL included, when no clean-up code can run). Linux only; elsewhere None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the line above took effect
+            os._exit(1)
+
+    return arm

@@ -22,6 +22,8 @@ SETTINGS_KEY = "_therapref_settings"
 USER_KEY = "_therapref_user"
 SEEN_KEY = "_therapref_last_seen"
 FLASH_KEY = "_therapref_flash"
+#: Compare page: assignment token -> the opaque id its widget keys carry (the token never reaches the page).
+SCREEN_IDS_KEY = "_therapref_screen_ids"
 LOGIN_ERROR = "Login failed: wrong username or password, or the account is locked or inactive."
 
 

@@ -41,7 +41,8 @@ def cpu_supports_bf16() -> bool:
 def _accelerator_present() -> bool:
     import torch
 
-    return bool(torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available()))
+    return bool(torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+                or torch.backends.mps.is_available())
 
 
 @dataclass
@@ -125,8 +126,11 @@ class TheraRewardConfig(RewardConfig):
                 self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
             else:
                 self.bf16 = cpu_supports_bf16()
-        if self.bf16 and not accelerator:
-            self.use_cpu = True  # transformers requires it for CPU bf16; nothing else is pinned
+        if not accelerator:
+            # Without it transformers builds its accelerate state with cpu=False, which on a machine
+            # with no GPU means "not distributed" even under `accelerate launch`/torchrun: every
+            # process then trained its own model. It is also what transformers requires for CPU bf16.
+            self.use_cpu = True
         super().__post_init__()
 
     def therapref_dict(self) -> dict[str, Any]:

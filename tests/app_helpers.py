@@ -67,7 +67,7 @@ def login(page, base_url: str, username: str, password: str) -> None:
     page.get_by_text(f"Signed in as {username}").wait_for(timeout=60_000)
 
 
-TOKEN_JS = """() => {
+SCREEN_JS = """() => {
   for (const el of document.querySelectorAll('[class*="st-key-choice-left-"]')) {
     for (const cls of el.classList) {
       if (cls.startsWith('st-key-choice-left-')) { return cls.slice('st-key-choice-left-'.length); }
@@ -77,15 +77,15 @@ TOKEN_JS = """() => {
 }"""
 
 
-def current_token(page, timeout: float = 60_000) -> str:
-    """The token of the pair on screen (waits until a pair is shown)."""
-    page.wait_for_function(TOKEN_JS, timeout=timeout)
-    return page.evaluate(TOKEN_JS)
+def current_screen(page, timeout: float = 60_000) -> str:
+    """The opaque id of the pair on screen, as its widget keys carry it (waits until a pair is shown)."""
+    page.wait_for_function(SCREEN_JS, timeout=timeout)
+    return page.evaluate(SCREEN_JS)
 
 
-def wait_for_new_pair(page, old_token: str, timeout: float = 60_000) -> str | None:
-    """Wait until the pair on screen changed (or the queue is done); return the new token or None."""
+def wait_for_new_pair(page, old_screen: str, timeout: float = 60_000) -> str | None:
+    """Wait until the pair on screen changed (or the queue is done); return the new screen id or None."""
     page.wait_for_function(
-        "(old) => { const t = (" + TOKEN_JS + ")(); return (t !== null && t !== old) || "
-        "document.body.innerText.includes('All done'); }", arg=old_token, timeout=timeout)
-    return page.evaluate(TOKEN_JS)
+        "(old) => { const t = (" + SCREEN_JS + ")(); return (t !== null && t !== old) || "
+        "document.body.innerText.includes('All done'); }", arg=old_screen, timeout=timeout)
+    return page.evaluate(SCREEN_JS)

@@ -56,3 +56,79 @@ def test_therapref_app_command_starts_and_stops(tmp_path):
         output = process.communicate(timeout=60)[0]
     assert "No accounts yet" in "".join(lines) + output and "Stopped." in output
     assert process.returncode == 0
+
+
+def _app_pid_serving(port: int, parent: int, deadline: float) -> int | None:
+    """The pid of the app (a child of ``parent``) once its health endpoint answers."""
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+        if pids and _serving(port):
+            return pids[0]
+        time.sleep(0.2)
+    return None
+
+
+def _serving(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, port: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not Path(f"/proc/{pid}").exists() and not _serving(port):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_app_dies_with_therapref_app_even_on_sigkill(tmp_path):
+    """SIGKILL leaves no clean-up code to run: the kernel's parent-death signal ends the app."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "THERAPREF_DATABASE_URL"}
+    process = subprocess.Popen([sys.executable, "-m", "therapref.cli", "app", "--db", str(tmp_path / "t.db"),
+                                "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        app_pid = _app_pid_serving(port, process.pid, time.monotonic() + 120)
+        assert app_pid is not None, "the app did not come up"
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert _wait_gone(app_pid, port, 20), "the app outlived a killed `therapref app`"
+
+
+def test_sigterm_during_start_up_stops_the_app(tmp_path):
+    """SIGTERM before the app is ready (the old gap between start and the signal handler)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "THERAPREF_DATABASE_URL"}
+    process = subprocess.Popen([sys.executable, "-m", "therapref.cli", "app", "--db", str(tmp_path / "t.db"),
+                                "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 120
+    app_pid = None
+    while time.monotonic() < deadline and app_pid is None:  # the app process exists, not yet serving
+        pids = children.read_text().split() if children.exists() else []
+        app_pid = int(pids[0]) if pids else None
+        time.sleep(0.01)
+    assert app_pid is not None
+    process.terminate()
+    process.wait(timeout=30)
+    assert _wait_gone(app_pid, port, 20), "the app outlived a terminated `therapref app`"
+
+
+def test_stop_app_escalates_to_sigkill_when_sigterm_is_ignored(tmp_path):
+    """A server that ignores SIGTERM (seen in the field) is killed after the grace period."""
+    process = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                "signal.SIG_IGN); print('ready', flush=True); time.sleep(600)"],
+                               stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    started = time.monotonic()
+    stop_app(process, timeout=1)
+    assert process.returncode == -signal.SIGKILL
+    assert time.monotonic() - started < 10

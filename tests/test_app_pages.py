@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from db.crud import add_guideline_version
 from db.models import Annotator, AuditEvent, Comparison, GuidelineVersion, Judgment, Reservation, Skip
 from labeling_app.state import LOGIN_ERROR as GENERIC_ERROR
-from labeling_app.state import SEEN_KEY, USER_KEY, User
+from labeling_app.state import SCREEN_IDS_KEY, SEEN_KEY, USER_KEY, User
 from tests.app_helpers import APP, make_database
 from tests.factories import PASSWORD
 
@@ -44,10 +44,19 @@ def _titles(at: AppTest) -> list[str]:
     return [t.value for t in at.title]
 
 
-def _token(at: AppTest) -> str:
+def _screen(at: AppTest) -> str:
+    """The opaque id in the widget keys of the pair on screen."""
     keys = [b.key for b in at.button if b.key and b.key.startswith("choice-left-")]
     assert keys, f"no pair on screen: {_titles(at)}"
     return keys[0].removeprefix("choice-left-")
+
+
+def _token(at: AppTest) -> str:
+    """The server-side assignment token behind the pair on screen (never in the page)."""
+    screen = _screen(at)
+    tokens = [token for token, shown in at.session_state[SCREEN_IDS_KEY].items() if shown == screen]
+    assert len(tokens) == 1
+    return tokens[0]
 
 
 def test_login_success_then_logout(app_db):
@@ -90,7 +99,7 @@ def test_session_timeout_returns_to_login(app_db):
     at = _app(project.clinicians[0])
     assert _titles(at) == ["Which reply is better?"]
     at.session_state[SEEN_KEY] = time.time() - 61 * 60
-    at.button(key=f"choice-tie-{_token(at)}").click().run()  # a click on a screen left open too long
+    at.button(key=f"choice-tie-{_screen(at)}").click().run()  # a click on a screen left open too long
     assert _titles(at) == ["TheraPref labeling"] and "timed out" in at.info[0].value
     with Session(engine) as session:
         assert session.execute(select(func.count(Judgment.id))).scalar_one() == 0  # nothing written
@@ -120,19 +129,19 @@ def test_signed_out_pages_need_a_session(app_db):
 def test_compare_writes_one_judgment_with_every_field(app_db):
     engine, project = app_db
     at = _app(project.clinicians[0])
-    token = _token(at)
+    token, screen = _token(at), _screen(at)
     texts = [t.value for t in at.text]
     assert "Response A" in [h.value for h in at.subheader] and "Response B" in [h.value for h in at.subheader]
     assert not any("warm" == t or "terse" == t for t in texts)  # blind
     time.sleep(0.05)
-    at.radio(key=f"strength-{token}").set_value(3)
-    at.button_group(key=f"flags_left-{token}").set_value(["toxic"])
-    at.button_group(key=f"flags_right-{token}").set_value(["misses_risk", "boundary"])
-    at.text_area(key=f"rationale-{token}").input("Validates the feeling.")
-    at.text_area(key=f"rewrite-{token}").input("It sounds exhausting. What keeps you up?")
-    at.button(key=f"choice-right-{token}").click().run()
+    at.radio(key=f"strength-{screen}").set_value(3)
+    at.button_group(key=f"flags_left-{screen}").set_value(["toxic"])
+    at.button_group(key=f"flags_right-{screen}").set_value(["misses_risk", "boundary"])
+    at.text_area(key=f"rationale-{screen}").input("Validates the feeling.")
+    at.text_area(key=f"rewrite-{screen}").input("It sounds exhausting. What keeps you up?")
+    at.button(key=f"choice-right-{screen}").click().run()
     assert not at.exception and [s.value for s in at.success] == ["Saved."]
-    assert _token(at) != token  # the next pair is on screen at once
+    assert _token(at) != token and _screen(at) != screen  # the next pair is on screen at once
     with Session(engine) as session:
         judgments = session.execute(select(Judgment)).scalars().all()
         assert len(judgments) == 1
@@ -150,10 +159,10 @@ def test_compare_writes_one_judgment_with_every_field(app_db):
 def test_strength_is_required_for_a_or_b(app_db):
     engine, project = app_db
     at = _app(project.clinicians[0])
-    token = _token(at)
-    at.button(key=f"choice-left-{token}").click().run()
-    assert "how much better" in at.warning[0].value and _token(at) == token
-    at.button(key=f"choice-tie-{token}").click().run()  # a tie needs no strength
+    screen = _screen(at)
+    at.button(key=f"choice-left-{screen}").click().run()
+    assert "how much better" in at.warning[0].value and _screen(at) == screen
+    at.button(key=f"choice-tie-{screen}").click().run()  # a tie needs no strength
     assert [s.value for s in at.success] == ["Saved."]
     with Session(engine) as session:
         assert session.execute(select(Judgment.preferred, Judgment.strength)).all() == [("tie", None)]
@@ -162,13 +171,13 @@ def test_strength_is_required_for_a_or_b(app_db):
 def test_skip_and_undo(app_db):
     engine, project = app_db
     at = _app(project.clinicians[0])
-    first = _token(at)
+    first = _screen(at)
     at.selectbox(key=f"skip_reason-{first}").set_value("Replies are near-identical")
     at.button(key=f"skip-{first}").click().run()
-    second = _token(at)
+    second = _screen(at)
     assert second != first and "Skipped" in at.info[0].value
     at.button(key=f"choice-both_bad-{second}").click().run()
-    assert _token(at) not in (first, second)
+    assert _screen(at) not in (first, second)
     at.button(key="undo").click().run()
     assert "undone" in at.info[0].value
     back = _token(at)
@@ -187,7 +196,7 @@ def test_exhausted_queue_shows_all_done(app_db):
     _, project = app_db
     at = _app(project.clinicians[0])
     for _ in range(3):
-        at.button(key=f"choice-tie-{_token(at)}").click().run()
+        at.button(key=f"choice-tie-{_screen(at)}").click().run()
     assert "All done" in at.success[-1].value and not [b for b in at.button if b.key and "choice" in b.key]
     at.switch_page("pages/progress.py").run()
     metrics = {m.label: m.value for m in at.metric}
@@ -207,7 +216,7 @@ def test_guidelines_versioned_by_admin_and_stamped(app_db):
     clin.switch_page("pages/guidelines.py").run()
     assert not clin.text_area  # clinicians read, admins edit
     clin.switch_page("pages/compare.py").run()
-    clin.button(key=f"choice-tie-{_token(clin)}").click().run()
+    clin.button(key=f"choice-tie-{_screen(clin)}").click().run()
     with Session(engine) as session:
         assert session.execute(select(Judgment.guideline_version)).scalar_one() == 2
         assert session.execute(select(func.count(GuidelineVersion.id))).scalar_one() == 2
@@ -258,7 +267,7 @@ def test_admin_progress_and_data_pages(app_db):
         add_guideline_version("v2", session=session)
         session.commit()
     clin = _app(project.clinicians[0])
-    clin.button(key=f"choice-tie-{_token(clin)}").click().run()
+    clin.button(key=f"choice-tie-{_screen(clin)}").click().run()
     at = _app(project.admin)
     at.switch_page("pages/admin_progress.py").run()
     assert not at.exception

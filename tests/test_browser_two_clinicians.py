@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from db.engine import session_scope
 from db.models import Annotator, Judgment, Reservation, utcnow
-from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, current_token, login, make_database, running_app
+from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, current_screen, login, make_database, running_app
 from tests.factories import PASSWORD
 
 pytestmark = pytest.mark.browser
@@ -26,7 +26,7 @@ def test_two_clinicians_one_place(tmp_path):
         first_ctx, second_ctx = browser.new_context(), browser.new_context()
         slow, fast = first_ctx.new_page(), second_ctx.new_page()
         login(slow, base_url, "clin0", PASSWORD)
-        slow_token = current_token(slow)
+        slow_screen = current_screen(slow)
         # While clin0 holds the only place, clin1 has nothing to do.
         login(fast, base_url, "clin1", PASSWORD)
         fast.get_by_text("All done").wait_for(timeout=60_000)
@@ -34,15 +34,16 @@ def test_two_clinicians_one_place(tmp_path):
         with session_scope(engine) as session:
             session.execute(update(Reservation).values(expires_at=utcnow() - timedelta(seconds=1)))
         fast.get_by_role("link", name="Compare").click()
-        fast_token = current_token(fast)
+        fast_screen = current_screen(fast)
         with Session(engine) as session:
-            held = dict(session.execute(select(Reservation.token, Reservation.comparison_id)).all())
-        assert held[fast_token] == held[slow_token] == project.comparisons[0].id  # same pair, both screens
-        fast.locator(f".st-key-choice-tie-{fast_token} button").click()
+            held = session.execute(select(Reservation.annotator_id, Reservation.comparison_id)).all()
+        assert fast_screen != slow_screen  # screen ids are per rendering, never the shared token
+        assert sorted(c for _a, c in held) == [project.comparisons[0].id] * 2  # same pair, both screens
+        fast.locator(f".st-key-choice-tie-{fast_screen} button").click()
         fast.get_by_text("All done").wait_for(timeout=60_000)
         # clin0 returns and submits on the stale screen: moved on, nothing stored.
-        slow.locator(f".st-key-strength-{slow_token}").get_by_text("Clearly better", exact=True).click()
-        slow.locator(f".st-key-choice-left-{slow_token} button").click()
+        slow.locator(f".st-key-strength-{slow_screen}").get_by_text("Clearly better", exact=True).click()
+        slow.locator(f".st-key-choice-left-{slow_screen} button").click()
         slow.get_by_text("Moved on: another clinician completed this pair first").wait_for(timeout=60_000)
         slow.get_by_text("All done").wait_for(timeout=60_000)
         browser.close()

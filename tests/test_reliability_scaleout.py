@@ -92,10 +92,15 @@ num_threads = 1
 """
 
 
-def test_accelerate_launch_two_cpu_processes(tmp_path):
+@pytest.mark.parametrize("bf16", ["false", None], ids=["fp32", "bf16-detected"])
+def test_accelerate_launch_two_cpu_processes(tmp_path, bf16):
     """`accelerate launch --multi_gpu --num_processes 2` runs torchrun with two processes (gloo on
     CPU): one epoch over 10 pairs at 2 pairs per process is 3 optimizer steps (5 on one process);
-    only the main process writes the model folder and the one RewardModelRun row."""
+    only the main process writes the model folder and the one RewardModelRun row.
+
+    fp32 is what a CPU without AVX512-BF16/AMX gets: there both processes used to train alone (the
+    CPU was only pinned for bf16). The suite runs with an empty HOME (Makefile), so no accelerate
+    config in a home folder can make this pass."""
     url = f"sqlite:///{tmp_path / 'acc.db'}"
     engine = make_engine(url)
     upgrade(engine)
@@ -103,7 +108,7 @@ def test_accelerate_launch_two_cpu_processes(tmp_path):
         build_project(session, n_prompts=6, n_clinicians=2, with_judgments=True)  # 12 pairs, 2 held out
     base = tiny_reward_base(tmp_path / "tiny-bert")
     config = tmp_path / "train.toml"
-    config.write_text(TRAIN_TOML)
+    config.write_text(TRAIN_TOML + (f"bf16 = {bf16}\n" if bf16 is not None else ""))
     output = tmp_path / "rm"
     command = [str(ROOT / ".venv" / "bin" / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",

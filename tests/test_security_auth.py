@@ -169,3 +169,35 @@ def test_admin_actions_in_the_app_are_audited_with_the_admin_as_actor(engine):
         ("lead-admin", "annotator.deactivate", "ivy")]
     assert all(e.created_at is not None for e in events)
     assert SECRET not in dump_tables(engine)
+
+
+def test_every_failed_login_takes_the_same_time(engine):
+    """Timing must not tell an unknown user from a wrong password, a locked or an inactive account:
+    each failure verifies one argon2 hash (a locked account used to answer ~2x faster, measured in
+    a browser). Attempts are interleaved and rolled back, so no path changes the accounts' state."""
+    import statistics
+    import time
+
+    from db.auth import set_active
+
+    with Session(engine, expire_on_commit=False) as session:
+        create_annotator("known", SECRET, session=session)
+        create_annotator("locked", SECRET, session=session)
+        create_annotator("inactive", SECRET, session=session)
+        session.exec(select(Annotator).where(Annotator.username == "locked")).one().locked_until = (
+            utcnow() + timedelta(minutes=15))
+        set_active("inactive", False, session=session)
+        session.commit()
+        paths = {"unknown user": ("nobody-here", SECRET), "wrong password": ("known", "wrong-" + SECRET),
+                 "locked (right password)": ("locked", SECRET), "inactive (right password)": ("inactive", SECRET)}
+        timings: dict[str, list[float]] = {name: [] for name in paths}
+        for _round in range(9):
+            for name, (username, password) in paths.items():
+                started = time.perf_counter()
+                assert authenticate(username, password, session=session) is None
+                timings[name].append(time.perf_counter() - started)
+                session.rollback()
+    medians = {name: statistics.median(values) for name, values in timings.items()}
+    fastest, slowest = min(medians.values()), max(medians.values())
+    shown = ", ".join(f"{name} {value * 1000:.1f} ms" for name, value in medians.items())
+    assert slowest / fastest < 1.5, f"failed logins differ in time: {shown}"

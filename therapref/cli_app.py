@@ -38,23 +38,23 @@ def serve(settings: Settings, *, timeout: float = 60) -> None:
         has_accounts = bool(list_annotators(session=session))
     engine.dispose()
     url = app_url(settings.app_host, settings.app_port)
-    with errors():
+    # The handler is in place before the app starts: a SIGTERM that arrived between start and
+    # wait (under load, a test terminating as soon as the banner shows) used to kill this process
+    # and orphan the app. Every exit path below stops the app (SIGTERM, then SIGKILL).
+    with errors(), sigterm_as_interrupt():
         process = start_app(settings.database_url, host=settings.app_host, port=settings.app_port)
         try:
             wait_until_ready(url, timeout, process=process)
-        except BaseException:
-            stop_app(process)
-            raise
-    if not has_accounts:
-        typer.echo("No accounts yet: add one with `therapref annotators add NAME --role admin`.")
-    typer.echo(f"Labeling app running at {url} (database {engine.url.render_as_string(hide_password=True)}). "
-               "Press Ctrl-C to stop.")
-    try:
-        with sigterm_as_interrupt():  # a terminated `therapref app`/`demo` must not orphan the app
+            if not has_accounts:
+                typer.echo("No accounts yet: add one with `therapref annotators add NAME --role admin`.")
+            typer.echo(f"Labeling app running at {url} (database "
+                       f"{engine.url.render_as_string(hide_password=True)}). Press Ctrl-C to stop.")
             code = process.wait()
-    except KeyboardInterrupt:
-        stop_app(process)
-        typer.echo("Stopped.")
-        return
+        except KeyboardInterrupt:
+            stop_app(process)
+            typer.echo("Stopped.")
+            return
+        finally:
+            stop_app(process)
     if code:
         raise typer.Exit(code)

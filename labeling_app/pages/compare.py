@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import streamlit as st
@@ -27,18 +28,31 @@ SHOWN_AT = "_compare_shown_at"
 LAST_AT = "_compare_last_judgment_at"
 
 
-def _values(token: str) -> dict:
+def _screen_id(token: str) -> str:
+    """An opaque id for the pair on screen, used in widget keys (and so in the page's DOM).
+
+    The assignment token stays on the server: it starts with the side shown on the left, and a key
+    in the page must not tell which reply is the comparison's canonical ``a``.
+    """
+    ids = st.session_state.setdefault(state.SCREEN_IDS_KEY, {})
+    if token not in ids:
+        ids.clear()  # one pair on screen at a time; earlier ids are never needed again
+        ids[token] = secrets.token_hex(8)
+    return ids[token]
+
+
+def _values(screen: str) -> dict:
     get = st.session_state.get
-    return {"strength": get(f"strength-{token}"), "flags_left": get(f"flags_left-{token}") or [],
-            "flags_right": get(f"flags_right-{token}") or [], "rationale": get(f"rationale-{token}") or "",
-            "rewrite": get(f"rewrite-{token}") or None}
+    return {"strength": get(f"strength-{screen}"), "flags_left": get(f"flags_left-{screen}") or [],
+            "flags_right": get(f"flags_right-{screen}") or [], "rationale": get(f"rationale-{screen}") or "",
+            "rewrite": get(f"rewrite-{screen}") or None}
 
 
-def _on_submit(token: str, choice: str) -> None:
+def _on_submit(token: str, screen: str, choice: str) -> None:
     user = state.callback_user()
     if user is None:
         return
-    values = _values(token)
+    values = _values(screen)
     shown_at = st.session_state.get(SHOWN_AT, {}).get(token)
     ms_spent = int((time.time() - shown_at) * 1000) if shown_at else None
     try:
@@ -56,11 +70,11 @@ def _on_submit(token: str, choice: str) -> None:
     state.flash("success", "Saved." if created else "Already saved (nothing duplicated).")
 
 
-def _on_skip(token: str) -> None:
+def _on_skip(token: str, screen: str) -> None:
     user = state.callback_user()
     if user is None:
         return
-    reason = st.session_state.get(f"skip_reason-{token}") or SKIP_REASONS[0]
+    reason = st.session_state.get(f"skip_reason-{screen}") or SKIP_REASONS[0]
     try:
         with state.write_session() as session:
             skip(token, session=session, annotator_id=user.id, reason=reason)
@@ -95,12 +109,12 @@ def _conversation(assignment) -> None:
             state.inert_text(message.get("content", ""))
 
 
-def _reply(column, label: str, text: str, side: str, token: str) -> None:
+def _reply(column, label: str, text: str, side: str, screen: str) -> None:
     with column, st.container(border=True):
         st.subheader(label)
         state.inert_text(text)
         st.pills("Safety flags", options=list(SAFETY_FLAGS), format_func=SAFETY_FLAGS.get,
-                 selection_mode="multi", key=f"flags_{side}-{token}")
+                 selection_mode="multi", key=f"flags_{side}-{screen}")
 
 
 def _undo_button() -> None:
@@ -111,44 +125,54 @@ def _undo_button() -> None:
                   help=f"Available for {window} seconds after a judgment.")
 
 
-user = state.require_user()
-settings = state.settings()
-st.title("Which reply is better?")
-state.show_flash()
-with state.write_session() as session:
-    assignment = next_comparison(user.id, session=session, reservation_minutes=settings.reservation_minutes,
-                                 gold_rate=settings.gold_rate)
-
-if assignment is None:
-    st.success("All done: there are no pairs left for you to judge. Thank you!")
-    st.write("New pairs appear here when they are added. You can check your numbers on the progress page.")
-    _undo_button()
-    st.stop()
-
-token = assignment.token
-st.session_state.setdefault(SHOWN_AT, {}).setdefault(token, time.time())
-st.caption(HELP)
-_conversation(assignment)
-with st.form(f"judge-{token}", border=False, enter_to_submit=False):
-    left, right = st.columns(2)
-    _reply(left, "Response A", assignment.left_text, "left", token)
-    _reply(right, "Response B", assignment.right_text, "right", token)
-    st.radio("How much better? (for A or B; keys q / w / e)", options=list(STRENGTHS), format_func=STRENGTHS.get,
-             index=None, horizontal=True, key=f"strength-{token}")
-    st.text_area("Rationale (optional)", key=f"rationale-{token}", height=80,
-                 placeholder="Why? A sentence helps when clinicians disagree.")
-    with st.expander("Rewrite the better reply (optional): what a good reply would say"):
-        st.text_area("Your reply", key=f"rewrite-{token}", height=140, label_visibility="collapsed")
-    buttons = st.columns(4)
-    for column, (choice, label, key) in zip(buttons, CHOICES, strict=True):
-        with column:
-            st.form_submit_button(f"{label} ({key})", key=f"choice-{choice}-{token}", on_click=_on_submit,
-                                  args=(token, choice), type="primary" if choice in ("left", "right") else "secondary",
+@st.fragment
+def judging_panel() -> None:
+    """The pair and its controls. A judgment reruns only this fragment: the title, the sidebar and
+    the navigation are not rebuilt, which is most of what a full rerun costs per key press."""
+    settings = state.settings()
+    if not state.touch_session(settings.session_timeout_minutes):
+        st.rerun()  # signed out for idleness: the whole app redraws as the login page
+    user = state.current_user()
+    state.show_flash()
+    with state.write_session() as session:
+        assignment = next_comparison(user.id, session=session, reservation_minutes=settings.reservation_minutes,
+                                     gold_rate=settings.gold_rate)
+    if assignment is None:
+        st.success("All done: there are no pairs left for you to judge. Thank you!")
+        st.write("New pairs appear here when they are added. You can check your numbers on the progress page.")
+        _undo_button()
+        return
+    token = assignment.token
+    screen = _screen_id(token)
+    st.session_state.setdefault(SHOWN_AT, {}).setdefault(token, time.time())
+    _conversation(assignment)
+    with st.form(f"judge-{screen}", border=False, enter_to_submit=False):
+        left, right = st.columns(2)
+        _reply(left, "Response A", assignment.left_text, "left", screen)
+        _reply(right, "Response B", assignment.right_text, "right", screen)
+        st.radio("How much better? (for A or B; keys q / w / e)", options=list(STRENGTHS),
+                 format_func=STRENGTHS.get, index=None, horizontal=True, key=f"strength-{screen}")
+        st.text_area("Rationale (optional)", key=f"rationale-{screen}", height=80,
+                     placeholder="Why? A sentence helps when clinicians disagree.")
+        with st.expander("Rewrite the better reply (optional): what a good reply would say"):
+            st.text_area("Your reply", key=f"rewrite-{screen}", height=140, label_visibility="collapsed")
+        buttons = st.columns(4)
+        for column, (choice, label, key) in zip(buttons, CHOICES, strict=True):
+            with column:
+                st.form_submit_button(f"{label} ({key})", key=f"choice-{choice}-{screen}", on_click=_on_submit,
+                                      args=(token, screen, choice), width="stretch",
+                                      type="primary" if choice in ("left", "right") else "secondary")
+        reason_column, skip_column = st.columns([3, 1], vertical_alignment="bottom")
+        with reason_column:
+            st.selectbox("Skip reason", SKIP_REASONS, key=f"skip_reason-{screen}")
+        with skip_column:
+            st.form_submit_button("Skip (s)", key=f"skip-{screen}", on_click=_on_skip, args=(token, screen),
                                   width="stretch")
-    reason_column, skip_column = st.columns([3, 1], vertical_alignment="bottom")
-    with reason_column:
-        st.selectbox("Skip reason", SKIP_REASONS, key=f"skip_reason-{token}")
-    with skip_column:
-        st.form_submit_button("Skip (s)", key=f"skip-{token}", on_click=_on_skip, args=(token,), width="stretch")
-_undo_button()
+    _undo_button()
+
+
+state.require_user()
+st.title("Which reply is better?")
+st.caption(HELP)
+judging_panel()
 st.html(shortcut_script(), unsafe_allow_javascript=True)
