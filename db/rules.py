@@ -1,0 +1,76 @@
+"""Pure rules over the data model that every area shares (one definition each, imported everywhere).
+
+Who counts as a clinician, a prompt's conversation as the chatbot sees it, the majority of a
+comparison's votes, and the reply length that the "longer reply wins" baseline compares. They live
+in ``db`` because every area (reward, exports, analytics, candidates, the app) may import ``db`` and
+nothing else below it; see ``docs/architecture.md``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+#: Roles whose judgments are clinicians' (admins are lead clinicians); ``source`` rows are imported
+#: datasets and ``judge:<name>`` annotators are models, never counted as clinicians unless asked.
+CLINICIAN_ROLES: tuple[str, ...] = ("clinician", "admin")
+
+Messages = list[dict[str, Any]]
+
+
+def conversation(messages: Sequence[dict[str, Any]] | None, system: str | None) -> Messages:
+    """The conversation so far as chat messages, led by the system message when there is one and the
+    stored messages do not already start with one. Copies; the input is not changed.
+
+    >>> conversation([{"role": "user", "content": "hi"}], "Be kind.")
+    [{'role': 'system', 'content': 'Be kind.'}, {'role': 'user', 'content': 'hi'}]
+    >>> conversation([{"role": "system", "content": "Stored."}, {"role": "user", "content": "hi"}], "Other.")
+    [{'role': 'system', 'content': 'Stored.'}, {'role': 'user', 'content': 'hi'}]
+    >>> conversation(None, None)
+    []
+    """
+    turns = [dict(message) for message in messages or []]
+    if system and not (turns and turns[0].get("role") == "system"):
+        turns.insert(0, {"role": "system", "content": system})
+    return turns
+
+
+def prompt_conversation(prompt: Any) -> Messages:
+    """``conversation`` of a stored ``Prompt`` (its ``messages`` and ``system_prompt``)."""
+    return conversation(prompt.messages, prompt.system_prompt)
+
+
+def majority_label(preferences: Iterable[str]) -> str | None:
+    """The strict plurality label of a comparison's votes (``a``, ``b``, ``tie`` or ``both_bad``), or
+    None when the top two are level (or there are no votes).
+
+    >>> majority_label(["a", "a", "b"]), majority_label(["a", "b"]), majority_label(["tie", "tie", "a"])
+    ('a', None, 'tie')
+    >>> majority_label([]) is None
+    True
+    """
+    ranked = Counter(preferences).most_common()
+    if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
+        return None
+    return ranked[0][0]
+
+
+def reply_length(text: str) -> int:
+    """The length the "longer reply wins" baseline compares: words (whitespace-separated), so that a
+    reply's length does not depend on punctuation or markup.
+
+    >>> reply_length("It sounds  exhausting.\\nWhat helps?")
+    4
+    """
+    return len(text.split())
+
+
+def longer_side(text_a: str, text_b: str) -> str:
+    """Which reply the length baseline prefers: ``a``, ``b``, or ``tie`` when equally long.
+
+    >>> longer_side("one two three", "one"), longer_side("one", "one two"), longer_side("x y", "y z")
+    ('a', 'b', 'tie')
+    """
+    gap = reply_length(text_a) - reply_length(text_b)
+    return "a" if gap > 0 else ("b" if gap < 0 else "tie")
