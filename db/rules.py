@@ -60,8 +60,8 @@ def reply_length(text: str) -> int:
     """The length the "longer reply wins" baseline compares: words (whitespace-separated), so that a
     reply's length does not depend on punctuation or markup.
 
-    >>> reply_length("It sounds  exhausting.\\nWhat helps?")
-    4
+    >>> reply_length("It sounds  exhausting.\\nWhat helps you?")
+    5
     """
     return len(text.split())
 
