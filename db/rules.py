@@ -61,7 +61,7 @@ def reply_length(text: str) -> int:
     reply's length does not depend on punctuation or markup.
 
     >>> reply_length("It sounds  exhausting.\\nWhat helps you?")
-    5
+    6
     """
     return len(text.split())
 
