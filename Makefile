@@ -35,7 +35,7 @@ app: install
 # folder (an accelerate or Hugging Face config) can make a test pass here and fail elsewhere.
 test: install system-deps
 	@test_home=$$(mktemp -d) && trap 'rm -rf "$$test_home"' EXIT && \
-	  env HOME="$$test_home" -u XDG_CONFIG_HOME -u XDG_CACHE_HOME -u HF_HOME $(PY) -m pytest -q
+	  env -u XDG_CONFIG_HOME -u XDG_CACHE_HOME -u HF_HOME HOME="$$test_home" $(PY) -m pytest -q
 
 lint: install
 	$(VENV)/bin/ruff check .

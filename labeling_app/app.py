@@ -2,8 +2,8 @@
 
 This file is an edge, like the CLI: it reads the settings once per session and decides which
 pages exist for whom. Signed out: only the login page, whatever the address. Clinicians: compare,
-progress, guidelines (admin addresses show "admins only"). Admins: also the admin pages, and the
-analytics dashboard once ``pages/admin_dashboard.py`` (owned by the analytics area) exists.
+progress, guidelines (admin addresses show "admins only"). Admins: also the admin pages, the
+analytics dashboard among them.
 """
 
 from __future__ import annotations
@@ -28,13 +28,8 @@ ADMIN_PAGES = [
     ("admin_progress", "Live progress", ":material/monitoring:"),
     ("admin_annotators", "Annotators", ":material/group:"),
     ("admin_data", "Data", ":material/database:"),
-    # Agreement, annotator quality and leaderboard charts (analytics area); shown when present.
-    ("admin_dashboard", "Analytics", ":material/insights:"),
+    ("admin_dashboard", "Analytics", ":material/insights:"),  # agreement, quality, leaderboard
 ]
-
-
-def _exists(name: str) -> bool:
-    return (PAGES / f"{name}.py").is_file()
 
 
 def _page(file: str, title: str, icon: str, url_path: str, **kwargs) -> st.Page:
@@ -48,7 +43,7 @@ def _aliases(file: str, title: str, names: list[str]) -> list[st.Page]:
 
 def pages_for(user: state.User | None) -> tuple[dict[str, list[st.Page]] | list[st.Page], str]:
     """The navigation for a signed-out user, a clinician or an admin, and where to show it."""
-    admin_names = [name for name, _title, _icon in ADMIN_PAGES if _exists(name)]
+    admin_names = [name for name, _title, _icon in ADMIN_PAGES]
     other_names = [name for name, _title, _icon in CLINICIAN_PAGES if name != "compare"]
     if user is None:
         login = _page("login", "Log in", ":material/login:", HOME, default=True)
@@ -57,7 +52,7 @@ def pages_for(user: state.User | None) -> tuple[dict[str, list[st.Page]] | list[
                 for name, title, icon in CLINICIAN_PAGES]
     if not user.is_admin:
         return {"Labeling": labeling + _aliases("forbidden", "Admins only", admin_names)}, "sidebar"
-    admin = [_page(name, title, icon, name) for name, title, icon in ADMIN_PAGES if _exists(name)]
+    admin = [_page(name, title, icon, name) for name, title, icon in ADMIN_PAGES]
     return {"Labeling": labeling, "Admin": admin}, "sidebar"
 
 

@@ -57,12 +57,7 @@ def any_db_url(request, tmp_path) -> str:
     """A migrated, empty database on a SQLite file and on a real PostgreSQL server."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'therapref.db'}"
-    return request.getfixturevalue("postgresql_url_fixture")
-
-
-@pytest.fixture
-def postgresql_url_fixture(postgres_server) -> str:
-    return postgres_server.create_database(f"t{os.getpid()}_{next(_db_counter)}")
+    return request.getfixturevalue("postgres_url")
 
 
 @pytest.fixture

@@ -21,9 +21,6 @@ DbOption = Annotated[
     typer.Option("--db", help="SQLAlchemy URL or SQLite file (env THERAPREF_DATABASE_URL; default therapref.db)",
                  show_default=False),
 ]
-ConfigOption = Annotated[
-    Optional[str], typer.Option("--settings", help="TOML settings file (default therapref.toml if present)")
-]
 
 
 def settings_for(db: str | None, **overrides) -> Settings:
