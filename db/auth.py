@@ -1,4 +1,8 @@
-"""Password hashing (argon2) and annotator accounts."""
+"""Password hashing (argon2), creating login accounts and logging in.
+
+Admin operations on accounts (add, activate / deactivate, reset password, each with its audit
+event) are in ``db.accounts``; the command line and the app both call those.
+"""
 
 from __future__ import annotations
 
@@ -69,18 +73,10 @@ def create_annotator(
 
 
 def set_password(username: str, password: str, *, session: Session) -> Annotator:
-    annotator = _login_account(username, session=session)
+    annotator = require_login_account(username, session=session)
     annotator.password_hash = hash_password(password)
     annotator.failed_logins = 0
     annotator.locked_until = None
-    session.add(annotator)
-    session.flush()
-    return annotator
-
-
-def set_active(username: str, active: bool, *, session: Session) -> Annotator:
-    annotator = _login_account(username, session=session)
-    annotator.is_active = active
     session.add(annotator)
     session.flush()
     return annotator
@@ -130,7 +126,8 @@ def is_locked(username: str, *, session: Session) -> bool:
     return bool(annotator and annotator.locked_until and annotator.locked_until > utcnow())
 
 
-def _login_account(username: str, *, session: Session) -> Annotator:
+def require_login_account(username: str, *, session: Session) -> Annotator:
+    """The clinician or admin account of that name; ``AccountError`` for none (or an imported source)."""
     annotator = get_annotator(username, session=session)
     if annotator is None or annotator.role == "source":
         raise AccountError(f"no annotator named {username!r}")

@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, case, func, insert, update
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlmodel import Session, SQLModel, select
 
 from db.errors import TheraPrefError
@@ -165,6 +171,98 @@ def get_or_create_source_annotator(dataset: str, *, session: Session) -> Annotat
     return annotator
 
 
+# The one judgment writer. Every judgment (the app's submit, importers, tests) goes through
+# ``insert_judgment``: one INSERT, one place that maps and cleans the fields, one place that keeps
+# ``Comparison.judgments_count`` right. Its statements are Core and built once at import, bound
+# per call: this is the hot path of every click in the app, and bench/load.py (many clinicians at
+# once) and bench/app_queries.py measure it; building statements and the ORM unit of work cost more
+# than the SQL itself. Do not turn them back into ORM calls.
+_JUDGMENT_OF = (
+    select(Judgment.id)
+    .where((Judgment.idempotency_key == bindparam("idempotency_key"))
+           | ((Judgment.comparison_id == bindparam("comparison_id"))
+              & (Judgment.annotator_id == bindparam("annotator_id"))))
+    # A used idempotency key wins over "this annotator already judged this comparison".
+    .order_by(case((Judgment.idempotency_key == bindparam("idempotency_key"), 0), else_=1))
+    .limit(1)
+)
+_INSERT_JUDGMENT = insert(Judgment)
+_COUNT_UP = (update(Comparison).where(Comparison.id == bindparam("comparison_id"))
+             .values(judgments_count=Comparison.judgments_count + 1))
+
+
+def _check_judgment(preferred: str, strength: int | None, margin: float | None) -> None:
+    """Refuse values the data model does not allow, with a one-line reason.
+
+    >>> _check_judgment("left", None, None)
+    Traceback (most recent call last):
+    ...
+    db.crud.DataError: preferred must be one of a, b, tie, both_bad, not 'left'
+    """
+    if preferred not in PREFERENCES:
+        raise DataError(f"preferred must be one of {', '.join(PREFERENCES)}, not {preferred!r}")
+    if strength is not None and strength not in (1, 2, 3):
+        raise DataError("strength must be 1, 2 or 3")
+    if margin is not None and not math.isfinite(margin):
+        raise DataError(f"margin must be a finite number, not {margin!r}")
+
+
+def existing_judgment_id(comparison_id: int, annotator_id: int, *, session: Session,
+                         idempotency_key: str | None = None) -> int | None:
+    """The judgment stored under ``idempotency_key``, else this annotator's judgment of this
+    comparison, else ``None``: what a retry or a second judgment must return instead of writing."""
+    return session.connection().execute(_JUDGMENT_OF, {
+        "idempotency_key": idempotency_key, "comparison_id": comparison_id, "annotator_id": annotator_id,
+    }).scalar()
+
+
+def insert_judgment(
+    comparison_id: int,
+    annotator_id: int,
+    preferred: str,
+    *,
+    session: Session,
+    strength: int | None = None,
+    shown_left: str = "a",
+    flags_a: Sequence[str] = (),
+    flags_b: Sequence[str] = (),
+    rationale: str = "",
+    rewrite: str | None = None,
+    ms_spent: int | None = None,
+    guideline_version: int | None = None,
+    idempotency_key: str | None = None,
+    margin: float | None = None,
+    created_at: datetime | None = None,
+) -> Judgment:
+    """Write one judgment and count it on its comparison; return what was stored (not attached to
+    the session).
+
+    No duplicate check: callers look for an earlier judgment first (``existing_judgment_id``),
+    under whatever lock their path needs; the unique constraints catch a caller that did not.
+    ``margin`` is an imported dataset's own margin (how much more the preferred reply is
+    preferred, on the dataset's scale); clinicians' judgments leave it ``None``.
+    """
+    _check_judgment(preferred, strength, margin)
+    values = {
+        "comparison_id": comparison_id, "annotator_id": annotator_id, "preferred": preferred,
+        "strength": strength, "shown_left": shown_left, "flags_a": list(flags_a or ()),
+        "flags_b": list(flags_b or ()), "rationale": (rationale or "").strip(),
+        "rewrite": (rewrite or "").strip() or None,
+        "ms_spent": max(0, int(ms_spent)) if ms_spent is not None else None,
+        "guideline_version": guideline_version, "idempotency_key": idempotency_key,
+        "margin": float(margin) if margin is not None else None, "created_at": created_at or utcnow(),
+    }
+    conn = session.connection()  # Core on the connection: no ORM unit of work per judgment
+    judgment_id = conn.execute(_INSERT_JUDGMENT, values).inserted_primary_key[0]
+    conn.execute(_COUNT_UP, {"comparison_id": comparison_id})
+    # The UPDATE bypassed the ORM: a loaded Comparison would still show the old count. Mark the
+    # new one as loaded (not as a change, so no flush writes it back).
+    loaded = session.identity_map.get(identity_key(Comparison, comparison_id))
+    if loaded is not None and "judgments_count" in loaded.__dict__:  # expired: the next read reloads
+        set_committed_value(loaded, "judgments_count", (loaded.judgments_count or 0) + 1)
+    return Judgment(id=judgment_id, **values)
+
+
 def add_judgment(
     comparison: Comparison,
     annotator: Annotator,
@@ -180,33 +278,27 @@ def add_judgment(
     ms_spent: int | None = None,
     guideline_version: int | None = None,
     idempotency_key: str | None = None,
+    margin: float | None = None,
 ) -> tuple[Judgment, bool]:
-    """Record one judgment; a second one by the same annotator (or with a used idempotency key)
-    returns the stored one with ``created=False`` instead of duplicating."""
-    if preferred not in PREFERENCES:
-        raise DataError(f"preferred must be one of {', '.join(PREFERENCES)}, not {preferred!r}")
-    if strength is not None and strength not in (1, 2, 3):
-        raise DataError("strength must be 1, 2 or 3")
-    if idempotency_key:
-        same_key = session.exec(select(Judgment).where(Judgment.idempotency_key == idempotency_key)).first()
-        if same_key is not None:
-            return same_key, False
-    existing = session.exec(
-        select(Judgment).where(Judgment.comparison_id == comparison.id,
-                               Judgment.annotator_id == annotator.id)
-    ).first()
-    if existing is not None:
-        return existing, False
-    judgment = Judgment(
-        comparison_id=comparison.id, annotator_id=annotator.id, preferred=preferred,
-        strength=strength, shown_left=shown_left, flags_a=list(flags_a or []),
-        flags_b=list(flags_b or []), rationale=rationale or "", rewrite=rewrite or None,
+    """Record one judgment (importers, scripts, tests; the app uses ``db.assignment.submit_judgment``).
+    A second one by the same annotator (or with a used idempotency key) returns the stored one with
+    ``created=False`` instead of duplicating. Writes through ``insert_judgment``; the returned
+    judgment is attached to the session."""
+    _check_judgment(preferred, strength, margin)  # before the look-up, as a bad call should fail
+    session.flush()  # rows added but not yet flushed (the comparison, the annotator) need their ids
+    idempotency_key = idempotency_key or None  # "" is no key (and must not collide with another "")
+    previous_id = existing_judgment_id(comparison.id, annotator.id, session=session,
+                                       idempotency_key=idempotency_key)
+    if previous_id is not None:
+        return session.get(Judgment, previous_id), False
+    judgment = insert_judgment(
+        comparison.id, annotator.id, preferred, session=session, strength=strength, shown_left=shown_left,
+        flags_a=flags_a or (), flags_b=flags_b or (), rationale=rationale, rewrite=rewrite,
         ms_spent=ms_spent, guideline_version=guideline_version, idempotency_key=idempotency_key,
-    )
+        margin=margin)
+    # Attach without a SELECT: the row was just written with exactly these values.
+    make_transient_to_detached(judgment)
     session.add(judgment)
-    comparison.judgments_count = (comparison.judgments_count or 0) + 1
-    session.add(comparison)
-    session.flush()
     return judgment, True
 
 
@@ -278,6 +370,7 @@ def database_fingerprint(*, session: Session) -> str:
 __all__ = [
     "DataError", "validate_messages", "get_or_create_prompt", "get_or_create_candidate",
     "add_response", "add_comparison", "get_or_create_source_annotator", "add_judgment",
+    "existing_judgment_id", "insert_judgment",
     "current_guideline", "add_guideline_version", "audit", "table_counts", "counts_by_source",
     "counts_by_candidate", "database_fingerprint", "normalize_text", "utcnow",
 ]

@@ -161,6 +161,10 @@ class Judgment(SQLModel, table=True):
     guideline_version: Optional[int] = None
     idempotency_key: Optional[str] = Field(default=None, unique=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+    # An imported dataset's own margin (how much more the preferred reply is preferred, on the
+    # dataset's scale: TRL ``margin``, Counsel Chat upvote difference); NULL for clinicians and for
+    # datasets that give none. Added by migration 0003 (it used to live in the rationale text).
+    margin: Optional[float] = None
 
     __table_args__ = (
         UniqueConstraint("comparison_id", "annotator_id", name="uq_judgment_once"),

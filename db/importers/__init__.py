@@ -33,7 +33,6 @@ from db.importers.base import (
     ImportRun,
     ImportSummary,
     check_dataset,
-    imported_margin,
     is_gzip,
     iter_lines,
     slug,
@@ -160,5 +159,5 @@ def import_preferences(path: str | Path, *, session: Session, format: str | None
 __all__ = [
     "ImportFormatError", "ImportSummary", "CounselChatRow", "PROMPT_FORMATS", "PREFERENCE_FORMATS",
     "MAX_LINE_BYTES", "detect_format", "import_prompts", "import_preferences", "iter_counselchat_rows",
-    "clean_text", "imported_margin", "is_gzip",
+    "clean_text", "is_gzip",
 ]

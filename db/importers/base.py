@@ -234,30 +234,14 @@ def slug(text: str) -> str:
 
 # --------------------------------------------------------------------------- writing
 
-MARGIN_PATTERN = re.compile(r"(?:^|; )margin=([-+0-9.eE]+|inf|nan)(?:;|$)")
+def import_rationale(dataset: str, where: str) -> str:
+    """The rationale stored on an imported judgment: where it came from (the dataset's margin has
+    its own column, ``Judgment.margin``).
 
-
-def import_rationale(dataset: str, where: str, margin: float | None) -> str:
-    """The rationale stored on an imported judgment (machine-readable; see ``imported_margin``).
-
-    >>> import_rationale("trl", "p.jsonl line 4", 0.5)
-    'imported from trl (p.jsonl line 4); margin=0.5'
+    >>> import_rationale("trl", "p.jsonl line 4")
+    'imported from trl (p.jsonl line 4)'
     """
-    text = f"imported from {dataset} ({where})"
-    return text + (f"; margin={margin!r}" if margin is not None else "")
-
-
-def imported_margin(rationale: str | None) -> float | None:
-    """The dataset's margin (how much more the chosen reply is preferred) of an imported judgment,
-    or ``None`` when the dataset gave none. Read it from ``Judgment.rationale``.
-
-    >>> imported_margin(import_rationale("trl", "p.jsonl line 4", 1.25))
-    1.25
-    >>> imported_margin("imported from hh-rlhf (x line 1)") is None
-    True
-    """
-    match = MARGIN_PATTERN.search(rationale or "")
-    return float(match.group(1)) if match else None
+    return f"imported from {dataset} ({where})"
 
 
 class ImportRun:
@@ -371,7 +355,7 @@ class ImportRun:
         preferred = "a" if comparison.response_a_id == chosen.id else "b"
         judgment, created = add_judgment(
             comparison, self.annotator(dataset), preferred, session=self.session, strength=strength,
-            rationale=import_rationale(dataset, where, margin))
+            rationale=import_rationale(dataset, where), margin=margin)
         if not created and judgment.preferred != preferred:
             self.skip("contradicts an earlier pair of this dataset")
             self._touched.append(judgment)
