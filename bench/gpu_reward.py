@@ -157,7 +157,7 @@ def main() -> None:
 
     transformers.logging.set_verbosity_error()
     from candidates.embedded import smollm2_hf_path
-    from reward.data import counselchat_pairs
+    from reward.data import read_preference_file
     from reward.pairs import cap_pairs_per_prompt, split_by_prompt
 
     t0 = time.perf_counter()
@@ -170,7 +170,7 @@ def main() -> None:
           + (" (random weights, SmolLM2 architecture: throughput only)" if random_decoder else ""), flush=True)
     minilm = args.minilm or "embedded"
     data = Path(args.data) if args.data else find_data()
-    pairs = counselchat_pairs(data) if data else synthetic_pairs()
+    pairs = read_preference_file(data, format="counselchat-upvotes", margins=False) if data else synthetic_pairs()
     train, held = split_by_prompt(pairs, eval_fraction=0.25, seed=0)
     held = cap_pairs_per_prompt(held, cap=5, seed=0)
     sizes = {"minilm": (32, 512), "smollm2": (16, 512)}

@@ -34,11 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from reward.config import load_config  # noqa: E402
-from reward.data import counselchat_pairs  # noqa: E402
+from reward.data import read_preference_file  # noqa: E402
 from reward.encoding import render_context  # noqa: E402
 from reward.metrics import evaluation_report  # noqa: E402
 from reward.pairs import cap_pairs_per_prompt, split_by_prompt  # noqa: E402
-from reward.train import resolve_base_model, train_reward_model  # noqa: E402
+from reward.resources import default_threads, resolve_base_model  # noqa: E402
+from reward.train import train_reward_model  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "counsel_chat.csv"
 
@@ -159,12 +160,10 @@ def main() -> None:
     parser.add_argument("--skip-speed", action="store_true")
     args = parser.parse_args()
     quiet()
-    pairs = counselchat_pairs(DATA)
+    pairs = read_preference_file(DATA, format="counselchat-upvotes", margins=False)
     print(f"Counsel Chat: {len(pairs)} pairs over {len({p.prompt_key for p in pairs})} questions; "
           f"{args.seeds} seeds, {args.steps} steps × {args.batch_size} pairs, max_length {args.max_length}, "
           f"lowest {args.freeze_layers} layers frozen, hybrid length feature on", flush=True)
-    from reward.train import default_threads
-
     args.plain_threads = torch_threads()  # the plain script keeps torch's default
     print(f"toolkit CPU threads: {default_threads()} (plain TRL: torch default {args.plain_threads})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -111,7 +111,7 @@ def log(message: str) -> None:
 
 
 def prepare_train(pairs: Sequence[PreferencePair], cfg: Sweep) -> list[PreferencePair]:
-    """Training pairs for ``cfg``; their ``margin`` comes in as the upvote gap (counselchat_pairs(upvote_margin))."""
+    """Training pairs for ``cfg``; their ``margin`` comes in as the upvote gap (read_preference_file's default)."""
     kept = [p for p in pairs if p.margin >= cfg.min_upvote_gap]
     out = []
     for p in kept:
@@ -363,12 +363,12 @@ def main() -> None:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # "Loading weights", "Writing model shards"
-    from reward.data import counselchat_pairs
+    from reward.data import read_preference_file
 
     data = Path(args.data) if args.data else find_data()
     if data is None:
         sys.exit("no counsel_chat.csv found (pass --data)")
-    pairs = counselchat_pairs(data, upvote_margin=True)
+    pairs = read_preference_file(data, format="counselchat-upvotes")
     out_json = Path(args.json) if args.json else (Path(os.environ["OUT"]) / "reward_sweep.json"
                                                   if os.environ.get("OUT") else None)
     env = environment()

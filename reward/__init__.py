@@ -10,7 +10,7 @@ from reward.scoring import BestOfN, RewardModel, best_of_n, best_of_n_many
 __all__ = [
     "RewardError", "PairStats", "PreferencePair", "Vote", "build_pairs", "split_by_prompt", "RewardModel",
     "BestOfN", "best_of_n", "best_of_n_many", "train_reward_model", "load_config", "TheraRewardConfig",
-    "evaluate_model", "score_responses", "best_responses",
+    "evaluate_model", "score_responses", "best_responses", "train_and_record", "read_preference_file",
 ]
 
 
@@ -27,6 +27,14 @@ def __getattr__(name: str):
         from reward.evaluate import evaluate_model
 
         return evaluate_model
+    if name == "train_and_record":
+        from reward.run import train_and_record
+
+        return train_and_record
+    if name == "read_preference_file":
+        from reward.data import read_preference_file
+
+        return read_preference_file
     if name in ("score_responses", "best_responses"):
         from reward import store
 

@@ -12,9 +12,8 @@ from typing import Any
 from trl import RewardConfig
 
 from reward.errors import RewardError
+from reward.resources import EMBEDDED_BASE, accelerator_present, cpu_supports_bf16, gpu_supports_bf16
 
-EMBEDDED_BASE = "embedded"
-SMOLLM2_BASE = "smollm2"
 #: Our own fields (also written to the model folder and the RewardModelRun row).
 THERAPREF_FIELDS = (
     "base_model", "sources", "aggregation", "margin_mapping", "guideline_versions", "eval_fraction",
@@ -27,22 +26,6 @@ RECORDED_TRAINING_FIELDS = (
     "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type", "seed", "bf16",
     "train_sampling_strategy", "center_rewards_coefficient", "activation_checkpointing",
 )
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _accelerator_present() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-                or torch.backends.mps.is_available())
 
 
 @dataclass
@@ -96,6 +79,8 @@ class TheraRewardConfig(RewardConfig):
     max_length: int | None = field(default=512, metadata={
         "help": "Tokens per sequence; longer pairs are truncated (context from the left), never dropped."})
     learning_rate: float = field(default=5e-5, metadata={"help": "The initial learning rate for AdamW."})
+    per_device_train_batch_size: int = field(default=8, metadata={"help": "Pairs per device per step."})
+    seed: int = field(default=42, metadata={"help": "Seed for the split, the reward head and the data order."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Total number of training epochs."})
     gradient_checkpointing: bool | None = field(default=None, metadata={
         "help": "Deprecated alias of activation_checkpointing (kept for TRL)."})
@@ -118,14 +103,9 @@ class TheraRewardConfig(RewardConfig):
             raise RewardError(f"eval_fraction must be in [0, 1), not {self.eval_fraction}")
         if self.max_length is not None and self.max_length < 16:
             raise RewardError(f"max_length {self.max_length} is too small (at least 16 tokens)")
-        accelerator = _accelerator_present()
+        accelerator = accelerator_present()
         if self.bf16 is None:
-            if accelerator:
-                import torch
-
-                self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-            else:
-                self.bf16 = cpu_supports_bf16()
+            self.bf16 = gpu_supports_bf16() if accelerator else cpu_supports_bf16()
         if not accelerator:
             # Without it transformers builds its accelerate state with cpu=False, which on a machine
             # with no GPU means "not distributed" even under `accelerate launch`/torchrun: every
@@ -139,7 +119,17 @@ class TheraRewardConfig(RewardConfig):
 
 
 def config_fields() -> dict[str, dataclasses.Field]:
+    """Every setting a TOML file or a flag may set, by name."""
     return {f.name: f for f in dataclasses.fields(TheraRewardConfig) if f.init}
+
+
+def field_help(name: str) -> str:
+    """A setting's help text, written once on its field here (``therapref train --help`` shows it).
+
+    >>> field_help("lora_r")
+    'LoRA rank.'
+    """
+    return str(config_fields()[name].metadata.get("help", ""))
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TheraRewardConfig:

@@ -7,7 +7,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from reward.pairs import PreferencePair, length_words
+from db.rules import longer_side
+from reward.pairs import PreferencePair
 
 
 def sigmoid(x: float) -> float:
@@ -80,7 +81,8 @@ def evaluation_report(pairs: Sequence[PreferencePair], chosen: Sequence[float], 
                       *, n_bins: int = 10) -> dict[str, Any]:
     """Accuracy with a 95% CI next to the length baseline, shorter-wins accuracy, per-source accuracy, ECE.
 
-    Lengths are in words; equal lengths and equal scores count as half right.
+    Lengths are in words (``db.rules.reply_length``, the unit `therapref report` uses too); equal lengths
+    and equal scores count as half right.
 
     >>> ps = [PreferencePair((), "a long reply here", "short", "p1"), PreferencePair((), "ok", "a long one", "p2")]
     >>> r = evaluation_report(ps, [1.0, 0.2], [0.0, 0.5])
@@ -90,10 +92,11 @@ def evaluation_report(pairs: Sequence[PreferencePair], chosen: Sequence[float], 
     diffs = [c - r for c, r in zip(chosen, rejected, strict=True)]
     n = len(diffs)
     correct = sum(1 for d in diffs if d > 0) + 0.5 * sum(1 for d in diffs if d == 0)
-    gaps = [length_words(p.chosen) - length_words(p.rejected) for p in pairs]
-    longer_right = sum(1.0 if g > 0 else (0.5 if g == 0 else 0.0) for g in gaps)
-    shorter = [d for d, g in zip(diffs, gaps, strict=True) if g < 0]
-    longer = [d for d, g in zip(diffs, gaps, strict=True) if g > 0]
+    # The chosen reply is side "a": the baseline is right when the chosen one is the longer.
+    longer_sides = [longer_side(p.chosen, p.rejected) for p in pairs]
+    longer_right = sum(1.0 if side == "a" else (0.5 if side == "tie" else 0.0) for side in longer_sides)
+    shorter = [d for d, side in zip(diffs, longer_sides, strict=True) if side == "b"]
+    longer = [d for d, side in zip(diffs, longer_sides, strict=True) if side == "a"]
     by_source: dict[str, list[float]] = defaultdict(list)
     for pair, d in zip(pairs, diffs, strict=True):
         by_source[pair.source].append(d)

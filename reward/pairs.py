@@ -14,9 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from db.rules import CLINICIAN_ROLES, majority_label, reply_length
 from reward.errors import RewardError
 
-CLINICIAN_ROLES = ("clinician", "admin")
 CLINICIANS = "clinicians"
 
 
@@ -267,8 +267,8 @@ def build_pairs(
             counts = Counter(v.preferred for v in group)
             stats.ties += counts["tie"]
             stats.both_bad += counts["both_bad"]
-            (top, top_n), *rest = counts.most_common() + [("", 0)]
-            if top not in ("a", "b") or top_n <= rest[0][1]:
+            top = majority_label(v.preferred for v in group)
+            if top not in ("a", "b"):  # a split vote, or a tie / both_bad majority: nothing to learn
                 stats.no_majority += 1
                 continue
             winners = [v for v in group if v.preferred == top]
@@ -329,13 +329,9 @@ def cap_pairs_per_prompt(pairs: Sequence[PreferencePair], *, cap: int, seed: int
     return kept
 
 
-def length_words(text: str) -> int:
-    """Words in a reply (the unit of the length baseline).
-
-    >>> length_words("I hear you.  That sounds hard")
-    6
-    """
-    return len(text.split())
+# The length baseline's unit is owned by db.rules; this name stays only because reward/scoring.py
+# and bench/reward_sweep.py still import it from here.
+length_words = reply_length
 
 
 def log_length_gap(pair: PreferencePair) -> float:
@@ -344,4 +340,4 @@ def log_length_gap(pair: PreferencePair) -> float:
     >>> round(log_length_gap(PreferencePair((), "a b c", "a", "p")), 3)
     0.693
     """
-    return math.log1p(length_words(pair.chosen)) - math.log1p(length_words(pair.rejected))
+    return math.log1p(reply_length(pair.chosen)) - math.log1p(reply_length(pair.rejected))

@@ -11,6 +11,7 @@ from typing import Any
 
 from reward.errors import RewardError
 from reward.pairs import PreferencePair, length_words, messages_key
+from reward.resources import load_kwargs
 
 META_FILE = "therapref_reward.json"
 
@@ -54,8 +55,6 @@ class RewardModel:
             raise RewardError(f"{path}: not a model folder (no config.json)")
         meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
         tokenizer = AutoTokenizer.from_pretrained(str(path))
-        from reward.train import load_kwargs
-
         extra = load_kwargs(str(path)) or {"num_labels": 1}
         model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype or torch.float32, **extra)
         if device is None:
@@ -125,6 +124,16 @@ class BestOfN:
     scores: list[float]
 
 
+def best_index(scores: Sequence[float]) -> int:
+    """Where the highest score is; the first of equal scores, so that a stable order of the replies
+    (e.g. by response id) decides ties.
+
+    >>> best_index([0.1, 0.7, 0.7]), best_index([-2.0])
+    (1, 0)
+    """
+    return max(range(len(scores)), key=lambda i: (scores[i], -i))
+
+
 def best_of_n(model: RewardModel, messages: Any, replies: Sequence[str]) -> BestOfN:
     """Pick the highest-reward reply for one conversation (ties: the first).
 
@@ -132,22 +141,19 @@ def best_of_n(model: RewardModel, messages: Any, replies: Sequence[str]) -> Best
     """
     if not replies:
         raise RewardError("best-of-n needs at least one reply")
-    scores = model.score_batch([(messages, r) for r in replies])
-    index = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    return BestOfN(index=index, reply=replies[index], scores=scores)
+    return best_of_n_many(model, [(messages, replies)])[0]
 
 
 def best_of_n_many(model: RewardModel, groups: Sequence[tuple[Any, Sequence[str]]]) -> list[BestOfN]:
     """Best-of-n for many prompts in one batched scoring pass."""
-    flat = [(messages, reply) for messages, replies in groups for reply in replies]
-    scores = model.score_batch(flat)
+    if any(not replies for _messages, replies in groups):
+        raise RewardError("best-of-n needs at least one reply per prompt")
+    scores = model.score_batch([(messages, reply) for messages, replies in groups for reply in replies])
     out, at = [], 0
     for _messages, replies in groups:
-        if not replies:
-            raise RewardError("best-of-n needs at least one reply per prompt")
         chunk = scores[at:at + len(replies)]
         at += len(replies)
-        index = max(range(len(chunk)), key=lambda i: (chunk[i], -i))
+        index = best_index(chunk)
         out.append(BestOfN(index=index, reply=replies[index], scores=chunk))
     return out
 
@@ -158,4 +164,4 @@ def pick_best(scored: Mapping[Any, Sequence[tuple[Any, float]]]) -> dict[Any, An
     >>> pick_best({1: [(10, 0.2), (11, 0.9)], 2: [(12, -1.0)]})
     {1: 11, 2: 12}
     """
-    return {group: max(items, key=lambda pair: pair[1])[0] for group, items in scored.items() if items}
+    return {group: items[best_index([score for _, score in items])][0] for group, items in scored.items() if items}

