@@ -8,13 +8,16 @@ scale: ``anchor + scale / ln(10) · (β − β_ref)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from analytics.stats import bootstrap_weights
 
 MAX_STEP = 2.0
+
+Player = TypeVar("Player", bound=Hashable)
 
 
 def design_matrix(index_a: np.ndarray, index_b: np.ndarray, n_models: int,
@@ -68,6 +71,47 @@ def fit_logistic(x: np.ndarray, trials: np.ndarray, successes: np.ndarray, *, ri
         theta[idx] += step
         active[idx] = largest > tol
     return theta
+
+
+def bradley_terry_strengths(battles: Iterable[tuple[Player, Player, float, float]], *, prior: float = 0.5,
+                            ridge: float = 0.0) -> dict[Player, float]:
+    """Log-strengths β of the players of ``battles``, each ``(player a, player b, a's wins, b's wins)``.
+
+    Wins are vote weights and may be fractional (a tie is half a win to each side); battles between
+    the same two players add up. ``prior`` pseudo-wins and as many pseudo-losses against a virtual
+    player of β = 0 pull every player towards it: an unbeaten player stays finite and β has an
+    absolute zero (the maximum of the same likelihood that Hunter's MM algorithm climbs). ``ridge``
+    adds a Gaussian penalty on β instead of, or on top of, the prior.
+
+    >>> s = bradley_terry_strengths([(1, 2, 3.0, 1.0), (2, 3, 2.0, 0.0)])
+    >>> sorted(s, key=s.get, reverse=True)
+    [1, 2, 3]
+    >>> s = bradley_terry_strengths([("x", "y", 1.5, 0.5)], prior=0.0, ridge=1e-9)
+    >>> round(s["x"] - s["y"], 4), round(math.log(3), 4)
+    (1.0986, 1.0986)
+    >>> bradley_terry_strengths([])
+    {}
+    """
+    index: dict[Player, int] = {}
+    totals: dict[tuple[int, int], list[float]] = {}  # one design row per ordered pair of players
+    for player_a, player_b, wins_a, wins_b in battles:
+        ia, ib = index.setdefault(player_a, len(index)), index.setdefault(player_b, len(index))
+        row = totals.setdefault((ia, ib), [0.0, 0.0])
+        row[0] += float(wins_a)
+        row[1] += float(wins_b)
+    if not index:
+        return {}
+    n = len(index)
+    pairs = list(totals)
+    x = design_matrix(np.array([a for a, _ in pairs], dtype=int), np.array([b for _, b in pairs], dtype=int), n)
+    successes = np.array([totals[pair][0] for pair in pairs])
+    trials = successes + np.array([totals[pair][1] for pair in pairs])
+    if prior > 0:  # the virtual opponent has β = 0, so its rows only carry the player's own column
+        x = np.vstack([x, np.eye(n)])
+        successes = np.concatenate([successes, np.full(n, prior)])
+        trials = np.concatenate([trials, np.full(n, 2 * prior)])
+    theta = fit_logistic(x, trials[None, :], successes[None, :], ridge=ridge)[0]
+    return {player: float(theta[i]) for player, i in index.items()}
 
 
 def to_ratings(beta: np.ndarray, *, scale: float = 400.0, anchor_rating: float = 1000.0,

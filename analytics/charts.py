@@ -119,5 +119,5 @@ def safety_chart(summary: AnalyticsSummary) -> alt.Chart | None:
         tooltip=["model", "flag", "count", "judged", "share flagged"]).properties(height=260)
 
 
-CHARTS = {"progress": progress_chart, "agreement": agreement_chart, "annotators": annotators_chart,
-          "leaderboard": leaderboard_chart, "win_matrix": win_matrix_chart, "safety_flags": safety_chart}
+ALTAIR_CHARTS = {"progress": progress_chart, "agreement": agreement_chart, "annotators": annotators_chart,
+                 "leaderboard": leaderboard_chart, "win_matrix": win_matrix_chart, "safety_flags": safety_chart}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from db.rules import CLINICIAN_ROLES
+
 JUDGES = ("clinicians", "imported", "all")
 
 
@@ -51,5 +53,5 @@ class AnalyticsConfig:
         >>> AnalyticsConfig(judges="all").roles
         ('clinician', 'admin', 'source')
         """
-        return {"clinicians": ("clinician", "admin"), "imported": ("source",),
-                "all": ("clinician", "admin", "source")}[self.judges]
+        return {"clinicians": CLINICIAN_ROLES, "imported": ("source",),
+                "all": (*CLINICIAN_ROLES, "source")}[self.judges]

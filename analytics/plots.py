@@ -57,7 +57,7 @@ def _empty(title: str, message: str) -> bytes:
     return _png(fig)
 
 
-def progress_chart(summary: AnalyticsSummary) -> bytes:
+def progress_png(summary: AnalyticsSummary) -> bytes:
     rows = summary.progress
     if not rows:
         return _empty("Progress", "No judgments yet")
@@ -86,7 +86,7 @@ def _interval_bars(ax, labels, values, lows, highs, color) -> None:  # noqa: ANN
     ax.invert_yaxis()
 
 
-def agreement_chart(summary: AnalyticsSummary) -> bytes:
+def agreement_png(summary: AnalyticsSummary) -> bytes:
     agreement = summary.agreement
     blocks = [agreement.preference, *[f for f in agreement.flags if math.isfinite(f.alpha.value)]]
     if agreement.n_comparisons == 0 or not math.isfinite(agreement.preference.alpha.value):
@@ -113,7 +113,7 @@ def agreement_chart(summary: AnalyticsSummary) -> bytes:
     return _png(fig)
 
 
-def annotators_chart(summary: AnalyticsSummary) -> bytes:
+def annotators_png(summary: AnalyticsSummary) -> bytes:
     rows = summary.quality
     if not rows:
         return _empty("Annotators", "No judgments yet")
@@ -139,7 +139,7 @@ def annotators_chart(summary: AnalyticsSummary) -> bytes:
     return _png(fig)
 
 
-def leaderboard_chart(summary: AnalyticsSummary) -> bytes:
+def leaderboard_png(summary: AnalyticsSummary) -> bytes:
     board, controlled = summary.leaderboard.overall, summary.leaderboard.length_controlled
     if not board.ratings:
         return _empty("Leaderboard", board.note or "No battles between candidate models yet")
@@ -162,7 +162,7 @@ def leaderboard_chart(summary: AnalyticsSummary) -> bytes:
     return _png(fig)
 
 
-def win_matrix_chart(summary: AnalyticsSummary) -> bytes:
+def win_matrix_png(summary: AnalyticsSummary) -> bytes:
     matrix = summary.leaderboard.matrix
     if len(matrix.models) < 2:
         return _empty("Win rates", "Needs battles between at least two candidate models")
@@ -182,7 +182,7 @@ def win_matrix_chart(summary: AnalyticsSummary) -> bytes:
     return _png(fig)
 
 
-def safety_chart(summary: AnalyticsSummary) -> bytes:
+def safety_png(summary: AnalyticsSummary) -> bytes:
     rows = summary.flags
     if not rows or not any(sum(r.counts.values()) for r in rows):
         return _empty("Safety flags", "No safety flags raised" if rows else "No judgments yet")
@@ -200,7 +200,7 @@ def safety_chart(summary: AnalyticsSummary) -> bytes:
     return _png(fig)
 
 
-def reward_chart(summary: AnalyticsSummary) -> bytes:
+def reward_png(summary: AnalyticsSummary) -> bytes:
     reward = summary.reward
     if reward is None or reward.n_items == 0:
         return _empty("Reward model", "No comparison with a clear majority to compare against")
@@ -216,17 +216,17 @@ def reward_chart(summary: AnalyticsSummary) -> bytes:
     return _png(fig)
 
 
-CHARTS: dict[str, Callable[[AnalyticsSummary], bytes]] = {
-    "progress": progress_chart,
-    "agreement": agreement_chart,
-    "annotators": annotators_chart,
-    "leaderboard": leaderboard_chart,
-    "win_matrix": win_matrix_chart,
-    "safety_flags": safety_chart,
-    "reward_model": reward_chart,
+PNG_CHARTS: dict[str, Callable[[AnalyticsSummary], bytes]] = {
+    "progress": progress_png,
+    "agreement": agreement_png,
+    "annotators": annotators_png,
+    "leaderboard": leaderboard_png,
+    "win_matrix": win_matrix_png,
+    "safety_flags": safety_png,
+    "reward_model": reward_png,
 }
 
 
-def render_charts(summary: AnalyticsSummary) -> dict[str, bytes]:
+def render_pngs(summary: AnalyticsSummary) -> dict[str, bytes]:
     """PNG bytes per chart name (the reward chart only when the summary has that section)."""
-    return {name: draw(summary) for name, draw in CHARTS.items() if name != "reward_model" or summary.reward}
+    return {name: draw(summary) for name, draw in PNG_CHARTS.items() if name != "reward_model" or summary.reward}

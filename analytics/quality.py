@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -13,6 +12,7 @@ from scipy.stats import binomtest
 
 from analytics.records import JudgmentRecord, by_comparison
 from analytics.stats import Estimate
+from db.rules import majority_label
 
 
 def proportion(successes: int, trials: int, confidence: float = 0.95) -> Estimate:
@@ -75,13 +75,9 @@ def leave_one_out_majority(records: Sequence[JudgmentRecord]) -> dict[int, str]:
     result: dict[int, str] = {}
     for group in by_comparison(records).values():
         for record in group:
-            others = Counter(r.preferred for r in group if r.annotator != record.annotator)
-            if not others:
-                continue
-            (top, count), *rest = others.most_common()
-            if rest and rest[0][1] == count:
-                continue
-            result[record.judgment_id] = top
+            top = majority_label(r.preferred for r in group if r.annotator != record.annotator)
+            if top is not None:  # None: nobody else judged it, or the others' vote is split
+                result[record.judgment_id] = top
     return result
 
 

@@ -15,8 +15,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from db.models import Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
-
-CLINICIAN_ROLES = ("clinician", "admin")
+from db.rules import CLINICIAN_ROLES
 
 
 @dataclass(frozen=True)

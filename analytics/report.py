@@ -242,18 +242,18 @@ def write_report(summary: AnalyticsSummary, output: str | Path) -> ReportFiles:
     Everything is rendered in memory first; each file is then written to a temporary name and
     renamed, so an interrupted run never leaves a half-written file.
     """
-    from analytics.plots import CHARTS, render_charts
+    from analytics.plots import PNG_CHARTS, render_pngs
 
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise AnalyticsError(f"{output}: exists and is not a directory")
     doc = build_document(summary)
-    charts = render_charts(summary)
+    charts = render_pngs(summary)
     html_text = to_html(doc, charts)
     markdown = to_markdown(doc)
     data = json.dumps(summary.as_dict(), indent=2, sort_keys=True, default=str)
     (output / "charts").mkdir(parents=True, exist_ok=True)
-    for stale in set(CHARTS) - set(charts):  # e.g. a reward chart from an earlier run with a model
+    for stale in set(PNG_CHARTS) - set(charts):  # e.g. a reward chart from an earlier run with a model
         (output / "charts" / f"{stale}.png").unlink(missing_ok=True)
     chart_paths = []
     for name, png in charts.items():

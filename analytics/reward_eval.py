@@ -8,7 +8,6 @@ loads ``reward.RewardModel`` lazily.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -16,9 +15,9 @@ import numpy as np
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
-from analytics.records import CLINICIAN_ROLES
 from analytics.stats import Estimate, bootstrap_estimate
 from db.models import Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
+from db.rules import CLINICIAN_ROLES, longer_side, majority_label, prompt_conversation, reply_length
 
 Scorer = Callable[[list[dict[str, str]], str], float]
 
@@ -37,26 +36,6 @@ class MajorityItem:
     model_b: str = ""
     response_a_id: int = 0
     response_b_id: int = 0
-
-
-def majority_label(preferences: Iterable[str]) -> str | None:
-    """The strict plurality label, or None on a tied vote.
-
-    >>> majority_label(["a", "a", "b"]), majority_label(["a", "b"]), majority_label(["tie", "tie", "a"])
-    ('a', None, 'tie')
-    """
-    ranked = Counter(preferences).most_common()
-    if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
-        return None
-    return ranked[0][0]
-
-
-def prompt_conversation(prompt: Prompt) -> list[dict[str, str]]:
-    """The stored conversation, the system message first when the prompt has one (as in training)."""
-    messages = [dict(m) for m in prompt.messages or []]
-    if prompt.system_prompt and not (messages and messages[0].get("role") == "system"):
-        messages.insert(0, {"role": "system", "content": prompt.system_prompt})
-    return messages
 
 
 def majority_items(
@@ -139,9 +118,9 @@ def score_items(items: Sequence[MajorityItem], scorer: Scorer | object) -> list[
     """(score a, score b) per item; each distinct reply is scored once, in one batch when the scorer
     has ``score_batch`` (as ``reward.RewardModel`` does).
 
-    >>> item = MajorityItem(1, [], "short", "longer reply", "b", 2)
+    >>> item = MajorityItem(1, [], "short", "a longer reply", "b", 2)
     >>> score_items([item], length_scorer)
-    [(5.0, 12.0)]
+    [(1.0, 3.0)]
     """
     keys, inputs = {}, []
     for item in items:
@@ -177,8 +156,7 @@ def reward_vs_clinicians(
         choice = "a" if sa > sb else ("b" if sb > sa else "tie")
         ties += choice == "tie"
         hits.append(1.0 if choice == item.majority else (0.5 if choice == "tie" else 0.0))
-        la, lb = len(item.text_a), len(item.text_b)
-        longer = "a" if la > lb else ("b" if lb > la else "tie")
+        longer = longer_side(item.text_a, item.text_b)
         length_hits.append(1.0 if longer == item.majority else (0.5 if longer == "tie" else 0.0))
         if choice not in (item.majority, "tie"):
             disagreements.append(Disagreement(item.comparison_id, item.majority, choice, sa, sb,
@@ -197,12 +175,12 @@ def reward_vs_clinicians(
 
 
 def length_scorer(messages: list[dict[str, str]], reply: str) -> float:
-    """The baseline scorer: longer replies score higher.
+    """The baseline scorer: longer replies score higher, length in words as the baseline counts it.
 
-    >>> length_scorer([], "four")
+    >>> length_scorer([], "four words of reply")
     4.0
     """
-    return float(len(reply))
+    return float(reply_length(reply))
 
 
 def load_reward_model(path: str) -> object:

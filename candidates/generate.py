@@ -36,6 +36,7 @@ from db.crud import DataError, add_response
 from db.engine import session_scope
 from db.errors import TheraPrefError
 from db.models import CandidateModel, GenerationFailure, Prompt, Response, utcnow
+from db.rules import conversation
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 
@@ -179,7 +180,7 @@ def plan_jobs(specs: list[CandidateSpec], rows: Mapping[str, CandidateModel], *,
         base_seed = spec.seed if spec.seed is not None else (None if spec.provider == "openai" else 0)
         for prompt in prompts:
             system, source = spec.resolve_system(prompt.system_prompt)
-            messages = ([{"role": "system", "content": system}] if system else []) + list(prompt.messages)
+            messages = conversation(prompt.messages, system)
             for k in range(counts.get((prompt.id, row.id), 0), spec.replies_per_prompt):
                 jobs.append((spec, Job(prompt.id, row.id, messages, reply_index=k,
                                        seed=None if base_seed is None else base_seed + k, system_source=source)))

@@ -7,16 +7,17 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlmodel
 from sqlalchemy import and_, case, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
 from db.models import Annotator, CandidateModel, GuidelineVersion, Judgment
+from db.rules import CLINICIAN_ROLES
 from exports.errors import ExportError
 
 SOURCES = ("clinicians", "imported", "both")
-CLINICIAN_ROLES = ("clinician", "admin")
 SOURCE_ROLES = ("source",)
 
 
@@ -97,12 +98,12 @@ def check_filters(filters: ExportFilters, *, session: Session) -> None:
     if filters.since and filters.until and filters.since >= filters.until:
         raise ExportError("--since must be earlier than --until")
     if filters.guideline_version is not None:
-        known = session.execute(select(GuidelineVersion.version)).scalars().all()
+        known = session.exec(sqlmodel.select(GuidelineVersion.version)).all()
         if filters.guideline_version not in known:
             shown = ", ".join(map(str, sorted(known))) or "none"
             raise ExportError(f"unknown guideline version {filters.guideline_version} (known: {shown})")
     if filters.candidate_models:
-        known = set(session.execute(select(CandidateModel.name)).scalars().all())
+        known = set(session.exec(sqlmodel.select(CandidateModel.name)).all())
         missing = [name for name in filters.candidate_models if name not in known]
         if missing:
             shown = ", ".join(sorted(known)) or "none"
@@ -122,10 +123,9 @@ def judgment_conditions(filters: ExportFilters) -> list[ColumnElement[bool]]:
     return terms
 
 
-def judgment_filter_counts(filters: ExportFilters, *, session: Session | Connection) -> dict[str, int]:
-    """How many judgments exist and how many each judgment-level filter removed (one scan).
-
-    ``session`` may be a Session or a (read-only) Connection.
+def judgment_filter_counts(conn: Connection, filters: ExportFilters) -> dict[str, int]:
+    """How many judgments exist and how many each judgment-level filter removed (one scan over the
+    export's read-only connection, inside its transaction, so the counts match the rows exported).
 
     A judgment removed by several filters is counted under the first: source, guideline, date.
     """
@@ -143,7 +143,7 @@ def judgment_filter_counts(filters: ExportFilters, *, session: Session | Connect
     columns.append(when(and_(source_ok, ~guide_ok)) if guide_ok is not None else literal(0))
     passed = [source_ok] + ([guide_ok] if guide_ok is not None else [])
     columns.append(when(and_(*passed, ~date_ok)) if date_ok is not None else literal(0))
-    row = session.execute(
+    row = conn.execute(
         select(*columns).select_from(Judgment.__table__.join(Annotator.__table__, a.id == j.annotator_id))
     ).one()
     total, by_source, by_guideline, by_date = (int(v or 0) for v in row)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from db import rules
 from exports.errors import ExportError
 
 Messages = list[dict[str, str]]
 
 
 def conversation(messages: Messages, system: str | None) -> Messages:
-    """The prompt as chat messages, led by the system message when there is one.
+    """The prompt as chat messages, led by the system message when there is one (``db.rules.conversation``),
+    after checking that the stored messages are user/assistant turns with text content.
 
     >>> conversation([{"role": "user", "content": "hi"}], "Be kind.")
     [{'role': 'system', 'content': 'Be kind.'}, {'role': 'user', 'content': 'hi'}]
@@ -28,8 +30,8 @@ def conversation(messages: Messages, system: str | None) -> Messages:
         # Rows written by hand or by an older version: refuse to export them rather than crash.
         raise ExportError("a stored prompt has malformed messages (expected role/content objects, "
                           f"got {type(messages).__name__})")
-    head = [{"role": "system", "content": system}] if system else []
-    return head + [{"role": m["role"], "content": m["content"]} for m in messages]
+    # Only role and content go out: other stored keys are not part of any training format.
+    return rules.conversation([{"role": m["role"], "content": m["content"]} for m in messages], system)
 
 
 def assistant(text: str) -> Messages:

@@ -99,7 +99,7 @@ def run_export(kind: str, output: str | Path, *, engine: Engine, filters: Export
     try:
         with read_only_engine(engine).connect() as conn:
             with conn.begin():
-                judgment_counts = judgment_filter_counts(filters, session=conn)
+                judgment_counts = judgment_filter_counts(conn, filters)
                 rows, tracker = _rows(kind, conn, filters, options, progress)
                 if scrubber:
                     rows = (_scrub_row(row, scrubber) for row in rows)
@@ -144,11 +144,11 @@ def _check_options(kind: str, options: ExportOptions) -> None:
 
 
 def _check_candidates(names: set[str | None], *, session: Any) -> None:
-    from sqlalchemy import select
+    from sqlmodel import select
 
     from db.models import CandidateModel
 
-    known = set(session.execute(select(CandidateModel.name)).scalars().all())
+    known = set(session.exec(select(CandidateModel.name)).all())
     for name in names:
         if name not in known:
             raise ExportError(f"unknown candidate model {name!r} (known: {', '.join(sorted(known)) or 'none'})")
@@ -303,25 +303,24 @@ def _empty_tally() -> Any:
     return Tally()
 
 
-def _reward_scorer(path: str | None) -> Callable[[list[dict[str, str]], list[str]], list[float]]:
-    """Scores replies with the reward model (imported lazily: torch loads only for this option)."""
+def _reward_scorer(path: str | None) -> Any:
+    """The reward model (a ``reward.scoring.RewardModel``) of ``--reward-model``, imported lazily:
+    torch loads only for this option."""
     from reward.scoring import RewardModel
 
-    model = RewardModel.load(path)
-
-    def score(prompt: list[dict[str, str]], replies: list[str]) -> list[float]:
-        return [float(s) for s in model.score_batch([(prompt, reply) for reply in replies])]
-
-    return score
+    return RewardModel.load(path)
 
 
-def _best_of_n(scorer: Callable[..., list[float]], prompt: list[dict[str, str]],
+def _best_of_n(scorer: Any, prompt: list[dict[str, str]],
                candidates: list[tuple[int, str]]) -> tuple[int | None, str]:
+    """The reward model's pick among (response id, text) candidates, through the one best-of-n of
+    ``reward.scoring``; candidates come sorted by id, so a tie goes to the lowest id."""
     if not candidates:
         return None, "no_eligible_replies"
-    scores = scorer(prompt, [text for _, text in candidates])
-    best = max(range(len(candidates)), key=lambda i: (scores[i], -candidates[i][0]))
-    return candidates[best][0], "kept"
+    from reward.scoring import best_of_n
+
+    best = best_of_n(scorer, prompt, [text for _, text in candidates])
+    return candidates[best.index][0], "kept"
 
 
 def _scrub_row(row: dict[str, Any], scrubber: Scrubber) -> dict[str, Any]:

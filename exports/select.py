@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from analytics.bradley_terry import bradley_terry_strengths
+from db.rules import majority_label
 from exports.filters import ExportFilters
 from exports.source import Votes
+
+# Bradley–Terry strengths closer than this are one strength: the id then decides, so that a fit's last
+# bits of rounding never pick the reply.
+BT_SCORE_DECIMALS = 9
 
 
 def pair_winner(votes: Votes, filters: ExportFilters) -> tuple[str | None, str]:
@@ -32,9 +37,11 @@ def pair_winner(votes: Votes, filters: ExportFilters) -> tuple[str | None, str]:
         return None, "below_min_votes"
     if votes.both_bad > max(votes.a, votes.b):
         return None, "both_bad"
-    if votes.a == votes.b:
+    # The majority between the two replies; tie votes only weigh in through the agreement rule below.
+    winner = majority_label(votes.ballots(("a", "b")))
+    if winner is None:
         return None, "no_majority"
-    winner, won, lost = ("a", votes.a, votes.b) if votes.a > votes.b else ("b", votes.b, votes.a)
+    won, lost = (votes.a, votes.b) if winner == "a" else (votes.b, votes.a)
     if won - lost < max(filters.min_margin, 1):
         return None, "below_margin"
     if won / votes.total < filters.min_agreement:
@@ -118,37 +125,18 @@ def _checked(tally: Tally, filters: ExportFilters) -> str:
     return "kept"
 
 
-def bradley_terry(comparisons: Iterable[tuple[int, int, Votes]], *, prior: float = 0.5,
-                  iterations: int = 200) -> dict[int, float]:
-    """Bradley–Terry log-strengths of a prompt's replies (MM algorithm; ties count half to each side;
-    ``prior`` pseudo-wins against a virtual average reply keep unbeaten replies finite).
+def bradley_terry(comparisons: Iterable[tuple[int, int, Votes]], *, prior: float = 0.5) -> dict[int, float]:
+    """Bradley–Terry log-strengths of a prompt's replies (``analytics.bradley_terry``; ties count half
+    to each side; ``prior`` pseudo-wins and pseudo-losses against a virtual average reply keep unbeaten
+    replies finite). "both bad" votes say nothing about which reply is better and are left out.
 
     >>> s = bradley_terry([(1, 2, Votes(a=3, b=1)), (2, 3, Votes(a=2))])
     >>> sorted(s, key=s.get, reverse=True)
     [1, 2, 3]
     """
-    wins: dict[tuple[int, int], float] = {}
-    ids: set[int] = set()
-    for a_id, b_id, votes in comparisons:
-        ids.update((a_id, b_id))
-        wins[(a_id, b_id)] = wins.get((a_id, b_id), 0.0) + votes.a + votes.tie / 2
-        wins[(b_id, a_id)] = wins.get((b_id, a_id), 0.0) + votes.b + votes.tie / 2
-    strength = dict.fromkeys(ids, 1.0)
-    for _ in range(iterations):
-        new = {}
-        for i in ids:
-            won = prior + sum(w for (x, _y), w in wins.items() if x == i)
-            denom = 2 * prior / (strength[i] + 1.0)
-            for (x, y), w in wins.items():
-                if x == i or y == i:
-                    other = y if x == i else x
-                    denom += w / (strength[i] + strength[other])
-            new[i] = won / denom
-        converged = all(abs(new[i] - strength[i]) < 1e-9 * max(strength[i], 1.0) for i in ids)
-        strength = new
-        if converged:
-            break
-    return {i: math.log(strength[i]) for i in ids}
+    return bradley_terry_strengths(
+        ((a_id, b_id, votes.a + votes.tie / 2, votes.b + votes.tie / 2) for a_id, b_id, votes in comparisons),
+        prior=prior)
 
 
 def bt_choice(comparisons: list[tuple[int, int, Votes]], filters: ExportFilters, *,
@@ -164,7 +152,7 @@ def bt_choice(comparisons: list[tuple[int, int, Votes]], filters: ExportFilters,
     candidates = [rid for rid in scores if rid in eligible]
     if not candidates:
         return None, "all_flagged_or_filtered"
-    best = max(candidates, key=lambda rid: (scores[rid], -rid))
+    best = max(candidates, key=lambda rid: (round(scores[rid], BT_SCORE_DECIMALS), -rid))
     tally = tallies(comparisons)[best]
     # Bradley–Terry already weighs who beat whom, so the margin rule is not applied on top.
     reason = _checked(tally, ExportFilters(min_votes=filters.min_votes, min_margin=0,

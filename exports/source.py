@@ -4,8 +4,9 @@ the number of judgments."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 from sqlalchemy import String, and_, case, cast, func, select
@@ -13,11 +14,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
 from db.models import Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
-from exports.filters import CLINICIAN_ROLES, ExportFilters, judgment_conditions
+from db.rules import CLINICIAN_ROLES
+from exports.filters import ExportFilters, judgment_conditions
 
 BATCH = 2000
-J, A, C = Judgment.__table__, Annotator.__table__, Comparison.__table__
-P, R, M = Prompt.__table__, Response.__table__, CandidateModel.__table__
+# Core tables rather than ORM classes: rows stream as plain tuples, without building model objects.
+JUDGMENTS, ANNOTATORS, COMPARISONS = Judgment.__table__, Annotator.__table__, Comparison.__table__
+PROMPTS, RESPONSES, CANDIDATES = Prompt.__table__, Response.__table__, CandidateModel.__table__
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,15 @@ class Votes:
     @property
     def total(self) -> int:
         return self.a + self.b + self.tie + self.both_bad
+
+    def ballots(self, labels: Iterable[str] = ("a", "b", "tie", "both_bad")) -> Iterator[str]:
+        """One label per vote among ``labels``, for the rules that count labels (``db.rules``).
+
+        >>> list(Votes(a=2, tie=1).ballots()), list(Votes(a=1, b=1, tie=3).ballots(("a", "b")))
+        (['a', 'a', 'tie'], ['a', 'b'])
+        """
+        for label in labels:
+            yield from repeat(label, getattr(self, label))
 
 
 @dataclass(frozen=True)
@@ -63,8 +75,23 @@ def _nonempty_json_list(column: Any) -> Any:
     return and_(column.isnot(None), text.notin_(["[]", "null", ""]))
 
 
+def _judged_by() -> Any:
+    """judgment ⋈ annotator: the join every judgment filter needs (roles live on the annotator)."""
+    return JUDGMENTS.join(ANNOTATORS, ANNOTATORS.c.id == JUDGMENTS.c.annotator_id)
+
+
+def _judged_comparisons() -> Any:
+    """judgment ⋈ annotator ⋈ comparison."""
+    return _judged_by().join(COMPARISONS, COMPARISONS.c.id == JUDGMENTS.c.comparison_id)
+
+
+def _replies_with_candidate() -> Any:
+    """response ⋈ candidate model."""
+    return RESPONSES.join(CANDIDATES, CANDIDATES.c.id == RESPONSES.c.candidate_model_id)
+
+
 def _vote_columns() -> list[Any]:
-    pref = J.c.preferred
+    pref = JUDGMENTS.c.preferred
     return [func.sum(case((pref == value, 1), else_=0)).label(f"v_{value}")
             for value in ("a", "b", "tie", "both_bad")]
 
@@ -75,38 +102,43 @@ def flagged_response_ids(conn: Connection) -> set[int]:
     The set grows with the number of flagged replies, not with the number of judgments.
     """
     flagged: set[int] = set()
-    base = J.join(A, A.c.id == J.c.annotator_id).join(C, C.c.id == J.c.comparison_id)
-    role = A.c.role.in_(CLINICIAN_ROLES)
-    for column, flags in ((C.c.response_a_id, J.c.flags_a), (C.c.response_b_id, J.c.flags_b)):
+    base = _judged_comparisons()
+    role = ANNOTATORS.c.role.in_(CLINICIAN_ROLES)
+    for column, flags in ((COMPARISONS.c.response_a_id, JUDGMENTS.c.flags_a),
+                          (COMPARISONS.c.response_b_id, JUDGMENTS.c.flags_b)):
         stmt = select(column).distinct().select_from(base).where(role, _nonempty_json_list(flags))
         flagged.update(row[0] for row in _stream(conn, stmt))
     return flagged
 
 
 def count_comparisons(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(C)).scalar_one())
+    return int(conn.execute(select(func.count()).select_from(COMPARISONS)).scalar_one())
 
 
 def iter_pairs(conn: Connection, filters: ExportFilters) -> Iterator[PairRow]:
     """Every comparison with at least one judgment passing the filters, with its votes and texts,
     in comparison id order."""
     agg = (
-        select(J.c.comparison_id, *_vote_columns())
-        .select_from(J.join(A, A.c.id == J.c.annotator_id))
+        select(JUDGMENTS.c.comparison_id, *_vote_columns())
+        .select_from(_judged_by())
         .where(*judgment_conditions(filters))
-        .group_by(J.c.comparison_id)
+        .group_by(JUDGMENTS.c.comparison_id)
         .subquery("agg")
     )
-    ra, rb, ma, mb = aliased(R), aliased(R), aliased(M), aliased(M)
+    response_a, response_b = aliased(RESPONSES), aliased(RESPONSES)
+    model_a, model_b = aliased(CANDIDATES), aliased(CANDIDATES)
     stmt = (
-        select(agg.c.comparison_id, C.c.prompt_id, P.c.messages, P.c.system_prompt,
-               ra.c.id, ra.c.text, ma.c.name, rb.c.id, rb.c.text, mb.c.name,
+        select(agg.c.comparison_id, COMPARISONS.c.prompt_id, PROMPTS.c.messages, PROMPTS.c.system_prompt,
+               response_a.c.id, response_a.c.text, model_a.c.name,
+               response_b.c.id, response_b.c.text, model_b.c.name,
                agg.c.v_a, agg.c.v_b, agg.c.v_tie, agg.c.v_both_bad)
         .select_from(
-            agg.join(C, C.c.id == agg.c.comparison_id)
-            .join(P, P.c.id == C.c.prompt_id)
-            .join(ra, ra.c.id == C.c.response_a_id).join(ma, ma.c.id == ra.c.candidate_model_id)
-            .join(rb, rb.c.id == C.c.response_b_id).join(mb, mb.c.id == rb.c.candidate_model_id)
+            agg.join(COMPARISONS, COMPARISONS.c.id == agg.c.comparison_id)
+            .join(PROMPTS, PROMPTS.c.id == COMPARISONS.c.prompt_id)
+            .join(response_a, response_a.c.id == COMPARISONS.c.response_a_id)
+            .join(model_a, model_a.c.id == response_a.c.candidate_model_id)
+            .join(response_b, response_b.c.id == COMPARISONS.c.response_b_id)
+            .join(model_b, model_b.c.id == response_b.c.candidate_model_id)
         )
         .order_by(agg.c.comparison_id)
     )
@@ -116,30 +148,30 @@ def iter_pairs(conn: Connection, filters: ExportFilters) -> Iterator[PairRow]:
 
 
 def iter_prompts(conn: Connection) -> Iterator[tuple[int, list[dict[str, str]], str | None]]:
-    stmt = select(P.c.id, P.c.messages, P.c.system_prompt).order_by(P.c.id)
+    stmt = select(PROMPTS.c.id, PROMPTS.c.messages, PROMPTS.c.system_prompt).order_by(PROMPTS.c.id)
     for row in _stream(conn, stmt):
         yield row[0], row[1] or [], row[2]
 
 
 def count_prompts(conn: Connection) -> int:
-    return int(conn.execute(select(func.count()).select_from(P)).scalar_one())
+    return int(conn.execute(select(func.count()).select_from(PROMPTS)).scalar_one())
 
 
 def prompt_responses(conn: Connection, prompt_id: int) -> list[tuple[int, str, str]]:
     """(response id, text, candidate name) of one prompt's replies."""
-    stmt = (select(R.c.id, R.c.text, M.c.name).select_from(R.join(M, M.c.id == R.c.candidate_model_id))
-            .where(R.c.prompt_id == prompt_id).order_by(R.c.id))
+    stmt = (select(RESPONSES.c.id, RESPONSES.c.text, CANDIDATES.c.name).select_from(_replies_with_candidate())
+            .where(RESPONSES.c.prompt_id == prompt_id).order_by(RESPONSES.c.id))
     return [(row[0], row[1], row[2]) for row in conn.execute(stmt)]
 
 
 def prompt_comparisons(conn: Connection, prompt_id: int, filters: ExportFilters) -> list[tuple[int, int, Votes]]:
     """(response a id, response b id, votes) for one prompt's judged comparisons."""
     stmt = (
-        select(C.c.response_a_id, C.c.response_b_id, *_vote_columns())
-        .select_from(J.join(A, A.c.id == J.c.annotator_id).join(C, C.c.id == J.c.comparison_id))
-        .where(C.c.prompt_id == prompt_id, *judgment_conditions(filters))
-        .group_by(C.c.id, C.c.response_a_id, C.c.response_b_id)
-        .order_by(C.c.id)
+        select(COMPARISONS.c.response_a_id, COMPARISONS.c.response_b_id, *_vote_columns())
+        .select_from(_judged_comparisons())
+        .where(COMPARISONS.c.prompt_id == prompt_id, *judgment_conditions(filters))
+        .group_by(COMPARISONS.c.id, COMPARISONS.c.response_a_id, COMPARISONS.c.response_b_id)
+        .order_by(COMPARISONS.c.id)
     )
     return [(row[0], row[1], Votes(*(int(v) for v in row[2:]))) for row in conn.execute(stmt)]
 
@@ -151,11 +183,11 @@ def prompt_rewrite(conn: Connection, prompt_id: int, filters: ExportFilters) -> 
         return None
     terms = [t for t in judgment_conditions(filters)[1:]]
     stmt = (
-        select(J.c.rewrite)
-        .select_from(J.join(A, A.c.id == J.c.annotator_id).join(C, C.c.id == J.c.comparison_id))
-        .where(C.c.prompt_id == prompt_id, A.c.role.in_(roles), J.c.rewrite.isnot(None), J.c.rewrite != "",
-               *terms)
-        .order_by(J.c.created_at.desc(), J.c.id.desc())
+        select(JUDGMENTS.c.rewrite)
+        .select_from(_judged_comparisons())
+        .where(COMPARISONS.c.prompt_id == prompt_id, ANNOTATORS.c.role.in_(roles), JUDGMENTS.c.rewrite.isnot(None),
+               JUDGMENTS.c.rewrite != "", *terms)
+        .order_by(JUDGMENTS.c.created_at.desc(), JUDGMENTS.c.id.desc())
         .limit(1)
     )
     value = conn.execute(stmt).scalar_one_or_none()
@@ -166,18 +198,18 @@ def iter_candidate_replies(conn: Connection, candidate: str) -> Iterator[tuple[i
     """(response id, prompt id, messages, system prompt, text) of every reply of one candidate, in
     the order they were stored (import order)."""
     stmt = (
-        select(R.c.id, P.c.id, P.c.messages, P.c.system_prompt, R.c.text)
-        .select_from(R.join(M, M.c.id == R.c.candidate_model_id).join(P, P.c.id == R.c.prompt_id))
-        .where(M.c.name == candidate)
-        .order_by(R.c.id)
+        select(RESPONSES.c.id, PROMPTS.c.id, PROMPTS.c.messages, PROMPTS.c.system_prompt, RESPONSES.c.text)
+        .select_from(_replies_with_candidate().join(PROMPTS, PROMPTS.c.id == RESPONSES.c.prompt_id))
+        .where(CANDIDATES.c.name == candidate)
+        .order_by(RESPONSES.c.id)
     )
     for row in _stream(conn, stmt):
         yield row[0], row[1], row[2] or [], row[3], row[4]
 
 
 def count_candidate_replies(conn: Connection, candidate: str) -> int:
-    stmt = (select(func.count()).select_from(R.join(M, M.c.id == R.c.candidate_model_id))
-            .where(M.c.name == candidate))
+    stmt = (select(func.count()).select_from(_replies_with_candidate())
+            .where(CANDIDATES.c.name == candidate))
     return int(conn.execute(stmt).scalar_one())
 
 
