@@ -6,23 +6,19 @@ from typing import Annotated, Optional
 
 import typer
 
-from therapref.cli_common import DbOption, errors, open_engine, settings_for, sigterm_as_interrupt
+from therapref.cli.common import DbOption, errors, open_engine, settings_for, sigterm_as_interrupt
 from therapref.settings import Settings
 
 
-def register(app: typer.Typer) -> None:
-    """Add this area's commands to the root app."""
-
-    @app.command("app")
-    def run_app(
-        db: DbOption = None,
-        port: Annotated[Optional[int], typer.Option(help="Port (default 8501; env THERAPREF_APP_PORT).")] = None,
-        host: Annotated[Optional[str], typer.Option(
-            help="Address to bind (default 127.0.0.1; 0.0.0.0 exposes the app to the network).")] = None,
-        timeout: Annotated[float, typer.Option(help="Seconds to wait for the app to come up.")] = 60,
-    ) -> None:
-        """Start the labeling app and keep it running until Ctrl-C."""
-        serve(settings_for(db, app_port=port, app_host=host), timeout=timeout)
+def run_app(
+    db: DbOption = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default 8501; env THERAPREF_APP_PORT).")] = None,
+    host: Annotated[Optional[str], typer.Option(
+        help="Address to bind (default 127.0.0.1; 0.0.0.0 exposes the app to the network).")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the app to come up.")] = 60,
+) -> None:
+    """Start the labeling app and keep it running until Ctrl-C."""
+    serve(settings_for(db, app_port=port, app_host=host), timeout=timeout)
 
 
 def serve(settings: Settings, *, timeout: float = 60) -> None:
@@ -58,3 +54,8 @@ def serve(settings: Settings, *, timeout: float = 60) -> None:
             stop_app(process)
     if code:
         raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``app`` to the root app."""
+    app.command("app")(run_app)

@@ -1,4 +1,4 @@
-"""``therapref``: the one command line. Each command parses, calls one library function, prints."""
+"""Core commands: ``init``, ``db upgrade``, ``status``, ``backup`` and ``annotators …``."""
 
 from __future__ import annotations
 
@@ -10,19 +10,10 @@ import typer
 
 from db.engine import session_scope
 from therapref import __version__
-from therapref.cli_common import DbOption, errors, open_engine, read_password
+from therapref.cli.common import DbOption, errors, open_engine, read_password
 
-app = typer.Typer(
-    name="therapref",
-    help="Collect clinicians' preferences on therapy-chatbot replies; train reward models; export data.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
 annotators_app = typer.Typer(help="Manage annotator accounts.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-app.add_typer(annotators_app, name="annotators")
 
 
 def _version(value: bool) -> None:
@@ -31,7 +22,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def main(
     version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
                                                     help="Print the version and exit.")] = None,
@@ -39,7 +29,6 @@ def main(
     """TheraPref command line."""
 
 
-@app.command()
 def init(db: DbOption = None) -> None:
     """Create the database (or migrate it to the newest schema)."""
     from db.migrate import current_revision
@@ -49,7 +38,6 @@ def init(db: DbOption = None) -> None:
                f"(schema {current_revision(engine)}).")
 
 
-@db_app.command("upgrade")
 def db_upgrade(
     db: DbOption = None,
     revision: Annotated[str, typer.Option(help="Target Alembic revision.")] = "head",
@@ -57,7 +45,7 @@ def db_upgrade(
     """Apply pending migrations."""
     from db.engine import make_engine
     from db.migrate import current_revision, upgrade
-    from therapref.cli_common import settings_for
+    from therapref.cli.common import settings_for
 
     engine = make_engine(settings_for(db).database_url)
     before = current_revision(engine)
@@ -66,7 +54,6 @@ def db_upgrade(
     typer.echo(f"Schema {before or 'empty'} -> {after}.")
 
 
-@app.command()
 def status(
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -98,7 +85,6 @@ def status(
         typer.echo(f"  {row['name']:<40} {row['provider']:<12} {row['responses']:>8,}")
 
 
-@app.command()
 def backup(
     file: Annotated[Path, typer.Argument(help="Where to write the copy (SQLite file).")],
     db: DbOption = None,
@@ -113,7 +99,6 @@ def backup(
     typer.echo(f"Backed up to {file} ({pages:,} pages).")
 
 
-@annotators_app.command("add")
 def annotators_add(
     username: str,
     db: DbOption = None,
@@ -123,19 +108,16 @@ def annotators_add(
     password_stdin: Annotated[bool, typer.Option(help="Read the password from standard input.")] = False,
 ) -> None:
     """Add an annotator (password by prompt or --password-stdin, never on the command line)."""
-    from db.auth import create_annotator
-    from db.crud import audit
+    from db.accounts import add_account
 
     password = read_password(password_stdin)
     engine = open_engine(db)
     with errors(), session_scope(engine) as session:
-        annotator = create_annotator(username, password, session=session, role=role,
-                                     display_name=display_name, credential=credential)
-        audit("cli", "annotator.add", session=session, target=username, details={"role": role})
+        annotator = add_account(username, password, session=session, actor="cli", role=role,
+                                display_name=display_name, credential=credential)
         typer.echo(f"Added {annotator.role} {annotator.username!r}.")
 
 
-@annotators_app.command("list")
 def annotators_list(
     db: DbOption = None,
     all_: Annotated[bool, typer.Option("--all", help="Include imported-dataset sources.")] = False,
@@ -153,46 +135,42 @@ def annotators_list(
             typer.echo(f"{a.username:<30} {a.role:<10} {state:<9} {a.credential:<10} {a.display_name}")
 
 
-@annotators_app.command("deactivate")
 def annotators_deactivate(username: str, db: DbOption = None) -> None:
-    """Deactivate an annotator (keeps their judgments; they can no longer log in)."""
-    from db.auth import set_active
-    from db.crud import audit
+    """Deactivate an annotator (keeps their judgments; they can no longer log in; the pairs they
+    had reserved go back to the queue)."""
+    from db.accounts import set_account_active
 
     engine = open_engine(db)
     with errors(), session_scope(engine) as session:
-        set_active(username, False, session=session)
-        audit("cli", "annotator.deactivate", session=session, target=username)
+        set_account_active(username, False, session=session, actor="cli")
     typer.echo(f"Deactivated {username!r}.")
 
 
-@annotators_app.command("reset-password")
 def annotators_reset_password(
     username: str,
     db: DbOption = None,
     password_stdin: Annotated[bool, typer.Option(help="Read the password from standard input.")] = False,
 ) -> None:
     """Set a new password (and lift any lockout)."""
-    from db.auth import set_password
-    from db.crud import audit
+    from db.accounts import reset_account_password
 
     password = read_password(password_stdin)
     engine = open_engine(db)
     with errors(), session_scope(engine) as session:
-        set_password(username, password, session=session)
-        audit("cli", "annotator.reset_password", session=session, target=username)
+        reset_account_password(username, password, session=session, actor="cli")
     typer.echo(f"Password reset for {username!r}.")
 
 
-def _register_subcommands() -> None:
-    # Each area owns its commands in its own module.
-    from therapref import cli_app, cli_demo, cli_export, cli_generate, cli_import, cli_report, cli_reward
-
-    for module in (cli_import, cli_demo, cli_generate, cli_app, cli_reward, cli_export, cli_report):
-        module.register(app)
-
-
-_register_subcommands()
-
-if __name__ == "__main__":
-    app()
+def register(app: typer.Typer) -> None:
+    """Add the core commands (database, status, backup, accounts) to the root app."""
+    app.callback()(main)
+    app.command("init")(init)
+    app.command("status")(status)
+    app.command("backup")(backup)
+    db_app.command("upgrade")(db_upgrade)
+    annotators_app.command("add")(annotators_add)
+    annotators_app.command("list")(annotators_list)
+    annotators_app.command("deactivate")(annotators_deactivate)
+    annotators_app.command("reset-password")(annotators_reset_password)
+    app.add_typer(db_app, name="db")
+    app.add_typer(annotators_app, name="annotators")

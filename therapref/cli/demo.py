@@ -6,11 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from therapref.cli_common import DbOption, errors, open_engine, settings_for
-
-
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+from therapref.cli.common import DbOption, errors, open_engine, settings_for
 
 
 def demo(
@@ -37,6 +33,11 @@ def demo(
     if no_app:
         typer.echo("Start the labeling app with: therapref app")
         return
-    from therapref.cli_app import serve
+    from therapref.cli.app_server import serve
 
     serve(settings)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``demo`` to the root app."""
+    app.command("demo")(demo)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from therapref.cli_common import DbOption, errors, fail, open_engine
+from therapref.cli.common import DbOption, errors, fail, open_engine
 
 finetune_app = typer.Typer(help="Fine-tune hosted models on exported files.", no_args_is_help=True)
 
@@ -125,7 +125,6 @@ def export(
     typer.echo(f"Manifest: {result.manifest}")
 
 
-@finetune_app.command("openai")
 def finetune_openai(
     file: Annotated[Path, typer.Argument(
         help="SFT JSONL (export sft) or OpenAI preference JSONL (export openai-dpo).")],
@@ -165,4 +164,5 @@ def finetune_openai(
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
     app.command("export")(export)
+    finetune_app.command("openai")(finetune_openai)
     app.add_typer(finetune_app, name="finetune")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from therapref.cli_common import DbOption, errors, open_engine
+from therapref.cli.common import DbOption, errors, open_engine
 
 import_app = typer.Typer(help="Import prompts or preference pairs from files.", no_args_is_help=True)
 
@@ -18,16 +18,11 @@ MaxLineOption = Annotated[int, typer.Option("--max-line-bytes", min=1024,
                                             help="Refuse lines longer than this many bytes.")]
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(import_app, name="import")
-
-
 def _progress(count: int) -> None:
     if sys.stderr.isatty():
         typer.echo(f"\r… {count:,} records", err=True, nl=False)
 
 
-@import_app.command("prompts")
 def prompts(
     file: FileArgument,
     format: Annotated[Optional[str], typer.Option(
@@ -51,7 +46,6 @@ def prompts(
     typer.echo(summary.line())
 
 
-@import_app.command("preferences")
 def preferences(
     file: FileArgument,
     format: Annotated[Optional[str], typer.Option(
@@ -77,3 +71,10 @@ def preferences(
         summary = import_preferences(file, session=session, format=format, dataset=dataset,
                                      max_line_bytes=max_line_bytes, actor="cli", progress=_progress)
     typer.echo(summary.line())
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``import prompts`` and ``import preferences`` to the root app."""
+    import_app.command("prompts")(prompts)
+    import_app.command("preferences")(preferences)
+    app.add_typer(import_app, name="import")

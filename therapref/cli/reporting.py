@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from therapref.cli_common import DbOption, errors, fail, open_engine
+from therapref.cli.common import DbOption, errors, fail, open_engine
 
 
 def report(

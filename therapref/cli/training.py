@@ -6,91 +6,76 @@ import json
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperCommand
 
-from therapref.cli_common import DbOption, errors, open_engine
+from therapref.cli.common import DbOption, errors, open_engine
+
+#: ``therapref train`` options that set a training setting → that setting (a ``TheraRewardConfig`` field).
+CONFIG_FLAGS = {
+    "base_model": "base_model", "epochs": "num_train_epochs", "max_length": "max_length", "sources": "sources",
+    "aggregation": "aggregation", "margin_mapping": "margin_mapping", "guideline_versions": "guideline_versions",
+    "eval_fraction": "eval_fraction", "seed": "seed", "learning_rate": "learning_rate",
+    "batch_size": "per_device_train_batch_size", "max_steps": "max_steps", "lora": "use_lora", "lora_r": "lora_r",
+    "length_feature": "length_feature", "packing": "packing",
+}
+
+
+class TrainCommand(TyperCommand):
+    """``therapref train``, whose options for training settings show the help written once on the
+    setting's field (``reward.config``). It is filled in only when help is shown: reading it imports
+    TRL, seconds that every other command would pay at start."""
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from rich.markup import escape
+
+        from reward.config import field_help
+
+        for param in self.params:
+            if param.name in CONFIG_FLAGS and not getattr(param, "help", None):
+                param.help = escape(field_help(CONFIG_FLAGS[param.name]))
+        super().format_help(ctx, formatter)
 
 
 def _train(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write (checkpoints go inside).")],
     db: DbOption = None,
-    base_model: Annotated[Optional[str], typer.Option(
-        help="'embedded' (all-MiniLM-L6-v2), 'smollm2', a local folder or a hub id.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Training epochs.")] = None,
-    max_length: Annotated[Optional[int], typer.Option(
-        help="Tokens per sequence (context truncated from the left; no pair dropped).")] = None,
+    base_model: Annotated[Optional[str], typer.Option()] = None,
+    epochs: Annotated[Optional[float], typer.Option()] = None,
+    max_length: Annotated[Optional[int], typer.Option()] = None,
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="TOML file of training settings (a \\[train] table or top level); flags override it.")] = None,
-    data: Annotated[str, typer.Option(help="'db' (judgments) or a preference file to train on.")] = "db",
-    sources: Annotated[Optional[str], typer.Option(
-        help="clinicians | imported | both | dataset names (comma-separated).")] = None,
-    aggregation: Annotated[Optional[str], typer.Option(help="judgment | majority")] = None,
-    margin_mapping: Annotated[Optional[str], typer.Option(
-        help="Strength→margin, e.g. '1:0,2:0.5,3:1' or 'linear' (off by default).")] = None,
-    guideline_versions: Annotated[Optional[str], typer.Option(
-        help="Only judgments under these guideline versions ('latest' or '1,2').")] = None,
-    eval_fraction: Annotated[Optional[float], typer.Option(help="Share of prompts held out.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for the split, the head and the data order.")] = None,
-    learning_rate: Annotated[Optional[float], typer.Option(help="AdamW learning rate.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Pairs per device per step.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (overrides epochs).")] = None,
-    lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora", help="Train LoRA adapters (peft).")] = None,
-    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank.")] = None,
-    length_feature: Annotated[Optional[bool], typer.Option(
-        "--length-feature/--no-length-feature", help="Hybrid score with a fitted log-length weight.")] = None,
-    packing: Annotated[Optional[bool], typer.Option(
-        "--packing/--no-packing", help="Padding-free batches (default: on for BERT-style bases on a CPU).")] = None,
+    data: Annotated[str, typer.Option(help="'db' (judgments) or a preference file to train on "
+                                           "(TRL JSONL, HH-RLHF, Counsel Chat CSV).")] = "db",
+    sources: Annotated[Optional[str], typer.Option()] = None,
+    aggregation: Annotated[Optional[str], typer.Option()] = None,
+    margin_mapping: Annotated[Optional[str], typer.Option()] = None,
+    guideline_versions: Annotated[Optional[str], typer.Option()] = None,
+    eval_fraction: Annotated[Optional[float], typer.Option()] = None,
+    seed: Annotated[Optional[int], typer.Option()] = None,
+    learning_rate: Annotated[Optional[float], typer.Option()] = None,
+    batch_size: Annotated[Optional[int], typer.Option()] = None,
+    max_steps: Annotated[Optional[int], typer.Option()] = None,
+    lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora")] = None,
+    lora_r: Annotated[Optional[int], typer.Option()] = None,
+    length_feature: Annotated[Optional[bool], typer.Option("--length-feature/--no-length-feature")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --output folder.")] = False,
 ) -> None:
     """Train a reward model on preference pairs with TRL's RewardTrainer."""
-    from db.crud import audit, current_guideline, database_fingerprint
-    from db.engine import read_only_engine, session_scope
-    from reward.config import load_config, parse_guideline_versions
-    from reward.pairs import parse_margin_mapping
-    from reward.train import resolve_base_model, train_reward_model
+    from reward.run import train_and_record
 
+    settings = {field: ctx.params[flag] for flag, field in CONFIG_FLAGS.items()}
+    settings.update(output_dir=str(output), resume_from_checkpoint=True if resume else None)
     with errors():
-        cfg = load_config(
-            config, output_dir=str(output), base_model=base_model, num_train_epochs=epochs, max_length=max_length,
-            sources=sources, aggregation=aggregation, margin_mapping=margin_mapping,
-            guideline_versions=guideline_versions, eval_fraction=eval_fraction, seed=seed,
-            learning_rate=learning_rate, per_device_train_batch_size=batch_size, max_steps=max_steps,
-            use_lora=lora, lora_r=lora_r, length_feature=length_feature, packing=packing,
-            resume_from_checkpoint=True if resume else None)
-        resolve_base_model(cfg.base_model)  # a missing base model fails before any work
-        mapping = parse_margin_mapping(cfg.margin_mapping)
-        engine = open_engine(db)
-        fingerprint = ""
-        if data == "db":
-            from reward.data import pairs_from_db
-
-            with session_scope(read_only_engine(engine)) as session:
-                latest = current_guideline(session=session)
-                pairs, stats = pairs_from_db(
-                    session=session, aggregation=cfg.aggregation, margin_mapping=mapping, sources=cfg.sources,
-                    guideline_versions=parse_guideline_versions(cfg.guideline_versions,
-                                                                latest.version if latest else None))
-                fingerprint = database_fingerprint(session=session)
-            origin = "judgments in the database"
-        else:
-            from dataclasses import replace
-
-            from reward.data import read_preference_file
-
-            pairs = [p if mapping else replace(p, margin=0.0) for p in read_preference_file(data)]
-            stats, origin = None, f"preference file {Path(data).name}"
-        result = train_reward_model(cfg, pairs, pair_stats=stats, overwrite=overwrite,
-                                    provenance={"database_fingerprint": fingerprint, "origin": origin})
-        if not result.is_main_process:
-            return
-        from reward.store import record_run
-
-        with session_scope(engine) as session:
-            run = record_run(result, session=session, data_fingerprint=fingerprint)
-            audit("cli", "reward.train", session=session, target=str(output),
-                  details={"run_id": run.id, "n_train": result.n_train, "n_eval": result.n_eval})
-            run_id = run.id
+        trained = train_and_record(settings, open_database=lambda: open_engine(db), config_file=config, data=data,
+                                   overwrite=overwrite)
+    if trained.run_id is None:  # another process of `accelerate launch`: the main one reports
+        return
+    result = trained.result
     typer.echo(f"Trained on {result.n_train} pairs ({result.n_truncated} truncated to max_length, none dropped); "
                f"held out {result.n_eval}; {result.pairs_per_second:.1f} pairs/s.")
     if result.report:
@@ -98,7 +83,7 @@ def _train(
         low, high = r["accuracy_ci"]
         typer.echo(f"Held-out accuracy {r['accuracy']:.3f} (95% CI {low:.3f}–{high:.3f}); "
                    f"length baseline {r['length_baseline']:.3f}; ECE {r['ece']:.3f}.")
-    typer.echo(f"Model written to {output} (reward model run #{run_id}).")
+    typer.echo(f"Model written to {output} (reward model run #{trained.run_id}).")
 
 
 def _evaluate(
@@ -108,7 +93,8 @@ def _evaluate(
     db: DbOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     output: Annotated[Optional[Path], typer.Option(help="Report folder (default MODEL_DIR/eval-<data>).")] = None,
-    format: Annotated[Optional[str], typer.Option(help="File format (default: detected).")] = None,
+    format: Annotated[Optional[str], typer.Option(
+        help="File format: trl, hh-rlhf or counselchat-upvotes (default: detected).")] = None,
 ) -> None:
     """Accuracy with a 95% CI, length baseline, shorter-wins accuracy, per source, calibration."""
     from db.engine import read_only_engine, session_scope
@@ -165,6 +151,6 @@ def _score(
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    app.command("train")(_train)
+    app.command("train", cls=TrainCommand)(_train)
     app.command("evaluate")(_evaluate)
     app.command("score")(_score)
