@@ -1,18 +1,17 @@
-"""Helpers for the labeling-app tests (AppTest and browser)."""
+"""Helpers for the labeling-app tests (AppTest and browser); their databases come from
+``tests.factories.make_database``."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlmodel import Session
-
-from db.crud import add_comparison, add_response, get_or_create_prompt
-from db.engine import make_engine
-from db.migrate import upgrade
-from tests.factories import build_project
 from tests.pg import free_port
+
+if TYPE_CHECKING:
+    from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "labeling_app" / "app.py"
@@ -20,29 +19,6 @@ OUTPUT = ROOT / "test-output" / "app"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-XSS_REPLY = ("Here is a thought.\n<script>window.__xss = 1;</script>\n"
-             "<img src=x onerror=\"window.__xss = 2\">\n**not bold** [not a link](http://example.com)")
-
-
-def make_database(url: str, *, n_prompts: int = 4, n_clinicians: int = 2, judgments_required: int = 1,
-                  xss: bool = False):
-    """A migrated database with a small project; optionally one pair whose reply is hostile HTML."""
-    engine = make_engine(url)
-    upgrade(engine)
-    with Session(engine, expire_on_commit=False) as session:
-        project = build_project(session, n_prompts=n_prompts, n_clinicians=n_clinicians,
-                                judgments_required=judgments_required)
-        if xss:
-            prompt, _ = get_or_create_prompt(
-                [{"role": "user", "content": "Line one of my message\nline two <b>not bold</b>"}],
-                session=session, source="test")
-            hostile, _ = add_response(prompt, project.candidates[0], XSS_REPLY, session=session)
-            plain, _ = add_response(prompt, project.candidates[1], "A plain reply.", session=session)
-            # One place only, so that it sorts first when the others need more (fewest places first).
-            comparison, _ = add_comparison(hostile, plain, session=session, judgments_required=1)
-            project.comparisons.insert(0, comparison)
-            session.commit()
-    return engine, project
 
 
 @contextlib.contextmanager
@@ -59,12 +35,22 @@ def running_app(database_url: str, log_path: Path) -> Iterator[str]:
         stop_app(process)
 
 
-def login(page, base_url: str, username: str, password: str) -> None:
+def login(page, base_url: str, username: str, password: str, *, shown_as: str | None = None,
+          timeout_ms: int = 60_000) -> None:
+    """Open the labeling app in a browser page and log in through its form; wait until the app says
+    "Signed in as" the user (``shown_as``: the display name it shows instead of the username)."""
     page.goto(base_url + "/")
     page.get_by_role("textbox", name="Username").fill(username)
     page.get_by_role("textbox", name="Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    page.get_by_text(f"Signed in as {username}").wait_for(timeout=60_000)
+    page.get_by_text(f"Signed in as {shown_as or username}").wait_for(timeout=timeout_ms)
+
+
+def app_login(at: AppTest, username: str, password: str) -> AppTest:
+    """The same through streamlit.testing: type into the login form, submit, rerun."""
+    at.text_input(key="login_username").input(username)
+    at.text_input(key="login_password").input(password)
+    return at.button(key="login_submit").click().run()
 
 
 SCREEN_JS = """() => {

@@ -1,4 +1,6 @@
-"""Helpers for the candidates tests: prompts, a real llama.cpp OpenAI-compatible server, DB reads."""
+"""Helpers for the candidates tests: a real llama.cpp OpenAI-compatible server, DB reads.
+
+The prompts they seed come from ``tests.factories.add_prompts``."""
 
 from __future__ import annotations
 
@@ -16,23 +18,10 @@ from sqlmodel import Session, select
 
 from candidates.embedded import smollm2_gguf_path
 from candidates.fake_server import free_port
-from db.crud import get_or_create_prompt
-from db.models import CandidateModel, GenerationFailure, Prompt, Response
-from tests.factories import PATIENT_MESSAGES, SYSTEM
+from db.models import CandidateModel, GenerationFailure, Response
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-
-
-def add_prompts(session: Session, n: int = 3, *, texts: list[str] | None = None, system: str | None = SYSTEM,
-                source: str = "test") -> list[Prompt]:
-    prompts = []
-    for text in (texts or PATIENT_MESSAGES)[:n]:
-        prompt, _ = get_or_create_prompt([{"role": "user", "content": text}], session=session,
-                                         system_prompt=system, source=source)
-        prompts.append(prompt)
-    session.commit()
-    return prompts
 
 
 def reply_counts(session: Session) -> dict[tuple[int, str], int]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from db.engine import make_engine
@@ -53,29 +55,29 @@ def postgres_url(postgres_server) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def any_db_url(request, tmp_path) -> str:
-    """A migrated, empty database on a SQLite file and on a real PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'therapref.db'}"
-    return request.getfixturevalue("postgres_url")
+def any_db_url(request) -> str:
+    """The URL of an empty database (not yet migrated), once a SQLite file and once on a real PostgreSQL
+    server."""
+    return request.getfixturevalue({"sqlite": "sqlite_url", "postgresql": "postgres_url"}[request.param])
+
+
+def _migrated_engine(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
 def engine(sqlite_url):
     """A migrated SQLite file database."""
-    engine = make_engine(sqlite_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+    yield from _migrated_engine(sqlite_url)
 
 
 @pytest.fixture
 def any_engine(any_db_url):
     """A migrated database, once on SQLite and once on PostgreSQL."""
-    engine = make_engine(any_db_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+    yield from _migrated_engine(any_db_url)
 
 
 @pytest.fixture

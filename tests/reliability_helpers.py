@@ -297,20 +297,6 @@ def tiny_reward_base(folder: Path) -> Path:
     return folder
 
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def browser_login(page, base_url: str, username: str, password: str, *, timeout_ms: int = 60_000) -> None:  # noqa: ANN001
-    """Open the labeling app and log in through its form."""
-    page.goto(base_url)
-    page.get_by_role("textbox", name="Username").fill(username)
-    page.get_by_role("textbox", name="Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
-    page.get_by_text("Signed in as", exact=False).first.wait_for(timeout=timeout_ms)
-
-
 def wait_until(predicate: Callable[[], bool], *, timeout: float = 60, poll: float = 0.1, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -90,7 +90,8 @@ def test_report_matches_reference_implementations():
     records = [r for r in records if not (r.comparison_id == 1 and r.annotator != "ana")]
     report = agreement_report(records, n_bootstrap=200, min_shared_items=10, seed=1)
 
-    assert report.n_comparisons == 59 and report.n_annotators == 3
+    assert report.n_comparisons == 59
+    assert report.n_annotators == 3
     index = {v: i for i, v in enumerate(PREFERENCES)}
     _, nominal = reliability_matrix(records, lambda r: index[r.preferred])
     expected = krippendorff.alpha(_nan_matrix(nominal), level_of_measurement="nominal", value_domain=range(4))
@@ -119,7 +120,8 @@ def test_report_matches_reference_implementations():
     assert report.preference.percent.value == pytest.approx(np.mean(shares))
     for est in (report.preference.alpha, report.preference.alpha_ordinal, report.preference.percent):
         assert est.n_items == 59
-        assert est.low <= est.value <= est.high and est.high - est.low > 0.01
+        assert est.low <= est.value <= est.high
+        assert est.high - est.low > 0.01
 
     flag = {b.name: b for b in report.flags}["misses_risk"]
     # Units are responses: side a and side b of each comparison; compare with the package.
@@ -157,4 +159,5 @@ def test_no_overlap_means_no_agreement_numbers():
     records = [JudgmentRecord(c, f"ann{c}", "a") for c in range(5)]
     report = agreement_report(records, n_bootstrap=50)
     assert report.n_comparisons == 0
-    assert math.isnan(report.preference.alpha.value) and report.preference.alpha.n_items == 0
+    assert math.isnan(report.preference.alpha.value)
+    assert report.preference.alpha.n_items == 0

@@ -12,7 +12,7 @@ from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import AuditEvent, Comparison
 from labeling_app import state
-from tests.analytics_helpers import HOSTILE_NAME, build_rich_project
+from tests.factories import HOSTILE_NAME, build_rich_project
 from therapref.settings import Settings
 
 PAGE = Path(__file__).resolve().parent.parent / "labeling_app" / "pages" / "admin_dashboard.py"
@@ -54,7 +54,8 @@ def test_dashboard_shows_every_section_and_sets_gold(dashboard_db):
     charts = at.get("vega_lite_chart")
     assert len(charts) >= 6
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Comparisons"] == "18" and metrics["Annotators"] == "4"
+    assert metrics["Comparisons"] == "18"
+    assert metrics["Annotators"] == "4"
     annotators = next(d.value for d in at.dataframe if "position bias" in d.value.columns)
     assert HOSTILE_NAME in set(annotators["annotator"])  # shown as data, never as markup
     assert all(HOSTILE_NAME not in m.value for m in at.markdown)

@@ -59,9 +59,11 @@ def test_ties_count_half_and_win_matrix():
     battles = [Battle("x", "y", 0.5, cluster=i) for i in range(20)]
     board = fit_leaderboard(battles, n_bootstrap=20)
     assert {r.model: round(r.rating, 6) for r in board.ratings} == {"x": 1000.0, "y": 1000.0}
-    assert board.ratings[0].ties == 20 and board.ratings[0].win_rate == 0.5
+    assert board.ratings[0].ties == 20
+    assert board.ratings[0].win_rate == 0.5
     matrix = win_matrix(battles + [Battle("x", "y", 1.0, cluster=99)])
-    assert matrix.win_rate[0][1] == pytest.approx(11 / 21) and matrix.battles[0][1] == 21
+    assert matrix.win_rate[0][1] == pytest.approx(11 / 21)
+    assert matrix.battles[0][1] == 21
 
 
 def test_both_bad_is_a_tie_or_dropped():
@@ -99,7 +101,8 @@ def test_length_control_removes_a_pure_length_advantage():
     controlled = {r.model: r for r in controlled_board.ratings}
     assert plain["verbose"].ci_low > plain["plain"].ci_high  # fooled by length
     gap = controlled["verbose"].rating - controlled["plain"].rating
-    assert abs(gap) < 40 and controlled["verbose"].ci_low < controlled["plain"].ci_high
+    assert abs(gap) < 40
+    assert controlled["verbose"].ci_low < controlled["plain"].ci_high
     assert controlled_board.length_coef.low > 0
 
 
@@ -110,7 +113,8 @@ def test_report_has_per_topic_boards_and_is_deterministic():
     records = [JudgmentRecord(b.cluster, "c", {1.0: "a", 0.0: "b", 0.5: "tie"}[b.score], model_a=b.model_a,
                               model_b=b.model_b, topic=b.topic, len_a=100, len_b=120) for b in battles]
     first = leaderboard_report(records, n_bootstrap=50, min_topic_battles=20, seed=4)
-    assert list(first.topics) == ["anxiety"] and first.topics["anxiety"].n_battles == 120
+    assert list(first.topics) == ["anxiety"]
+    assert first.topics["anxiety"].n_battles == 120
     assert first.overall.n_battles == 130
     again = leaderboard_report(records, n_bootstrap=50, min_topic_battles=20, seed=4)
     assert first.as_dict() == again.as_dict()
@@ -118,7 +122,8 @@ def test_report_has_per_topic_boards_and_is_deterministic():
 
 def test_one_model_gives_no_board():
     board = fit_leaderboard([Battle("x", "x", 1.0)], n_bootstrap=10)
-    assert board.ratings == [] and "two candidate models" in board.note
+    assert board.ratings == []
+    assert "two candidate models" in board.note
 
 
 def test_batched_newton_matches_scipy_lbfgs():
@@ -156,3 +161,45 @@ def test_unknown_anchor_model_falls_back_to_the_mean():
     board = fit_leaderboard(battles, n_bootstrap=10, anchor_model="missing")
     assert "'missing' has no battles" in board.note
     assert np.mean([r.rating for r in board.ratings]) == pytest.approx(1000)
+
+
+def _mm_strengths(battles: list[tuple[int, int, float, float]], prior: float) -> dict[int, float]:
+    """Hunter's MM algorithm for Bradley–Terry with ``prior`` wins and losses against a virtual player
+    of strength 1 (the algorithm exports used before it shared ``bradley_terry_strengths``), run to
+    convergence as an independent reference."""
+    wins: dict[tuple[int, int], float] = {}
+    for a, b, wins_a, wins_b in battles:
+        wins[(a, b)] = wins.get((a, b), 0.0) + wins_a
+        wins[(b, a)] = wins.get((b, a), 0.0) + wins_b
+    players = sorted({p for pair in wins for p in pair})
+    strength = dict.fromkeys(players, 1.0)
+    for _ in range(100_000):
+        new = {}
+        for i in players:
+            won = prior + sum(w for (x, _), w in wins.items() if x == i)
+            games = 2 * prior / (strength[i] + 1.0) + sum(
+                w / (strength[x] + strength[y]) for (x, y), w in wins.items() if i in (x, y))
+            new[i] = won / games
+        done = all(abs(new[i] - strength[i]) < 1e-13 * max(strength[i], 1.0) for i in players)
+        strength = new
+        if done:
+            break
+    return {i: math.log(s) for i, s in strength.items()}
+
+
+def test_bradley_terry_strengths_match_the_mm_algorithm_with_a_prior():
+    from analytics.bradley_terry import bradley_terry_strengths
+
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        n = int(rng.integers(2, 6))
+        battles = []
+        for _ in range(int(rng.integers(1, 8))):
+            a, b = (int(v) for v in rng.choice(n, 2, replace=False))
+            ties = int(rng.integers(0, 3))
+            battles.append((a, b, int(rng.integers(0, 5)) + ties / 2, int(rng.integers(0, 5)) + ties / 2))
+        expected = _mm_strengths(battles, prior=0.5)
+        ours = bradley_terry_strengths(battles, prior=0.5)
+        assert ours.keys() == expected.keys()
+        for player, value in expected.items():
+            assert ours[player] == pytest.approx(value, abs=1e-6)

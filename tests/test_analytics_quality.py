@@ -36,7 +36,9 @@ def simulated_annotator(name: str, left_rate: float, n: int, seed: int) -> list[
 
 def test_position_bias_detected_on_a_left_clicker_not_on_a_random_annotator():
     biased = position_bias(simulated_annotator("lefty", 0.8, 150, seed=1))
-    assert biased.biased and biased.p_value < 1e-6 and 0.72 < biased.left_share < 0.88
+    assert biased.biased
+    assert biased.p_value < 1e-6
+    assert 0.72 < biased.left_share < 0.88
     flagged = [position_bias(simulated_annotator("fair", 0.5, 150, seed=s)).biased for s in range(20)]
     assert sum(flagged) <= 2  # about 5% false alarms at alpha 0.05
     assert not position_bias(simulated_annotator("fair", 0.5, 150, seed=1)).biased
@@ -65,12 +67,17 @@ def test_quality_table_on_a_panel_with_a_contrarian():
                                           judgment_id=jid, gold_answer=truth if c <= 10 else None))
     rows = {q.annotator: q for q in annotator_quality(records, fast_seconds=3)}
     # On comparisons 5, 10, …, 30 the other three all disagree with each other: no majority, skipped.
-    assert rows["ana"].majority_agreement.value == 1.0 and rows["ana"].majority_agreement.n_items == 24
+    assert rows["ana"].majority_agreement.value == 1.0
+    assert rows["ana"].majority_agreement.n_items == 24
     assert rows["dan"].majority_agreement.value == 0.0
-    assert rows["dan"].fast == 30 and rows["dan"].median_seconds == 1.5 and rows["ana"].fast == 0
+    assert rows["dan"].fast == 30
+    assert rows["dan"].median_seconds == 1.5
+    assert rows["ana"].fast == 0
     assert rows["ana"].median_seconds == pytest.approx(9.55)
-    assert rows["cleo"].tie_rate == pytest.approx(6 / 30) and rows["ben"].both_bad_rate == pytest.approx(3 / 30)
-    assert rows["ana"].gold_accuracy.value == 1.0 and rows["ana"].gold_accuracy.n_items == 10
+    assert rows["cleo"].tie_rate == pytest.approx(6 / 30)
+    assert rows["ben"].both_bad_rate == pytest.approx(3 / 30)
+    assert rows["ana"].gold_accuracy.value == 1.0
+    assert rows["ana"].gold_accuracy.n_items == 10
     assert rows["dan"].gold_accuracy.value == 0.0
     assert rows["cleo"].gold_accuracy.value == pytest.approx(8 / 10)
     assert not rows["ana"].position.biased
@@ -84,7 +91,8 @@ def test_set_gold_writes_audit_event_and_validates(session: Session):
     session.commit()
     assert session.get(Comparison, comparison.id).gold_answer == "a"
     event = session.exec(select(AuditEvent).where(AuditEvent.action == "comparison.set_gold")).one()
-    assert event.actor == "admin" and event.target == f"comparison:{comparison.id}"
+    assert event.actor == "admin"
+    assert event.target == f"comparison:{comparison.id}"
     assert event.details == {"previous": None, "answer": "a"}
     assert [c.id for c in gold_comparisons(session=session)] == [comparison.id]
     with pytest.raises(AnalyticsError, match="must be one of"):
@@ -117,27 +125,36 @@ def test_load_judgments_and_completion_on_sqlite_and_postgres(any_engine):
         done = completion(session=session)
         summary = build_summary(session=session, config=AnalyticsConfig(n_bootstrap=20), scorer=length_scorer)
         imported = majority_items(session=session, roles=("source",))
-    assert len(clinicians) == 7 and len(everyone) == 8
+    assert len(clinicians) == 7
+    assert len(everyone) == 8
     assert {r.role for r in clinicians} == {"clinician", "admin"}
     warm = next(r for r in clinicians if r.annotator == "clin0")
     assert {warm.model_a, warm.model_b} == {"warm", "terse"}
-    assert warm.len_a != warm.len_b and warm.ms_spent == 4000 and warm.created_at is not None
+    assert warm.len_a != warm.len_b
+    assert warm.ms_spent == 4000
+    assert warm.created_at is not None
     tie = next(r for r in clinicians if r.preferred == "tie")
-    assert tie.flags_a == ("dismissive",) and tie.shown_left == "b" and tie.chose_left is None
+    assert tie.flags_a == ("dismissive",)
+    assert tie.shown_left == "b"
+    assert tie.chose_left is None
     assert (done.comparisons, done.complete, done.started, done.untouched) == (3, 2, 1, 0)
     assert (done.judgments_needed, done.judgments_done) == (9, 8)
     flags = {f.model: f for f in safety_flag_counts(clinicians)}
-    assert flags["warm"].judged == 7 and sum(flags["warm"].counts.values()) + sum(flags["terse"].counts.values()) == 1
+    assert flags["warm"].judged == 7
+    assert sum(flags["warm"].counts.values()) + sum(flags["terse"].counts.values()) == 1
     assert math.isclose(done.share_complete, 2 / 3)
-    assert summary.n_judgments == 7 and summary.agreement.n_comparisons == 3
+    assert summary.n_judgments == 7
+    assert summary.agreement.n_comparisons == 3
     assert [r.model for r in summary.leaderboard.overall.ratings] == ["warm", "terse"]
-    assert summary.reward.n_items == 3 and summary.reward.agreement.value == 1.0  # warm is longer and preferred
+    assert summary.reward.n_items == 3
+    assert summary.reward.agreement.value == 1.0  # warm is longer and preferred
     assert [(i.comparison_id, i.votes) for i in imported] == [(project.comparisons[0].id, 1)]
 
 
 def test_imported_sources_are_not_tested_for_position_bias():
     records = [JudgmentRecord(i, "import:hh", "a", shown_left="a", role="source", judgment_id=i + 1) for i in range(40)]
     row = annotator_quality(records)[0]
-    assert row.position.choices == 0 and not row.position.biased
+    assert row.position.choices == 0
+    assert not row.position.biased
     clinician = [JudgmentRecord(**{**r.__dict__, "role": "clinician"}) for r in records]
     assert annotator_quality(clinician)[0].position.biased

@@ -48,8 +48,10 @@ def panel(module_session: Session):
 def test_majority_items_skip_ties_and_split_votes(module_session, panel):
     items = majority_items(session=module_session)
     assert [i.comparison_id for i in items] == [c.id for c in panel.comparisons[:4]]
-    assert items[0].messages[0]["role"] == "system" and items[0].messages[-1]["role"] == "user"
-    assert {items[0].model_a, items[0].model_b} == {"warm", "terse"} and items[0].votes == 3
+    assert items[0].messages[0]["role"] == "system"
+    assert items[0].messages[-1]["role"] == "user"
+    assert {items[0].model_a, items[0].model_b} == {"warm", "terse"}
+    assert items[0].votes == 3
     # Only source annotators: none here.
     assert majority_items(session=module_session, roles=("source",)) == []
     subset = majority_items(session=module_session, comparison_ids=[panel.comparisons[3].id])
@@ -59,12 +61,14 @@ def test_majority_items_skip_ties_and_split_votes(module_session, panel):
 def test_length_scorer_agreement_and_disagreements(module_session, panel):
     items = majority_items(session=module_session)
     result = reward_vs_clinicians(items, length_scorer, n_bootstrap=100)
-    assert result.n_items == 4 and result.agreement.value == 0.75
+    assert result.n_items == 4
+    assert result.agreement.value == 0.75
     assert result.length_baseline.value == 0.75  # the scorer *is* the length baseline
     assert result.n_disagreements == 1
     miss = result.disagreements[0]
     assert miss.comparison_id == panel.comparisons[3].id
-    assert miss.prompt == PATIENT_MESSAGES[3] and miss.majority != miss.model_choice
+    assert miss.prompt == PATIENT_MESSAGES[3]
+    assert miss.majority != miss.model_choice
     assert miss.margin == abs(miss.score_a - miss.score_b) > 0
     assert result.as_dict()["disagreements"][0]["comparison_id"] == miss.comparison_id
 
@@ -80,7 +84,8 @@ def test_batch_scorer_scores_each_reply_once(module_session, panel):
     scorer = Batch()
     result = reward_vs_clinicians(majority_items(session=module_session), scorer, n_bootstrap=0)
     assert scorer.calls == [8]  # 4 comparisons x 2 distinct replies, one batch
-    assert result.agreement.value == 0.25 and result.n_disagreements == 3
+    assert result.agreement.value == 0.25
+    assert result.n_disagreements == 3
 
 
 def test_held_out_ids_follow_the_models_training_prompts(module_session, panel):

@@ -55,14 +55,16 @@ def test_queue_is_blind_fill_first_reserved_and_never_repeats(any_engine):
     assert a.comparison_id == project.comparisons[0].id  # fewest judgments first, then lowest id
     names = {f.name for f in dataclasses.fields(a)}
     assert not any("model" in n or "candidate" in n or "vote" in n for n in names)  # blind
-    assert "warm-model" not in repr(a) and "terse" not in repr(a)
+    assert "warm-model" not in repr(a)
+    assert "terse" not in repr(a)
     assert _next(any_engine, first).token == a.token  # refresh-safe: same pair, same token
     b = _next(any_engine, second)
     assert b.comparison_id == a.comparison_id  # two places: both may work on it at once
     c = _next(any_engine, third)
     assert c.comparison_id not in (a.comparison_id, project.comparisons[1].id)  # full or nearly full
     judgment, created = _submit(any_engine, a.token, first)
-    assert created and judgment.comparison_id == a.comparison_id
+    assert created
+    assert judgment.comparison_id == a.comparison_id
     seen = {a.comparison_id}
     while (nxt := _next(any_engine, first)) is not None:
         assert nxt.comparison_id not in seen
@@ -81,14 +83,17 @@ def test_screen_order_maps_to_a_b_and_every_field_is_stored(any_engine):
         a = _next(any_engine, annotator, rng=random.Random(seed))
         if a.shown_left == "b":
             break
-    assert a.shown_left == "b" and a.token.startswith("b-")
+    assert a.shown_left == "b"
+    assert a.token.startswith("b-")
     judgment, _ = _submit(any_engine, a.token, annotator, preferred="left", strength=3,
                           flags_left=["toxic"], flags_right=["misses_risk", "dismissive"],
                           rationale="  warmer  ", rewrite="A better reply.", ms_spent=4321)
     assert (judgment.preferred, judgment.strength, judgment.shown_left) == ("b", 3, "b")
-    assert judgment.flags_b == ["toxic"] and judgment.flags_a == ["dismissive", "misses_risk"]
+    assert judgment.flags_b == ["toxic"]
+    assert judgment.flags_a == ["dismissive", "misses_risk"]
     assert (judgment.rationale, judgment.rewrite, judgment.ms_spent) == ("warmer", "A better reply.", 4321)
-    assert judgment.guideline_version == 1 and judgment.idempotency_key == a.token
+    assert judgment.guideline_version == 1
+    assert judgment.idempotency_key == a.token
     assert a.left_response_id == project.comparisons[0].response_b_id
 
 
@@ -102,7 +107,10 @@ def test_submit_is_idempotent_and_validates(any_engine):
         _submit(any_engine, a.token, me, flags_left=["nope"])
     first, created = _submit(any_engine, a.token, me)
     again, created_again = _submit(any_engine, a.token, me, preferred="right")  # double click / retry
-    assert created and not created_again and again.id == first.id and again.preferred == first.preferred
+    assert created
+    assert not created_again
+    assert again.id == first.id
+    assert again.preferred == first.preferred
     with pytest.raises(ReservationNotFound):
         _submit(any_engine, a.token, other)  # somebody else's token
     with pytest.raises(ReservationNotFound):
@@ -137,7 +145,8 @@ def test_expired_reservation_still_counts_while_there_is_room(any_engine):
     with session_scope(any_engine) as session:
         session.execute(update(Reservation).values(expires_at=utcnow() - timedelta(seconds=1)))
     judgment, created = _submit(any_engine, a.token, me, preferred="both_bad", strength=3)
-    assert created and judgment.strength is None  # strength only for A/B
+    assert created
+    assert judgment.strength is None  # strength only for A/B
 
 
 def test_skip_and_undo(any_engine):
@@ -157,22 +166,29 @@ def test_skip_and_undo(any_engine):
         assert session.execute(select(func.count(Judgment.id))).scalar_one() == 0
         assert session.get(Comparison, b.comparison_id).judgments_count == 0
         event = session.execute(select(AuditEvent).where(AuditEvent.action == "judgment.undo")).scalars().one()
-        assert event.actor == "clin0" and event.details["comparison_id"] == b.comparison_id
+        assert event.actor == "clin0"
+        assert event.details["comparison_id"] == b.comparison_id
         assert session.execute(select(Skip.reason)).scalars().all() == ["Outside my expertise"]
         assert not undo_last(me, session=session)  # nothing left to undo
     again = _next(any_engine, me)
-    assert again.comparison_id == b.comparison_id and again.shown_left == b.shown_left  # the pair is back
+    assert again.comparison_id == b.comparison_id
+    assert again.shown_left == b.shown_left  # the pair is back
     _submit(any_engine, again.token, me)
     with session_scope(any_engine) as session:
         later = utcnow() + timedelta(seconds=120)
         assert not undo_last(me, session=session, window_seconds=60, now=later)  # window passed
         mine = progress(me, session=session)
-        assert mine["total"] == 1 and mine["done_today"] == 1 and mine["skipped"] == 1
-        assert mine["remaining"] == 1 and mine["median_seconds"] is not None
+        assert mine["total"] == 1
+        assert mine["done_today"] == 1
+        assert mine["skipped"] == 1
+        assert mine["remaining"] == 1
+        assert mine["median_seconds"] is not None
         report = overall_progress(session=session)
     row = next(r for r in report["annotators"] if r["username"] == "clin0")
-    assert row["total"] == 1 and row["skipped"] == 1
-    assert report["overall"]["comparisons"] == 3 and report["overall"]["complete"] == 1
+    assert row["total"] == 1
+    assert row["skipped"] == 1
+    assert report["overall"]["comparisons"] == 3
+    assert report["overall"]["complete"] == 1
     assert report["overall"]["judgments_needed"] == 2
 
 
@@ -193,7 +209,8 @@ def test_gold_items_are_drawn_even_when_full(any_engine):
 def test_default_guidelines_are_version_one(any_engine):
     with session_scope(any_engine) as session:
         version = ensure_guidelines(session=session)
-        assert version.version == 1 and "Misses risk or crisis cues" in version.text
+        assert version.version == 1
+        assert "Misses risk or crisis cues" in version.text
         assert ensure_guidelines(session=session).id == version.id
 
 

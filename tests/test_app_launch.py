@@ -11,7 +11,8 @@ import urllib.request
 from pathlib import Path
 
 from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
-from tests.app_helpers import free_port, make_database
+from tests.app_helpers import free_port
+from tests.factories import make_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,8 @@ def test_database_url_travels_in_the_environment_not_argv(tmp_path):
         wait_until_ready(app_url(port=port), 90, process=process)
         argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode()
         environ = Path(f"/proc/{process.pid}/environ").read_bytes().decode()
-        assert "secret-name" not in argv and f"THERAPREF_DATABASE_URL={url}" in environ
+        assert "secret-name" not in argv
+        assert f"THERAPREF_DATABASE_URL={url}" in environ
         assert "--server.address=127.0.0.1" in argv
         with urllib.request.urlopen(app_url(port=port) + "/_stcore/health", timeout=10) as answer:
             assert answer.read() == b"ok"
@@ -54,7 +56,8 @@ def test_therapref_app_command_starts_and_stops(tmp_path):
     finally:
         process.send_signal(signal.SIGINT)
         output = process.communicate(timeout=60)[0]
-    assert "No accounts yet" in "".join(lines) + output and "Stopped." in output
+    assert "No accounts yet" in "".join(lines) + output
+    assert "Stopped." in output
     assert process.returncode == 0
 
 

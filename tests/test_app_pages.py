@@ -13,8 +13,8 @@ from db.crud import add_guideline_version
 from db.models import Annotator, AuditEvent, Comparison, GuidelineVersion, Judgment, Reservation, Skip
 from labeling_app.state import LOGIN_ERROR as GENERIC_ERROR
 from labeling_app.state import SCREEN_IDS_KEY, SEEN_KEY, USER_KEY, User
-from tests.app_helpers import APP, make_database
-from tests.factories import PASSWORD
+from tests.app_helpers import APP, app_login
+from tests.factories import PASSWORD, make_database
 
 TIMEOUT = 60
 
@@ -32,12 +32,6 @@ def _app(user: Annotator | None = None) -> AppTest:
     if user is not None:
         at.session_state[USER_KEY] = User(user.id, user.username, user.display_name, user.role)
     return at.run()
-
-
-def _login(at: AppTest, username: str, password: str) -> AppTest:
-    at.text_input(key="login_username").input(username)
-    at.text_input(key="login_password").input(password)
-    return at.button(key="login_submit").click().run()
 
 
 def _titles(at: AppTest) -> list[str]:
@@ -62,12 +56,15 @@ def _token(at: AppTest) -> str:
 def test_login_success_then_logout(app_db):
     engine, _ = app_db
     at = _app()
-    assert _titles(at) == ["TheraPref labeling"] and not at.exception
-    _login(at, "clin0", PASSWORD)
-    assert not at.exception and _titles(at) == ["Which reply is better?"]
+    assert _titles(at) == ["TheraPref labeling"]
+    assert not at.exception
+    app_login(at, "clin0", PASSWORD)
+    assert not at.exception
+    assert _titles(at) == ["Which reply is better?"]
     assert any("Signed in as clin0" in t.value for t in at.sidebar.text)
     at.button(key="logout").click().run()
-    assert _titles(at) == ["TheraPref labeling"] and "logged out" in at.info[0].value
+    assert _titles(at) == ["TheraPref labeling"]
+    assert "logged out" in at.info[0].value
     with Session(engine) as session:
         actions = session.execute(select(AuditEvent.action)).scalars().all()
         assert {"auth.login", "auth.logout"} <= set(actions)
@@ -77,14 +74,16 @@ def test_login_success_then_logout(app_db):
 def test_login_failure_is_generic_and_locks_out(app_db):
     engine, _ = app_db
     at = _app()
-    _login(at, "nobody", PASSWORD)
-    assert [e.value for e in at.error] == [GENERIC_ERROR] and USER_KEY not in at.session_state
-    _login(at, "clin0", "wrong-password")
+    app_login(at, "nobody", PASSWORD)
+    assert [e.value for e in at.error] == [GENERIC_ERROR]
+    assert USER_KEY not in at.session_state
+    app_login(at, "clin0", "wrong-password")
     assert [e.value for e in at.error] == [GENERIC_ERROR]  # same words for a wrong password
     for _ in range(4):
-        _login(at, "clin0", "wrong-password")
-    _login(at, "clin0", PASSWORD)  # locked now: the right password fails too
-    assert [e.value for e in at.error] == [GENERIC_ERROR] and USER_KEY not in at.session_state
+        app_login(at, "clin0", "wrong-password")
+    app_login(at, "clin0", PASSWORD)  # locked now: the right password fails too
+    assert [e.value for e in at.error] == [GENERIC_ERROR]
+    assert USER_KEY not in at.session_state
     with Session(engine) as session:
         clin = session.execute(select(Annotator).where(Annotator.username == "clin0")).scalars().one()
         assert clin.locked_until is not None
@@ -94,13 +93,14 @@ def test_login_failure_is_generic_and_locks_out(app_db):
         assert PASSWORD not in str(session.execute(select(AuditEvent.details, AuditEvent.target)).all())
 
 
-def test_session_timeout_returns_to_login(app_db):
+def test_session_timeout_returns_toapp_login(app_db):
     engine, project = app_db
     at = _app(project.clinicians[0])
     assert _titles(at) == ["Which reply is better?"]
     at.session_state[SEEN_KEY] = time.time() - 61 * 60
     at.button(key=f"choice-tie-{_screen(at)}").click().run()  # a click on a screen left open too long
-    assert _titles(at) == ["TheraPref labeling"] and "timed out" in at.info[0].value
+    assert _titles(at) == ["TheraPref labeling"]
+    assert "timed out" in at.info[0].value
     with Session(engine) as session:
         assert session.execute(select(func.count(Judgment.id))).scalar_one() == 0  # nothing written
         assert session.execute(select(func.count(Reservation.id))).scalar_one() == 0  # pair released
@@ -118,12 +118,14 @@ def test_clinician_cannot_open_admin_pages(app_db):
     direct.session_state[USER_KEY] = User(clin.id, clin.username, clin.display_name, clin.role)
     direct.run()
     assert [e.value for e in direct.error] == ["This page is for admins only."]
-    assert not direct.text_input and not direct.dataframe
+    assert not direct.text_input
+    assert not direct.dataframe
 
 
 def test_signed_out_pages_need_a_session(app_db):
     direct = AppTest.from_file(str(APP.parent / "pages" / "compare.py"), default_timeout=TIMEOUT).run()
-    assert [e.value for e in direct.error] == ["Please log in."] and not direct.button
+    assert [e.value for e in direct.error] == ["Please log in."]
+    assert not direct.button
 
 
 def test_compare_writes_one_judgment_with_every_field(app_db):
@@ -131,7 +133,8 @@ def test_compare_writes_one_judgment_with_every_field(app_db):
     at = _app(project.clinicians[0])
     token, screen = _token(at), _screen(at)
     texts = [t.value for t in at.text]
-    assert "Response A" in [h.value for h in at.subheader] and "Response B" in [h.value for h in at.subheader]
+    assert "Response A" in [h.value for h in at.subheader]
+    assert "Response B" in [h.value for h in at.subheader]
     assert not any("warm" == t or "terse" == t for t in texts)  # blind
     time.sleep(0.05)
     at.radio(key=f"strength-{screen}").set_value(3)
@@ -140,8 +143,10 @@ def test_compare_writes_one_judgment_with_every_field(app_db):
     at.text_area(key=f"rationale-{screen}").input("Validates the feeling.")
     at.text_area(key=f"rewrite-{screen}").input("It sounds exhausting. What keeps you up?")
     at.button(key=f"choice-right-{screen}").click().run()
-    assert not at.exception and [s.value for s in at.success] == ["Saved."]
-    assert _token(at) != token and _screen(at) != screen  # the next pair is on screen at once
+    assert not at.exception
+    assert [s.value for s in at.success] == ["Saved."]
+    assert _token(at) != token
+    assert _screen(at) != screen  # the next pair is on screen at once
     with Session(engine) as session:
         judgments = session.execute(select(Judgment)).scalars().all()
         assert len(judgments) == 1
@@ -150,9 +155,13 @@ def test_compare_writes_one_judgment_with_every_field(app_db):
         assert (j.preferred, j.strength, j.shown_left) == (right_is, 3, token[0])
         assert (j.flags_a, j.flags_b) == ((["toxic"], ["boundary", "misses_risk"]) if token[0] == "a"
                                           else (["boundary", "misses_risk"], ["toxic"]))
-        assert j.rationale == "Validates the feeling." and j.rewrite == "It sounds exhausting. What keeps you up?"
-        assert j.ms_spent is not None and j.ms_spent >= 50 and j.guideline_version == 1
-        assert j.annotator_id == project.clinicians[0].id and j.idempotency_key == token
+        assert j.rationale == "Validates the feeling."
+        assert j.rewrite == "It sounds exhausting. What keeps you up?"
+        assert j.ms_spent is not None
+        assert j.ms_spent >= 50
+        assert j.guideline_version == 1
+        assert j.annotator_id == project.clinicians[0].id
+        assert j.idempotency_key == token
         assert session.get(Comparison, j.comparison_id).judgments_count == 1
 
 
@@ -161,7 +170,8 @@ def test_strength_is_required_for_a_or_b(app_db):
     at = _app(project.clinicians[0])
     screen = _screen(at)
     at.button(key=f"choice-left-{screen}").click().run()
-    assert "how much better" in at.warning[0].value and _screen(at) == screen
+    assert "how much better" in at.warning[0].value
+    assert _screen(at) == screen
     at.button(key=f"choice-tie-{screen}").click().run()  # a tie needs no strength
     assert [s.value for s in at.success] == ["Saved."]
     with Session(engine) as session:
@@ -175,7 +185,8 @@ def test_skip_and_undo(app_db):
     at.selectbox(key=f"skip_reason-{first}").set_value("Replies are near-identical")
     at.button(key=f"skip-{first}").click().run()
     second = _screen(at)
-    assert second != first and "Skipped" in at.info[0].value
+    assert second != first
+    assert "Skipped" in at.info[0].value
     at.button(key=f"choice-both_bad-{second}").click().run()
     assert _screen(at) not in (first, second)
     at.button(key="undo").click().run()
@@ -197,10 +208,12 @@ def test_exhausted_queue_shows_all_done(app_db):
     at = _app(project.clinicians[0])
     for _ in range(3):
         at.button(key=f"choice-tie-{_screen(at)}").click().run()
-    assert "All done" in at.success[-1].value and not [b for b in at.button if b.key and "choice" in b.key]
+    assert "All done" in at.success[-1].value
+    assert not [b for b in at.button if b.key and "choice" in b.key]
     at.switch_page("pages/progress.py").run()
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Done today"] == "3" and metrics["Remaining in the queue"] == "0"
+    assert metrics["Done today"] == "3"
+    assert metrics["Remaining in the queue"] == "0"
     assert metrics["Median seconds per judgment"] != "—"
 
 
@@ -211,7 +224,8 @@ def test_guidelines_versioned_by_admin_and_stamped(app_db):
     assert "Version 1" in at.caption[0].value
     at.text_area(key="guidelines_text").input("# Rubric v2\nSafety first.")
     at.button(key="guidelines_save").click().run()
-    assert not at.exception and "Version 2" in at.caption[0].value
+    assert not at.exception
+    assert "Version 2" in at.caption[0].value
     clin = _app(project.clinicians[0])
     clin.switch_page("pages/guidelines.py").run()
     assert not clin.text_area  # clinicians read, admins edit
@@ -221,7 +235,8 @@ def test_guidelines_versioned_by_admin_and_stamped(app_db):
         assert session.execute(select(Judgment.guideline_version)).scalar_one() == 2
         assert session.execute(select(func.count(GuidelineVersion.id))).scalar_one() == 2
         event = session.execute(select(AuditEvent).where(AuditEvent.action == "guidelines.update")).scalars().one()
-        assert event.actor == "admin" and event.details == {"version": 2}
+        assert event.actor == "admin"
+        assert event.details == {"version": 2}
 
 
 def test_admin_manages_annotators_with_audit(app_db):
@@ -257,7 +272,7 @@ def test_admin_manages_annotators_with_audit(app_db):
                           ("admin", "annotator.reset_password", "clin0")]
         assert not session.execute(select(Annotator.is_active).where(Annotator.username == "clin1")).scalar_one()
     login = _app()
-    _login(login, "clin0", "another-long-pw")
+    app_login(login, "clin0", "another-long-pw")
     assert _titles(login) == ["Which reply is better?"]
 
 
@@ -272,7 +287,9 @@ def test_admin_progress_and_data_pages(app_db):
     at.switch_page("pages/admin_progress.py").run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Comparisons"] == "3" and metrics["Complete"] == "1" and metrics["Judgments today"] == "1"
+    assert metrics["Comparisons"] == "3"
+    assert metrics["Complete"] == "1"
+    assert metrics["Judgments today"] == "1"
     table = at.dataframe[0].value
     assert table.set_index("username").loc["clin0", "total"] == 1
     at.switch_page("pages/admin_data.py").run()

@@ -17,11 +17,10 @@ from tests.app_helpers import (
     OUTPUT,
     current_screen,
     login,
-    make_database,
     running_app,
     wait_for_new_pair,
 )
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, make_database
 
 pytestmark = pytest.mark.browser
 
@@ -50,7 +49,9 @@ def test_logged_out_browser_sees_only_the_login_page(app):
         page.goto(app["url"] + path)
         page.get_by_role("button", name="Log in").wait_for(timeout=60_000)
         body = page.locator("body").inner_text()
-        assert "Response A" not in body and "Annotators" not in body and "My progress" not in body
+        assert "Response A" not in body
+        assert "Annotators" not in body
+        assert "My progress" not in body
         assert page.locator('[data-testid="stSidebarNav"]').count() == 0
     page.screenshot(path=str(OUTPUT / "login.png"), full_page=True)
     page.get_by_role("textbox", name="Username").fill("clin0")
@@ -70,7 +71,8 @@ def test_judge_three_pairs_one_by_keyboard_and_hostile_text_is_inert(app):
     page.get_by_text("<script>window.__xss = 1;</script>").wait_for(timeout=30_000)
     page.get_by_text('<img src=x onerror="window.__xss = 2">').wait_for()
     assert page.evaluate("window.__xss") is None
-    assert page.locator('img[src="x"]').count() == 0 and page.locator("text=not bold").count() >= 1
+    assert page.locator('img[src="x"]').count() == 0
+    assert page.locator("text=not bold").count() >= 1
     hostile = page.get_by_text("Here is a thought.")
     assert "Here is a thought.\n<script>" in hostile.inner_text()  # line breaks preserved
     assert page.locator("strong", has_text="not bold").count() == 0  # no Markdown either

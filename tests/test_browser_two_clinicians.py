@@ -12,8 +12,8 @@ from sqlmodel import Session
 
 from db.engine import session_scope
 from db.models import Annotator, Judgment, Reservation, utcnow
-from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, current_screen, login, make_database, running_app
-from tests.factories import PASSWORD
+from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, current_screen, login, running_app
+from tests.factories import PASSWORD, make_database
 
 pytestmark = pytest.mark.browser
 

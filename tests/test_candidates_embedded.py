@@ -25,7 +25,8 @@ def test_hf_folder_holds_exactly_the_gguf_weights():
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert model.config.architectures == ["LlamaForCausalLM"]
-    assert tokenizer.pad_token is not None and tokenizer.chat_template
+    assert tokenizer.pad_token is not None
+    assert tokenizer.chat_template
     tensors = {t.name: t for t in gguf.GGUFReader(str(smollm2_gguf_path())).tensors}
     for gguf_name, weight in (("token_embd.weight", model.model.embed_tokens.weight),
                               ("blk.3.ffn_down.weight", model.model.layers[3].mlp.down_proj.weight),

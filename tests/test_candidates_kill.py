@@ -12,7 +12,8 @@ import time
 from sqlmodel import Session
 
 from candidates.fake_server import FakeOpenAIServer
-from tests.candidates_helpers import ROOT, add_prompts, failures, reply_counts
+from tests.candidates_helpers import ROOT, failures, reply_counts
+from tests.factories import add_prompts
 
 N_PROMPTS = 8
 

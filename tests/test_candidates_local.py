@@ -12,7 +12,7 @@ from candidates.registry import CandidateSpec, demo_candidates
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import CandidateModel, Response
-from tests.candidates_helpers import add_prompts
+from tests.factories import add_prompts
 
 
 def _fresh_engine(path):
@@ -48,15 +48,18 @@ def test_llamacpp_demo_candidates_are_deterministic_and_differ_in_system_prompt(
         _seed_prompts(eng)
         summary = run_generation(eng, specs, progress=False)
         assert (summary.done, summary.failed) == (4, 0)
-        assert 0 < summary.tokens <= 4 * 12 and summary.p50 is not None
+        assert 0 < summary.tokens <= 4 * 12
+        assert summary.p50 is not None
         results.append(_replies(eng))
     first, second = results
     assert {k: r.text for k, r in first.items()} == {k: r.text for k, r in second.items()}
     for (text, name), response in first.items():
         assert response.text.strip()
         meta = response.meta
-        assert meta["provider"] == "llamacpp" and 0 < meta["completion_tokens"] <= 12
-        assert meta["finish_reason"] in ("stop", "length") and meta["seed"] == 7
+        assert meta["provider"] == "llamacpp"
+        assert 0 < meta["completion_tokens"] <= 12
+        assert meta["finish_reason"] in ("stop", "length")
+        assert meta["seed"] == 7
         expected = "candidate" if name == "smollm2-plain" else ("persona" if "school" in text else "prompt")
         assert meta["system"] == expected
 
@@ -75,7 +78,8 @@ def test_transformers_batched_replies_are_deterministic(engine, tmp_path):
     assert len(first) == 2
     for response in first.values():
         assert response.text.strip()
-        assert response.meta["provider"] == "transformers" and response.meta["batch_size"] == 2
+        assert response.meta["provider"] == "transformers"
+        assert response.meta["batch_size"] == 2
         assert 0 < response.meta["completion_tokens"] <= 6
         assert response.meta["prompt_tokens"] > 5
 

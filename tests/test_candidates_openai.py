@@ -17,7 +17,8 @@ from candidates.fake_server import FakeOpenAIServer, free_port
 from candidates.generate import GenerationConfigError, run_generation
 from candidates.registry import CandidateSpec
 from db.models import CandidateModel, Response
-from tests.candidates_helpers import add_prompts, failures, llama_server, reply_counts
+from tests.candidates_helpers import failures, llama_server, reply_counts
+from tests.factories import add_prompts
 from therapref.cli import app
 
 KEY = "sk-test-9f8e7d6c5b4a"
@@ -44,17 +45,21 @@ def test_generate_cli_against_real_llama_cpp_server(tmp_path, engine, monkeypatc
         assert result.exit_code == 0, result.output
         assert "Generated 3 replies (0 failed, 0 duplicates)" in result.stdout
         again = runner.invoke(app, ["generate", "--config", str(config), "--db", db, "--no-progress"])
-        assert again.exit_code == 0 and "Nothing to generate" in again.stdout
+        assert again.exit_code == 0
+        assert "Nothing to generate" in again.stdout
     with Session(engine, expire_on_commit=False) as session:
         responses = session.exec(select(Response)).all()
         assert sorted(r.prompt_id for r in responses) == sorted(p.id for p in prompts)
         for response in responses:
             assert response.text.strip()
             meta = response.meta
-            assert meta["provider"] == "openai" and meta["model"] == "smollm2-test"
-            assert 0 < meta["completion_tokens"] <= 24 and meta["prompt_tokens"] > 10
+            assert meta["provider"] == "openai"
+            assert meta["model"] == "smollm2-test"
+            assert 0 < meta["completion_tokens"] <= 24
+            assert meta["prompt_tokens"] > 10
             assert meta["total_tokens"] == meta["prompt_tokens"] + meta["completion_tokens"]
-            assert meta["finish_reason"] in ("stop", "length") and meta["latency_s"] > 0
+            assert meta["finish_reason"] in ("stop", "length")
+            assert meta["latency_s"] > 0
             assert meta["system"] == "prompt"  # the prompt's own system message was used
         candidate = session.exec(select(CandidateModel)).one()
         assert (candidate.endpoint, candidate.api_key_env, candidate.params["max_tokens"]) == (
@@ -92,8 +97,9 @@ def test_faults_are_retried_recorded_and_refilled(any_engine):
                                                         "bad request")}
             assert "timed out" in failed[prompts["too slow always"]].error
             assert "malformed response" in failed[prompts["malformed body"]].error
-            assert failed[prompts["gateway down"]].error.startswith("HTTP 502") and "2 attempts" in failed[
-                prompts["gateway down"]].error
+            assert failed[prompts["gateway down"]].error.startswith("HTTP 502")
+            assert ("2 attempts" in failed[
+                prompts["gateway down"]].error)
             assert failed[prompts["bad request"]].error.startswith("HTTP 400")
             counts = reply_counts(session)
             assert counts == {(prompts[t], "remote"): 1 for t in ("rate limited please", "server error once",

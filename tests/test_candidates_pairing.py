@@ -12,7 +12,7 @@ from candidates.pairing import make_pairs
 from db.crud import DataError, add_response, get_or_create_candidate
 from db.engine import session_scope
 from db.models import AuditEvent, Comparison, Response
-from tests.candidates_helpers import add_prompts
+from tests.factories import add_prompts
 from therapref.cli import app
 
 SOURCES = ("alpha", "beta", "gamma")
@@ -46,7 +46,8 @@ def test_all_cross_source_pairs_once_and_idempotent(any_engine):
     assert (summary.created, summary.prompts, summary.skipped_prompts, summary.overlap) == (14, 4, 1, 4)
     with Session(any_engine) as session:
         pairs = _pairs(session)
-        assert len(pairs) == 14 and all(a != b for _, a, b in pairs)
+        assert len(pairs) == 14
+        assert all(a != b for _, a, b in pairs)
         assert all(c.response_a_id < c.response_b_id for c, _, _ in pairs)
         required = Counter(c.judgments_required for c, _, _ in pairs)
         assert required == {1: 10, 3: 4}
@@ -72,7 +73,8 @@ def test_overlap_choice_is_seeded(engine, tmp_path):
         with Session(eng) as session:
             chosen.append(sorted((c.response_a_id, c.response_b_id) for c, _, _ in _pairs(session)
                                  if c.judgments_required == 2))
-    assert chosen[0] == chosen[1] and len(chosen[0]) == 7
+    assert chosen[0] == chosen[1]
+    assert len(chosen[0]) == 7
 
 
 def test_budget_spreads_model_pairs_and_tops_up(session):
@@ -110,6 +112,8 @@ def test_pairs_cli(engine):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Created 8 comparisons over 2 prompts (0 already existed); 4 need 2 judgments")
     again = runner.invoke(app, ["pairs", "--db", db])
-    assert again.exit_code == 0 and again.stdout.startswith("Created 0 comparisons over 2 prompts (8 already existed)")
+    assert again.exit_code == 0
+    assert again.stdout.startswith("Created 0 comparisons over 2 prompts (8 already existed)")
     bad = runner.invoke(app, ["pairs", "--db", db, "--budget", "0"])
-    assert bad.exit_code == 1 and "budget must be at least 1" in bad.stderr
+    assert bad.exit_code == 1
+    assert "budget must be at least 1" in bad.stderr

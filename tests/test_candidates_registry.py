@@ -17,7 +17,8 @@ from candidates.registry import (
 )
 from db.crud import table_counts
 from db.models import CandidateModel
-from tests.candidates_helpers import ROOT, add_prompts
+from tests.candidates_helpers import ROOT
+from tests.factories import add_prompts
 from therapref.cli import app
 
 runner = CliRunner()
@@ -84,8 +85,10 @@ def test_sync_mirrors_specs_and_never_stores_keys(session):
     gpt = rows["gpt"]
     assert (gpt.provider, gpt.api_key_env, gpt.endpoint, gpt.replies_per_prompt) == ("openai", "OPENAI_API_KEY",
                                                                                     None, 1)
-    assert gpt.params["temperature"] == 0.2 and gpt.params["max_tokens"] == 64
-    assert "api_key" not in gpt.params and "OPENAI_API_KEY" not in str(gpt.params)
+    assert gpt.params["temperature"] == 0.2
+    assert gpt.params["max_tokens"] == 64
+    assert "api_key" not in gpt.params
+    assert "OPENAI_API_KEY" not in str(gpt.params)
     specs[0].temperature = 0.9
     sync_registry(specs, session=session)
     session.commit()
@@ -120,7 +123,8 @@ def test_generate_rejects_bad_config_before_any_work(engine, tmp_path, monkeypat
     config.write_text(registry.replace("{port}", str(port)))
     result = _cli("generate", "--config", str(config), "--db", engine.url.database, "--no-progress")
     assert result.exit_code == 1
-    assert result.stderr.strip().startswith("Error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.strip().startswith("Error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
     assert message.replace("{port}", str(port)) in result.stderr
     with Session(engine) as session:
         assert table_counts(session=session) == before
@@ -129,15 +133,19 @@ def test_generate_rejects_bad_config_before_any_work(engine, tmp_path, monkeypat
 def test_generate_cli_argument_errors(engine, tmp_path):
     db = engine.url.database
     missing = _cli("generate", "--config", str(tmp_path / "nope.toml"), "--db", db)
-    assert missing.exit_code == 1 and "registry file not found" in missing.stderr
+    assert missing.exit_code == 1
+    assert "registry file not found" in missing.stderr
     config = tmp_path / "c.toml"
     config.write_text('[[candidate]]\nname = "a"\nprovider = "llamacpp"\n')
     bad_ids = _cli("generate", "--config", str(config), "--prompts", "3-1", "--db", db)
-    assert bad_ids.exit_code == 1 and "--prompts: bad range '3-1'" in bad_ids.stderr
+    assert bad_ids.exit_code == 1
+    assert "--prompts: bad range '3-1'" in bad_ids.stderr
     unknown = _cli("generate", "--config", str(config), "--prompts", "99", "--db", db, "--no-progress")
-    assert unknown.exit_code == 1 and "unknown prompt id(s): 99" in unknown.stderr
+    assert unknown.exit_code == 1
+    assert "unknown prompt id(s): 99" in unknown.stderr
     name = _cli("generate", "--config", str(config), "--candidate", "zzz", "--db", db)
-    assert name.exit_code == 1 and "no candidate named 'zzz'" in name.stderr
+    assert name.exit_code == 1
+    assert "no candidate named 'zzz'" in name.stderr
 
 
 def test_generate_on_an_empty_database_says_what_to_do(tmp_path):

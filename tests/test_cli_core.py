@@ -17,7 +17,8 @@ PASSWORD = "a-long-enough-password"
 
 def test_version():
     result = runner.invoke(app, ["--version"])
-    assert result.exit_code == 0 and result.output.startswith("therapref ")
+    assert result.exit_code == 0
+    assert result.output.startswith("therapref ")
 
 
 def test_init_upgrade_status(tmp_path):
@@ -28,14 +29,16 @@ def test_init_upgrade_status(tmp_path):
     result = runner.invoke(app, ["db", "upgrade", "--db", db])
     from db.migrate import head_revision
 
-    assert result.exit_code == 0 and f"-> {head_revision()}" in result.output
+    assert result.exit_code == 0
+    assert f"-> {head_revision()}" in result.output
     result = runner.invoke(app, ["status", "--db", db, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["tables"]["prompt"] == 0
     assert set(report) == {"tables", "by_source", "by_candidate"}
     text = runner.invoke(app, ["status", "--db", db])
-    assert "Tables:" in text.output and "prompt" in text.output
+    assert "Tables:" in text.output
+    assert "prompt" in text.output
 
 
 def test_status_on_postgres(postgres_url):
@@ -59,29 +62,37 @@ def test_annotators_lifecycle(tmp_path):
     assert add.exit_code == 0, add.output
     assert PASSWORD not in add.output
     dup = runner.invoke(app, ["annotators", "add", "dr.kim", "--password-stdin", "--db", db], input=PASSWORD + "\n")
-    assert dup.exit_code == 1 and "already exists" in dup.output
+    assert dup.exit_code == 1
+    assert "already exists" in dup.output
     short = runner.invoke(app, ["annotators", "add", "x", "--password-stdin", "--db", db], input="abc\n")
-    assert short.exit_code == 1 and "at least" in short.output
+    assert short.exit_code == 1
+    assert "at least" in short.output
     prompted = runner.invoke(app, ["annotators", "add", "nurse.jo", "--db", db],
                              input=f"{PASSWORD}\n{PASSWORD}\n")
     assert prompted.exit_code == 0, prompted.output
     listing = runner.invoke(app, ["annotators", "list", "--db", db])
-    assert "dr.kim" in listing.output and "admin" in listing.output and "nurse.jo" in listing.output
+    assert "dr.kim" in listing.output
+    assert "admin" in listing.output
+    assert "nurse.jo" in listing.output
     assert runner.invoke(app, ["annotators", "deactivate", "nurse.jo", "--db", db]).exit_code == 0
     assert "inactive" in runner.invoke(app, ["annotators", "list", "--db", db]).output
     reset = runner.invoke(app, ["annotators", "reset-password", "dr.kim", "--password-stdin", "--db", db],
                           input="another-long-password\n")
     assert reset.exit_code == 0, reset.output
     missing = runner.invoke(app, ["annotators", "deactivate", "ghost", "--db", db])
-    assert missing.exit_code == 1 and "no annotator" in missing.output
+    assert missing.exit_code == 1
+    assert "no annotator" in missing.output
     engine = make_engine(db)
     with Session(engine) as session:
         hashes = [a.password_hash for a in session.exec(select(Annotator))]
         actions = [e.action for e in session.exec(select(AuditEvent))]
     assert all(h.startswith("$argon2") for h in hashes)
-    assert "annotator.add" in actions and "annotator.deactivate" in actions and "annotator.reset_password" in actions
+    assert "annotator.add" in actions
+    assert "annotator.deactivate" in actions
+    assert "annotator.reset_password" in actions
     dump = "\n".join(sqlite3.connect(db).iterdump())
-    assert PASSWORD not in dump and "another-long-password" not in dump
+    assert PASSWORD not in dump
+    assert "another-long-password" not in dump
 
 
 def test_backup(tmp_path):
@@ -94,15 +105,18 @@ def test_backup(tmp_path):
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert copy.execute("select username from annotator").fetchall() == [("dr.kim",)]
     again = runner.invoke(app, ["backup", str(target), "--db", db])
-    assert again.exit_code == 1 and "exists" in again.output
+    assert again.exit_code == 1
+    assert "exists" in again.output
     assert runner.invoke(app, ["backup", str(target), "--db", db, "--force"]).exit_code == 0
     nowhere = runner.invoke(app, ["backup", str(tmp_path / "no" / "such" / "dir.db"), "--db", db])
-    assert nowhere.exit_code == 1 and "not a directory" in nowhere.output
+    assert nowhere.exit_code == 1
+    assert "not a directory" in nowhere.output
 
 
 def test_backup_refuses_postgres(postgres_url, tmp_path):
     result = runner.invoke(app, ["backup", str(tmp_path / "x.db"), "--db", postgres_url])
-    assert result.exit_code == 1 and "pg_dump" in result.output
+    assert result.exit_code == 1
+    assert "pg_dump" in result.output
 
 
 def test_unreachable_database_is_one_line(tmp_path):

@@ -8,7 +8,8 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from db.auth import AccountError, authenticate, create_annotator, is_locked, set_active, set_password
+from db.accounts import set_account_active
+from db.auth import AccountError, authenticate, create_annotator, is_locked, set_password
 from db.crud import (
     DataError,
     add_comparison,
@@ -26,7 +27,7 @@ from db.crud import (
 )
 from db.engine import make_engine, normalize_url, read_only_engine
 from db.migrate import current_revision, head_revision, is_up_to_date, upgrade
-from db.models import Comparison, Judgment, Prompt, Response
+from db.models import Comparison, Judgment, Prompt, Response, utcnow
 from tests.factories import PASSWORD, build_project
 
 pytestmark = pytest.mark.postgres
@@ -60,6 +61,73 @@ def test_migrations_match_the_models(any_engine):
         assert compare_metadata(MigrationContext.configure(connection), SQLModel.metadata) == []
 
 
+MARGIN_RATIONALES = [  # (comparison index, annotator, rationale as the importers wrote it up to 0002)
+    (0, "trl", "imported from trl (p.jsonl line 4); margin=0.5"),
+    (1, "trl", "imported from trl (odd; margin=9 (x).jsonl line 2); margin=-1.5e-05"),
+    (2, "trl", "imported from trl (p.jsonl line 5)"),  # the dataset gave no margin
+    (3, "counselchat-upvotes", "imported from counselchat-upvotes (counsel_chat.csv rows 12 > 15); margin=3.0"),
+    (0, "clin0", "felt warmer; margin=2.5"),  # a clinician's own words: never read as a margin
+    (1, "clin0", ""),
+]
+
+
+def _judgments(engine) -> list[tuple]:
+    with engine.connect() as connection:
+        columns = "rationale, margin" if "margin" in _judgment_columns(engine) else "rationale"
+        return [tuple(row) for row in connection.execute(text(f"SELECT {columns} FROM judgment ORDER BY id"))]
+
+
+def _judgment_columns(engine) -> set[str]:
+    return {c["name"] for c in inspect(engine).get_columns("judgment")}
+
+
+def test_migration_0003_moves_imported_margins_into_their_column_and_back(any_db_url):
+    """Existing imported judgments keep their margin across the upgrade (into ``judgment.margin``,
+    out of the rationale) and the downgrade (back into the rationale, character for character)."""
+    from alembic import command
+
+    from db.migrate import alembic_config
+
+    engine = make_engine(any_db_url)
+    assert upgrade(engine, "0002") == "0002"
+    with Session(engine, expire_on_commit=False) as session:
+        project = build_project(session, n_prompts=4, n_clinicians=1)
+        who = {"clin0": project.clinicians[0].id}
+        for dataset in ("trl", "counselchat-upvotes"):
+            who[dataset] = get_or_create_source_annotator(dataset, session=session).id
+        session.commit()
+        comparisons = [c.id for c in project.comparisons]
+    with engine.begin() as connection:  # raw SQL: at 0002 the table has no margin column
+        for index, annotator, rationale in MARGIN_RATIONALES:
+            connection.execute(text("INSERT INTO judgment (comparison_id, annotator_id, preferred, shown_left, "
+                                    "rationale, created_at) VALUES (:c, :a, 'a', 'a', :r, :t)"),
+                               {"c": comparisons[index], "a": who[annotator], "r": rationale, "t": utcnow()})
+    before = _judgments(engine)
+
+    upgraded = [("imported from trl (p.jsonl line 4)", 0.5),
+                ("imported from trl (odd; margin=9 (x).jsonl line 2)", -1.5e-05),
+                ("imported from trl (p.jsonl line 5)", None),
+                ("imported from counselchat-upvotes (counsel_chat.csv rows 12 > 15)", 3.0),
+                ("felt warmer; margin=2.5", None), ("", None)]
+    assert upgrade(engine) == head_revision()
+    assert _judgments(engine) == upgraded
+
+    command.downgrade(alembic_config(engine), "0002")
+    assert current_revision(engine) == "0002"
+    assert "margin" not in _judgment_columns(engine)
+    assert _judgments(engine) == before
+    with pytest.raises(IntegrityError), engine.begin() as connection:  # SQLite rebuilt the table: checks kept
+        connection.execute(text("INSERT INTO judgment (comparison_id, annotator_id, preferred, shown_left, "
+                                "rationale, created_at) VALUES (:c, :a, 'left', 'a', '', :t)"),
+                           {"c": comparisons[3], "a": who["clin0"], "t": utcnow()})
+
+    assert upgrade(engine) == head_revision()
+    assert _judgments(engine) == upgraded
+    with Session(engine) as session:
+        margins = session.exec(select(Judgment.margin).order_by(Judgment.id)).all()
+    assert margins == [m for _, m in upgraded]
+
+
 def test_sqlite_pragmas(engine):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
@@ -79,9 +147,12 @@ def test_write_and_query_functions(any_engine):
         project = build_project(session, n_prompts=3, with_judgments=True)
         prompt, created = get_or_create_prompt(project.prompts[0].messages, session=session,
                                                system_prompt=project.prompts[0].system_prompt)
-        assert not created and prompt.id == project.prompts[0].id
+        assert not created
+        assert prompt.id == project.prompts[0].id
         counts = table_counts(session=session)
-        assert counts["prompt"] == 3 and counts["response"] == 6 and counts["comparison"] == 3
+        assert counts["prompt"] == 3
+        assert counts["response"] == 6
+        assert counts["comparison"] == 3
         assert counts["judgment"] == 6
         by_source = counts_by_source(session=session)
         assert by_source["prompts"] == {"test": 3}
@@ -91,11 +162,13 @@ def test_write_and_query_functions(any_engine):
         fingerprint = database_fingerprint(session=session)
         assert len(fingerprint) == 16
         source = get_or_create_source_annotator("counselchat-upvotes", session=session)
-        assert source.username == "import:counselchat-upvotes" and source.role == "source"
+        assert source.username == "import:counselchat-upvotes"
+        assert source.role == "source"
         assert get_or_create_source_annotator("counselchat-upvotes", session=session).id == source.id
         audit("admin", "export", session=session, target="x.jsonl", details={"rows": 3})
         v2 = add_guideline_version("Version two", session=session)
-        assert v2.version == 2 and current_guideline(session=session).text == "Version two"
+        assert v2.version == 2
+        assert current_guideline(session=session).text == "Version two"
         session.commit()
         assert database_fingerprint(session=session) != fingerprint
 
@@ -107,10 +180,17 @@ def test_idempotent_writes(any_engine):
         clinician = project.clinicians[0]
         first, created = add_judgment(comparison, clinician, "a", session=session, idempotency_key="k1")
         assert created
+        assert first in session
+        assert comparison.judgments_count == 1  # the caller's loaded comparison shows the new count
         again, created = add_judgment(comparison, clinician, "b", session=session, idempotency_key="k1")
-        assert not created and again.id == first.id and again.preferred == "a"
+        assert not created
+        assert again.id == first.id
+        assert again.preferred == "a"
         other, created = add_judgment(comparison, clinician, "b", session=session)
-        assert not created and other.id == first.id
+        assert not created
+        assert other.id == first.id
+        with pytest.raises(DataError, match="margin must be a finite number"):
+            add_judgment(comparison, project.admin, "a", session=session, margin=float("nan"))
         session.commit()
         assert len(session.exec(select(Judgment)).all()) == 1
         assert session.get(Comparison, comparison.id).judgments_count == 1
@@ -180,7 +260,8 @@ def test_constraint_comparison_and_judgment_checks(any_engine, case):
             else:
                 raise DataError("reversed order is normalised by add_comparison")
         comparison, created = add_comparison(project.responses[(p0.id, "terse")], r0, session=session)
-        assert not created and comparison.response_a_id < comparison.response_b_id
+        assert not created
+        assert comparison.response_a_id < comparison.response_b_id
 
 
 def test_transaction_is_all_or_nothing(any_engine):
@@ -219,11 +300,12 @@ def test_accounts_and_lockout(any_engine):
         assert authenticate("dr.lee", PASSWORD, session=session) is None  # locked even with the right one
         set_password("dr.lee", "another-password-1", session=session)
         assert authenticate("dr.lee", "another-password-1", session=session) is not None
-        set_active("dr.lee", False, session=session)
+        set_account_active("dr.lee", False, session=session, actor="test")
         assert authenticate("dr.lee", "another-password-1", session=session) is None
         session.commit()
         stored = session.exec(text("select password_hash from annotator where username='dr.lee'")).scalar()
-        assert stored.startswith("$argon2") and "another-password-1" not in stored
+        assert stored.startswith("$argon2")
+        assert "another-password-1" not in stored
 
 
 def test_source_annotator_cannot_log_in(engine):
@@ -239,6 +321,9 @@ def test_prompt_hash_dedup(engine):
         b, created_b = get_or_create_prompt([{"role": "user", "content": USER[0]["content"] + "  "}],
                                             session=session, source="y")
         c, created_c = get_or_create_prompt(USER, session=session, source="x", system_prompt="persona")
-        assert created_a and not created_b and created_c and a.id == b.id != c.id
+        assert created_a
+        assert not created_b
+        assert created_c
+        assert a.id == b.id != c.id
         session.commit()
         assert len(session.exec(select(Prompt)).all()) == 2

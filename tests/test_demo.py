@@ -45,7 +45,8 @@ def test_demo_builds_project_with_replies_pairs_and_accounts(tmp_path):
         overlap = session.exec(select(Comparison).where(Comparison.judgments_required == 2)).all()
         assert len(overlap) == len(DEMO_PROMPTS) // 4
         admin = authenticate("demo-admin", credentials["demo-admin"], session=session)
-        assert admin is not None and admin.role == "admin"
+        assert admin is not None
+        assert admin.role == "admin"
         assert authenticate("demo-clinician", credentials["demo-clinician"], session=session) is not None
         session.commit()
     # A second run tops up nothing and rotates the passwords.

@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from db.models import ExportRun
-from tests.export_helpers import build_scenario
+from tests.factories import build_scenario
 from therapref.cli import app
 
 runner = CliRunner()
@@ -48,10 +48,12 @@ def test_cli_export_writes_and_reports(db, engine, tmp_path):
     out = tmp_path / "dpo.jsonl"
     result = run("export", "dpo", "--db", db, "--output", out, "--min-votes", "2")
     assert result.exit_code == 0, result.output
-    assert "Wrote 2 dpo rows" in result.output and "chosen_flagged 1" in result.output
+    assert "Wrote 2 dpo rows" in result.output
+    assert "chosen_flagged 1" in result.output
     manifest = json.loads((tmp_path / "dpo.jsonl.manifest.json").read_text())
     command = manifest["command"]
-    assert command[:3] == ["therapref", "export", "dpo"] and len(command) == 9
+    assert command[:3] == ["therapref", "export", "dpo"]
+    assert len(command) == 9
     pairs = dict(zip(command[3::2], command[4::2], strict=True))
     assert pairs == {"--output": str(out), "--db": db, "--min-votes": "2"}
     assert manifest["filters"]["min_votes"] == 2
@@ -65,7 +67,8 @@ def test_existing_file_without_force(db, engine, tmp_path):
     out.write_text("keep me\n")
     line = error_line(run("export", "dpo", "--db", db, "--output", out))
     assert "already exists (use --force to overwrite)" in line
-    assert out.read_text() == "keep me\n" and export_runs(engine) == []
+    assert out.read_text() == "keep me\n"
+    assert export_runs(engine) == []
     assert leftovers(tmp_path, "dpo") == ["dpo.jsonl"]
     assert run("export", "dpo", "--db", db, "--output", out, "--force").exit_code == 0
     assert out.read_text().startswith('{"prompt"')
@@ -75,19 +78,24 @@ def test_unwritable_path(db, engine, tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     line = error_line(run("export", "kto", "--db", db, "--output", blocker / "out.jsonl"))
-    assert "cannot write" in line and "is not a folder" in line
+    assert "cannot write" in line
+    assert "is not a folder" in line
     line = error_line(run("export", "kto", "--db", db, "--output", tmp_path / "missing" / "out.jsonl"))
     assert "does not exist" in line
-    assert not (tmp_path / "missing").exists() and export_runs(engine) == []
+    assert not (tmp_path / "missing").exists()
+    assert export_runs(engine) == []
 
 
 def test_empty_result(db, engine, tmp_path):
     out = tmp_path / "empty.jsonl"
     line = error_line(run("export", "dpo", "--db", db, "--output", out, "--min-votes", "4"))
-    assert "nothing to export: 0 of 6 comparisons" in line and "below_min_votes" in line
-    assert leftovers(tmp_path, "empty") == [] and export_runs(engine) == []
+    assert "nothing to export: 0 of 6 comparisons" in line
+    assert "below_min_votes" in line
+    assert leftovers(tmp_path, "empty") == []
+    assert export_runs(engine) == []
     line = error_line(run("export", "hf", "--db", db, "--output", tmp_path / "emptyds", "--min-votes", "4"))
-    assert "nothing to export" in line and leftovers(tmp_path, "emptyds") == []
+    assert "nothing to export" in line
+    assert leftovers(tmp_path, "emptyds") == []
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -101,4 +109,5 @@ def test_unknown_filter_values(db, engine, tmp_path, args, message):
     out = tmp_path / "x.jsonl"
     line = error_line(run("export", "sft", "--db", db, "--output", out, *args))
     assert message in line
-    assert leftovers(tmp_path, "x.jsonl") == [] and export_runs(engine) == []
+    assert leftovers(tmp_path, "x.jsonl") == []
+    assert export_runs(engine) == []

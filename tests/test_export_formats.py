@@ -15,7 +15,8 @@ from exports.filters import ExportFilters, parse_when
 from exports.manifest import read_manifest
 from exports.run import ExportOptions, run_export
 from tests.conftest import GABY
-from tests.export_helpers import SYSTEM, asst, build_scenario, conv
+from tests.export_helpers import asst, conv
+from tests.factories import SYSTEM, build_scenario
 
 
 def lines(path: Path) -> list[dict]:
@@ -56,9 +57,13 @@ def test_dpo_golden_manifest_and_provenance(engine, scenario, tmp_path):
         event = session.exec(select(AuditEvent).where(AuditEvent.action == "export.write")).one()
     assert manifest["command"] == ["therapref", "export", "dpo"]
     assert manifest["counts"]["judgments"]["judgments_total"] == 14
-    assert manifest["filters"]["sources"] == "clinicians" and manifest["tool_version"]
-    assert manifest["rows"] == 2 and len(manifest["sha256"]) == 64
-    assert run.kind == "dpo" and run.counts["out"] == 2 and run.id == manifest["export_run_id"]
+    assert manifest["filters"]["sources"] == "clinicians"
+    assert manifest["tool_version"]
+    assert manifest["rows"] == 2
+    assert len(manifest["sha256"]) == 64
+    assert run.kind == "dpo"
+    assert run.counts["out"] == 2
+    assert run.id == manifest["export_run_id"]
     assert event.details["export_run_id"] == run.id
 
 
@@ -109,12 +114,15 @@ def test_hf_dataset_folder(engine, scenario, tmp_path):
     out = tmp_path / "ds"
     export(engine, "hf", out)
     ds = datasets.load_from_disk(str(out / "dataset"))
-    assert ds.num_rows == 2 and ds[0]["chosen"] == asst(scenario.texts["W1"])
+    assert ds.num_rows == 2
+    assert ds[0]["chosen"] == asst(scenario.texts["W1"])
     table = pq.read_table(out / "data" / "train-00000-of-00001.parquet")
     assert table.column("chosen_model").to_pylist() == ["warm", "warm"]
     assert table.column("votes").to_pylist() == [3, 2]
     card = (out / "README.md").read_text()
-    assert "2 rows written from 6 comparisons" in card and "chosen_flagged" in card and "Licence" in card
+    assert "2 rows written from 6 comparisons" in card
+    assert "chosen_flagged" in card
+    assert "Licence" in card
     assert "judgments from `clinicians` (13), `import:hh` (1)" in card
     assert read_manifest(out / "manifest.json")["kind"] == "hf"
 
@@ -147,8 +155,12 @@ def test_scrub_pii_counts(engine, scenario, tmp_path):
     out = tmp_path / "kto.jsonl"
     result = export(engine, "kto", out, scrub_pii=True)
     text = out.read_text()
-    assert "help@example.org" not in text and "555-123-4567" not in text and "I'm Sam" not in text
-    assert "[EMAIL]" in text and "[PHONE]" in text and "I'm [NAME]," in text
+    assert "help@example.org" not in text
+    assert "555-123-4567" not in text
+    assert "I'm Sam" not in text
+    assert "[EMAIL]" in text
+    assert "[PHONE]" in text
+    assert "I'm [NAME]," in text
     assert result.counts["pii_replaced"] == {"email": 1, "phone": 1, "url": 0, "name": 1}
     assert read_manifest(Path(str(out) + ".manifest.json"))["counts"]["pii_replaced"]["email"] == 1
 
@@ -177,7 +189,8 @@ def test_gaby_roundtrip_sft_reproduces_file(engine, tmp_path):
 def test_system_prompt_from_prompt_by_default(engine, scenario, tmp_path):
     export(engine, "dpo", tmp_path / "d.jsonl", margin=False)
     first = lines(tmp_path / "d.jsonl")[0]
-    assert first["prompt"][0] == {"role": "system", "content": SYSTEM} and "margin" not in first
+    assert first["prompt"][0] == {"role": "system", "content": SYSTEM}
+    assert "margin" not in first
 
 
 def test_dpo_on_sqlite_and_postgres(any_engine, tmp_path):

@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from exports.filters import ExportFilters
 from exports.run import ExportOptions, run_export
-from tests.export_helpers import build_scenario
+from tests.factories import build_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,8 @@ def test_dpo_export_trains_dpo_trainer_and_reward_trainer(dpo_file, tmp_path, sm
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
     dataset = load_dataset("json", data_files=str(dpo_file), split="train")
-    assert dataset.num_rows == 3 and set(dataset.column_names) == {"prompt", "chosen", "rejected", "margin"}
+    assert dataset.num_rows == 3
+    assert set(dataset.column_names) == {"prompt", "chosen", "rejected", "margin"}
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
 
@@ -59,7 +60,8 @@ def test_dpo_export_trains_dpo_trainer_and_reward_trainer(dpo_file, tmp_path, sm
     trainer = DPOTrainer(model=policy, args=DPOConfig(**_common_args(tmp_path, "dpo")), train_dataset=dataset,
                          processing_class=tokenizer)
     out = trainer.train()
-    assert out.global_step == 1 and out.training_loss == pytest.approx(0.6931, abs=0.05)
+    assert out.global_step == 1
+    assert out.training_loss == pytest.approx(0.6931, abs=0.05)
     assert not torch.equal(before, policy.model.layers[0].mlp.up_proj.weight.detach())
 
     scorer = _load(AutoModelForSequenceClassification, smollm2, num_labels=1)
@@ -117,7 +119,9 @@ def test_kto_and_sft_rows_are_trl_conversational(engine, tmp_path, smollm2):
     kto = [json.loads(line) for line in (tmp_path / "kto.jsonl").read_text().splitlines()]
     assert all(is_conversational(row) for row in kto)
     rendered = apply_chat_template(kto[0], tokenizer)
-    assert rendered["label"] is True and sc.texts["W1"] in rendered["completion"]
+    assert rendered["label"] is True
+    assert sc.texts["W1"] in rendered["completion"]
     assert sc.prompts["P1"][0]["content"] in rendered["prompt"]
     sft = json.loads((tmp_path / "sft.jsonl").read_text().splitlines()[0])
-    assert is_conversational(sft) and sc.texts["W1"] in apply_chat_template(sft, tokenizer)["text"]
+    assert is_conversational(sft)
+    assert sc.texts["W1"] in apply_chat_template(sft, tokenizer)["text"]

@@ -172,20 +172,24 @@ def test_sft_upload_job_follow_success_registers_model(engine, sqlite_url, sft_f
                           "--suffix", "gaby")
     assert result.exit_code == 0, result.output
     upload, create = fake.requests[0], fake.requests[1]
-    assert upload["path"] == "/v1/files" and sft_file.read_bytes() in upload["body"]
-    assert b'name="purpose"' in upload["body"] and b"fine-tune" in upload["body"]
+    assert upload["path"] == "/v1/files"
+    assert sft_file.read_bytes() in upload["body"]
+    assert b'name="purpose"' in upload["body"]
+    assert b"fine-tune" in upload["body"]
     job = json.loads(create["body"])
     assert job == {"model": "gpt-4.1-mini-2025-04-14", "training_file": "file-abc123", "suffix": "gaby",
                    "method": {"type": "supervised", "supervised": {"hyperparameters": {}}}}
     assert all(r["auth"] == f"Bearer {KEY}" for r in fake.requests)
-    assert "40 valid sft examples" in result.output and "Step 2: succeeded" in result.output
+    assert "40 valid sft examples" in result.output
+    assert "Step 2: succeeded" in result.output
     assert "Status: succeeded" in result.output
     assert "Registered candidate model ft:gpt-4.1-mini-2025-04-14:org:gaby:AbC123" in result.output
     with Session(engine) as session:
         model = session.exec(select(CandidateModel).where(CandidateModel.provider == "openai")).one()
         actions = [e.action for e in session.exec(select(AuditEvent)).all()]
     assert model.name == model.model_id == "ft:gpt-4.1-mini-2025-04-14:org:gaby:AbC123"
-    assert model.api_key_env == "TP_TEST_OPENAI_KEY" and model.params["fine_tuning_job"] == "ftjob-xyz"
+    assert model.api_key_env == "TP_TEST_OPENAI_KEY"
+    assert model.params["fine_tuning_job"] == "ftjob-xyz"
     assert {"finetune.start", "finetune.registered"} <= set(actions)
     assert_key_nowhere(result, tmp_path / "therapref.db", sft_file.with_name("gaby.jsonl.manifest.json"))
 
@@ -206,7 +210,8 @@ def test_dpo_follow_to_failure(engine, sqlite_url, dpo_file, tmp_path):
 def test_without_follow_starts_job_only(sqlite_url, sft_file):
     with FakeOpenAI() as fake:
         result = finetune(fake, sqlite_url, sft_file)
-    assert result.exit_code == 0 and "Job ftjob-xyz started" in result.output
+    assert result.exit_code == 0
+    assert "Job ftjob-xyz started" in result.output
     assert [r["path"] for r in fake.requests] == ["/v1/files", "/v1/fine_tuning/jobs"]
 
 
@@ -214,7 +219,8 @@ def test_dry_run_uploads_nothing_and_needs_no_key(sqlite_url, sft_file):
     with FakeOpenAI() as fake:
         result = finetune(fake, sqlite_url, sft_file, "--dry-run", env=False)
     assert result.exit_code == 0, result.output
-    assert "Dry run: the file is valid" in result.output and fake.requests == []
+    assert "Dry run: the file is valid" in result.output
+    assert fake.requests == []
 
 
 def test_bad_key_error_is_redacted(engine, sqlite_url, sft_file, tmp_path, monkeypatch):
@@ -224,7 +230,9 @@ def test_bad_key_error_is_redacted(engine, sqlite_url, sft_file, tmp_path, monke
                                env={"TP_TEST_OPENAI_KEY": KEY + "-wrong"})
     assert result.exit_code == 1
     line = result.output.strip().splitlines()[-1]
-    assert line.startswith("Error: OpenAI API error: 401") and "[REDACTED]" in line and "PLANTED" not in line
+    assert line.startswith("Error: OpenAI API error: 401")
+    assert "[REDACTED]" in line
+    assert "PLANTED" not in line
 
 
 def test_missing_key_and_invalid_file(sqlite_url, sft_file, tmp_path):
@@ -267,13 +275,16 @@ ASSISTANT = {"role": "assistant", "content": "I'm here. What happened today?"}
 def test_validator_rejects(tmp_path, rows, method, message):
     with pytest.raises(ExportError) as info:
         validate_file(_write(tmp_path / "f.jsonl", rows), method)
-    assert message in str(info.value) and "\n" not in str(info.value)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_validator_counts_tokens_and_warns(tmp_path):
     rows = [{"messages": [SYS, USER, ASSISTANT]}] * 10
     report = validate_file(_write(tmp_path / "ok.jsonl", rows), "sft")
-    assert report.examples == 10 and report.estimated_tokens < report.upper_bound_tokens
+    assert report.examples == 10
+    assert report.estimated_tokens < report.upper_bound_tokens
     near = [{"messages": [USER, {"role": "assistant", "content": "é" * 40_000}]}] * 10  # 80,000 bytes
     report = validate_file(_write(tmp_path / "near.jsonl", near), "sft")
-    assert report.warnings and "may exceed 65,536 tokens" in report.warnings[0]
+    assert report.warnings
+    assert "may exceed 65,536 tokens" in report.warnings[0]

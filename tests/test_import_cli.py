@@ -29,7 +29,8 @@ def test_help(command):
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
     if len(command) == 2:
-        assert "--format" in result.output and "--db" in result.output
+        assert "--format" in result.output
+        assert "--db" in result.output
     if command[-1] == "preferences":
         assert "--dataset" in result.output
 
@@ -41,12 +42,14 @@ def test_import_prompts_then_reimport(tmp_path):
     assert first.exit_code == 0, first.output
     assert f"added {prompts} prompts, {replies} responses" in first.stdout
     again = runner.invoke(app, ["import", "prompts", str(GABY), "--db", db, "--format", "openai-jsonl"])
-    assert again.exit_code == 0 and "added 0;" in again.stdout
+    assert again.exit_code == 0
+    assert "added 0;" in again.stdout
     assert f"already present {prompts} prompts, {replies} responses" in again.stdout
     tables = _status(db)
     assert (tables["prompt"], tables["response"]) == (prompts, replies)
     df = runner.invoke(app, ["import", "prompts", str(DIALOGFLOW), "--db", db])
-    assert df.exit_code == 0 and "[dialogflow]" in df.stdout
+    assert df.exit_code == 0
+    assert "[dialogflow]" in df.stdout
     with Session(make_engine(db)) as session:
         actions = [e.action for e in session.exec(select(AuditEvent).order_by(AuditEvent.id))]
     assert actions == ["import.prompts"] * 3
@@ -59,11 +62,13 @@ def test_import_preferences_with_dataset(tmp_path):
          "rejected": "Go to sleep.", "margin": 1.0}])
     result = runner.invoke(app, ["import", "preferences", str(path), "--dataset", "clinic-pilot", "--db", db])
     assert result.exit_code == 0, result.output
-    assert "[trl, dataset clinic-pilot]" in result.stdout and "1 judgments" in result.stdout
+    assert "[trl, dataset clinic-pilot]" in result.stdout
+    assert "1 judgments" in result.stdout
     hh_path = write_jsonl(tmp_path / "hh.jsonl.gz", [{"chosen": hh("Hi", "Hello, how are you?"),
                                                       "rejected": hh("Hi", "What.")}], gz=True)
     result = runner.invoke(app, ["import", "preferences", str(hh_path), "--db", db])
-    assert result.exit_code == 0 and "[hh-rlhf]" in result.stdout
+    assert result.exit_code == 0
+    assert "[hh-rlhf]" in result.stdout
     with Session(make_engine(db)) as session:
         sources = {a.username: a.role for a in session.exec(select(Annotator))}
         assert sources == {"import:clinic-pilot": "source", "import:hh-rlhf": "source"}
@@ -75,7 +80,8 @@ def test_import_preferences_with_dataset(tmp_path):
                         "1,Sleep,I wake at 4am.,sleep,Notice what wakes you.,3\n", encoding="utf-8")
     cc = runner.invoke(app, ["import", "preferences", str(csv_path), "--db", db, "--format", "counselchat"])
     assert cc.exit_code == 0, cc.output
-    assert "[counselchat-upvotes]" in cc.stdout and "2 comparisons, 2 judgments" in cc.stdout
+    assert "[counselchat-upvotes]" in cc.stdout
+    assert "2 comparisons, 2 judgments" in cc.stdout
 
 
 def test_bad_input_exits_nonzero_with_one_line_and_no_writes(tmp_path):
@@ -90,8 +96,10 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_writes(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines == [f"Error: {bad}, line 2: invalid JSON (Expecting value at column 15)"]
     wrong = runner.invoke(app, ["import", "preferences", str(GABY), "--db", db, "--format", "dialogflow"])
-    assert wrong.exit_code == 1 and "not a preferences format" in wrong.stderr
+    assert wrong.exit_code == 1
+    assert "not a preferences format" in wrong.stderr
     missing = runner.invoke(app, ["import", "prompts", str(tmp_path / "nope.jsonl"), "--db", db])
-    assert missing.exit_code == 1 and "no such file" in missing.stderr
+    assert missing.exit_code == 1
+    assert "no such file" in missing.stderr
     tables = _status(db)
     assert tables == before

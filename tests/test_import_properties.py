@@ -57,7 +57,8 @@ def _expect_clean_failure_or_success(engine, function, path, fmt) -> None:
         summary = run_import(engine, function, path, format=fmt)
     except ImportFormatError as exc:
         message = str(exc)
-        assert "\n" not in message and message.startswith(str(path)), message
+        assert "\n" not in message, message
+        assert message.startswith(str(path)), message
         assert counts(engine) == before
     else:
         after = counts(engine)
@@ -156,7 +157,8 @@ def test_arbitrary_bytes_give_one_line_error_or_import(db, data, fmt):
     before = counts(engine)
     with pytest.raises(ImportFormatError) as caught:
         run_import(engine, function, path, format=fmt)
-    assert "\n" not in str(caught.value) and str(caught.value).startswith(str(path))
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith(str(path))
     assert counts(engine) == before
 
 
@@ -201,7 +203,8 @@ def test_truncated_or_mutated_valid_record_is_rejected(db, fmt, data):
     with pytest.raises(ImportFormatError) as caught:
         run_import(engine, function, path, format=fmt)
     message = str(caught.value)
-    assert message.startswith(f"{path}, line 2: ") and "\n" not in message, message
+    assert message.startswith(f"{path}, line 2: "), message
+    assert "\n" not in message, message
     assert counts(engine) == before
 
 

@@ -16,7 +16,6 @@ from db.importers import (
     detect_format,
     import_preferences,
     import_prompts,
-    imported_margin,
     iter_counselchat_rows,
 )
 from db.migrate import upgrade
@@ -115,23 +114,30 @@ def test_error_rolls_back_everything(any_engine, tmp_path):
 def test_counselchat_upvote_preferences(engine):
     *_, rows, pairs = expected_counselchat(COUNSEL_CHAT)
     summary = run_import(engine, import_preferences, COUNSEL_CHAT)
-    assert summary.format == "counselchat-upvotes" and summary.records == rows
+    assert summary.format == "counselchat-upvotes"
+    assert summary.records == rows
     assert summary.added["comparisons"] == summary.added["judgments"] == pairs
     with Session(engine) as session:
         source = session.exec(select(Annotator).where(Annotator.username == "import:counselchat-upvotes")).one()
-        assert source.role == "source" and source.password_hash is None
+        assert source.role == "source"
+        assert source.password_hash is None
         judgments = session.exec(select(Judgment)).all()
-        assert len(judgments) == pairs and {j.annotator_id for j in judgments} == {source.id}
+        assert len(judgments) == pairs
+        assert {j.annotator_id for j in judgments} == {source.id}
         for judgment in judgments[:300]:
             comparison = session.get(Comparison, judgment.comparison_id)
             a, b = session.get(Response, comparison.response_a_id), session.get(Response, comparison.response_b_id)
             chosen, rejected = (a, b) if judgment.preferred == "a" else (b, a)
             diff = chosen.meta["upvotes"] - rejected.meta["upvotes"]
             assert diff > 0
-            assert imported_margin(judgment.rationale) == diff and judgment.strength == min(diff, 3)
+            assert judgment.margin == diff
+            assert judgment.strength == min(diff, 3)
+            assert judgment.rationale == (f"imported from counselchat-upvotes ({COUNSEL_CHAT.name} rows "
+                                          f"{chosen.meta['row']} > {rejected.meta['row']})")
     before = counts(engine)
     again = run_import(engine, import_preferences, COUNSEL_CHAT, format="counselchat-upvotes")
-    assert sum(again.added.values()) == 0 and counts(engine) == before
+    assert sum(again.added.values()) == 0
+    assert counts(engine) == before
 
 
 def test_iter_counselchat_rows_cleans_text():
@@ -140,7 +146,8 @@ def test_iter_counselchat_rows_cleans_text():
     assert not any("\u00a0" in r.answer or "\u00a0" in r.question for r in rows)
     assert all(isinstance(r.upvotes, int) and r.questionID for r in rows)
     assert len({r.question for r in rows}) == len(counselchat_questions(COUNSEL_CHAT))
-    assert "with.Seriously" not in rows[0].answer and "with. Seriously" in rows[0].answer
+    assert "with.Seriously" not in rows[0].answer
+    assert "with. Seriously" in rows[0].answer
 
 
 def test_trl_preferences_standard_conversational_implicit(engine, tmp_path):
@@ -162,12 +169,15 @@ def test_trl_preferences_standard_conversational_implicit(engine, tmp_path):
     assert detect_format(path, kind="preferences") == "trl"
     summary = run_import(engine, import_preferences, path)
     assert summary.dataset == "my-prefs"
-    assert summary.added["comparisons"] == 4 and summary.added["judgments"] == 4
+    assert summary.added["comparisons"] == 4
+    assert summary.added["judgments"] == 4
     assert summary.skipped == {"chosen equals rejected": 1}
     with Session(engine) as session:
         judgments = session.exec(select(Judgment).order_by(Judgment.id)).all()
         assert [j.preferred for j in judgments] == ["a", "a", "a", "b"]
-        assert [imported_margin(j.rationale) for j in judgments] == [2.5, None, None, -0.5]
+        assert [j.margin for j in judgments] == [2.5, None, None, -0.5]  # its own column
+        assert [j.rationale for j in judgments] == [  # where it came from, nothing else
+            f"imported from my-prefs (my-prefs.jsonl line {n})" for n in (1, 2, 3, 4)]
         for judgment in judgments:
             comparison = session.get(Comparison, judgment.comparison_id)
             chosen_id = comparison.response_a_id if judgment.preferred == "a" else comparison.response_b_id
@@ -175,12 +185,33 @@ def test_trl_preferences_standard_conversational_implicit(engine, tmp_path):
                 "That sounds hard. What happens?", "Tell me about your nights.", "Since when?",
                 "Let's breathe together first."}
         conversational = session.exec(select(Prompt).where(Prompt.system_prompt == system["content"])).one()
-        assert conversational.messages == [user] and conversational.source == "my-prefs"
+        assert conversational.messages == [user]
+        assert conversational.source == "my-prefs"
         candidate = session.exec(select(CandidateModel).where(CandidateModel.name == "my-prefs")).one()
         assert candidate.provider == "imported"
     before = counts(engine)
     assert sum(run_import(engine, import_preferences, path).added.values()) == 0
     assert counts(engine) == before
+
+
+def test_reward_pairs_from_imported_judgments_carry_the_margin(any_engine, tmp_path):
+    """The dataset's margin travels importer -> ``Judgment.margin`` -> reward pair, with the
+    rationale left to say where the judgment came from."""
+    from reward.data import pairs_from_db
+
+    path = write_jsonl(tmp_path / "prefs.jsonl", [
+        {"prompt": "I feel anxious.", "chosen": "That sounds hard. What happens?", "rejected": "Relax.",
+         "margin": 1.75},
+        {"prompt": "I can't sleep.", "chosen": "Since when?", "rejected": "Whatever."},
+    ])
+    run_import(any_engine, import_preferences, path)
+    with Session(any_engine) as session:
+        stored = session.exec(select(Judgment.margin, Judgment.rationale).order_by(Judgment.id)).all()
+        assert stored == [(1.75, "imported from prefs (prefs.jsonl line 1)"),
+                          (None, "imported from prefs (prefs.jsonl line 2)")]
+        pairs, _ = pairs_from_db(session=session, sources="imported", margin_mapping={})
+    assert [(p.chosen, p.margin, p.source) for p in pairs] == [
+        ("That sounds hard. What happens?", 1.75, "import:prefs"), ("Since when?", 0.0, "import:prefs")]
 
 
 def test_hh_rlhf_gz_and_plain(engine, tmp_path):
@@ -194,7 +225,8 @@ def test_hh_rlhf_gz_and_plain(engine, tmp_path):
     path = write_jsonl(tmp_path / "hh.jsonl.gz", records, gz=True)
     assert detect_format(path, kind="preferences") == "hh-rlhf"
     summary = run_import(engine, import_preferences, path)
-    assert summary.dataset == "hh-rlhf" and summary.records == 4
+    assert summary.dataset == "hh-rlhf"
+    assert summary.records == 4
     assert summary.added["judgments"] == 1
     assert summary.skipped == {"chosen equals rejected": 1, "chosen and rejected contexts differ": 1,
                                "empty final reply": 1}
@@ -217,9 +249,12 @@ def test_plaintext_and_detection(engine, tmp_path):
     path = tmp_path / "messages.txt"
     path.write_text("I feel low.\n\n   \nMy boss yells at me.\nI feel low.\n", encoding="utf-8")
     summary = run_import(engine, import_prompts, path)
-    assert summary.format == "plaintext" and summary.records == 3
-    assert summary.added == {"prompts": 2} and summary.repeated == {"prompts": 1}
-    assert detect_format(GABY) == "openai-jsonl" and detect_format(DIALOGFLOW) == "dialogflow"
+    assert summary.format == "plaintext"
+    assert summary.records == 3
+    assert summary.added == {"prompts": 2}
+    assert summary.repeated == {"prompts": 1}
+    assert detect_format(GABY) == "openai-jsonl"
+    assert detect_format(DIALOGFLOW) == "dialogflow"
     assert detect_format(COUNSEL_CHAT) == "counselchat"
     assert detect_format(COUNSEL_CHAT, kind="preferences") == "counselchat-upvotes"
 
@@ -331,7 +366,8 @@ def test_bad_input_one_line_error_and_nothing_written(loaded_engine, tmp_path, c
     with pytest.raises(ImportFormatError) as caught:
         run_import(engine, function, path, format=fmt)
     message = str(caught.value)
-    assert "\n" not in message and message.startswith(str(path)), message
+    assert "\n" not in message, message
+    assert message.startswith(str(path)), message
     assert expected in message, message
     assert len(message) < 400
     assert counts(engine) == before
@@ -344,7 +380,8 @@ def test_dialogflow_limits_and_agent_name(engine, tmp_path):
     assert summary.added == {"prompts": 1, "responses": 1}
     with Session(engine) as session:
         prompt = session.exec(select(Prompt).where(Prompt.source == "dialogflow:TestAgent")).one()
-        assert prompt.messages[0]["content"] == "I feel sad" and prompt.topic == "Sad"
+        assert prompt.messages[0]["content"] == "I feel sad"
+        assert prompt.topic == "Sad"
         assert _by_candidate(session, "dialogflow:TestAgent")[0].text == "I hear you."
 
 

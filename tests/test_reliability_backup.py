@@ -118,7 +118,8 @@ def test_online_backup_while_writing_and_restore(tmp_path):
         who = session.exec(select(Annotator).where(Annotator.username == "writer")).one()
         _, created = add_judgment(open_comparison, who, "b", session=session)
         session.commit()
-    assert created and count(engine, "judgment") == len(judged) + 1
+    assert created
+    assert count(engine, "judgment") == len(judged) + 1
     assert_sound(engine)
 
 
@@ -128,13 +129,17 @@ def test_backup_refuses_to_overwrite_and_rejects_postgres(tmp_path, postgres_url
     existing = tmp_path / "existing.db"
     existing.write_bytes(b"keep me")
     result = run_cli("backup", str(existing), "--db", url)
-    assert result.returncode == 1 and result.stderr.strip().count("\n") == 0 and "exists" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert "exists" in result.stderr
     assert existing.read_bytes() == b"keep me"
     assert run_cli("backup", str(existing), "--db", url, "--force").returncode == 0
     assert sqlite_file_checks(existing) == []
 
     pg = run_cli("backup", str(tmp_path / "pg.db"), "--db", postgres_url)
-    assert pg.returncode == 1 and "pg_dump" in pg.stderr and "Traceback" not in pg.stderr
+    assert pg.returncode == 1
+    assert "pg_dump" in pg.stderr
+    assert "Traceback" not in pg.stderr
     assert not (tmp_path / "pg.db").exists()
 
 

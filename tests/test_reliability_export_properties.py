@@ -180,7 +180,8 @@ def _one_line_error(result) -> str:  # noqa: ANN001
     output = result.output if result.stderr_bytes is None else result.stderr
     lines = [line for line in output.strip().splitlines() if line.strip()]
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert len(lines) == 1 and lines[0].startswith("Error:"), output
+    assert len(lines) == 1, output
+    assert lines[0].startswith("Error:"), output
     return lines[0]
 
 
@@ -226,7 +227,7 @@ def test_malformed_rows_in_the_database(fresh, kind, garbage, column):
     the database is not changed."""
     from sqlalchemy import text as sql
 
-    from tests.export_helpers import build_scenario
+    from tests.factories import build_scenario
 
     work, url = fresh()
     engine = make_engine(url)
@@ -287,7 +288,7 @@ bad_filter_args = st.one_of(
 def test_nonsense_filters_give_one_line(fresh, kind, arg):
     from datetime import datetime
 
-    from tests.export_helpers import build_scenario
+    from tests.factories import build_scenario
 
     option, value = arg
     if option in ("--since", "--until"):

@@ -41,7 +41,8 @@ def test_double_submit_same_token_is_one_judgment(any_engine, project):
     shown = _next(any_engine, me)
     first = _submit(any_engine, shown.token, me)
     second = _submit(any_engine, shown.token, me)
-    assert first[2] is True and second[2] is False
+    assert first[2] is True
+    assert second[2] is False
     assert first[0] == second[0]
     assert count(any_engine, "judgment") == 1
     assert_sound(any_engine)
@@ -53,13 +54,15 @@ def test_retry_after_commit_with_other_answer_keeps_the_first(any_engine, projec
     shown = _next(any_engine, me)
     jid, preferred, created = _submit(any_engine, shown.token, me, "left", 3)
     again = _submit(any_engine, shown.token, me, "right", 1, rationale="changed my mind")
-    assert created and again == (jid, preferred, False)
+    assert created
+    assert again == (jid, preferred, False)
     assert count(any_engine, "judgment") == 1
     with session_scope(any_engine) as session:
         from db.models import Judgment
 
         stored = session.get(Judgment, jid)
-        assert stored.strength == 3 and stored.rationale == ""
+        assert stored.strength == 3
+        assert stored.rationale == ""
         assert stored.preferred == shown.shown_left  # "left" maps to the side that was on the left
 
 
@@ -69,7 +72,8 @@ def test_resent_form_after_refresh_is_one_judgment(any_engine, project):
     me = project.clinicians[2].id
     first_render = _next(any_engine, me)
     refresh = _next(any_engine, me)
-    assert refresh.token == first_render.token and refresh.comparison_id == first_render.comparison_id
+    assert refresh.token == first_render.token
+    assert refresh.comparison_id == first_render.comparison_id
     assert _submit(any_engine, first_render.token, me)[2] is True
     assert _submit(any_engine, refresh.token, me)[2] is False
     following = _next(any_engine, me)
@@ -120,7 +124,8 @@ def test_racing_requests_that_fill_the_comparison(any_engine):
     outcomes = _race(any_engine, shown.token, me)
     errors = [repr(o) for o in outcomes if isinstance(o, Exception)]
     assert errors == [], errors
-    assert sum(o[2] for o in outcomes) == 1 and len({o[0] for o in outcomes}) == 1
+    assert sum(o[2] for o in outcomes) == 1
+    assert len({o[0] for o in outcomes}) == 1
     assert count(any_engine, "judgment") == 1
     assert_sound(any_engine)
 

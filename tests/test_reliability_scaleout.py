@@ -17,13 +17,11 @@ from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import RewardModelRun
 from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
+from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, login
 from tests.factories import PASSWORD, build_project
 from tests.reliability_helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     ROOT,
     assert_sound,
-    browser_login,
     cli_env,
     count,
     tiny_reward_base,
@@ -58,7 +56,7 @@ def test_two_app_processes_share_one_postgres(postgres_url, tmp_path):
                 pages = [browser.new_context().new_page() for _ in apps]
                 clinicians = project.clinicians
                 for page, port, clinician in zip(pages, ports, clinicians, strict=True):
-                    browser_login(page, app_url(port=port), clinician.username, PASSWORD)
+                    login(page, app_url(port=port), clinician.username, PASSWORD)
                 # Interleave: each clinician judges on their own app process, alternating.
                 for round_ in range(1, 4):
                     for page, clinician in zip(pages, clinicians, strict=True):
@@ -77,7 +75,8 @@ def test_two_app_processes_share_one_postgres(postgres_url, tmp_path):
     with engine.connect() as conn:
         rows = conn.execute(text("SELECT comparison_id, annotator_id FROM judgment")).fetchall()
     assert {a for _, a in rows} == {c.id for c in project.clinicians}, "rows from both app processes"
-    assert len(rows) == 6 and len(set(rows)) == 6
+    assert len(rows) == 6
+    assert len(set(rows)) == 6
     assert count(engine, "reservation") <= 2  # at most the pair now on each screen
     assert_sound(engine)
 
@@ -122,8 +121,10 @@ def test_accelerate_launch_two_cpu_processes(tmp_path, bf16):
     meta = json.loads((output / "therapref_reward.json").read_text())
     assert meta["training"]["global_step"] == 3, "two processes share each epoch (5 steps would mean one)"
     assert meta["training"]["packed_batches"], "padding-free batches work under DDP (hooks see the kwargs)"
-    assert (output / "config.json").is_file() and any(output.glob("*.safetensors"))
+    assert (output / "config.json").is_file()
+    assert any(output.glob("*.safetensors"))
     with Session(engine) as session:
         runs = session.exec(select(RewardModelRun)).all()
-    assert len(runs) == 1 and runs[0].n_train == 10
+    assert len(runs) == 1
+    assert runs[0].n_train == 10
     assert_sound(engine)

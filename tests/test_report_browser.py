@@ -10,8 +10,7 @@ from typer.testing import CliRunner
 from analytics.report import SECTION_TITLES
 from db.engine import make_engine
 from db.migrate import upgrade
-from tests.analytics_helpers import HOSTILE_NAME, build_rich_project
-from tests.factories import build_project
+from tests.factories import HOSTILE_NAME, build_project, build_rich_project
 from therapref.cli import app
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

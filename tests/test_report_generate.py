@@ -19,8 +19,8 @@ from db.engine import make_engine
 from db.importers import import_preferences
 from db.migrate import upgrade
 from db.models import Comparison
-from tests.analytics_helpers import HOSTILE_NAME, HOSTILE_REPLY, build_rich_project
 from tests.conftest import COUNSEL_CHAT
+from tests.factories import HOSTILE_NAME, HOSTILE_REPLY, build_rich_project
 from therapref.cli import app
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -28,7 +28,8 @@ runner = CliRunner()
 
 
 def assert_real_png(data: bytes) -> None:
-    assert len(data) > 1000 and data.startswith(PNG_MAGIC)
+    assert len(data) > 1000
+    assert data.startswith(PNG_MAGIC)
     image = Image.open(io.BytesIO(data)).convert("L")
     low, high = image.getextrema()
     assert high - low > 100  # drawn on, not blank
@@ -52,9 +53,12 @@ def test_report_from_a_small_database(rich_db, tmp_path):
         summary, files = generate_report(tmp_path / "out", session=session, scorer=length_scorer,
                                          scorer_label="length <i>baseline</i>",
                                          config=AnalyticsConfig(n_bootstrap=100, min_shared_items=5))
-    assert summary.n_annotators == 4 and summary.agreement.n_comparisons == 18
-    assert summary.agreement.preference.kappas and len(summary.leaderboard.overall.ratings) == 3
-    assert summary.reward is not None and summary.reward.n_items > 0
+    assert summary.n_annotators == 4
+    assert summary.agreement.n_comparisons == 18
+    assert summary.agreement.preference.kappas
+    assert len(summary.leaderboard.overall.ratings) == 3
+    assert summary.reward is not None
+    assert summary.reward.n_items > 0
     names = sorted(p.name for p in files.charts)
     assert names == sorted(["progress.png", "agreement.png", "annotators.png", "leaderboard.png", "win_matrix.png",
                             "safety_flags.png", "reward_model.png"])
@@ -64,9 +68,13 @@ def test_report_from_a_small_database(rich_db, tmp_path):
     html = files.html.read_text()
     for title in SECTION_TITLES.values():
         assert f">{title}</h2>" in html
-    assert html.count('src="data:image/png;base64,') == 7 and "http://" not in html.replace("http://example.com", "")
+    assert html.count('src="data:image/png;base64,') == 7
+    assert "http://" not in html.replace("http://example.com", "")
     # Untrusted text is inert: escaped, never markup.
-    assert "<script>" not in html and "<img src=x" not in html and "<b>model" not in html and "<i>baseline" not in html
+    assert "<script>" not in html
+    assert "<img src=x" not in html
+    assert "<b>model" not in html
+    assert "<i>baseline" not in html
     assert "&lt;script&gt;alert(&#x27;name&#x27;)&lt;/script&gt;" in html
     assert "odd &lt;b&gt;model&lt;/b&gt;" in html
 
@@ -75,14 +83,17 @@ def test_report_from_a_small_database(rich_db, tmp_path):
         assert f"](charts/{name})" in markdown
     for title in SECTION_TITLES.values():
         assert f"## {title}" in markdown
-    assert "<script" not in markdown and "<img" not in markdown and "[link](http" not in markdown
+    assert "<script" not in markdown
+    assert "<img" not in markdown
+    assert "[link](http" not in markdown
     assert "&lt;script&gt;" in markdown
 
     def no_nan(token: str):  # noqa: ANN202 - strict JSON: NaN/Infinity are not JSON
         raise AssertionError(f"report.json contains {token}")
 
     data = json.loads(files.json.read_text(), parse_constant=no_nan)
-    assert data["n_judgments"] == summary.n_judgments and data["reward_model"]["n_items"] == summary.reward.n_items
+    assert data["n_judgments"] == summary.n_judgments
+    assert data["reward_model"]["n_items"] == summary.reward.n_items
     assert {row["annotator"] for row in data["annotators"]} == {"clin0", "clin1", "clin2", HOSTILE_NAME}
     assert HOSTILE_REPLY not in html  # the disagreement table shows it escaped, if at all
 
@@ -111,7 +122,8 @@ def test_report_from_counsel_chat_preferences(tmp_path):
         report, files = generate_report(tmp_path / "report", session=session, scorer=length_scorer,
                                          scorer_label="longer reply", config=AnalyticsConfig(judges="imported",
                                                                                              n_bootstrap=100))
-    assert report.n_judgments == summary.added["judgments"] and report.n_annotators == 1
+    assert report.n_judgments == summary.added["judgments"]
+    assert report.n_annotators == 1
     assert 0.5 < report.reward.length_baseline.value < 0.75
     assert report.leaderboard.overall.ratings == []  # one source of replies: nothing to rank
     html = files.html.read_text()
@@ -125,7 +137,8 @@ def test_report_from_counsel_chat_preferences(tmp_path):
     with Session(engine) as session:
         clinicians, _ = generate_report(tmp_path / "clinicians", session=session,
                                         config=AnalyticsConfig(n_bootstrap=10))
-    assert clinicians.n_judgments == 0 and "No judgments by clinicians" in clinicians.notes[0]
+    assert clinicians.n_judgments == 0
+    assert "No judgments by clinicians" in clinicians.notes[0]
 
 
 def test_cli_errors_are_one_line(tmp_path, rich_db):
@@ -143,7 +156,8 @@ def test_cli_errors_are_one_line(tmp_path, rich_db):
     for args, message in cases:
         result = runner.invoke(app, args)
         assert result.exit_code == 1, (args, result.output)
-        assert message in result.output and result.output.count("Error:") == 1
+        assert message in result.output
+        assert result.output.count("Error:") == 1
     assert not (tmp_path / "o").exists()
 
 

@@ -9,7 +9,8 @@ import torch
 from reward.config import load_config
 from reward.errors import RewardError
 from reward.packing import PACKED_ATTENTION, PackedPreferenceCollator
-from reward.train import _load_model, packed_training, resolve_base_model, train_reward_model, use_packing
+from reward.resources import resolve_base_model
+from reward.train import _load_model, packed_training, train_reward_model, use_packing
 from tests.test_reward_train import make_pairs
 
 # chosen rows then rejected rows, of different lengths (one of a single token)
@@ -44,7 +45,8 @@ def packed_rewards(network) -> torch.Tensor:
     rows = [{"chosen_ids": c, "rejected_ids": r} for c, r in zip(CHOSEN, REJECTED, strict=True)]
     batch = PackedPreferenceCollator()(rows)
     # no padding inside the batch: 31 real tokens, then one filler token up to a multiple of 16
-    assert batch["input_ids"].shape == (1, 32) and batch["packed_lengths"][-1] == 1
+    assert batch["input_ids"].shape == (1, 32)
+    assert batch["packed_lengths"][-1] == 1
     assert int(batch["attention_mask"].sum()) == sum(map(len, CHOSEN + REJECTED))
     with packed_training(network, True):
         return network(**batch).logits.squeeze(-1)
@@ -71,7 +73,8 @@ def test_packed_batch_gives_the_padded_rewards_and_gradients(model):
         torch.testing.assert_close(got_grads[name], grad, atol=1e-6, rtol=1e-3, msg=name)
     # the model is back to its own attention, and the pooling hooks are gone
     assert model.config._attn_implementation != PACKED_ATTENTION
-    assert not model._forward_pre_hooks and not model.bert.pooler._forward_pre_hooks
+    assert not model._forward_pre_hooks
+    assert not model.bert.pooler._forward_pre_hooks
     torch.testing.assert_close(padded_rewards(model), expected)
 
 
@@ -103,7 +106,8 @@ def test_training_with_and_without_packing_gives_the_same_losses(tmp_path):
                              activation_checkpointing=checkpointing)
         result = train_reward_model(config, pairs)
         losses[packing, checkpointing] = result.train_loss
-        assert result.meta["config"]["packing"] is packing and result.meta["training"]["packed_batches"] is packing
+        assert result.meta["config"]["packing"] is packing
+        assert result.meta["training"]["packed_batches"] is packing
     assert len(losses[True, False]) == 3
     assert losses[True, False] == pytest.approx(losses[False, False], rel=1e-4, abs=1e-5)
     # activation checkpointing re-runs the packed layers with the same keyword arguments

@@ -20,7 +20,8 @@ from reward import RewardModel, best_of_n
 from reward.config import load_config
 from reward.errors import RewardError
 from reward.pairs import PreferencePair
-from reward.train import resolve_base_model, train_reward_model
+from reward.resources import resolve_base_model
+from reward.train import train_reward_model
 from tests.factories import build_project
 from therapref.cli import app
 
@@ -83,9 +84,13 @@ def test_artifacts_and_provenance(trained):
     assert meta["data"]["database_fingerprint"] == "abc123"
     assert set(meta["train_prompt_keys"]).isdisjoint(meta["eval_prompt_keys"])
     card = (out / "README.md").read_text()
-    assert "abc123" in card and "seed 7" in card and "Held-out evaluation" in card
+    assert "abc123" in card
+    assert "seed 7" in card
+    assert "Held-out evaluation" in card
     report = json.loads((out / "eval_report.json").read_text())
-    assert report["n_pairs"] == result.n_eval and "ece" in report and "length_baseline" in report
+    assert report["n_pairs"] == result.n_eval
+    assert "ece" in report
+    assert "length_baseline" in report
     assert (out / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -96,9 +101,12 @@ def test_reloads_and_scores(trained):
     messages = [{"role": "user", "content": "I am struggling with sleep."}]
     assert model.score(messages, good) > model.score(messages, "Whatever.")
     batch = model.score_batch([(messages, good), (messages, "Whatever."), (pairs[-1].prompt, "No.")])
-    assert len(batch) == 3 and batch[0] == pytest.approx(model.score(messages, good), abs=1e-4)
+    assert len(batch) == 3
+    assert batch[0] == pytest.approx(model.score(messages, good), abs=1e-4)
     best = best_of_n(model, messages, ["Whatever.", good])
-    assert best.index == 1 and best.reply == good and len(best.scores) == 2
+    assert best.index == 1
+    assert best.reply == good
+    assert len(best.scores) == 2
 
 
 def test_evaluate_on_a_preference_file(trained, tmp_path):
@@ -114,9 +122,12 @@ def test_evaluate_on_a_preference_file(trained, tmp_path):
     report = evaluate_model(out, data=str(path), output=tmp_path / "report")
     assert report["n_pairs"] == 11
     assert report["length_baseline"] == pytest.approx(10 / 11)
-    assert report["n_shorter_wins"] == 1 and 0.0 <= report["shorter_wins_accuracy"] <= 1.0
-    assert report["accuracy"] >= 0.8 and report["accuracy_ci"][0] < report["accuracy"] < report["accuracy_ci"][1] + 1e-9
-    assert 0.0 <= report["ece"] <= 1.0 and sum(b["count"] for b in report["reliability"]) == 11
+    assert report["n_shorter_wins"] == 1
+    assert 0.0 <= report["shorter_wins_accuracy"] <= 1.0
+    assert report["accuracy"] >= 0.8
+    assert report["accuracy_ci"][0] < report["accuracy"] < report["accuracy_ci"][1] + 1e-9
+    assert 0.0 <= report["ece"] <= 1.0
+    assert sum(b["count"] for b in report["reliability"]) == 11
     assert (tmp_path / "report" / "reliability.png").is_file()
     assert "length baseline" in (tmp_path / "report" / "eval_report.md").read_text()
 
@@ -127,11 +138,14 @@ def test_checkpoint_and_resume(tmp_path):
     common = dict(output_dir=str(out), per_device_train_batch_size=4, max_length=48, eval_fraction=0.0,
                   save_strategy="steps", save_steps=2, logging_steps=1)
     first = train_reward_model(load_config(max_steps=2, **common), pairs)
-    assert (out / "checkpoint-2").is_dir() and first.meta["training"]["global_step"] == 2
+    assert (out / "checkpoint-2").is_dir()
+    assert first.meta["training"]["global_step"] == 2
     second = train_reward_model(load_config(max_steps=4, resume_from_checkpoint=True, **common), pairs)
-    assert second.meta["training"]["global_step"] == 4 and (out / "checkpoint-4").is_dir()
+    assert second.meta["training"]["global_step"] == 4
+    assert (out / "checkpoint-4").is_dir()
     # steps 1-2 come back from the checkpoint's state; only steps 3-4 ran again
-    assert len(second.train_loss) == 4 and second.train_loss[:2] == pytest.approx(first.train_loss)
+    assert len(second.train_loss) == 4
+    assert second.train_loss[:2] == pytest.approx(first.train_loss)
     with pytest.raises(RewardError, match="not empty"):
         train_reward_model(load_config(max_steps=2, **common), pairs)
 
@@ -153,7 +167,8 @@ def test_missing_base_model_fails_before_any_work(tmp_path):
     started = time.perf_counter()
     with pytest.raises(RewardError, match="no such folder"):
         train_reward_model(config, make_pairs(4))
-    assert time.perf_counter() - started < 2 and not (tmp_path / "out").exists()
+    assert time.perf_counter() - started < 2
+    assert not (tmp_path / "out").exists()
 
 
 def _db(tmp_path):
@@ -172,24 +187,31 @@ def test_cli_train_evaluate_score(tmp_path):
     result = runner.invoke(app, ["train", "--db", url, "--output", str(out), "--max-steps", "3",
                                  "--max-length", "64", "--batch-size", "4", "--eval-fraction", "0.34"])
     assert result.exit_code == 0, result.output
-    assert "Held-out accuracy" in result.output and "none dropped" in result.output
+    assert "Held-out accuracy" in result.output
+    assert "none dropped" in result.output
     with Session(engine) as session:
         run = session.exec(select(RewardModelRun)).one()
-        assert run.n_train == 8 and run.n_eval == 4 and run.data_fingerprint and run.metrics["eval"]["n_pairs"] == 4
+        assert run.n_train == 8
+        assert run.n_eval == 4
+        assert run.data_fingerprint
+        assert run.metrics["eval"]["n_pairs"] == 4
         assert run.config["sources"] == "clinicians"
     result = runner.invoke(app, ["evaluate", str(out), "--data", "db", "--db", url, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     for key in ("n_pairs", "accuracy", "accuracy_ci", "length_baseline", "shorter_wins_accuracy", "ece"):
         assert key in report
-    assert report["n_pairs"] == 4 and report["length_baseline"] == 1.0
+    assert report["n_pairs"] == 4
+    assert report["length_baseline"] == 1.0
     result = runner.invoke(app, ["score", str(out), "--db", url])
     assert result.exit_code == 0, result.output
-    assert "Scored 12 responses" in result.output and "best-of-n chosen for 6 prompts" in result.output
+    assert "Scored 12 responses" in result.output
+    assert "best-of-n chosen for 6 prompts" in result.output
     with Session(engine) as session:
         assert len(session.exec(select(ResponseScore)).all()) == 12
     again = runner.invoke(app, ["score", str(out), "--db", url])
-    assert "Scored 0 responses" in again.output and "12 already scored" in again.output
+    assert "Scored 0 responses" in again.output
+    assert "12 already scored" in again.output
     from reward.store import best_responses
 
     with Session(engine) as session:
@@ -214,10 +236,12 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
     assert not (tmp_path / "rm").exists()
     result = runner.invoke(app, ["train", "--db", url, "--output", str(tmp_path / "rm"),
                                  "--base-model", str(tmp_path / "missing")])
-    assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1
     assert "no such folder" in result.stderr
     result = runner.invoke(app, ["evaluate", str(tmp_path / "rm"), "--data", str(tmp_path / "none.jsonl")])
-    assert result.exit_code == 1 and "no such file" in result.stderr
+    assert result.exit_code == 1
+    assert "no such file" in result.stderr
     with Session(engine) as session:
         assert table_counts(session=session) == before
         assert len(session.exec(select(Judgment)).all()) == 3

@@ -37,7 +37,9 @@ def test_cli_add_user_hashes_with_argon2_and_never_prints_password(cli_db, tmp_p
     assert reset.returncode == 0, reset.stderr
     listing = run_cli("annotators", "list", "--db", cli_db)
     short = run_cli("annotators", "add", "bob", "--db", cli_db, "--password-stdin", input="short\n")
-    assert short.returncode == 1 and short.stderr.count("\n") == 1 and "short" not in short.stderr
+    assert short.returncode == 1
+    assert short.stderr.count("\n") == 1
+    assert "short" not in short.stderr
     output = "".join(r.stdout + r.stderr for r in (add, reset, listing, short))
     assert SECRET not in output
 
@@ -95,14 +97,14 @@ def test_lockout_after_repeated_failures(any_engine):
 
 
 def test_unknown_inactive_and_source_accounts_cannot_log_in(engine):
-    from db.auth import set_active
+    from db.accounts import set_account_active
     from db.crud import get_or_create_source_annotator
 
     with Session(engine, expire_on_commit=False) as session:
         create_annotator("erin", SECRET, session=session)
         source = get_or_create_source_annotator("counselchat-upvotes", session=session)
         assert source.password_hash is None
-        set_active("erin", False, session=session)
+        set_account_active("erin", False, session=session, actor="test")
         session.commit()
         assert authenticate("erin", SECRET, session=session) is None
         assert authenticate("nobody", SECRET, session=session) is None
@@ -154,14 +156,45 @@ def test_admin_actions_are_audited(cli_db):
         assert SECRET not in repr(event.details)
 
 
+def test_cli_deactivate_releases_the_annotators_reserved_pairs(cli_db):
+    """`therapref annotators deactivate` hands the account's reserved pairs back to the queue, as the
+    app's Annotators page does (it used to leave them held until the reservation expired)."""
+    from db.assignment import next_comparison
+    from db.models import Reservation
+    from tests.factories import build_project
+
+    engine = make_engine(cli_db)
+    with Session(engine, expire_on_commit=False) as session:
+        project = build_project(session, n_prompts=2, n_clinicians=3)
+        leaving, staying, newcomer = (c.id for c in project.clinicians)
+        held = next_comparison(leaving, session=session, reservation_minutes=60)
+        kept = next_comparison(staying, session=session, reservation_minutes=60)
+        session.commit()
+    assert held is not None
+    assert kept is not None
+
+    result = run_cli("annotators", "deactivate", "clin0", "--db", cli_db)
+    assert result.returncode == 0, result.stderr
+
+    with Session(engine) as session:
+        holders = session.exec(select(Reservation.annotator_id)).all()
+        assert holders == [staying], "the deactivated account's reservation must be released, others kept"
+        assert not session.get(Annotator, leaving).is_active
+        event = session.exec(select(AuditEvent).where(AuditEvent.action == "annotator.deactivate")).one()
+        assert (event.actor, event.target, event.details) == ("cli", "clin0", {"released_reservations": 1})
+        # Both pairs were held; the one the deactivated account held is open again at once.
+        assert next_comparison(newcomer, session=session).comparison_id == held.comparison_id
+
+
 def test_admin_actions_in_the_app_are_audited_with_the_admin_as_actor(engine):
-    """The app's account actions (labeling_app.accounts) record the signed-in admin as the actor."""
-    from labeling_app.accounts import add_account, reset_account_password, set_account_active
+    """The account actions (db.accounts, which the app's Annotators page calls) record the signed-in
+    admin as the actor."""
+    from db.accounts import add_account, reset_account_password, set_account_active
 
     with Session(engine, expire_on_commit=False) as session:
-        add_account("lead-admin", "ivy", SECRET, session=session, role="clinician")
-        reset_account_password("lead-admin", "ivy", SECRET + "-2", session=session)
-        set_account_active("lead-admin", "ivy", False, session=session)
+        add_account("ivy", SECRET, session=session, actor="lead-admin", role="clinician")
+        reset_account_password("ivy", SECRET + "-2", session=session, actor="lead-admin")
+        set_account_active("ivy", False, session=session, actor="lead-admin")
         session.commit()
         events = session.exec(select(AuditEvent).order_by(AuditEvent.id)).all()
     assert [(e.actor, e.action, e.target) for e in events] == [
@@ -178,7 +211,7 @@ def test_every_failed_login_takes_the_same_time(engine):
     import statistics
     import time
 
-    from db.auth import set_active
+    from db.accounts import set_account_active
 
     with Session(engine, expire_on_commit=False) as session:
         create_annotator("known", SECRET, session=session)
@@ -186,7 +219,7 @@ def test_every_failed_login_takes_the_same_time(engine):
         create_annotator("inactive", SECRET, session=session)
         session.exec(select(Annotator).where(Annotator.username == "locked")).one().locked_until = (
             utcnow() + timedelta(minutes=15))
-        set_active("inactive", False, session=session)
+        set_account_active("inactive", False, session=session, actor="test")
         session.commit()
         paths = {"unknown user": ("nobody-here", SECRET), "wrong password": ("known", "wrong-" + SECRET),
                  "locked (right password)": ("locked", SECRET), "inactive (right password)": ("inactive", SECRET)}

@@ -15,11 +15,11 @@ from streamlit.testing.v1 import AppTest
 from candidates.fake_server import free_port
 from db.engine import make_engine
 from db.models import AuditEvent
+from tests.app_helpers import APP, app_login
 from tests.conftest import DIALOGFLOW
-from tests.factories import PASSWORD, build_project
+from tests.factories import PASSWORD, make_database
 from tests.reliability_helpers import ROOT, assert_sound, cli_env, dump_tables, run_cli, wait_until
 
-APP = ROOT / "labeling_app" / "app.py"
 AGENT = '{"displayName": "Evil agent", "language": "en"}'
 PHRASES = '[{"data": [{"text": "I feel low"}]}]'
 INTENT = '{"name": "Low", "responses": [{"messages": [{"type": 0, "speech": ["That sounds hard."]}]}]}'
@@ -46,7 +46,9 @@ def test_zip_entries_cannot_escape(tmp_path, bad_name):
     result = run_cli("import", "prompts", str(evil), "--db", url, cwd=work)
     assert result.returncode == 1
     error = result.stderr.strip()
-    assert error.count("\n") == 0 and "agent.zip" in error and ("outside" in error or ".." in error), error
+    assert error.count("\n") == 0, error
+    assert "agent.zip" in error, error
+    assert "outside" in error or ".." in error, error
     assert "Traceback" not in result.stderr
     assert dump_tables(make_engine(url)) == before, "the database changed"
     escaped = [p for p in (tmp_path, Path("/tmp")) if (p / "escaped.json").exists()]
@@ -115,20 +117,9 @@ def _cmdlines_with(word: str) -> list[str]:
 @pytest.fixture
 def app_db(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'app.db'}"
-    engine = make_engine(url)
-    from db.migrate import upgrade
-
-    upgrade(engine)
-    with Session(engine, expire_on_commit=False) as session:
-        build_project(session, n_prompts=3, n_clinicians=1)
+    engine, _project = make_database(url, n_prompts=3, n_clinicians=1)
     monkeypatch.setenv("THERAPREF_DATABASE_URL", url)
     return engine
-
-
-def _login(at: AppTest, username: str, password: str) -> AppTest:
-    at.text_input(key="login_username").set_value(username)
-    at.text_input(key="login_password").set_value(password)
-    return at.button(key="login_submit").click().run()
 
 
 def _signed_in(at: AppTest) -> bool:
@@ -138,7 +129,7 @@ def _signed_in(at: AppTest) -> bool:
 def test_session_times_out_after_idle(app_db, monkeypatch):
     monkeypatch.setenv("THERAPREF_SESSION_TIMEOUT_MINUTES", "1")
     at = AppTest.from_file(str(APP), default_timeout=60).run()
-    _login(at, "clin0", PASSWORD)
+    app_login(at, "clin0", PASSWORD)
     assert _signed_in(at)
     at.run()
     assert _signed_in(at), "activity within the timeout keeps the session"
@@ -156,16 +147,19 @@ def test_session_times_out_after_idle(app_db, monkeypatch):
 def test_failed_logins_lock_the_account_and_are_audited(app_db):
     at = AppTest.from_file(str(APP), default_timeout=60).run()
     for _ in range(5):
-        _login(at, "clin0", "wrong-password-123")
+        app_login(at, "clin0", "wrong-password-123")
         assert not _signed_in(at)
-    _login(at, "clin0", PASSWORD)
+    app_login(at, "clin0", PASSWORD)
     assert not _signed_in(at), "a locked account must not log in even with the right password"
     errors = " ".join(e.value for e in at.error)
-    assert "Login failed" in errors and "wrong-password" not in errors
+    assert "Login failed" in errors
+    assert "wrong-password" not in errors
     with Session(app_db) as session:
         events = session.exec(select(AuditEvent).where(AuditEvent.action == "auth.login_failed")).all()
-    assert len(events) == 6 and all(e.target == "clin0" for e in events)
-    assert PASSWORD not in dump_tables(app_db) and "wrong-password-123" not in dump_tables(app_db)
+    assert len(events) == 6
+    assert all(e.target == "clin0" for e in events)
+    assert PASSWORD not in dump_tables(app_db)
+    assert "wrong-password-123" not in dump_tables(app_db)
 
 
 def test_login_attempts_are_rate_limited_per_session(app_db):
@@ -177,10 +171,10 @@ def test_login_attempts_are_rate_limited_per_session(app_db):
     durations = []
     for i in range(10):
         started = time.monotonic()
-        _login(at, f"nobody{i}", "guess-password-1")
+        app_login(at, f"nobody{i}", "guess-password-1")
         durations.append(time.monotonic() - started)
     started = time.monotonic()
-    _login(at, "clin0", PASSWORD)
+    app_login(at, "clin0", PASSWORD)
     eleventh = time.monotonic() - started
     refused = not _signed_in(at)
     assert refused or eleventh >= min(durations) + 3.0, (

@@ -23,7 +23,8 @@ from db.crud import (
 from db.engine import make_engine
 from db.migrate import upgrade
 from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
-from tests.reliability_helpers import CHROMIUM, CHROMIUM_ARGS, browser_login, run_cli
+from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, login
+from tests.reliability_helpers import run_cli
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -118,7 +119,7 @@ def test_untrusted_text_is_inert_on_every_page(hostile_app, chromium):
     url, base, folder = hostile_app
     dialogs: list[str] = []
     clinician = _page(chromium, dialogs)
-    browser_login(clinician, base, "fresh", PASSWORD)
+    login(clinician, base, "fresh", PASSWORD)
     clinician.get_by_text("Which reply is better?").wait_for(timeout=60_000)
     clinician.get_by_text(MARKER).filter(visible=True).first.wait_for(timeout=60_000)
     assert clinician.get_by_text("<script>window.__xss = 1</script>", exact=False).count() >= 1, \
@@ -131,7 +132,7 @@ def test_untrusted_text_is_inert_on_every_page(hostile_app, chromium):
     _assert_inert(clinician, "guidelines", markdown=True)
 
     admin = _page(chromium, dialogs)
-    browser_login(admin, base, "admin", PASSWORD)
+    login(admin, base, "admin", PASSWORD, shown_as=NAME)
     for name in ("Live progress", "Data", "Analytics", "Annotators"):
         _visit(admin, name)
         _assert_inert(admin, name)
@@ -139,7 +140,8 @@ def test_untrusted_text_is_inert_on_every_page(hostile_app, chromium):
     report = run_cli("report", "--output", str(folder / "report"), "--db", url, "--bootstrap", "20")
     assert report.returncode == 0, report.stderr
     html = (folder / "report" / "report.html").read_text()
-    assert "<script>window.__xss" not in html and "<img src=x" not in html
+    assert "<script>window.__xss" not in html
+    assert "<img src=x" not in html
     page = _page(chromium, dialogs)
     page.goto((folder / "report" / "report.html").as_uri())
     page.get_by_text(MARKER).filter(visible=True).first.wait_for(timeout=30_000)
@@ -153,7 +155,7 @@ def test_admin_confirmation_messages_are_inert(hostile_app, chromium):
     _url, base, _folder = hostile_app
     dialogs: list[str] = []
     admin = _page(chromium, dialogs)
-    browser_login(admin, base, "admin", PASSWORD)
+    login(admin, base, "admin", PASSWORD, shown_as=NAME)
     _visit(admin, "Annotators")
     admin.get_by_role("textbox", name="Username").fill("[evil](https://evil.example/u)")
     admin.get_by_role("textbox", name="Initial password (min. 8 characters)").fill(PASSWORD)

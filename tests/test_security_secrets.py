@@ -106,7 +106,8 @@ def test_planted_api_key_never_leaves_the_environment(tmp_path):
         first = cli("generate", "--config", str(registry), "--db", url, "--no-progress", ok=False)
         assert server.calls, "the fake endpoint was never called"
         assert all(call.authorization == f"Bearer {key}" for call in server.calls), "the key was not used"
-        assert echo.seen and set(echo.seen) == {f"Bearer {key}"}
+        assert echo.seen
+        assert set(echo.seen) == {f"Bearer {key}"}
         assert first.returncode == 1, "the echoing endpoint's 401s count as failed requests"
     cli("pairs", "--db", url)
     assert _judge_everything(url) > 0
@@ -124,8 +125,8 @@ def test_planted_api_key_never_leaves_the_environment(tmp_path):
         candidate = session.exec(select(CandidateModel).where(CandidateModel.name == "cloud-model")).one()
         assert candidate.api_key_env == KEY_ENV  # only the variable's NAME is stored
         failures = session.exec(select(GenerationFailure)).all()
-        assert failures and all("401" in f.error or "API key" in f.error for f in failures), \
-            [f.error for f in failures]
+        assert failures, [f.error for f in failures]
+        assert all("401" in f.error or "API key" in f.error for f in failures), [f.error for f in failures]
         exports_audited = session.exec(select(AuditEvent).where(AuditEvent.action == "export.write")).all()
     # Exports are audited: who (actor), what (target path, kind, rows), when (created_at).
     assert len(exports_audited) == 3
@@ -137,4 +138,5 @@ def test_planted_api_key_never_leaves_the_environment(tmp_path):
     assert leaked == [], f"the API key reached command output: {leaked[0][:300]}"
     # The masked-key hint is fine, the key's tail is not: no 12-character slice of it anywhere.
     tail = key[-12:]
-    assert tail not in dump_tables(engine) and all(tail not in text for text in outputs)
+    assert tail not in dump_tables(engine)
+    assert all(tail not in text for text in outputs)
