@@ -1,6 +1,6 @@
 # TheraPref set-up. `make demo` runs the main job; `make test` runs the whole test suite.
 # Both create .venv and install the pinned requirements when missing.
-# Note: llama-cpp-python compiles llama.cpp from source on a fresh machine (about 9 minutes on
+# Note: llama-cpp-python compiles llama.cpp from source on a fresh machine (about 4 minutes on
 # 2 cores); pip caches the wheel, so later installs take seconds.
 
 PYTHON ?= python3

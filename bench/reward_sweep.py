@@ -56,7 +56,8 @@ sys.path.insert(0, str(BENCH.parent))
 from gpu_reward import Budget, find_data  # noqa: E402  (also sets the offline flags)
 from reward_counselchat import benchmark_split, mean_sd, quiet  # noqa: E402
 
-from reward.pairs import PreferencePair, cap_pairs_per_prompt, length_words, split_by_prompt  # noqa: E402
+from db.rules import reply_length  # noqa: E402
+from reward.pairs import PreferencePair, cap_pairs_per_prompt, split_by_prompt  # noqa: E402
 
 #: Overhead of one training run (load, tokenise, trainer, scoring, saving) in pair-epochs, for the
 #: time prediction: a run costs about (overhead + epochs × training pairs × length factor) units.
@@ -152,7 +153,7 @@ def epoch_probe(held: Sequence[PreferencePair], calibration: Sequence[Preference
     from reward.train import fit_length_weight
 
     def hybrid(a: float, w: float, scores: Sequence[float], replies: Sequence[str]) -> list[float]:
-        return [a * s + w * math.log1p(length_words(r)) for s, r in zip(scores, replies, strict=True)]
+        return [a * s + w * math.log1p(reply_length(r)) for s, r in zip(scores, replies, strict=True)]
 
     class EpochProbe(TrainerCallback):
         def on_epoch_end(self, args, state, control, model=None, processing_class=None, **kwargs):
@@ -173,7 +174,7 @@ def epoch_probe(held: Sequence[PreferencePair], calibration: Sequence[Preference
             row = {"epoch": round(float(state.epoch or 0.0), 3), "step": state.global_step,
                    "network_accuracy": net["accuracy"], "network_shorter_wins": net["shorter_wins_accuracy"]}
             if calibration:
-                gaps = [math.log1p(length_words(p.chosen)) - math.log1p(length_words(p.rejected))
+                gaps = [math.log1p(reply_length(p.chosen)) - math.log1p(reply_length(p.rejected))
                         for p in calibration]
                 a, w = fit_length_weight([c - r for c, r in zip(chosen[n:], rejected[n:], strict=True)], gaps)
                 hyb = evaluation_report(held, hybrid(a, w, chosen[:n], [p.chosen for p in held]),

@@ -329,11 +329,6 @@ def cap_pairs_per_prompt(pairs: Sequence[PreferencePair], *, cap: int, seed: int
     return kept
 
 
-# The length baseline's unit is owned by db.rules; this name stays only because reward/scoring.py
-# and bench/reward_sweep.py still import it from here.
-length_words = reply_length
-
-
 def log_length_gap(pair: PreferencePair) -> float:
     """log(1+words(chosen)) − log(1+words(rejected)), the length feature of a pair.
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from db.rules import reply_length
 from reward.errors import RewardError
-from reward.pairs import PreferencePair, length_words, messages_key
+from reward.pairs import PreferencePair, messages_key
 from reward.resources import load_kwargs
 
 META_FILE = "therapref_reward.json"
@@ -97,7 +98,7 @@ class RewardModel:
         if not items:
             return []
         raw = self.network_scores(items, batch_size=batch_size)
-        return [self.network_scale * r + self.length_weight * math.log1p(length_words(reply))
+        return [self.network_scale * r + self.length_weight * math.log1p(reply_length(reply))
                 for r, (_, reply) in zip(raw, items, strict=True)]
 
     def score(self, messages: Any, reply: str) -> float:

@@ -75,3 +75,14 @@ def wait_for_new_pair(page, old_screen: str, timeout: float = 60_000) -> str | N
         "(old) => { const t = (" + SCREEN_JS + ")(); return (t !== null && t !== old) || "
         "document.body.innerText.includes('All done'); }", arg=old_screen, timeout=timeout)
     return page.evaluate(SCREEN_JS)
+
+
+def app_serving(port: int) -> bool:
+    """True while an app answers its health check on 127.0.0.1:``port``."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
+            return True
+    except OSError:
+        return False

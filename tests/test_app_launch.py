@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
-from tests.app_helpers import free_port
+from tests.app_helpers import app_serving, free_port
 from tests.factories import make_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,24 +66,24 @@ def _app_pid_serving(port: int, parent: int, deadline: float) -> int | None:
     while time.monotonic() < deadline:
         children = Path(f"/proc/{parent}/task/{parent}/children")
         pids = [int(p) for p in children.read_text().split()] if children.exists() else []
-        if pids and _serving(port):
+        if pids and app_serving(port):
             return pids[0]
         time.sleep(0.2)
     return None
 
 
-def _serving(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-            return True
-    except OSError:
-        return False
+def _start_app_command(folder: Path, port: int) -> subprocess.Popen:
+    """``therapref app`` on a new database in ``folder``, output discarded."""
+    env = {k: v for k, v in os.environ.items() if k != "THERAPREF_DATABASE_URL"}
+    return subprocess.Popen([sys.executable, "-m", "therapref.cli", "app", "--db", str(folder / "t.db"),
+                             "--port", str(port)], cwd=folder, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def _wait_gone(pid: int, port: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() and not _serving(port):
+        if not Path(f"/proc/{pid}").exists() and not app_serving(port):
             return True
         time.sleep(0.2)
     return False
@@ -92,10 +92,7 @@ def _wait_gone(pid: int, port: int, seconds: float) -> bool:
 def test_app_dies_with_therapref_app_even_on_sigkill(tmp_path):
     """SIGKILL leaves no clean-up code to run: the kernel's parent-death signal ends the app."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "THERAPREF_DATABASE_URL"}
-    process = subprocess.Popen([sys.executable, "-m", "therapref.cli", "app", "--db", str(tmp_path / "t.db"),
-                                "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = _start_app_command(tmp_path, port)
     try:
         app_pid = _app_pid_serving(port, process.pid, time.monotonic() + 120)
         assert app_pid is not None, "the app did not come up"
@@ -108,10 +105,7 @@ def test_app_dies_with_therapref_app_even_on_sigkill(tmp_path):
 def test_sigterm_during_start_up_stops_the_app(tmp_path):
     """SIGTERM before the app is ready (the old gap between start and the signal handler)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "THERAPREF_DATABASE_URL"}
-    process = subprocess.Popen([sys.executable, "-m", "therapref.cli", "app", "--db", str(tmp_path / "t.db"),
-                                "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = _start_app_command(tmp_path, port)
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     deadline = time.monotonic() + 120
     app_pid = None

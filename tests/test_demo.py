@@ -18,6 +18,7 @@ from db.auth import authenticate
 from db.crud import table_counts
 from db.engine import make_engine
 from db.models import Comparison
+from tests.app_helpers import app_serving
 from tests.pg import free_port
 from therapref.cli import app
 
@@ -81,14 +82,6 @@ def test_demo_ends_with_the_app_running(tmp_path):
     # SIGTERM stops the app it started too (an orphaned server kept the port and a core busy);
     # stop_app escalates to SIGKILL after 5 s, so the port closes well inside this deadline.
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _serving(port):
+    while time.monotonic() < deadline and app_serving(port):
         time.sleep(0.2)
-    assert not _serving(port), "the app outlived `therapref demo`"
-
-
-def _serving(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2):
-            return True
-    except OSError:
-        return False
+    assert not app_serving(port), "the app outlived `therapref demo`"
