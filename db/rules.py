@@ -9,7 +9,7 @@ nothing else below it; see ``docs/architecture.md``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 #: Roles whose judgments are clinicians' (admins are lead clinicians); ``source`` rows are imported
@@ -19,9 +19,11 @@ CLINICIAN_ROLES: tuple[str, ...] = ("clinician", "admin")
 Messages = list[dict[str, Any]]
 
 
-def conversation(messages: Sequence[dict[str, Any]] | None, system: str | None) -> Messages:
+def conversation(messages: Sequence[dict[str, Any]] | None, system: str | None,
+                 keys: Sequence[str] | None = None) -> Messages:
     """The conversation so far as chat messages, led by the system message when there is one and the
-    stored messages do not already start with one. Copies; the input is not changed.
+    stored messages do not already start with one. Copies (only ``keys`` of each message when given);
+    the input is not changed.
 
     >>> conversation([{"role": "user", "content": "hi"}], "Be kind.")
     [{'role': 'system', 'content': 'Be kind.'}, {'role': 'user', 'content': 'hi'}]
@@ -29,10 +31,12 @@ def conversation(messages: Sequence[dict[str, Any]] | None, system: str | None) 
     [{'role': 'system', 'content': 'Stored.'}, {'role': 'user', 'content': 'hi'}]
     >>> conversation(None, None)
     []
+    >>> conversation([{"role": "user", "content": "hi", "name": "x"}], None, keys=("role", "content"))
+    [{'role': 'user', 'content': 'hi'}]
     """
-    turns = [dict(message) for message in messages or []]
+    turns = [dict(message) if keys is None else {key: message[key] for key in keys} for message in messages or []]
     if system and not (turns and turns[0].get("role") == "system"):
-        turns.insert(0, {"role": "system", "content": system})
+        return [{"role": "system", "content": system}, *turns]
     return turns
 
 
@@ -50,10 +54,23 @@ def majority_label(preferences: Iterable[str]) -> str | None:
     >>> majority_label([]) is None
     True
     """
-    ranked = Counter(preferences).most_common()
-    if not ranked or (len(ranked) > 1 and ranked[0][1] == ranked[1][1]):
-        return None
-    return ranked[0][0]
+    return majority_of_counts(Counter(preferences))
+
+
+def majority_of_counts(counts: Mapping[str, int]) -> str | None:
+    """``majority_label`` for votes already counted per label (exports count them in SQL).
+
+    >>> majority_of_counts({"a": 2, "b": 1}), majority_of_counts({"a": 1, "b": 1}), majority_of_counts({"a": 0})
+    ('a', None, None)
+    """
+    # One pass, no sorting: exports call this once per comparison (a million times per export).
+    leader, most, level = None, 0, False
+    for label, count in counts.items():
+        if count > most:
+            leader, most, level = label, count, False
+        elif count == most and count > 0:
+            level = True
+    return None if level else leader
 
 
 def reply_length(text: str) -> int:

@@ -31,7 +31,7 @@ def conversation(messages: Messages, system: str | None) -> Messages:
         raise ExportError("a stored prompt has malformed messages (expected role/content objects, "
                           f"got {type(messages).__name__})")
     # Only role and content go out: other stored keys are not part of any training format.
-    return rules.conversation([{"role": m["role"], "content": m["content"]} for m in messages], system)
+    return rules.conversation(messages, system, keys=("role", "content"))
 
 
 def assistant(text: str) -> Messages:

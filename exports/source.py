@@ -4,9 +4,8 @@ the number of judgments."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import repeat
 from typing import Any
 
 from sqlalchemy import String, and_, case, cast, func, select
@@ -35,15 +34,6 @@ class Votes:
     @property
     def total(self) -> int:
         return self.a + self.b + self.tie + self.both_bad
-
-    def ballots(self, labels: Iterable[str] = ("a", "b", "tie", "both_bad")) -> Iterator[str]:
-        """One label per vote among ``labels``, for the rules that count labels (``db.rules``).
-
-        >>> list(Votes(a=2, tie=1).ballots()), list(Votes(a=1, b=1, tie=3).ballots(("a", "b")))
-        (['a', 'a', 'tie'], ['a', 'b'])
-        """
-        for label in labels:
-            yield from repeat(label, getattr(self, label))
 
 
 @dataclass(frozen=True)
