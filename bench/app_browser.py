@@ -156,7 +156,8 @@ async def _clinician(browser, base_url: str, username: str, config: BrowserConfi
             moved_on += 1
             problems = await page.evaluate("""() => [...document.querySelectorAll(
                 '[data-testid="stException"], [data-testid="stAlertContentWarning"]')].map(e => e.innerText)""")
-            problems += [text for text in [await page.inner_text("body")] if "Moved on" in text]
+            if "Moved on" in await page.inner_text("body"):
+                problems.append("Moved on (the pair was taken or expired)")
             result.errors.extend(f"{username}: {p[:120]}" for p in problems)
     except Exception as exc:  # noqa: BLE001
         result.errors.append(f"{username}: {type(exc).__name__}: {str(exc)[:200]}")
@@ -280,20 +281,25 @@ async def _protocol_clinician(base_url: str, username: str, config: BrowserConfi
 
 async def _drive(base_urls: list[str], usernames: list[str], config: BrowserConfig, result: RunResult,
                  client: str) -> None:
+    ready = _Gate(len(usernames))
+
+    def clinicians(start):  # noqa: ANN001, ANN202 - one coroutine per clinician, spread over the app processes
+        return asyncio.gather(*(start(base_urls[i % len(base_urls)], name, config,
+                                      random.Random(config.seed * 1000 + i), result, ready)
+                                for i, name in enumerate(usernames)))
+
     if client == "protocol":
-        ready = _Gate(len(usernames))
-        await asyncio.gather(*(
-            _protocol_clinician(base_urls[i % len(base_urls)], name, config, random.Random(config.seed * 1000 + i),
-                                result, ready) for i, name in enumerate(usernames)))
+        await clinicians(_protocol_clinician)
         return
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        ready = _Gate(len(usernames))
-        await asyncio.gather(*(
-            _clinician(browser, base_urls[i % len(base_urls)], name, config, random.Random(config.seed * 1000 + i),
-                       result, ready) for i, name in enumerate(usernames)))
+
+        async def in_chromium(*args):  # noqa: ANN002, ANN202
+            await _clinician(browser, *args)
+
+        await clinicians(in_chromium)
         await browser.close()
 
 

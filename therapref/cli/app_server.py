@@ -51,7 +51,7 @@ def serve(settings: Settings, *, timeout: float = 60) -> None:
             typer.echo("Stopped.")
             return
         finally:
-            stop_app(process)
+            stop_app(process)  # a no-op once stopped; covers errors and a failed start
     if code:
         raise typer.Exit(code)
 
