@@ -131,6 +131,9 @@ class Comparison(SQLModel, table=True):
     judgments_required: int = Field(default=1)
     judgments_count: int = Field(default=0)
     gold_answer: Optional[str] = Field(default=None, max_length=10)
+    # Queue order: the app serves the highest priority first (A/B tests, active selection); 0 by
+    # default, so that without priorities the queue is what it always was. Added by migration 0004.
+    priority: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = Field(default_factory=utcnow)
 
     __table_args__ = (
@@ -254,3 +257,47 @@ class AuditEvent(SQLModel, table=True):
     target: str = Field(default="", max_length=500)
     details: dict[str, Any] = _json_column(dict)
     created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class PolicyRun(SQLModel, table=True):
+    """A chatbot policy fine-tuned on an export (SFT, DPO or KTO): where it is and where it came from.
+
+    ``provenance`` is the export's manifest (filters, counts, fingerprint, prompt ids), so that an
+    A/B test can tell which prompts the policy has seen. Added by migration 0004.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    path: str
+    method: str = Field(max_length=10)
+    base_model: str = ""
+    config: dict[str, Any] = _json_column(dict)
+    metrics: dict[str, Any] = _json_column(dict)
+    provenance: dict[str, Any] = _json_column(dict)
+    data_fingerprint: str = Field(default="", max_length=64)
+    n_train: int = 0
+    candidate_model_id: Optional[int] = Field(default=None, foreign_key="candidatemodel.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (CheckConstraint("method IN ('sft', 'dpo', 'kto')", name="ck_policyrun_method"),)
+
+
+class AbTest(SQLModel, table=True):
+    """A head-to-head of a new candidate against a base on prompts the new one was not trained on.
+
+    The comparisons themselves are ordinary comparisons between the two candidates' replies to
+    ``prompt_ids``; this row records which, why and when. Added by migration 0004.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    new_candidate_id: int = Field(foreign_key="candidatemodel.id", index=True)
+    base_candidate_id: int = Field(foreign_key="candidatemodel.id", index=True)
+    policy_run_id: Optional[int] = Field(default=None, foreign_key="policyrun.id")
+    prompt_ids: list[int] = _json_column(list)
+    overlap: int = 1
+    priority: float = 0.0
+    details: dict[str, Any] = _json_column(dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("new_candidate_id <> base_candidate_id", name="ck_abtest_distinct"),
+    )

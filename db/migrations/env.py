@@ -16,6 +16,12 @@ def run_migrations_online() -> None:
 
         engine = make_engine(config.get_main_option("sqlalchemy.url"))
     with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds a table by copying it and dropping the old one; with foreign keys
+            # on, SQLite refuses to drop a table that others reference. Alembic's recipe: keys off
+            # while migrating (outside any transaction, where the pragma takes effect), then check.
+            connection.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
@@ -25,6 +31,12 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         connection.commit()
+        if sqlite:
+            raw = connection.connection.dbapi_connection
+            broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+            raw.execute("PRAGMA foreign_keys=ON")
+            if broken:
+                raise RuntimeError(f"migration left rows that break foreign keys: {broken[:5]}")
 
 
 run_migrations_online()
