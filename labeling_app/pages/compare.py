@@ -19,6 +19,7 @@ from db.assignment import (
 )
 from db.models import SAFETY_FLAGS
 from labeling_app import state
+from labeling_app.conversation import show_conversation
 from labeling_app.keyboard import HELP, shortcut_script
 
 STRENGTHS = {1: "Slightly better", 2: "Clearly better", 3: "Much better"}
@@ -26,9 +27,6 @@ CHOICES = (("left", "A is better", "1"), ("right", "B is better", "2"),
            ("tie", "Tie", "3"), ("both_bad", "Both bad", "4"))
 SHOWN_AT = "_compare_shown_at"
 LAST_AT = "_compare_last_judgment_at"
-OPEN_TURNS = 3  # the last turns shown open: the patient's message and the exchange before it
-LONG_RECENT_CHARS = 300  # beyond this the open turns scroll in a box of RECENT_HEIGHT_PX
-RECENT_HEIGHT_PX = 220
 
 
 def _screen_id(token: str) -> str:
@@ -101,31 +99,6 @@ def _on_undo() -> None:
         state.flash("warning", "Nothing to undo (the undo window has passed).")
 
 
-def _turn(message: dict) -> None:
-    role = message.get("role", "user")
-    with st.chat_message("user" if role == "user" else "assistant"):
-        st.caption("Person" if role == "user" else "Assistant")
-        state.inert_text(message.get("content", ""))
-
-
-def _conversation(assignment) -> None:
-    """The conversation so far, compactly: earlier turns folded (one click shows them all), the
-    last ``OPEN_TURNS`` open, in a box of bounded height once long, so that the two replies and the
-    judging controls stay in view however long the conversation is."""
-    if assignment.system_prompt:
-        with st.expander("Assistant instructions (system prompt)"):
-            state.inert_text(assignment.system_prompt)
-    earlier, recent = assignment.messages[:-OPEN_TURNS], assignment.messages[-OPEN_TURNS:]
-    if earlier:
-        with st.expander(f"Earlier in the conversation ({len(earlier)} messages)"):
-            for message in earlier:
-                _turn(message)
-    long = sum(len(m.get("content", "")) for m in recent) > LONG_RECENT_CHARS
-    with st.container(height=RECENT_HEIGHT_PX if long else "content", border=False, autoscroll=long or None):
-        for message in recent:
-            _turn(message)
-
-
 def _reply(column, label: str, text: str, side: str, screen: str) -> None:
     with column, st.container(border=True):
         st.subheader(label)
@@ -162,7 +135,7 @@ def judging_panel() -> None:
     token = assignment.token
     screen = _screen_id(token)
     st.session_state.setdefault(SHOWN_AT, {}).setdefault(token, time.time())
-    _conversation(assignment)
+    show_conversation(assignment.messages, assignment.system_prompt)
     with st.form(f"judge-{screen}", border=False, enter_to_submit=False):
         left, right = st.columns(2)
         _reply(left, "Response A", assignment.left_text, "left", screen)
