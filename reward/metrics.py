@@ -77,6 +77,34 @@ def _accuracy(diffs: Sequence[float]) -> float:
     return sum(1.0 if d > 0 else (0.5 if d == 0 else 0.0) for d in diffs) / len(diffs) if diffs else float("nan")
 
 
+def baseline_verdict(accuracy: float, ci: Sequence[float], length_baseline: float) -> str:
+    """One sentence, for a clinician lead, on whether the model beats the trivial length rules.
+
+    The better trivial rule on a file is "the longer reply wins" or its reverse, whichever scores
+    higher there (``max(b, 1 - b)``); a model that does not clear it has learnt nothing a ruler
+    could not tell. "Beats" needs the whole 95% interval above the rule, not just the point.
+
+    >>> baseline_verdict(0.644, [0.578, 0.704], 0.534)
+    'Beats the length rule on this file: 0.644 (95% CI 0.578-0.704) against 0.534 for "the longer reply wins".'
+    >>> baseline_verdict(0.557, [0.50, 0.61], 0.711)
+    'Worse than the length rule on this file: 0.557 (95% CI 0.500-0.610) against 0.711 for "the longer reply \
+wins". Do not use this model to rank replies like these.'
+    >>> baseline_verdict(0.60, [0.52, 0.68], 0.40)
+    'No clear gain over the length rule on this file: 0.600 (95% CI 0.520-0.680) against 0.600 for "the \
+shorter reply wins".'
+    """
+    rule, value = ("the longer reply wins", length_baseline) if length_baseline >= 0.5 \
+        else ("the shorter reply wins", 1.0 - length_baseline)
+    low, high = ci
+    figures = f'{accuracy:.3f} (95% CI {low:.3f}-{high:.3f}) against {value:.3f} for "{rule}"'
+    if low > value:
+        return f"Beats the length rule on this file: {figures}."
+    if high < value:
+        return (f"Worse than the length rule on this file: {figures}. "
+                "Do not use this model to rank replies like these.")
+    return f"No clear gain over the length rule on this file: {figures}."
+
+
 def evaluation_report(pairs: Sequence[PreferencePair], chosen: Sequence[float], rejected: Sequence[float],
                       *, n_bins: int = 10) -> dict[str, Any]:
     """Accuracy with a 95% CI next to the length baseline, shorter-wins accuracy, per-source accuracy, ECE.
@@ -116,4 +144,5 @@ def evaluation_report(pairs: Sequence[PreferencePair], chosen: Sequence[float], 
         "ece": expected_calibration_error(diffs, n_bins),
         "reliability": reliability_bins(diffs, n_bins),
         "mean_margin": sum(diffs) / n if n else float("nan"),
+        "verdict": baseline_verdict(correct / n, [low, high], longer_right / n) if n else "No pairs.",
     }

@@ -26,6 +26,7 @@ def report_markdown(report: dict[str, Any], *, title: str = "Reward model evalua
     lines = [
         f"# {title}", "",
         f"Data: {report.get('data', 'held-out pairs')}", "",
+        *([f"**{report['verdict']}**", ""] if report.get("verdict") else []),
         "| metric | value |", "| --- | --- |",
         f"| pairs | {report['n_pairs']} |",
         f"| accuracy | {_fmt(report['accuracy'])} (95% CI {_fmt(low)}–{_fmt(high)}) |",

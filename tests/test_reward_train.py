@@ -203,6 +203,11 @@ def test_cli_train_evaluate_score(tmp_path):
         assert key in report
     assert report["n_pairs"] == 4
     assert report["length_baseline"] == 1.0
+    # Four pairs cannot show a gain over a rule that is always right here: the words say so.
+    assert report["verdict"].startswith(("Worse than the length rule", "No clear gain over the length rule"))
+    result = runner.invoke(app, ["evaluate", str(out), "--data", "db", "--db", url])
+    assert result.exit_code == 0, result.output
+    assert 'against 1.000 for "the longer reply wins"' in result.output
     result = runner.invoke(app, ["score", str(out), "--db", url])
     assert result.exit_code == 0, result.output
     assert "Scored 12 responses" in result.output

@@ -117,6 +117,8 @@ def _evaluate(
     typer.echo(f"length baseline       {report['length_baseline']:.3f}  (longer reply chosen)")
     typer.echo(f"shorter-wins accuracy {report['shorter_wins_accuracy']:.3f}  ({report['n_shorter_wins']} pairs)")
     typer.echo(f"ECE                   {report['ece']:.3f}")
+    if report.get("verdict"):
+        typer.echo(report["verdict"])
     for source, row in report["per_source"].items():
         typer.echo(f"  {source:<40} {row['n_pairs']:>6} pairs  accuracy {row['accuracy']:.3f}")
     typer.echo(f"Report: {report['files']['markdown']}")
