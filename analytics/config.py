@@ -12,7 +12,8 @@ JUDGES = ("clinicians", "imported", "all")
 @dataclass
 class AnalyticsConfig:
     judges: str = field(default="clinicians", metadata={
-        "help": "whose judgments count: clinicians (role clinician/admin), imported (dataset sources) or all"})
+        "help": "whose judgments count: clinicians (role clinician/admin), imported (dataset sources) or all "
+                "(model judges judge:* too)"})
     n_bootstrap: int = field(default=500, metadata={"help": "bootstrap resamples behind every 95% CI"})
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
     seed: int = field(default=0, metadata={"help": "random seed: the same data and seed give the same report"})
@@ -55,3 +56,13 @@ class AnalyticsConfig:
         """
         return {"clinicians": CLINICIAN_ROLES, "imported": ("source",),
                 "all": (*CLINICIAN_ROLES, "source")}[self.judges]
+
+    @property
+    def with_judges(self) -> bool:
+        """Whether model judges (``judge:*`` sources) count: only under ``all``, as ``db.rules.source_selected``
+        has it; "imported" means datasets, never judges.
+
+        >>> AnalyticsConfig(judges="imported").with_judges, AnalyticsConfig(judges="all").with_judges
+        (False, True)
+        """
+        return self.judges == "all"

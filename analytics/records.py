@@ -15,7 +15,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from db.models import Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
-from db.rules import CLINICIAN_ROLES
+from db.rules import CLINICIAN_ROLES, JUDGE_PREFIX
 
 
 @dataclass(frozen=True)
@@ -84,9 +84,10 @@ class JudgmentRecord:
 
 def load_judgments(
     *, session: Session, roles: Sequence[str] = CLINICIAN_ROLES,
-    comparison_ids: Iterable[int] | None = None,
+    comparison_ids: Iterable[int] | None = None, with_judges: bool = False,
 ) -> list[JudgmentRecord]:
-    """All judgments by annotators of the given roles, oldest first."""
+    """All judgments by annotators of the given roles, oldest first; model judges' (``judge:*``)
+    only ``with_judges``."""
     resp_a, resp_b = aliased(Response), aliased(Response)
     cand_a, cand_b = aliased(CandidateModel), aliased(CandidateModel)
     query = (
@@ -105,6 +106,8 @@ def load_judgments(
     )
     if comparison_ids is not None:
         query = query.where(Judgment.comparison_id.in_(list(comparison_ids)))
+    if not with_judges:
+        query = query.where(Annotator.username.not_like(f"{JUDGE_PREFIX}%"))
     records = []
     for (j, username, role, gold, prompt_id, ra, rb, topic, name_a, name_b, len_a, len_b) in session.exec(query):
         records.append(JudgmentRecord(

@@ -14,7 +14,10 @@ from pathlib import Path
 from sqlmodel import Session
 
 from analytics.config import AnalyticsConfig
+from analytics.criteria import CriteriaReport, build_criteria_report
 from analytics.errors import AnalyticsError
+from analytics.head_to_head import AbTestTable, abtest_tables, head_to_head_section
+from analytics.judges import JudgesReport, judges_section, load_judges_report
 from analytics.render import Document, Image, Paragraph, Section, Table, to_html, to_markdown
 from analytics.reward_eval import Scorer
 from analytics.stats import Estimate
@@ -24,6 +27,7 @@ EXCERPT = 280
 SECTION_TITLES = {
     "overview": "Overview", "progress": "Progress", "agreement": "Agreement", "annotators": "Annotator quality",
     "leaderboard": "Leaderboard", "safety": "Safety flags", "reward": "Reward model vs judges",
+    "criteria": "Criteria", "judges": "Judges vs clinicians", "abtests": "Head-to-head (A/B tests)",
     "methods": "Methods",
 }
 
@@ -51,7 +55,8 @@ def _excerpt(text: str, limit: int = EXCERPT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def build_document(summary: AnalyticsSummary) -> Document:
+def build_document(summary: AnalyticsSummary, criteria: CriteriaReport | None = None,
+                   judge_report: JudgesReport | None = None, abtests: list[AbTestTable] | None = None) -> Document:
     s, c = summary, summary.config
     judges = {"clinicians": "clinicians and admins", "imported": "imported datasets only",
               "all": "clinicians, admins and imported datasets"}[c.judges]
@@ -61,6 +66,11 @@ def build_document(summary: AnalyticsSummary) -> Document:
     sections = [_overview(s), _progress(s), *_agreement(s), _annotators(s), *_leaderboard(s), _safety(s)]
     if s.reward is not None:
         sections.append(_reward(s))
+    sections.append(_criteria(criteria or CriteriaReport()))
+    if judge_report is not None:  # shown even without judges: says that none has judged yet
+        sections.append(judges_section(judge_report))
+    if abtests:
+        sections.append(head_to_head_section(abtests, title=SECTION_TITLES["abtests"]))
     sections.append(_methods(s))
     return Document("TheraPref report", meta, sections)
 
@@ -216,6 +226,30 @@ def _reward(s: AnalyticsSummary) -> Section:
     return _section("reward", *blocks)
 
 
+def _criteria(cr: CriteriaReport) -> Section:
+    """Per-criterion agreement, leaderboards and how often the overall winner is worse on a criterion."""
+    if not cr.criteria:
+        return _section("criteria", Paragraph("No per-criterion verdicts yet (criteria are set per guideline "
+                                              "version; older judgments and imports have none)."))
+    rows = [[name, str(sum(cr.verdict_counts[name].values())), _est(a.block.alpha), _est(a.fleiss),
+             _f(a.block.mean_kappa), _est(a.block.percent), _est(cr.winner_worse[name])]
+            for name, a in cr.agreement.items()]
+    blocks: list = [
+        Paragraph(f"{cr.n_judgments} judgments carry per-criterion verdicts (A better / B better / tie). Agreement "
+                  "uses comparisons with two or more verdicts on the criterion."),
+        Table(["criterion", "verdicts", "alpha [95% CI] (n)", "Fleiss' kappa [95% CI] (n)", "mean Cohen's kappa",
+               "percent agreement", "overall winner worse on it [95% CI] (n)"], rows, "Per criterion")]
+    if "safety" in cr.winner_worse:
+        e = cr.winner_worse["safety"]
+        blocks.append(Paragraph(f"The overall preferred reply was the worse one on safety in {_f(e.value, pct=True)} "
+                                f"of {e.n_items} judgments with a safety verdict ({_est(e)}).",
+                                note=math.isfinite(e.value) and e.value > 0))
+    for name, board in cr.leaderboards.items():
+        if board.ratings:
+            blocks.append(_board_table(board, f"Bradley–Terry on {name} ({board.n_battles} verdicts)"))
+    return _section("criteria", *blocks)
+
+
 def _methods(s: AnalyticsSummary) -> Section:
     c = s.config
     return _section("methods", *[Paragraph(t) for t in (
@@ -236,7 +270,8 @@ def _methods(s: AnalyticsSummary) -> Section:
     )])
 
 
-def write_report(summary: AnalyticsSummary, output: str | Path) -> ReportFiles:
+def write_report(summary: AnalyticsSummary, output: str | Path, criteria: CriteriaReport | None = None,
+                 judge_report: JudgesReport | None = None, abtests: list[AbTestTable] | None = None) -> ReportFiles:
     """Write ``report.html``, ``report.md``, ``report.json`` and ``charts/*.png`` into ``output``.
 
     Everything is rendered in memory first; each file is then written to a temporary name and
@@ -247,11 +282,18 @@ def write_report(summary: AnalyticsSummary, output: str | Path) -> ReportFiles:
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise AnalyticsError(f"{output}: exists and is not a directory")
-    doc = build_document(summary)
+    doc = build_document(summary, criteria, judge_report, abtests=abtests)
     charts = render_pngs(summary)
     html_text = to_html(doc, charts)
     markdown = to_markdown(doc)
-    data = json.dumps(summary.as_dict(), indent=2, sort_keys=True, default=str)
+    figures = summary.as_dict()
+    if criteria is not None:
+        figures["criteria"] = criteria.as_dict()
+    if judge_report is not None:
+        figures["judges"] = judge_report.as_dict()
+    if abtests:
+        figures["head_to_head"] = [t.as_dict() for t in abtests]
+    data = json.dumps(figures, indent=2, sort_keys=True, default=str)
     (output / "charts").mkdir(parents=True, exist_ok=True)
     for stale in set(PNG_CHARTS) - set(charts):  # e.g. a reward chart from an earlier run with a model
         (output / "charts" / f"{stale}.png").unlink(missing_ok=True)
@@ -283,6 +325,10 @@ def generate_report(
     """Compute the summary from the database and write the report files."""
     summary = build_summary(session=session, config=config, scorer=scorer, scorer_label=scorer_label,
                             held_out_ids=held_out_ids, progress=progress)
+    criteria = build_criteria_report(session=session, config=summary.config)
+    judge_report = load_judges_report(session=session, config=summary.config)
+    c = summary.config
+    abtests = abtest_tables(session=session, sources=c.judges, n_bootstrap=c.n_bootstrap, seed=c.seed)
     if progress:
         progress("Rendering charts and writing files")
-    return summary, write_report(summary, output)
+    return summary, write_report(summary, output, criteria, judge_report, abtests=abtests)

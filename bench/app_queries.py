@@ -153,8 +153,26 @@ def build_postgres(server, name: str, n_comparisons: int) -> str:
     return url
 
 
-def measure(url: str, calls: int, seed: int = 7, annotator: int | None = None) -> dict[str, list[float]]:
-    """Time next_comparison + submit_judgment pairs for random clinicians (or one), one transaction each."""
+def add_criteria_to(url: str) -> str:
+    """``--criteria``: the guideline in force gets the five default criteria (safety required)."""
+    import dataclasses
+
+    from db.criteria import DEFAULT_CRITERIA, add_criteria
+    from db.crud import current_guideline
+
+    engine = make_engine(url)
+    with session_scope(engine) as session:
+        add_criteria(current_guideline(session=session), [
+            dataclasses.replace(c, required=c.name == "safety") for c in DEFAULT_CRITERIA], session=session)
+    engine.dispose()
+    return url
+
+
+def measure(url: str, calls: int, seed: int = 7, annotator: int | None = None,
+            criteria: bool = False) -> dict[str, list[float]]:
+    """Time next_comparison + submit_judgment pairs for random clinicians (or one), one transaction each
+    (with ``criteria``, each submit carries a verdict on each of the five default criteria)."""
+    names = ("empathy", "safety", "helpfulness", "boundaries", "accuracy") if criteria else ()
     engine = make_engine(url)
     rng = random.Random(seed)
     times: dict[str, list[float]] = {"next_comparison": [], "submit_judgment": []}
@@ -171,7 +189,8 @@ def measure(url: str, calls: int, seed: int = 7, annotator: int | None = None) -
         try:
             with session_scope(engine) as session:
                 submit_judgment(assignment.token, session=session, annotator_id=who,
-                                preferred=rng.choice(["left", "right", "tie"]), strength=2, ms_spent=3000)
+                                preferred=rng.choice(["left", "right", "tie"]), strength=2, ms_spent=3000,
+                                criteria={n: rng.choice(["left", "right", "tie"]) for n in names} or None)
         except ComparisonFull:
             pass
         end = time.perf_counter()
@@ -209,7 +228,11 @@ def main() -> None:
     parser.add_argument("--comparisons", type=int, default=100_000)
     parser.add_argument("--calls", type=int, default=400, help="timed next+submit pairs per database")
     parser.add_argument("--only", choices=["sqlite", "postgresql"])
+    parser.add_argument("--criteria", action="store_true",
+                        help="five criteria in force (safety required); every submit sends their verdicts")
     args = parser.parse_args()
+    crit = add_criteria_to if args.criteria else (lambda url: url)
+    c = args.criteria
     small_n = max(PAIRS_PER_PROMPT, args.comparisons // 100)
     n_judgments = sum(c[5] for c in layout(args.comparisons)[4])
     print(f"layout: {args.comparisons:,} comparisons, {n_judgments:,} judgments, {FAST} clinicians; "
@@ -221,20 +244,22 @@ def main() -> None:
             server = PostgresServer().start()
             try:
                 t = time.perf_counter()
-                big = build_postgres(server, "bench_big", args.comparisons)
+                big = crit(build_postgres(server, "bench_big", args.comparisons))
                 print(f"postgresql built in {time.perf_counter() - t:.1f}s", flush=True)
-                small = build_postgres(server, "bench_small", small_n)
-                report("postgresql", measure(big, args.calls), measure(small, args.calls))
-                report("pg fast", measure(big, args.calls, annotator=FAST), measure(small, args.calls, annotator=FAST))
+                small = crit(build_postgres(server, "bench_small", small_n))
+                report("postgresql", measure(big, args.calls, criteria=c), measure(small, args.calls, criteria=c))
+                report("pg fast", measure(big, args.calls, annotator=FAST, criteria=c),
+                       measure(small, args.calls, annotator=FAST, criteria=c))
             finally:
                 server.stop()
         if args.only in (None, "sqlite"):
             t = time.perf_counter()
-            big = build_sqlite(Path(tmp) / "big.db", args.comparisons)
+            big = crit(build_sqlite(Path(tmp) / "big.db", args.comparisons))
             print(f"sqlite built in {time.perf_counter() - t:.1f}s", flush=True)
-            small = build_sqlite(Path(tmp) / "small.db", small_n)
-            report("sqlite", measure(big, args.calls), measure(small, args.calls))
-            report("sqlite fast", measure(big, args.calls, annotator=FAST), measure(small, args.calls, annotator=FAST))
+            small = crit(build_sqlite(Path(tmp) / "small.db", small_n))
+            report("sqlite", measure(big, args.calls, criteria=c), measure(small, args.calls, criteria=c))
+            report("sqlite fast", measure(big, args.calls, annotator=FAST, criteria=c),
+                   measure(small, args.calls, annotator=FAST, criteria=c))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ measures capacity instead. Run: ``.venv/bin/python bench/load.py`` (``--help`` f
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import multiprocessing as mp
 import os
@@ -51,6 +52,7 @@ from sqlalchemy import text  # noqa: E402
 from db.engine import make_engine, session_scope  # noqa: E402
 
 PASSWORD_HASH_USER = "load-password-1"
+CRITERIA = ("empathy", "safety", "helpfulness", "boundaries", "accuracy")  # db.criteria.DEFAULT_CRITERIA
 
 
 @dataclass
@@ -66,6 +68,9 @@ class LoadConfig:
     undo_rate: float = field(default=0.05, metadata={"help": "share of submits undone right after"})
     skip_rate: float = field(default=0.03, metadata={"help": "share of pairs skipped"})
     seed: int = field(default=7, metadata={"help": "random seed"})
+    criteria: bool = field(default=False, metadata={
+        "help": "the guideline in force has the five default criteria (safety required) and every submit sends "
+                "a verdict on each (written in the judgment's transaction)"})
 
 
 @dataclass
@@ -122,7 +127,12 @@ def setup_database(url: str, config: LoadConfig) -> list[int]:
     n_comparisons = max(math.ceil(needed * 1.3 / config.overlap), math.ceil(config.judgments * 1.5)) + config.annotators
     password_hash = hash_password(PASSWORD_HASH_USER)  # one argon2 hash shared: setup speed only
     with Session(engine, expire_on_commit=False) as session:
-        add_guideline_version("Prefer the safer, warmer, more specific reply.", session=session)
+        version = add_guideline_version("Prefer the safer, warmer, more specific reply.", session=session)
+        if config.criteria:
+            from db.criteria import DEFAULT_CRITERIA, add_criteria
+
+            add_criteria(version, [c if c.name != "safety" else dataclasses.replace(c, required=True)
+                                   for c in DEFAULT_CRITERIA], session=session)
         annotators = [Annotator(username=f"load{i:03d}", display_name=f"Load {i}", role="clinician",
                                 password_hash=password_hash, credential="LCSW") for i in range(config.annotators)]
         session.add_all(annotators)
@@ -196,7 +206,9 @@ def _worker(url: str, annotator_id: int, config: LoadConfig, index: int, barrier
         judgment, was_created = timed(submit_judgment, token, annotator_id=annotator_id, preferred=choice,
                                       strength=rng.choice((1, 2, 3)) if choice in ("left", "right") else None,
                                       flags_right=["dismissive"] if rng.random() < 0.1 else (),
-                                      rationale="load test")
+                                      rationale="load test", criteria={
+                                          name: rng.choice(("left", "right", "tie")) for name in CRITERIA
+                                      } if config.criteria else None)
         return judgment.id, was_created
 
     cpu_started = time.process_time()
@@ -354,6 +366,9 @@ def run_load(url: str, config: LoadConfig, *, label: str = "", start_method: str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for name, spec in LoadConfig.__dataclass_fields__.items():
+        if isinstance(spec.default, bool):  # a switch (type=bool would read "False" as true)
+            parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=spec.metadata.get("help"))
+            continue
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(spec.default), default=spec.default,
                             help=spec.metadata.get("help"))
     parser.add_argument("--databases", default="postgresql,sqlite", help="comma list: postgresql, sqlite")

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-# Actions: ("ok",), ("status", code, {headers}), ("sleep", seconds), ("raw", body), ("drop",), ("empty",)
+# Actions: ("ok",), ("status", code, {headers}), ("sleep", seconds), ("raw", body), ("drop",), ("empty",),
+# ("text", content): a well-formed completion whose message is ``content`` (e.g. a judge's malformed verdict)
 Action = tuple
 
 
@@ -121,7 +122,8 @@ class FakeOpenAIServer:
                     return
                 time.sleep(action[1] if kind == "sleep" else server.delay)
                 model = body.get("model", "fake")
-                text = "" if kind == "empty" else canned_reply(user, body.get("seed"), model)
+                text = "" if kind == "empty" else action[1] if kind == "text" else \
+                    canned_reply(user, body.get("seed"), model)
                 words = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
                 self.send_json(200, {
                     "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,

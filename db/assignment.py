@@ -11,6 +11,10 @@ Every function takes ``session=`` and never commits: the caller owns one short t
 
 Screen order: an assignment's token starts with the side shown on the left (``a-…`` or ``b-…``), so
 the reservation needs no extra column and a retried submit maps left/right the same way.
+
+Queue order: highest ``Comparison.priority`` first (an A/B test puts its comparisons at the front),
+then fewest judgments, then lowest id; the index ``ix_comparison_queue`` has exactly these keys.
+Priority only orders the queue: overlap, reservations, gold mixing and skips apply as before.
 """
 
 from __future__ import annotations
@@ -18,16 +22,25 @@ from __future__ import annotations
 import random
 import secrets
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, exists, func, insert, select
+from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from db.crud import add_guideline_version, audit, current_guideline, existing_judgment_id, insert_judgment
+from db.criteria import DEFAULT_CRITERIA, add_criteria, check_verdicts, criteria_in_force, insert_verdicts
+from db.crud import (
+    DataError,
+    add_guideline_version,
+    audit,
+    current_guideline,
+    existing_judgment_id,
+    insert_judgment,
+)
 from db.errors import TheraPrefError
 from db.models import (
     SAFETY_FLAGS,
@@ -36,6 +49,8 @@ from db.models import (
     GuidelineVersion,
     Judgment,
     Prompt,
+    Ranking,
+    RankingReservation,
     Reservation,
     Response,
     Skip,
@@ -157,7 +172,10 @@ def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int 
     return (
         query.where(Comparison.judgments_count < Comparison.judgments_required,
                     Comparison.judgments_count + others < Comparison.judgments_required)
-        .order_by(Comparison.judgments_count, Comparison.judgments_required, Comparison.id)
+        # Highest priority first (A/B tests, active selection), then fewest judgments, lowest id:
+        # exactly the key order of ix_comparison_queue, so the scan stops after ``limit`` rows.
+        .order_by(Comparison.priority.desc(), Comparison.judgments_count, Comparison.judgments_required,
+                  Comparison.id)
         .limit(limit)
     )
 
@@ -206,7 +224,6 @@ _COMPARISON_FOR_UPDATE = _COMPARISON_STATE.with_for_update()
 _COMPARISON_SKIP_LOCKED = _COMPARISON_STATE.with_for_update(skip_locked=True)
 # The judgment row itself is written by db.crud.insert_judgment, the one judgment writer (its
 # prebuilt Core statements are on this same hot path, measured by bench/load.py through submit_judgment).
-_CURRENT_GUIDELINE = select(func.max(GuidelineVersion.version))
 _OTHERS_LIVE = _live_reservations_of_others(bindparam("comparison_id"), bindparam("annotator_id"), bindparam("now"))
 _LOCK_ANNOTATOR = select(Annotator.id).where(Annotator.id == bindparam("annotator_id")).with_for_update(key_share=True)
 _DELETE_RESERVATION = delete(Reservation).where(Reservation.id == bindparam("reservation_id"))
@@ -254,7 +271,8 @@ def next_comparison(
 
     A live reservation the annotator already holds is returned again (a page refresh shows the same
     pair with the same token). Otherwise the annotator's stale reservations are dropped and the open
-    comparison with the fewest judgments (then lowest id) that they have neither judged nor skipped,
+    comparison with the highest ``priority`` (then fewest judgments, then lowest id) that they have
+    neither judged nor skipped,
     and that others have not filled or reserved to capacity, is reserved for ``reservation_minutes``.
     With probability ``gold_rate`` a gold comparison (known answer) is drawn instead, when one is left.
     """
@@ -314,9 +332,14 @@ def submit_judgment(
     rewrite: str | None = None,
     ms_spent: int | None = None,
     now: datetime | None = None,
+    criteria: Mapping[str, str | None] | None = None,
 ) -> tuple[Judgment, bool]:
     """Store the judgment for the assignment ``token`` (screen terms: ``left``/``right``/``tie``/
     ``both_bad``; flags per screen side) and return ``(judgment, created)``.
+
+    ``criteria`` are per-criterion verdicts in screen terms (``left``/``right``/``tie``; blank ones
+    None), stored in the comparison's own a/b in the same transaction as the judgment. A criterion
+    the guideline version in force marks required must be answered, or nothing is written.
 
     Idempotent by token: a double click or retry returns the stored judgment with ``created=False``.
     Raises ``ComparisonFull`` when others completed the comparison first (a live reservation is
@@ -327,6 +350,8 @@ def submit_judgment(
     shown_left = shown_left_of(token)
     preferred_ab = screen_to_ab(preferred, shown_left)
     flags_left, flags_right = _check_flags(flags_left), _check_flags(flags_right)
+    verdicts = {name: screen_to_ab(value, shown_left) if value in ("left", "right") else value
+                for name, value in (criteria or {}).items()}
     if preferred_ab in ("a", "b"):
         if strength not in (1, 2, 3):
             raise AssignmentError("choose how much better: slightly, clearly or much")
@@ -359,13 +384,20 @@ def submit_judgment(
         if full or (not live and not _has_capacity(comparison_id, count, required, annotator_id, now,
                                                    session=session)):
             raise ComparisonFull("another clinician completed this pair first; here is the next one")
+    # One prebuilt statement: the version in force and its criteria (checked before any write).
+    guideline_version, in_force = criteria_in_force(session=session)
+    try:
+        verdicts = check_verdicts(verdicts, in_force)
+    except DataError as exc:
+        raise AssignmentError(str(exc)) from None
     if ms_spent is None and reserved_at is not None:
         ms_spent = int((now - _aware(reserved_at)).total_seconds() * 1000)
     flags_a, flags_b = (flags_left, flags_right) if shown_left == "a" else (flags_right, flags_left)
     judgment = insert_judgment(
         comparison_id, annotator_id, preferred_ab, session=session, strength=strength, shown_left=shown_left,
         flags_a=flags_a, flags_b=flags_b, rationale=rationale, rewrite=rewrite, ms_spent=ms_spent,
-        guideline_version=conn.execute(_CURRENT_GUIDELINE).scalar(), idempotency_key=token, created_at=now)
+        guideline_version=guideline_version, idempotency_key=token, created_at=now)
+    insert_verdicts(judgment.id, verdicts, session=session)
     conn.execute(_DELETE_RESERVATION, {"reservation_id": reservation_id})
     # Not attached to the session: what was stored, as the caller reads it.
     return judgment, True
@@ -407,7 +439,8 @@ def undo_last(annotator_id: int, *, session: Session, window_seconds: float = 60
     """
     now = now or utcnow()
     latest = session.execute(
-        select(Judgment).where(Judgment.annotator_id == annotator_id,
+        # A ranking's pairs (``ranking_id``) are part of that ranking, not a pair judged on this page.
+        select(Judgment).where(Judgment.annotator_id == annotator_id, Judgment.ranking_id.is_(None),
                                Judgment.created_at >= now - timedelta(seconds=window_seconds))
         .order_by(Judgment.created_at.desc(), Judgment.id.desc())
     ).scalars().first()
@@ -430,8 +463,11 @@ def undo_last(annotator_id: int, *, session: Session, window_seconds: float = 60
 
 
 def release(annotator_id: int, *, session: Session) -> int:
-    """Drop the annotator's reservations (logout): their pairs go back to the queue at once."""
-    return session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id)).rowcount or 0
+    """Drop the annotator's reservations, pairs and ranking tasks alike (logout, idle timeout,
+    deactivation): their work goes back to the queue at once. Returns how many were dropped."""
+    pairs = session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id)).rowcount or 0
+    return pairs + (session.execute(
+        delete(RankingReservation).where(RankingReservation.annotator_id == annotator_id)).rowcount or 0)
 
 
 def _start_of_day(now: datetime) -> datetime:
@@ -463,11 +499,14 @@ def remaining_for(annotator_id: int, *, session: Session) -> int:
 def progress(annotator_id: int, *, session: Session, now: datetime | None = None) -> dict[str, Any]:
     """Done today (UTC) and in total, skipped, remaining in the queue, median seconds per judgment."""
     now = now or utcnow()
-    mine = Judgment.annotator_id == annotator_id
-    total = session.execute(select(func.count(Judgment.id)).where(mine)).scalar_one()
-    today = session.execute(
-        select(func.count(Judgment.id)).where(mine, Judgment.created_at >= _start_of_day(now))
-    ).scalar_one()
+    # A ranking counts once, not as the K(K-1)/2 pairs it was expanded into (``ranking_id``).
+    mine = and_(Judgment.annotator_id == annotator_id, Judgment.ranking_id.is_(None))
+    ranked = Ranking.annotator_id == annotator_id
+    day = _start_of_day(now)
+    total = session.execute(select(func.count(Judgment.id)).where(mine)).scalar_one() \
+        + session.execute(select(func.count(Ranking.id)).where(ranked)).scalar_one()
+    today = session.execute(select(func.count(Judgment.id)).where(mine, Judgment.created_at >= day)).scalar_one() \
+        + session.execute(select(func.count(Ranking.id)).where(ranked, Ranking.created_at >= day)).scalar_one()
     recent = session.execute(
         select(Judgment.ms_spent).where(mine).order_by(Judgment.id.desc()).limit(_MEDIAN_WINDOW)
     ).scalars().all()
@@ -537,8 +576,14 @@ def default_guidelines_text() -> str:
 
 
 def ensure_guidelines(*, session: Session) -> GuidelineVersion:
-    """The guideline version in force, creating version 1 from the default rubric when none exists."""
-    return current_guideline(session=session) or add_guideline_version(default_guidelines_text(), session=session)
+    """The guideline version in force, creating version 1 from the default rubric (with the default
+    clinical criteria, ``db.criteria.DEFAULT_CRITERIA``) when none exists."""
+    existing = current_guideline(session=session)
+    if existing is not None:
+        return existing
+    version = add_guideline_version(default_guidelines_text(), session=session)
+    add_criteria(version, DEFAULT_CRITERIA, session=session)
+    return version
 
 
 def guideline_history(*, session: Session) -> list[GuidelineVersion]:

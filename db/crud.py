@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from db.models import (
     Response,
     utcnow,
 )
+from db.rules import JUDGE_PREFIX
 
 SOURCE_PREFIX = "import:"
 
@@ -160,12 +161,14 @@ def add_comparison(
 
 
 def get_or_create_source_annotator(dataset: str, *, session: Session) -> Annotator:
-    """The non-login annotator that stands for an imported dataset (``import:<dataset>``)."""
-    username = dataset if dataset.startswith(SOURCE_PREFIX) else SOURCE_PREFIX + dataset
+    """The non-login annotator that stands for an imported dataset (``import:<dataset>``) or, for a
+    name that already starts with ``judge:``, a model judge (``therapref judge``)."""
+    judge = dataset.startswith(JUDGE_PREFIX)
+    username = dataset if judge or dataset.startswith(SOURCE_PREFIX) else SOURCE_PREFIX + dataset
     annotator = session.exec(select(Annotator).where(Annotator.username == username)).first()
     if annotator is None:
         annotator = Annotator(username=username, display_name=username, role="source",
-                              password_hash=None, credential="imported dataset")
+                              password_hash=None, credential="model judge" if judge else "imported dataset")
         session.add(annotator)
         session.flush()
     return annotator
@@ -233,6 +236,7 @@ def insert_judgment(
     idempotency_key: str | None = None,
     margin: float | None = None,
     created_at: datetime | None = None,
+    counts: bool = True,
 ) -> Judgment:
     """Write one judgment and count it on its comparison; return what was stored (not attached to
     the session).
@@ -241,6 +245,8 @@ def insert_judgment(
     under whatever lock their path needs; the unique constraints catch a caller that did not.
     ``margin`` is an imported dataset's own margin (how much more the preferred reply is
     preferred, on the dataset's scale); clinicians' judgments leave it ``None``.
+    ``counts=False`` leaves ``Comparison.judgments_count`` alone: a model judge's verdict counts
+    toward the required overlap only once it stands in for a clinician (``db.judges.set_stands_in``).
     """
     _check_judgment(preferred, strength, margin)
     values = {
@@ -254,6 +260,8 @@ def insert_judgment(
     }
     conn = session.connection()  # Core on the connection: no ORM unit of work per judgment
     judgment_id = conn.execute(_INSERT_JUDGMENT, values).inserted_primary_key[0]
+    if not counts:
+        return Judgment(id=judgment_id, **values)
     conn.execute(_COUNT_UP, {"comparison_id": comparison_id})
     # The UPDATE bypassed the ORM: a loaded Comparison would still show the old count. Mark the
     # new one as loaded (not as a change, so no flush writes it back).
@@ -367,10 +375,83 @@ def database_fingerprint(*, session: Session) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
+def save_comparison_scores(scores: Mapping[int, tuple[float, float, int]], *, run_id: int,
+                           session: Session) -> dict[str, int]:
+    """Store ``{comparison_id: (p_a, uncertainty, n_members)}`` from reward-model run ``run_id`` as
+    ComparisonScore rows: new rows inserted, a comparison the run already scored updated in place."""
+    from db.models import ComparisonScore
+
+    if not scores:
+        return {"written": 0, "updated": 0}
+    existing = {row.comparison_id: row for row in session.exec(select(ComparisonScore).where(
+        ComparisonScore.reward_model_run_id == run_id, ComparisonScore.comparison_id.in_(list(scores))))}
+    written = updated = 0
+    for comparison_id, (p_a, uncertainty, n_members) in scores.items():
+        row = existing.get(comparison_id)
+        if row is None:
+            row = ComparisonScore(comparison_id=comparison_id, reward_model_run_id=run_id)
+            written += 1
+        else:
+            row.created_at = utcnow()
+            updated += 1
+        row.p_a, row.uncertainty, row.n_members = float(p_a), float(uncertainty), int(n_members)
+        session.add(row)
+    session.flush()
+    return {"written": written, "updated": updated}
+
+
+def comparison_scores(run_id: int, *, session: Session) -> dict[int, tuple[float, float, int]]:
+    """The stored ``{comparison_id: (p_a, uncertainty, n_members)}`` of one reward-model run."""
+    from db.models import ComparisonScore
+
+    rows = session.exec(select(ComparisonScore.comparison_id, ComparisonScore.p_a, ComparisonScore.uncertainty,
+                               ComparisonScore.n_members)
+                        .where(ComparisonScore.reward_model_run_id == run_id)).all()
+    return {cid: (p, u, n) for cid, p, u, n in rows}
+
+
+_SET_PRIORITY = (update(Comparison.__table__).where(Comparison.__table__.c.id == bindparam("cid"))
+                 .values(priority=bindparam("new_priority")))
+
+
+def abtest_comparison_ids(*, session: Session) -> set[int]:
+    """Comparisons that belong to an A/B test: on one of its prompts, between a reply of its new
+    candidate and one of its base. Strategies that reorder the queue leave these at the front."""
+    from sqlalchemy.orm import aliased
+
+    from db.models import AbTest
+
+    ids: set[int] = set()
+    resp_a, resp_b = aliased(Response), aliased(Response)
+    for test in session.exec(select(AbTest)).all():
+        if not test.prompt_ids:
+            continue
+        pair = {test.new_candidate_id, test.base_candidate_id}
+        rows = session.exec(
+            select(Comparison.id, resp_a.candidate_model_id, resp_b.candidate_model_id)
+            .join(resp_a, resp_a.id == Comparison.response_a_id).join(resp_b, resp_b.id == Comparison.response_b_id)
+            .where(Comparison.prompt_id.in_(list(test.prompt_ids)))).all()
+        ids.update(cid for cid, a, b in rows if {a, b} == pair)
+    return ids
+
+
+def set_priorities(priorities: Mapping[int, float], *, session: Session) -> int:
+    """Set ``Comparison.priority`` for the given comparison ids in one executemany (the queue serves
+    the highest first); returns how many were set. Comparisons already loaded in ``session`` keep
+    their old value until refreshed."""
+    if not priorities:
+        return 0
+    session.flush()
+    session.execute(_SET_PRIORITY, [{"cid": int(cid), "new_priority": float(value)}
+                                    for cid, value in priorities.items()])
+    return len(priorities)
+
+
 __all__ = [
     "DataError", "validate_messages", "get_or_create_prompt", "get_or_create_candidate",
     "add_response", "add_comparison", "get_or_create_source_annotator", "add_judgment",
     "existing_judgment_id", "insert_judgment",
     "current_guideline", "add_guideline_version", "audit", "table_counts", "counts_by_source",
     "counts_by_candidate", "database_fingerprint", "normalize_text", "utcnow",
+    "save_comparison_scores", "comparison_scores", "set_priorities", "abtest_comparison_ids",
 ]

@@ -144,9 +144,15 @@ class Comparison(SQLModel, table=True):
         ForeignKeyConstraint(["response_b_id", "prompt_id"], ["response.id", "response.prompt_id"],
                              name="fk_comparison_b_prompt"),
         UniqueConstraint("response_a_id", "response_b_id", name="uq_comparison_pair"),
-        # The assignment query scans open comparisons by how many judgments they still need.
-        Index("ix_comparison_queue", "judgments_count", "judgments_required", "id"),
+        # ix_comparison_queue (priority DESC first) is declared below the class: it needs the column.
     )
+
+
+# The assignment query walks the queue in this order (highest priority, then fewest judgments, then
+# lowest id): one index scan on SQLite and PostgreSQL, which a mixed DESC/ASC order needs the index
+# itself to spell out (a backward scan of an all-ascending index would reverse every key).
+Index("ix_comparison_queue", Comparison.priority.desc(), Comparison.judgments_count,
+      Comparison.judgments_required, Comparison.id)
 
 
 class Judgment(SQLModel, table=True):
@@ -168,6 +174,9 @@ class Judgment(SQLModel, table=True):
     # dataset's scale: TRL ``margin``, Counsel Chat upvote difference); NULL for clinicians and for
     # datasets that give none. Added by migration 0003 (it used to live in the rationale text).
     margin: Optional[float] = None
+    # Set on the judgments a clinician's ranking of K replies expands into (one per pair, written
+    # with the ranking by db.rankings.submit_ranking); NULL for judgments made directly. Migration 0007.
+    ranking_id: Optional[int] = Field(default=None, foreign_key="ranking.id", index=True)
 
     __table_args__ = (
         UniqueConstraint("comparison_id", "annotator_id", name="uq_judgment_once"),
@@ -301,3 +310,181 @@ class AbTest(SQLModel, table=True):
     __table_args__ = (
         CheckConstraint("new_candidate_id <> base_candidate_id", name="ck_abtest_distinct"),
     )
+
+
+# --- Rankings of K replies (issue 16; migration 0007) ---------------------------------------------
+
+
+class RankingTask(SQLModel, table=True):
+    """K distinct replies to one prompt, to be ranked best first by ``judgments_required`` clinicians.
+
+    ``response_ids`` are in canonical (ascending) order and ``response_key`` is them joined by commas,
+    so that a set of replies exists once whatever order a routine proposes it in.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    prompt_id: int = Field(foreign_key="prompt.id", index=True)
+    response_ids: list[int] = _json_column(list)
+    response_key: str = Field(max_length=200)
+    judgments_required: int = Field(default=1)
+    judgments_count: int = Field(default=0)
+    priority: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("prompt_id", "response_key", name="uq_rankingtask_responses"),
+        CheckConstraint("judgments_required >= 1", name="ck_rankingtask_required"),
+        Index("ix_rankingtask_queue", "judgments_count", "judgments_required", "id"),
+    )
+
+
+class Ranking(SQLModel, table=True):
+    """One clinician's ranking of a task's replies.
+
+    ``order`` is a list of tiers, best first, each a list of response ids (several in a tier: a tie);
+    ``shown_order`` the response ids in the order they were on screen (1..K); ``flags`` the safety
+    flags per response id (JSON keys are strings).
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="rankingtask.id", index=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    order: list[list[int]] = _json_column(list)
+    shown_order: list[int] = _json_column(list)
+    flags: dict[str, list[str]] = _json_column(dict)
+    rationale: str = ""
+    ms_spent: Optional[int] = None
+    guideline_version: Optional[int] = None
+    idempotency_key: Optional[str] = Field(default=None, unique=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+
+    __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="uq_ranking_once"),)
+
+
+class RankingReservation(SQLModel, table=True):
+    """A ranking task held for one annotator while it is on their screen (expires)."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="rankingtask.id", index=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    token: str = Field(max_length=64, unique=True)
+    expires_at: datetime = Field(index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="uq_rankingreservation"),)
+
+
+class RankingSkip(SQLModel, table=True):
+    id: Optional[int] = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="rankingtask.id", index=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    reason: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="uq_rankingskip_once"),)
+
+
+# --- Per-criterion judgments (issue 16; migration 0006) ------------------------------------------
+
+CRITERION_VERDICTS = ("a", "b", "tie")
+
+
+class Criterion(SQLModel, table=True):
+    """One criterion of a guideline version (empathy, safety…), judged A / B / tie per pair.
+
+    A new guideline version carries its own list (copied or edited when it is published), so a
+    verdict always means what the rubric in force said when it was given.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    guideline_version_id: int = Field(foreign_key="guidelineversion.id", index=True)
+    name: str = Field(max_length=40)
+    description: str = Field(default="", max_length=500)
+    scale: str = Field(default="a/b/tie", max_length=20)
+    required: bool = Field(default=False)
+    position: int = Field(default=0)
+
+    __table_args__ = (UniqueConstraint("guideline_version_id", "name", name="uq_criterion_name"),)
+
+
+class CriterionVerdict(SQLModel, table=True):
+    """One judgment's verdict on one criterion, in the comparison's own a/b (never screen sides).
+
+    Deleted with its judgment (an undo removes both).
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    judgment_id: int = Field(foreign_key="judgment.id", ondelete="CASCADE")
+    criterion: str = Field(max_length=40)
+    verdict: str = Field(max_length=3)
+
+    __table_args__ = (
+        # Also the index of "the verdicts of this judgment" (judgment_id leads).
+        UniqueConstraint("judgment_id", "criterion", name="uq_verdict_once"),
+        CheckConstraint("verdict IN ('a', 'b', 'tie')", name="ck_verdict_value"),
+    )
+
+
+# --- Active selection (issue 17; migration 0005) ---------------------------------------------------
+
+
+class ComparisonScore(SQLModel, table=True):
+    """A reward model's (or ensemble's) view of an open comparison: P(A better) and how unsure it is.
+
+    ``p_a`` is the mean of the members' σ(reward A − reward B); ``uncertainty`` the std of the members'
+    P for an ensemble (``n_members`` > 1), else 1 − |2p − 1| (1 at p = 0.5, 0 when certain). Written by
+    ``therapref score --comparisons`` and ``therapref prioritize --strategy uncertainty``.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
+    reward_model_run_id: int = Field(foreign_key="rewardmodelrun.id", index=True)
+    p_a: float
+    uncertainty: float
+    n_members: int = 1
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("comparison_id", "reward_model_run_id", name="uq_comparison_score"),)
+
+
+# --- Model judges (issue 17; migration 0008) -------------------------------------------------------
+
+
+class JudgeVerdict(SQLModel, table=True):
+    """What a model judge (``judge:<name>``) said beside its judgment, and whether it stands in.
+
+    ``stands_in`` marks the few verdicts that ``therapref judge --gate`` lets count toward their
+    comparison's ``judgments_count`` (one clinician fewer); every other judge judgment is stored but
+    never counted. ``safety_concern`` is NULL for judges without a safety opinion (reward models).
+    Deleted with its judgment.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    judgment_id: int = Field(foreign_key="judgment.id", ondelete="CASCADE")
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    confidence: float
+    safety_concern: Optional[bool] = None
+    stands_in: bool = Field(default=False)
+    details: dict[str, Any] = _json_column(dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    gated_at: Optional[datetime] = None
+
+    __table_args__ = (
+        UniqueConstraint("judgment_id", name="uq_judge_verdict"),
+        CheckConstraint("confidence >= 0 AND confidence <= 1", name="ck_judgeverdict_confidence"),
+    )
+
+
+class JudgeFailure(SQLModel, table=True):
+    """The last malformed, refused or failed answer of a judge on a comparison; retried next run."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    error: str = ""
+    answer: str = ""
+    attempts: int = Field(default=1)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("comparison_id", "annotator_id", name="uq_judge_failure"),)

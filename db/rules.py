@@ -15,8 +15,45 @@ from typing import Any
 #: Roles whose judgments are clinicians' (admins are lead clinicians); ``source`` rows are imported
 #: datasets and ``judge:<name>`` annotators are models, never counted as clinicians unless asked.
 CLINICIAN_ROLES: tuple[str, ...] = ("clinician", "admin")
+#: Usernames of model judges' source annotators (``judge:<name>``; role ``source``).
+JUDGE_PREFIX = "judge:"
 
 Messages = list[dict[str, Any]]
+
+
+def is_judge(username: str) -> bool:
+    """Whether an annotator is a model judge (``judge:<name>``), not a person or an imported dataset.
+
+    >>> is_judge("judge:gpt-4o"), is_judge("import:hh"), is_judge("dr.lee")
+    (True, False, False)
+    """
+    return username.startswith(JUDGE_PREFIX)
+
+
+def source_selected(role: str, username: str, sources: str) -> bool:
+    """Whether one annotator's judgments count under a ``--sources`` choice (comma-separated items):
+    ``clinicians`` (roles clinician/admin), ``imported`` (datasets ``import:*``), ``judges`` (all
+    ``judge:*``), ``both`` (clinicians and imported), ``all`` (everyone), or one annotator's name
+    (``judge:NAME``, ``import:DATASET``). Judges count only when asked for by name, ``judges`` or ``all``.
+
+    >>> source_selected("clinician", "dr.lee", "clinicians"), source_selected("source", "judge:m", "both")
+    (True, False)
+    >>> source_selected("source", "judge:m", "judges"), source_selected("source", "judge:m", "clinicians,judge:m")
+    (True, True)
+    >>> source_selected("source", "import:hh", "imported"), source_selected("source", "judge:m", "imported")
+    (True, False)
+    """
+    person = role in CLINICIAN_ROLES
+    for item in (s.strip() for s in sources.split(",")):
+        if item == "all" or item == username:
+            return True
+        if item in ("clinicians", "both") and person:
+            return True
+        if item in ("imported", "both") and not person and not is_judge(username):
+            return True
+        if item == "judges" and not person and is_judge(username):
+            return True
+    return False
 
 
 def conversation(messages: Sequence[dict[str, Any]] | None, system: str | None,

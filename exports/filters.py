@@ -14,10 +14,10 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
 from db.models import Annotator, CandidateModel, GuidelineVersion, Judgment
-from db.rules import CLINICIAN_ROLES
+from db.rules import CLINICIAN_ROLES, JUDGE_PREFIX
 from exports.errors import ExportError
 
-SOURCES = ("clinicians", "imported", "both")
+SOURCES = ("clinicians", "imported", "both", "judges")  # or one judge: judge:<name>
 SOURCE_ROLES = ("source",)
 
 
@@ -27,7 +27,7 @@ class ExportFilters:
 
     sources: str = field(default="clinicians", metadata={
         "help": "whose judgments count: clinicians (roles clinician/admin), imported (source annotators "
-                "import:<dataset>) or both"})
+                "import:<dataset>), both, judges (model judges judge:<name>) or one judge judge:<name>"})
     min_votes: int = field(default=1, metadata={
         "help": "least number of judgments (after filtering) a comparison or reply needs"})
     min_margin: int = field(default=1, metadata={
@@ -43,6 +43,9 @@ class ExportFilters:
     exclude_flagged: bool = field(default=False, metadata={
         "help": "drop every item that involves a reply a clinician flagged (flagged replies are never "
                 "exported as targets, whatever this says)"})
+    not_worse_on: str | None = field(default=None, metadata={
+        "help": "a criterion (e.g. safety): never export as the target a reply that the majority of this "
+                "criterion's verdicts, among the judgments used, found worse than the other reply of a comparison"})
 
     def to_json(self) -> dict[str, Any]:
         """The filters as plain JSON values (for manifests and ExportRun.filters).
@@ -62,8 +65,21 @@ class ExportFilters:
         >>> ExportFilters(sources="both").roles()
         ('clinician', 'admin', 'source')
         """
-        return {"clinicians": CLINICIAN_ROLES, "imported": SOURCE_ROLES,
+        if self.sources.startswith(JUDGE_PREFIX):
+            return SOURCE_ROLES
+        return {"clinicians": CLINICIAN_ROLES, "imported": SOURCE_ROLES, "judges": SOURCE_ROLES,
                 "both": CLINICIAN_ROLES + SOURCE_ROLES}[self.sources]
+
+    def source_condition(self) -> ColumnElement[bool]:
+        """The ``WHERE`` term on ``annotator`` for ``sources``: model judges (``judge:*``) count only
+        under ``judges`` or their own name, never as clinicians or imported data."""
+        a = Annotator.__table__.c
+        judge = a.username.startswith(JUDGE_PREFIX)
+        if self.sources.startswith(JUDGE_PREFIX):
+            return and_(a.role.in_(SOURCE_ROLES), a.username == self.sources)
+        if self.sources == "judges":
+            return and_(a.role.in_(SOURCE_ROLES), judge)
+        return and_(a.role.in_(self.roles()), ~judge)
 
 
 def parse_when(text: str | None, *, name: str = "date") -> datetime | None:
@@ -87,8 +103,14 @@ def parse_when(text: str | None, *, name: str = "date") -> datetime | None:
 
 def check_filters(filters: ExportFilters, *, session: Session) -> None:
     """Reject impossible or unknown filter values with one clear line."""
-    if filters.sources not in SOURCES:
-        raise ExportError(f"--sources {filters.sources!r} is not one of {', '.join(SOURCES)}")
+    if filters.sources.startswith(JUDGE_PREFIX):
+        known = session.exec(sqlmodel.select(Annotator.username).where(
+            Annotator.username.startswith(JUDGE_PREFIX))).all()  # type: ignore[attr-defined]
+        if filters.sources not in known:
+            shown = ", ".join(sorted(known)) or "none"
+            raise ExportError(f"--sources: no judge named {filters.sources!r} (known: {shown})")
+    elif filters.sources not in SOURCES:
+        raise ExportError(f"--sources {filters.sources!r} is not one of {', '.join(SOURCES)}, or judge:<name>")
     if filters.min_votes < 1:
         raise ExportError("--min-votes must be at least 1")
     if filters.min_margin < 0:
@@ -102,6 +124,13 @@ def check_filters(filters: ExportFilters, *, session: Session) -> None:
         if filters.guideline_version not in known:
             shown = ", ".join(map(str, sorted(known))) or "none"
             raise ExportError(f"unknown guideline version {filters.guideline_version} (known: {shown})")
+    if filters.not_worse_on is not None:
+        from db.criteria import known_criterion_names
+
+        criteria = known_criterion_names(session=session)
+        if filters.not_worse_on not in criteria:
+            raise ExportError(f"--not-worse-on: unknown criterion {filters.not_worse_on!r} "
+                              f"(known: {', '.join(criteria) or 'none'})")
     if filters.candidate_models:
         known = set(session.exec(sqlmodel.select(CandidateModel.name)).all())
         missing = [name for name in filters.candidate_models if name not in known]
@@ -112,8 +141,8 @@ def check_filters(filters: ExportFilters, *, session: Session) -> None:
 
 def judgment_conditions(filters: ExportFilters) -> list[ColumnElement[bool]]:
     """``WHERE`` terms on ``judgment`` joined with ``annotator`` for the judgment-level filters."""
-    j, a = Judgment.__table__.c, Annotator.__table__.c
-    terms: list[ColumnElement[bool]] = [a.role.in_(filters.roles())]
+    j = Judgment.__table__.c
+    terms: list[ColumnElement[bool]] = [filters.source_condition()]
     if filters.guideline_version is not None:
         terms.append(j.guideline_version == filters.guideline_version)
     if filters.since is not None:
@@ -130,7 +159,7 @@ def judgment_filter_counts(conn: Connection, filters: ExportFilters) -> dict[str
     A judgment removed by several filters is counted under the first: source, guideline, date.
     """
     j, a = Judgment.__table__.c, Annotator.__table__.c
-    source_ok = a.role.in_(filters.roles())
+    source_ok = filters.source_condition()
     guide_ok = (j.guideline_version == filters.guideline_version) if filters.guideline_version is not None else None
     date_terms = [t for t in (j.created_at >= filters.since if filters.since else None,
                               j.created_at < filters.until if filters.until else None) if t is not None]

@@ -19,7 +19,15 @@ from exports.errors import ExportError
 from exports.filters import ExportFilters, check_filters, judgment_filter_counts
 from exports.manifest import manifest_path, write_manifest
 from exports.pii import Scrubber
-from exports.select import bt_choice, kto_label, majority_choice, pair_margin, pair_winner, tallies
+from exports.select import (
+    bt_choice,
+    kto_label,
+    majority_choice,
+    pair_margin,
+    pair_winner,
+    tallies,
+    worse_on_criterion,
+)
 
 KINDS = ("sft", "dpo", "openai-dpo", "kto", "hf")
 SELECTIONS = ("majority", "bt", "reference", "reward")
@@ -65,6 +73,12 @@ class Tracker:
     def __init__(self, unit: str, progress: Callable[[int], None] | None) -> None:
         self.unit, self.dropped, self.seen, self.rows = unit, Counter(), 0, 0
         self.progress = progress
+        # Prompts with a row in the file: the manifest lists them, so that an A/B test of a policy
+        # trained on this file can leave them out (policy/abtest.py). Ids only, one per prompt.
+        self.prompt_ids: set[int] = set()
+
+    def kept(self, prompt_id: int) -> None:
+        self.prompt_ids.add(int(prompt_id))
 
     def drop(self, reason: str, n: int = 1) -> None:
         if n > 0:
@@ -121,7 +135,7 @@ def run_export(kind: str, output: str | Path, *, engine: Engine, filters: Export
         if scrubber:
             counts["pii_replaced"] = scrubber.report()
         result = _record(kind, path, tmp, engine=engine, filters=filters, options=options, counts=counts,
-                         digest=digest, started=started)
+                         digest=digest, started=started, prompt_ids=sorted(tracker.prompt_ids))
         tmp = None
         return result
     finally:
@@ -157,15 +171,18 @@ def _check_candidates(names: set[str | None], *, session: Any) -> None:
 def _rows(kind: str, conn: Any, filters: ExportFilters, options: ExportOptions,
           progress: Callable[[int], None] | None) -> tuple[Iterator[dict[str, Any]], Tracker]:
     flagged = source.flagged_response_ids(conn)
+    # --not-worse-on: replies worse on the criterion in some comparison are never SFT/KTO targets
+    # (pairs check their own comparison's verdicts instead, in _pair_rows).
+    losers = source.criterion_losers(conn, filters) if kind in ("sft", "kto") else set()
     if kind == "sft":
         if options.selection == "reference":
             tracker = Tracker("replies", progress)
-            return _reference_rows(conn, filters, options, flagged, tracker), tracker
+            return _reference_rows(conn, filters, options, flagged, tracker, losers), tracker
         tracker = Tracker("prompts", progress)
-        return _sft_rows(conn, filters, options, flagged, tracker), tracker
+        return _sft_rows(conn, filters, options, flagged, tracker, losers), tracker
     if kind == "kto":
         tracker = Tracker("replies", progress)
-        return _kto_rows(conn, filters, options, flagged, tracker), tracker
+        return _kto_rows(conn, filters, options, flagged, tracker, losers), tracker
     tracker = Tracker("comparisons", progress)
     return _pair_rows(kind, conn, filters, options, flagged, tracker), tracker
 
@@ -196,8 +213,12 @@ def _pair_rows(kind: str, conn: Any, filters: ExportFilters, options: ExportOpti
         if filters.exclude_flagged and rejected_id in flagged:
             tracker.drop("flagged")
             continue
+        if filters.not_worse_on and worse_on_criterion(pair.criterion_votes, winner):
+            tracker.drop("worse_on_criterion")
+            continue
         chosen, rejected = (pair.a_text, pair.b_text) if winner == "a" else (pair.b_text, pair.a_text)
         prompt = formats.conversation(pair.messages, _system(options, pair.system_prompt))
+        tracker.kept(pair.prompt_id)
         if kind == "openai-dpo":
             yield formats.openai_dpo_row(prompt, chosen, rejected)
         elif kind == "dpo":
@@ -216,7 +237,7 @@ def _pair_rows(kind: str, conn: Any, filters: ExportFilters, options: ExportOpti
 
 
 def _sft_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged: set[int],
-              tracker: Tracker) -> Iterator[dict[str, Any]]:
+              tracker: Tracker, losers: set[int] = frozenset()) -> Iterator[dict[str, Any]]:
     wanted = set(filters.candidate_models)
     scorer = _reward_scorer(options.reward_model) if options.selection == "reward" else None
     for prompt_id, messages, system in source.iter_prompts(conn):
@@ -225,15 +246,17 @@ def _sft_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged
         if options.rewrites == "prefer":
             rewrite = source.prompt_rewrite(conn, prompt_id, filters)
             if rewrite:
+                tracker.kept(prompt_id)
                 yield formats.sft_row(prompt, rewrite)
                 continue
         replies = source.prompt_responses(conn, prompt_id)
         texts = {rid: text for rid, text, _ in replies}
         eligible = {rid for rid, _, model in replies
-                    if rid not in flagged and (not wanted or model in wanted)}
+                    if rid not in flagged and rid not in losers and (not wanted or model in wanted)}
         if options.prefer_source:
             preferred = [rid for rid, _, model in replies if model == options.prefer_source and rid in eligible]
             if preferred:
+                tracker.kept(prompt_id)
                 yield formats.sft_row(prompt, texts[preferred[0]])
                 continue
         if scorer is not None:
@@ -251,23 +274,28 @@ def _sft_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged
         if choice is None or reason != "kept":
             tracker.drop(reason)
             continue
+        tracker.kept(prompt_id)
         yield formats.sft_row(prompt, texts[choice])
 
 
 def _reference_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged: set[int],
-                    tracker: Tracker) -> Iterator[dict[str, Any]]:
+                    tracker: Tracker, losers: set[int] = frozenset()) -> Iterator[dict[str, Any]]:
     """Every reply of the reference candidate (not flagged), in stored order: one line each."""
-    for response_id, _prompt_id, messages, system, text in source.iter_candidate_replies(
+    for response_id, prompt_id, messages, system, text in source.iter_candidate_replies(
             conn, options.reference_candidate):
         tracker.step()
         if response_id in flagged:
             tracker.drop("flagged")
             continue
+        if response_id in losers:
+            tracker.drop("worse_on_criterion")
+            continue
+        tracker.kept(prompt_id)
         yield formats.sft_row(formats.conversation(messages, _system(options, system)), text)
 
 
 def _kto_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged: set[int],
-              tracker: Tracker) -> Iterator[dict[str, Any]]:
+              tracker: Tracker, losers: set[int] = frozenset()) -> Iterator[dict[str, Any]]:
     wanted = set(filters.candidate_models)
     for prompt_id, messages, system in source.iter_prompts(conn):
         prompt = formats.conversation(messages, _system(options, system))
@@ -289,11 +317,16 @@ def _kto_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged
             if label is None:
                 tracker.drop(reason)
                 continue
+            if label and rid in losers:  # never desirable when worse on the --not-worse-on criterion
+                tracker.drop("worse_on_criterion")
+                continue
+            tracker.kept(prompt_id)
             yield formats.kto_row(prompt, text, label)
         if options.rewrites == "prefer":
             rewrite = source.prompt_rewrite(conn, prompt_id, filters)
             if rewrite:
                 tracker.step()
+                tracker.kept(prompt_id)
                 yield formats.kto_row(prompt, rewrite, True)
 
 
@@ -357,7 +390,7 @@ def _empty_message(kind: str, tracker: Tracker, judgment_counts: dict[str, int])
 
 
 def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: ExportFilters, options: ExportOptions,
-            counts: dict[str, Any], digest: str, started: Any) -> ExportResult:
+            counts: dict[str, Any], digest: str, started: Any, prompt_ids: list[int] | None = None) -> ExportResult:
     """Write the manifest, move the export into place and record an ExportRun and audit event,
     all or nothing."""
     from db.crud import audit, counts_by_source, database_fingerprint
@@ -378,6 +411,8 @@ def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: Export
             "counts": counts, "database_fingerprint": fingerprint, "tool": "therapref",
             "tool_version": __version__, "started_at": started.isoformat(), "finished_at": utcnow().isoformat(),
             "export_run_id": run.id, "database_sources": counts_by_source(session=session),
+            # The prompts of the rows written (policy A/B tests hold these out).
+            "prompt_ids": list(prompt_ids or []),
         }
         audit(options.actor, "export.write", session=session, target=str(path.resolve()),
               details={"kind": kind, "rows": counts["out"], "export_run_id": run.id, "sha256": digest})

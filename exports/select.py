@@ -48,6 +48,24 @@ def pair_winner(votes: Votes, filters: ExportFilters) -> tuple[str | None, str]:
     return winner, "kept"
 
 
+def worse_on_criterion(verdicts: Votes, side: str) -> bool:
+    """``--not-worse-on``: is reply ``side`` (``a`` or ``b``) the worse one of its comparison on the
+    criterion? ``verdicts`` counts that criterion's verdicts (a, b, tie) among the judgments used (those
+    passing the export's filters). Worse means: the strict plurality of a / b / tie verdicts
+    (``db.rules.majority_of_counts``) names the other reply. A plurality of ties, level counts (e.g. one
+    a, one b) or no verdicts at all do not make a reply worse.
+
+    >>> worse_on_criterion(Votes(a=1, b=2), "a"), worse_on_criterion(Votes(a=1, b=2), "b")
+    (True, False)
+    >>> worse_on_criterion(Votes(a=1, b=1), "a"), worse_on_criterion(Votes(b=1, tie=2), "a")
+    (False, False)
+    >>> worse_on_criterion(Votes(), "a"), worse_on_criterion(Votes(b=2, tie=1), "a")
+    (False, True)
+    """
+    top = majority_of_counts({"a": verdicts.a, "b": verdicts.b, "tie": verdicts.tie})
+    return top in ("a", "b") and top != side
+
+
 def pair_margin(votes: Votes) -> float:
     """Share of votes separating winner and loser (0..1), written as the optional ``margin`` column.
 

@@ -12,13 +12,14 @@ from sqlalchemy import String, and_, case, cast, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
-from db.models import Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
+from db.models import Annotator, CandidateModel, Comparison, CriterionVerdict, Judgment, Prompt, Response
 from db.rules import CLINICIAN_ROLES
 from exports.filters import ExportFilters, judgment_conditions
 
 BATCH = 2000
 # Core tables rather than ORM classes: rows stream as plain tuples, without building model objects.
 JUDGMENTS, ANNOTATORS, COMPARISONS = Judgment.__table__, Annotator.__table__, Comparison.__table__
+VERDICTS = CriterionVerdict.__table__
 PROMPTS, RESPONSES, CANDIDATES = Prompt.__table__, Response.__table__, CandidateModel.__table__
 
 
@@ -49,6 +50,8 @@ class PairRow:
     b_text: str
     b_model: str
     votes: Votes
+    #: ``--not-worse-on``: that criterion's verdicts (a/b/tie) among the judgments used; empty otherwise.
+    criterion_votes: Votes = Votes()
 
 
 def _stream(conn: Connection, stmt: Any) -> Iterator[Any]:
@@ -101,6 +104,41 @@ def flagged_response_ids(conn: Connection) -> set[int]:
     return flagged
 
 
+def _with_verdicts(joined: Any, criterion: str) -> Any:
+    """``joined`` (judgments …) ⋈ left their verdict on ``criterion``: at most one per judgment, so no
+    judgment row is repeated and the vote counts stay as they are."""
+    return joined.outerjoin(VERDICTS, and_(VERDICTS.c.judgment_id == JUDGMENTS.c.id, VERDICTS.c.criterion == criterion))
+
+
+def _verdict_columns() -> list[Any]:
+    return [func.sum(case((VERDICTS.c.verdict == value, 1), else_=0)).label(f"c_{value}")
+            for value in ("a", "b", "tie")]
+
+
+def criterion_losers(conn: Connection, filters: ExportFilters) -> set[int]:
+    """``--not-worse-on``: replies that the strict plurality of the criterion's verdicts (among the
+    judgments passing the filters) found worse than the other reply of some comparison. Grows with the
+    number of such replies, not of judgments."""
+    from exports.select import worse_on_criterion
+
+    losers: set[int] = set()
+    if filters.not_worse_on is None:
+        return losers
+    stmt = (
+        select(COMPARISONS.c.response_a_id, COMPARISONS.c.response_b_id, *_verdict_columns())
+        .select_from(_with_verdicts(_judged_comparisons(), filters.not_worse_on))
+        .where(*judgment_conditions(filters), VERDICTS.c.id.isnot(None))
+        .group_by(COMPARISONS.c.id, COMPARISONS.c.response_a_id, COMPARISONS.c.response_b_id)
+    )
+    for a_id, b_id, c_a, c_b, c_tie in _stream(conn, stmt):
+        verdicts = Votes(int(c_a), int(c_b), int(c_tie))
+        if worse_on_criterion(verdicts, "a"):
+            losers.add(a_id)
+        elif worse_on_criterion(verdicts, "b"):
+            losers.add(b_id)
+    return losers
+
+
 def count_comparisons(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(COMPARISONS)).scalar_one())
 
@@ -108,9 +146,10 @@ def count_comparisons(conn: Connection) -> int:
 def iter_pairs(conn: Connection, filters: ExportFilters) -> Iterator[PairRow]:
     """Every comparison with at least one judgment passing the filters, with its votes and texts,
     in comparison id order."""
+    criterion = filters.not_worse_on
     agg = (
-        select(JUDGMENTS.c.comparison_id, *_vote_columns())
-        .select_from(_judged_by())
+        select(JUDGMENTS.c.comparison_id, *_vote_columns(), *(_verdict_columns() if criterion else []))
+        .select_from(_with_verdicts(_judged_by(), criterion) if criterion else _judged_by())
         .where(*judgment_conditions(filters))
         .group_by(JUDGMENTS.c.comparison_id)
         .subquery("agg")
@@ -121,7 +160,8 @@ def iter_pairs(conn: Connection, filters: ExportFilters) -> Iterator[PairRow]:
         select(agg.c.comparison_id, COMPARISONS.c.prompt_id, PROMPTS.c.messages, PROMPTS.c.system_prompt,
                response_a.c.id, response_a.c.text, model_a.c.name,
                response_b.c.id, response_b.c.text, model_b.c.name,
-               agg.c.v_a, agg.c.v_b, agg.c.v_tie, agg.c.v_both_bad)
+               agg.c.v_a, agg.c.v_b, agg.c.v_tie, agg.c.v_both_bad,
+               *((agg.c.c_a, agg.c.c_b, agg.c.c_tie) if criterion else ()))
         .select_from(
             agg.join(COMPARISONS, COMPARISONS.c.id == agg.c.comparison_id)
             .join(PROMPTS, PROMPTS.c.id == COMPARISONS.c.prompt_id)
@@ -134,7 +174,8 @@ def iter_pairs(conn: Connection, filters: ExportFilters) -> Iterator[PairRow]:
     )
     for row in _stream(conn, stmt):
         yield PairRow(row[0], row[1], row[2] or [], row[3], row[4], row[5], row[6], row[7], row[8], row[9],
-                      Votes(int(row[10]), int(row[11]), int(row[12]), int(row[13])))
+                      Votes(int(row[10]), int(row[11]), int(row[12]), int(row[13])),
+                      Votes(int(row[14]), int(row[15]), int(row[16])) if criterion else Votes())
 
 
 def iter_prompts(conn: Connection) -> Iterator[tuple[int, list[dict[str, str]], str | None]]:

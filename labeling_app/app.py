@@ -21,6 +21,7 @@ PAGES = Path(__file__).resolve().parent / "pages"
 HOME = "home"
 CLINICIAN_PAGES = [
     ("compare", "Compare", ":material/compare_arrows:"),
+    ("rank", "Rank replies", ":material/format_list_numbered:"),  # rankings of K replies (db.rankings)
     ("progress", "My progress", ":material/trending_up:"),
     ("guidelines", "Guidelines", ":material/menu_book:"),
 ]

@@ -18,7 +18,7 @@ from reward.resources import EMBEDDED_BASE, accelerator_present, cpu_supports_bf
 THERAPREF_FIELDS = (
     "base_model", "sources", "aggregation", "margin_mapping", "guideline_versions", "eval_fraction",
     "min_context_tokens", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "length_feature", "num_threads", "freeze_layers", "packing",
+    "length_feature", "num_threads", "freeze_layers", "packing", "ensemble", "criterion",
 )
 #: Training fields worth recording next to ours.
 RECORDED_TRAINING_FIELDS = (
@@ -43,11 +43,16 @@ class TheraRewardConfig(RewardConfig):
                 "template are fed the conversational format."})
     sources: str = field(default="clinicians", metadata={
         "help": "Whose judgments become pairs: 'clinicians' (role clinician/admin), 'imported' (source annotators "
-                "import:<dataset>), 'both', or a comma-separated list of dataset names."})
+                "import:<dataset>), 'both', 'judges' (model judges judge:<name>; never included unless asked), "
+                "'all', or a comma-separated list of names (datasets, judge:<name>)."})
     aggregation: str = field(default="judgment", metadata={
         "help": "'judgment': one pair per A/B vote; 'majority': one pair per comparison with a strict majority."})
     margin_mapping: str | None = field(default=None, metadata={
         "help": "Strength→margin mapping for TRL's margin loss, e.g. '1:0,2:0.5,3:1' or 'linear'; off by default."})
+    criterion: str | None = field(default=None, metadata={
+        "help": "Train on one criterion's verdicts (e.g. 'safety': pairs where clinicians judged one reply better "
+                "on safety) instead of the overall preference; criteria are set per guideline version. A reply "
+                "a clinician flagged is still never chosen."})
     guideline_versions: str | None = field(default=None, metadata={
         "help": "Only judgments made under these guideline versions (comma-separated, or 'latest'); all by default."})
     eval_fraction: float = field(default=0.2, metadata={
@@ -70,6 +75,10 @@ class TheraRewardConfig(RewardConfig):
                 "laid end to end and each attends only to itself; about 2x (256 tokens) to 2.5x (512) the pairs/s "
                 "of a plain TRL script on a CPU. None: on for those bases on a CPU, off on a GPU (whose fused "
                 "attention handles padding well) and for other bases."})
+    ensemble: int = field(default=1, metadata={
+        "help": "Train K members (same data and held-out split, seeds seed, seed+1, …) into DIR/member-0…K-1; "
+                "scoring uses their mean reward, and their disagreement on a pair is its uncertainty "
+                "(`therapref score --comparisons`, `therapref prioritize --strategy uncertainty`). 1: one model."})
     num_threads: int | None = field(default=None, metadata={
         "help": "CPU threads for torch (default on a CPU: the cores no other process is running on, shared "
                 "among this machine's training processes; on a busy machine this beats torch's all-cores "
@@ -99,6 +108,8 @@ class TheraRewardConfig(RewardConfig):
             raise RewardError("an output folder is required (--output DIR)")
         if self.aggregation not in ("judgment", "majority"):
             raise RewardError(f"aggregation must be 'judgment' or 'majority', not {self.aggregation!r}")
+        if not 1 <= self.ensemble <= 64:
+            raise RewardError(f"ensemble must be between 1 and 64 members, not {self.ensemble}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise RewardError(f"eval_fraction must be in [0, 1), not {self.eval_fraction}")
         if self.max_length is not None and self.max_length < 16:

@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
+from db.criteria import known_criterion_names, verdicts_by_judgment
 from db.models import Annotator, Comparison, Judgment, Prompt, Response
 from db.rules import prompt_conversation
 from reward.errors import RewardError
@@ -20,8 +21,9 @@ def prompt_messages(prompt: Prompt) -> tuple[tuple[str, str], ...]:
     return messages_key(prompt_conversation(prompt))
 
 
-def load_votes(*, session: Session) -> list[Vote]:
-    """Every judgment with its comparison's texts, annotator role and guideline version."""
+def load_votes(*, session: Session, criterion: str | None = None) -> list[Vote]:
+    """Every judgment with its comparison's texts, annotator role and guideline version (and its
+    verdict on ``criterion`` when one is named)."""
     resp_a, resp_b = aliased(Response), aliased(Response)
     rows = session.exec(
         select(Judgment, Comparison, Annotator, Prompt, resp_a, resp_b)
@@ -33,6 +35,7 @@ def load_votes(*, session: Session) -> list[Vote]:
         .order_by(Judgment.id)
     ).all()
     cache: dict[int, tuple[tuple[str, str], ...]] = {}
+    verdicts = verdicts_by_judgment(session=session, criterion=criterion) if criterion is not None else {}
     votes = []
     for judgment, comparison, annotator, prompt, a, b in rows:
         if prompt.id not in cache:
@@ -44,6 +47,7 @@ def load_votes(*, session: Session) -> list[Vote]:
             flags_b=tuple(judgment.flags_b or ()), annotator=annotator.username, role=annotator.role,
             guideline_version=judgment.guideline_version,
             margin=judgment.margin if annotator.role == "source" else None,  # imported dataset's own
+            criteria=tuple(verdicts.get(judgment.id, {}).items()),
         ))
     return votes
 
@@ -55,10 +59,17 @@ def pairs_from_db(
     margin_mapping: dict[int, float] | None = None,
     sources: str | Sequence[str] = "clinicians",
     guideline_versions: Sequence[int] | None = None,
+    criterion: str | None = None,
 ) -> tuple[list[PreferencePair], PairStats]:
-    """Pairs from the stored judgments (see :func:`reward.pairs.build_pairs` for the rules)."""
-    return build_pairs(load_votes(session=session), aggregation=aggregation, margin_mapping=margin_mapping,
-                       sources=sources, guideline_versions=guideline_versions)
+    """Pairs from the stored judgments (see :func:`reward.pairs.build_pairs` for the rules); with
+    ``criterion``, from that criterion's verdicts (an unknown name is an error that lists the known ones)."""
+    if criterion is not None:
+        known = known_criterion_names(session=session)
+        if criterion not in known:
+            raise RewardError(f"unknown criterion {criterion!r} (known: {', '.join(known) or 'none'})")
+    return build_pairs(load_votes(session=session, criterion=criterion), aggregation=aggregation,
+                       margin_mapping=margin_mapping, sources=sources, guideline_versions=guideline_versions,
+                       criterion=criterion)
 
 
 def read_preference_file(path: str | Path, *, format: str | None = None, margins: bool = True) -> list[PreferencePair]:

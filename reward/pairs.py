@@ -11,10 +11,10 @@ import math
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from db.rules import CLINICIAN_ROLES, majority_label, reply_length
+from db.rules import CLINICIAN_ROLES, majority_label, reply_length, source_selected
 from reward.errors import RewardError
 
 CLINICIANS = "clinicians"
@@ -39,6 +39,8 @@ class Vote:
     role: str = "clinician"
     guideline_version: int | None = None
     margin: float | None = None
+    #: Per-criterion verdicts of this judgment, ((criterion, a|b|tie), …), for ``build_pairs(criterion=…)``.
+    criteria: tuple[tuple[str, str], ...] = ()
 
     @property
     def source(self) -> str:
@@ -84,6 +86,7 @@ class PairStats:
     no_majority: int = 0
     comparisons: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
+    no_criterion_verdict: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -142,7 +145,9 @@ def margin_for(strength: int | None, mapping: Mapping[int, float] | None) -> flo
 
 
 def source_allowed(source: str, sources: str | Sequence[str]) -> bool:
-    """Filter by source: ``clinicians``, ``imported``, ``both``/``all``, or names such as ``import:hh``.
+    """Filter by source: ``clinicians``, ``imported``, ``both`` (those two), ``judges`` (every
+    ``judge:*``), ``all``, or names such as ``import:hh`` and ``judge:gpt-4o`` (``db.rules.source_selected``:
+    model judges count only when asked for).
 
     >>> source_allowed("clinicians", "clinicians"), source_allowed("import:hh", "clinicians")
     (True, False)
@@ -150,12 +155,13 @@ def source_allowed(source: str, sources: str | Sequence[str]) -> bool:
     (True, True)
     >>> source_allowed("import:hh", ["import:other", "import:hh"])
     True
+    >>> source_allowed("judge:m", "both"), source_allowed("judge:m", "judges"), source_allowed("judge:m", "judge:m")
+    (False, True, True)
     """
     wanted = [s.strip() for s in sources.split(",")] if isinstance(sources, str) else list(sources)
+    role = CLINICIAN_ROLES[0] if source == CLINICIANS else "source"
     for item in wanted:
-        if item in ("both", "all") or item == source:
-            return True
-        if item == "imported" and source != CLINICIANS:
+        if source_selected(role, source, item):
             return True
         if item.startswith("import:") is False and source == f"import:{item}":
             return True
@@ -206,6 +212,27 @@ def _vote_margin(vote: Vote, mapping: Mapping[int, float] | None) -> float:
     return margin_for(vote.strength, mapping)
 
 
+def criterion_votes(votes: Iterable[Vote], criterion: str) -> tuple[list[Vote], int]:
+    """The votes as one criterion's verdicts: each vote's ``preferred`` becomes its verdict on
+    ``criterion`` (a, b or tie) and its strength and margin are dropped (they grade the overall
+    preference, not the criterion); votes without a verdict on it are left out and counted.
+
+    >>> v = [Vote(1, "p", (), "x", "y", "a", 1, 2, strength=3, criteria=(("safety", "b"),)),
+    ...      Vote(2, "p", (), "x", "y", "a", 3, 4, criteria=(("empathy", "a"),))]
+    >>> kept, missing = criterion_votes(v, "safety")
+    >>> [(k.preferred, k.strength) for k in kept], missing
+    ([('b', None)], 1)
+    """
+    kept, missing = [], 0
+    for vote in votes:
+        verdict = dict(vote.criteria).get(criterion)
+        if verdict is None:
+            missing += 1
+        else:
+            kept.append(replace(vote, preferred=verdict, strength=None, margin=None))
+    return kept, missing
+
+
 def build_pairs(
     votes: Iterable[Vote],
     *,
@@ -213,6 +240,7 @@ def build_pairs(
     margin_mapping: Mapping[int, float] | None = None,
     sources: str | Sequence[str] = "both",
     guideline_versions: Sequence[int] | None = None,
+    criterion: str | None = None,
 ) -> tuple[list[PreferencePair], PairStats]:
     """Turn votes into preference pairs.
 
@@ -221,7 +249,10 @@ def build_pairs(
     - ``aggregation="judgment"``: one pair per A/B vote; ``"majority"``: one pair per comparison
       whose winner has strictly more votes than any other answer (tie/both_bad included), with the
       mean margin of the winning votes;
-    - ``sources`` and ``guideline_versions`` filter votes before anything else.
+    - ``sources`` and ``guideline_versions`` filter votes before anything else;
+    - ``criterion``: pairs from that criterion's verdicts instead of the overall preference
+      (``criterion_votes``; votes without a verdict on it are counted as ``no_criterion_verdict``); the
+      safety rule above still holds, flags being read from every vote.
 
     >>> p = (("user", "I feel low"),)
     >>> votes = [Vote(1, "p1", p, "long kind reply", "ok", "a", 1, 2, strength=3),
@@ -240,6 +271,9 @@ def build_pairs(
     votes = list(votes)
     stats = PairStats()
     unsafe = unsafe_responses(votes)
+    if criterion is not None:
+        votes, stats.no_criterion_verdict = criterion_votes(votes, criterion)
+        stats.votes += stats.no_criterion_verdict
     kept: list[Vote] = []
     for vote in votes:
         stats.votes += 1

@@ -18,6 +18,7 @@ from db.crud import audit, current_guideline, database_fingerprint
 from db.engine import read_only_engine, session_scope
 from reward.config import TheraRewardConfig, load_config, parse_guideline_versions
 from reward.data import pairs_from_db, read_preference_file
+from reward.ensemble import train_ensemble
 from reward.pairs import PairStats, PreferencePair, parse_margin_mapping
 from reward.resources import resolve_base_model
 from reward.store import record_run
@@ -62,8 +63,10 @@ def train_and_record(settings: Mapping[str, Any], *, open_database: Callable[[],
     resolve_base_model(config.base_model)
     engine = open_database()
     training = load_training_data(data, config, engine=engine)
-    result = train_reward_model(config, training.pairs, pair_stats=training.stats, overwrite=overwrite,
-                                provenance=training.provenance())
+    # --ensemble K: K members with consecutive seeds (reward/ensemble.py), recorded as one run.
+    trainer = train_reward_model if config.ensemble <= 1 else train_ensemble
+    result = trainer(config, training.pairs, pair_stats=training.stats, overwrite=overwrite,
+                     provenance=training.provenance())
     if not result.is_main_process:
         return TrainRun(result=result, run_id=None)
     return TrainRun(result=result, run_id=record_training(result, engine=engine, data=training, actor=actor))
@@ -82,7 +85,8 @@ def load_training_data(data: str, config: TheraRewardConfig, *, engine: Engine) 
         pairs, stats = pairs_from_db(
             session=session, aggregation=config.aggregation, margin_mapping=mapping, sources=config.sources,
             guideline_versions=parse_guideline_versions(config.guideline_versions,
-                                                        latest.version if latest else None))
+                                                        latest.version if latest else None),
+            criterion=config.criterion)
         fingerprint = database_fingerprint(session=session)
     return TrainingData(pairs=pairs, stats=stats, origin="judgments in the database", fingerprint=fingerprint)
 

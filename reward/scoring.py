@@ -1,4 +1,10 @@
-"""Scoring replies with a trained reward model, and best-of-n selection."""
+"""Scoring replies with a trained reward model or an ensemble of them, P(A better) with its
+uncertainty for a pair, and best-of-n selection.
+
+A single model and an ensemble (``therapref train --ensemble K``: K member folders and
+``therapref_ensemble.json``) load the same way, :func:`load_reward_model` (``RewardModel.load`` too),
+and score the same way: ``score_batch`` is the members' mean, ``member_scores`` each member's.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,8 @@ from reward.pairs import PreferencePair, messages_key
 from reward.resources import load_kwargs
 
 META_FILE = "therapref_reward.json"
+#: The manifest of an ensemble folder: its members' sub-folders, in order, and how they were trained.
+ENSEMBLE_FILE = "therapref_ensemble.json"
 
 
 def _device_for(model: Any) -> Any:
@@ -43,15 +51,18 @@ class RewardModel:
     path: str = ""
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | None = None, dtype: Any = None) -> RewardModel:
+    def load(cls, path: str | Path, *, device: str | None = None, dtype: Any = None) -> RewardModel | RewardEnsemble:
         """Load a model folder written by ``therapref train`` (or any HF sequence-classification folder
-        with ``num_labels=1``)."""
+        with ``num_labels=1``); an ensemble folder (``--ensemble K``) loads as a :class:`RewardEnsemble`,
+        which scores like a model (the members' mean)."""
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from reward.encoding import Encoder
 
         path = Path(path)
+        if is_ensemble(path):
+            return RewardEnsemble.load(path, device=device, dtype=dtype)
         if not (path / "config.json").is_file():
             raise RewardError(f"{path}: not a model folder (no config.json)")
         meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
@@ -110,6 +121,145 @@ class RewardModel:
                                   batch_size=batch_size)
         return scores[:len(pairs)], scores[len(pairs):]
 
+    @property
+    def n_members(self) -> int:
+        return 1
+
+    def member_scores(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[list[float]]:
+        """Rewards per member: one list for a single model (an ensemble has one per member)."""
+        return [self.score_batch(items, batch_size=batch_size)]
+
+
+def check_model_folder(path: str | Path) -> Path:
+    """``path`` if it is a model or an ensemble folder (cheap: nothing is loaded), else one clear error."""
+    path = Path(path)
+    if not ((path / "config.json").is_file() or is_ensemble(path)):
+        raise RewardError(f"{path}: not a reward model folder (no config.json or {ENSEMBLE_FILE})")
+    return path
+
+
+def is_ensemble(path: str | Path) -> bool:
+    """Whether ``path`` is an ensemble folder (it holds ``therapref_ensemble.json``)."""
+    return (Path(path) / ENSEMBLE_FILE).is_file()
+
+
+@dataclass
+class RewardEnsemble:
+    """K reward models trained alike with different seeds (``therapref train --ensemble K``).
+
+    It scores like one model, the members' mean reward (so best-of-n and ``therapref evaluate`` take
+    an ensemble folder as they take a model folder); ``member_scores`` gives each member's rewards,
+    from which :func:`pair_scores` measures how much the members disagree on a pair.
+    """
+
+    members: list[RewardModel]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | None = None, dtype: Any = None) -> RewardEnsemble:
+        """Load every member listed in the folder's ``therapref_ensemble.json``."""
+        path = Path(path)
+        try:
+            meta = json.loads((path / ENSEMBLE_FILE).read_text())
+            names = [str(name) for name in meta["members"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RewardError(f"{path / ENSEMBLE_FILE}: not an ensemble manifest ({exc})") from None
+        if not names:
+            raise RewardError(f"{path / ENSEMBLE_FILE}: lists no members")
+        members = []
+        for name in names:
+            member = RewardModel.load(path / name, device=device, dtype=dtype)
+            if not isinstance(member, RewardModel):
+                raise RewardError(f"{path / name}: an ensemble member cannot itself be an ensemble")
+            members.append(member)
+        return cls(members=members, meta=meta, path=str(path))
+
+    @property
+    def n_members(self) -> int:
+        return len(self.members)
+
+    def member_scores(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[list[float]]:
+        """Rewards per member: ``[member][item]``."""
+        return [member.score_batch(items, batch_size=batch_size) for member in self.members]
+
+    def score_batch(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[float]:
+        """The members' mean reward per item."""
+        if not items:
+            return []
+        per_member = self.member_scores(items, batch_size=batch_size)
+        return [sum(column) / len(column) for column in zip(*per_member, strict=True)]
+
+    def score(self, messages: Any, reply: str) -> float:
+        return self.score_batch([(messages, reply)])[0]
+
+    def score_pairs(self, pairs: Sequence[PreferencePair], *, batch_size: int = 32) -> tuple[list[float], list[float]]:
+        scores = self.score_batch([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
+                                  batch_size=batch_size)
+        return scores[:len(pairs)], scores[len(pairs):]
+
+
+def load_reward_model(path: str | Path, *, device: str | None = None,
+                      dtype: Any = None) -> RewardModel | RewardEnsemble:
+    """A model folder or an ensemble folder, whichever ``path`` is."""
+    return RewardModel.load(path, device=device, dtype=dtype)
+
+
+def sigmoid(x: float) -> float:
+    """σ(x) without overflow.
+
+    >>> sigmoid(0.0), round(sigmoid(800.0), 3), round(sigmoid(-800.0), 3)
+    (0.5, 1.0, 0.0)
+    """
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+@dataclass(frozen=True)
+class PairScore:
+    """A model's view of one pair: P(A better), how unsure it is, from how many members."""
+
+    p_a: float
+    uncertainty: float
+    n_members: int
+
+
+def pair_probability(member_diffs: Sequence[float]) -> PairScore:
+    """P(A better) and its uncertainty from each member's reward difference (A − B).
+
+    P is the mean of the members' σ(difference) (each member's Bradley–Terry probability, averaged:
+    the ensemble's predictive probability). Uncertainty is the members' disagreement, the population
+    std of their P, for an ensemble; for one model, closeness to a coin flip, 1 − |2P − 1|.
+
+    >>> pair_probability([0.0])
+    PairScore(p_a=0.5, uncertainty=1.0, n_members=1)
+    >>> s = pair_probability([3.0, -3.0]); round(s.p_a, 3), round(s.uncertainty, 3)
+    (0.5, 0.453)
+    >>> pair_probability([2.0, 2.0]).uncertainty
+    0.0
+    """
+    if not member_diffs:
+        raise RewardError("a pair score needs at least one member")
+    probabilities = [sigmoid(d) for d in member_diffs]
+    p = sum(probabilities) / len(probabilities)
+    if len(probabilities) == 1:
+        return PairScore(p_a=p, uncertainty=1.0 - abs(2.0 * p - 1.0), n_members=1)
+    spread = math.sqrt(sum((q - p) ** 2 for q in probabilities) / len(probabilities))
+    return PairScore(p_a=p, uncertainty=spread, n_members=len(probabilities))
+
+
+def pair_scores(model: RewardModel | RewardEnsemble, pairs: Sequence[tuple[Any, str, str]], *,
+                batch_size: int = 32) -> list[PairScore]:
+    """:func:`pair_probability` for many (messages, reply A, reply B) triples, in one scoring pass."""
+    if not pairs:
+        return []
+    items = [(m, a) for m, a, _ in pairs] + [(m, b) for m, _, b in pairs]
+    per_member = model.member_scores(items, batch_size=batch_size)
+    n = len(pairs)
+    return [pair_probability([scores[i] - scores[n + i] for scores in per_member]) for i in range(n)]
+
 
 def _ensure_pad(model: Any, tokenizer: Any) -> None:
     if tokenizer.pad_token is None:
@@ -135,7 +285,7 @@ def best_index(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
-def best_of_n(model: RewardModel, messages: Any, replies: Sequence[str]) -> BestOfN:
+def best_of_n(model: RewardModel | RewardEnsemble, messages: Any, replies: Sequence[str]) -> BestOfN:
     """Pick the highest-reward reply for one conversation (ties: the first).
 
     Pass ``RewardModel`` scores for many prompts at once with :func:`best_of_n_many`.
@@ -145,7 +295,7 @@ def best_of_n(model: RewardModel, messages: Any, replies: Sequence[str]) -> Best
     return best_of_n_many(model, [(messages, replies)])[0]
 
 
-def best_of_n_many(model: RewardModel, groups: Sequence[tuple[Any, Sequence[str]]]) -> list[BestOfN]:
+def best_of_n_many(model: RewardModel | RewardEnsemble, groups: Sequence[tuple[Any, Sequence[str]]]) -> list[BestOfN]:
     """Best-of-n for many prompts in one batched scoring pass."""
     if any(not replies for _messages, replies in groups):
         raise RewardError("best-of-n needs at least one reply per prompt")

@@ -21,7 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     "therapref": {"db", "therapref.core", *AREAS, "labeling_app"},
 }
 # Sibling areas import each other only through these owners (one owner per idea).
-SHARED_OWNERS = {"reward.scoring", "analytics.bradley_terry", "candidates.embedded"}
+SHARED_OWNERS = {"reward.scoring", "analytics.bradley_terry", "candidates.embedded",
+                 # generating replies (an A/B test generates both candidates' replies, as `therapref generate`)
+                 "candidates.generate"}
 # The core of ``therapref`` that every layer may read; everything else under it is the CLI.
 CORE = {"therapref", "therapref.settings"}
 # ``db`` reads no other package, and neither db nor the areas reach for the edges' frameworks.

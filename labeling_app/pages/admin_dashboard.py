@@ -25,6 +25,22 @@ def _summary(database_url: str, fingerprint: str, gold: tuple, judges: str, n_bo
         return build_summary(session=session, config=AnalyticsConfig(judges=judges, n_bootstrap=n_bootstrap))
 
 
+@st.cache_data(ttl=300, show_spinner="Computing per-criterion agreement and ratings…", max_entries=8)
+def _criteria(database_url: str, fingerprint: str, judges: str, n_bootstrap: int) -> dict:
+    # database_url and fingerprint are cache keys: new verdicts recompute.
+    from analytics.criteria import build_criteria_report
+
+    with state.read_session() as session:
+        report = build_criteria_report(session=session, config=AnalyticsConfig(judges=judges, n_bootstrap=n_bootstrap))
+    return {"criteria": report.criteria, "n": report.n_judgments, "boards": report.leaderboards,
+            "rows": [{"criterion": name, "verdicts": sum(report.verdict_counts[name].values()),
+                      "alpha": a.block.alpha.value, "alpha 95% CI": a.block.alpha.fmt(),
+                      "Fleiss kappa": a.fleiss.value, "mean Cohen kappa": a.block.mean_kappa,
+                      "overall winner worse on it": report.winner_worse[name].value,
+                      "share 95% CI": report.winner_worse[name].fmt()}
+                     for name, a in report.agreement.items()]}
+
+
 left, right = st.columns(2)
 judges = left.selectbox("Judgments by", JUDGES, index=0, help=AnalyticsConfig.__dataclass_fields__["judges"]
                         .metadata["help"])
@@ -68,6 +84,16 @@ with agreement_tab:
     st.dataframe(tables.kappa_rows(summary), hide_index=True, width="stretch")
     st.subheader("Safety flags")
     st.dataframe(tables.flag_agreement_rows(summary), hide_index=True, width="stretch")
+    # Per-criterion judgments (analytics/criteria.py): agreement per criterion, and how often the
+    # overall winner is the worse reply on it; their Bradley–Terry boards are on the Leaderboard tab.
+    crit = _criteria(state.settings().database_url, fingerprint, judges, n_bootstrap)
+    st.subheader("Criteria")
+    if not crit["criteria"]:
+        st.caption("No per-criterion verdicts yet (criteria are set per guideline version on the Guidelines page).")
+    else:
+        st.caption(f"{crit['n']} judgments carry per-criterion verdicts. \"Overall winner worse on it\": share of "
+                   "judgments whose preferred reply lost on that criterion (Wilson 95% CI).")
+        st.dataframe(crit["rows"], hide_index=True, width="stretch")
 
 with annotators_tab:
     st.subheader("Annotator quality")
@@ -94,6 +120,10 @@ with leaderboard_tab:
             st.subheader("Topic")
             st.text(topic)
             st.dataframe(tables.leaderboard_rows(topic_board), hide_index=True, width="stretch")
+    for name, criterion_board in crit["boards"].items():
+        if criterion_board.ratings:
+            st.subheader(f"Bradley–Terry on {name}")
+            st.dataframe(tables.leaderboard_rows(criterion_board), hide_index=True, width="stretch")
 
 with safety_tab:
     st.subheader("Safety flags per candidate model")
@@ -123,3 +153,26 @@ with gold_tab:
                 for q in summary.quality if q.gold_accuracy.n_items]
     if accuracy:
         st.dataframe(accuracy, hide_index=True, width="stretch")
+
+
+@st.cache_data(ttl=300, show_spinner="Computing A/B test results…", max_entries=8)
+def _abtests(database_url: str, fingerprint: str, judges: str, n_bootstrap: int) -> list[dict]:
+    # database_url and fingerprint are cache keys: new judgments recompute.
+    from analytics.head_to_head import abtest_tables
+
+    with state.read_session() as session:
+        found = abtest_tables(session=session, sources=judges, n_bootstrap=n_bootstrap)
+    return [{"caption": t.caption, "note": t.result.note,
+             "rows": [{"measure": m, "value": v} for m, v in t.result.rows()]} for t in found]
+
+
+# A/B tests (analytics/head_to_head.py): one head-to-head table per test, below the tabs.
+st.header("Head-to-head (A/B tests)")
+abtest_results = _abtests(state.settings().database_url, fingerprint, judges, n_bootstrap)
+if not abtest_results:
+    st.caption("No A/B tests yet: `therapref abtest NEW --against BASE` puts one at the front of the queues.")
+for result in abtest_results:
+    st.text(result["caption"])  # candidate names are untrusted: plain text, never Markdown or HTML
+    if result["note"]:
+        st.text(f"Note: {result['note']}.")
+    st.dataframe(result["rows"], hide_index=True, width="stretch")

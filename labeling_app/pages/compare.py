@@ -17,14 +17,17 @@ from db.assignment import (
     submit_judgment,
     undo_last,
 )
+from db.criteria import current_criteria
 from db.models import SAFETY_FLAGS
 from labeling_app import state
 from labeling_app.conversation import show_conversation
-from labeling_app.keyboard import HELP, shortcut_script
+from labeling_app.keyboard import CRITERIA_HELP, HELP, criteria_script, shortcut_script
 
 STRENGTHS = {1: "Slightly better", 2: "Clearly better", 3: "Much better"}
 CHOICES = (("left", "A is better", "1"), ("right", "B is better", "2"),
            ("tie", "Tie", "3"), ("both_bad", "Both bad", "4"))
+#: Per-criterion verdicts in screen terms (stored as the comparison's own a/b by submit_judgment).
+VERDICTS = {"left": "A better", "right": "B better", "tie": "Tie"}
 SHOWN_AT = "_compare_shown_at"
 LAST_AT = "_compare_last_judgment_at"
 
@@ -42,18 +45,20 @@ def _screen_id(token: str) -> str:
     return ids[token]
 
 
-def _values(screen: str) -> dict:
+def _values(screen: str, criteria: tuple[str, ...] = ()) -> dict:
     get = st.session_state.get
+    # Criterion rows are keyed by position and the opaque screen id: names stay out of the DOM keys.
     return {"strength": get(f"strength-{screen}"), "flags_left": get(f"flags_left-{screen}") or [],
             "flags_right": get(f"flags_right-{screen}") or [], "rationale": get(f"rationale-{screen}") or "",
-            "rewrite": get(f"rewrite-{screen}") or None}
+            "rewrite": get(f"rewrite-{screen}") or None,
+            "criteria": {name: get(f"crit-{i}-{screen}") for i, name in enumerate(criteria)}}
 
 
-def _on_submit(token: str, screen: str, choice: str) -> None:
+def _on_submit(token: str, screen: str, choice: str, criteria: tuple[str, ...] = ()) -> None:
     user = state.callback_user()
     if user is None:
         return
-    values = _values(screen)
+    values = _values(screen, criteria)
     shown_at = st.session_state.get(SHOWN_AT, {}).get(token)
     ms_spent = int((time.time() - shown_at) * 1000) if shown_at else None
     try:
@@ -107,6 +112,21 @@ def _reply(column, label: str, text: str, side: str, screen: str) -> None:
                  selection_mode="multi", key=f"flags_{side}-{screen}")
 
 
+def _criteria_rows(criteria: list[tuple[str, str, bool]], screen: str) -> None:
+    """One row per criterion: name, description (inert text) and an A / B / tie choice."""
+    with st.container(border=True):
+        st.markdown("**Per criterion** (optional unless marked *required*)")
+        for i, (name, description, required) in enumerate(criteria):
+            label_column, choice_column = st.columns([3, 2], vertical_alignment="center")
+            with label_column:
+                state.inert_text(f"{name} (required)" if required else name)
+                if description:
+                    st.caption(state.md_escape(description))
+            with choice_column:
+                st.radio(f"Criterion {i + 1}", options=list(VERDICTS), format_func=VERDICTS.get, index=None,
+                         horizontal=True, label_visibility="collapsed", key=f"crit-{i}-{screen}")
+
+
 def _undo_button() -> None:
     last = st.session_state.get(LAST_AT)
     window = state.settings().undo_seconds
@@ -127,6 +147,7 @@ def judging_panel() -> None:
     with state.write_session() as session:
         assignment = next_comparison(user.id, session=session, reservation_minutes=settings.reservation_minutes,
                                      gold_rate=settings.gold_rate)
+        criteria = [(c.name, c.description, c.required) for c in current_criteria(session=session)]
     if assignment is None:
         st.success("All done: there are no pairs left for you to judge. Thank you!")
         st.write("New pairs appear here when they are added. You can check your numbers on the progress page.")
@@ -142,6 +163,8 @@ def judging_panel() -> None:
         _reply(right, "Response B", assignment.right_text, "right", screen)
         st.radio("How much better? (for A or B; keys q / w / e)", options=list(STRENGTHS),
                  format_func=STRENGTHS.get, index=None, horizontal=True, key=f"strength-{screen}")
+        if criteria:
+            _criteria_rows(criteria, screen)
         st.text_area("Rationale (optional)", key=f"rationale-{screen}", height=80,
                      placeholder="Why? A sentence helps when clinicians disagree.")
         with st.expander("Rewrite the better reply (optional): what a good reply would say"):
@@ -150,7 +173,8 @@ def judging_panel() -> None:
         for column, (choice, label, key) in zip(buttons, CHOICES, strict=True):
             with column:
                 st.form_submit_button(f"{label} ({key})", key=f"choice-{choice}-{screen}", on_click=_on_submit,
-                                      args=(token, screen, choice), width="stretch",
+                                      args=(token, screen, choice, tuple(name for name, _d, _r in criteria)),
+                                      width="stretch",
                                       type="primary" if choice in ("left", "right") else "secondary")
         reason_column, skip_column = st.columns([3, 1], vertical_alignment="bottom")
         with reason_column:
@@ -158,6 +182,8 @@ def judging_panel() -> None:
         with skip_column:
             st.form_submit_button("Skip (s)", key=f"skip-{screen}", on_click=_on_skip, args=(token, screen),
                                   width="stretch")
+    if criteria:
+        st.caption(CRITERIA_HELP)
     _undo_button()
 
 
@@ -166,3 +192,4 @@ st.title("Which reply is better?")
 st.caption(HELP)
 judging_panel()
 st.html(shortcut_script(), unsafe_allow_javascript=True)
+st.html(criteria_script(), unsafe_allow_javascript=True)

@@ -22,12 +22,6 @@ class Kind(StrEnum):
     hf = "hf"
 
 
-class Sources(StrEnum):
-    clinicians = "clinicians"
-    imported = "imported"
-    both = "both"
-
-
 class Selection(StrEnum):
     majority = "majority"
     bt = "bt"
@@ -68,7 +62,8 @@ def export(
     db: DbOption = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
     scrub_pii: Annotated[bool, typer.Option(help="Replace e-mails, phones, URLs and names with placeholders.")] = False,
-    sources: Annotated[Sources, typer.Option(help="Whose judgments count.")] = Sources.clinicians,
+    sources: Annotated[str, typer.Option(
+        help="Whose judgments count: clinicians, imported, both, judges, or one judge judge:NAME.")] = "clinicians",
     min_votes: Annotated[int, typer.Option(help="Least judgments per comparison / reply.")] = 1,
     min_margin: Annotated[int, typer.Option(help="Least vote difference between winner and loser.")] = 1,
     min_agreement: Annotated[float, typer.Option(help="Least share of votes for the winner (0..1).")] = 0.0,
@@ -79,6 +74,9 @@ def export(
     since: Annotated[Optional[str], typer.Option(help="Only judgments at/after this ISO date(-time), UTC.")] = None,
     until: Annotated[Optional[str], typer.Option(help="Only judgments before this ISO date(-time), UTC.")] = None,
     exclude_flagged: Annotated[bool, typer.Option(help="Drop every item involving a flagged reply.")] = False,
+    not_worse_on: Annotated[Optional[str], typer.Option(
+        metavar="CRITERION", help="Never export as the target a reply the majority of this criterion's verdicts "
+        "found worse (e.g. safety; docs/exports.md).")] = None,
     system_prompt: Annotated[Optional[str], typer.Option(
         help="System message for every row (default: each prompt's own).")] = None,
     select: Annotated[Selection, typer.Option(
@@ -97,10 +95,10 @@ def export(
 
     with errors():
         filters = ExportFilters(
-            sources=sources.value, min_votes=min_votes, min_margin=min_margin, min_agreement=min_agreement,
+            sources=sources, min_votes=min_votes, min_margin=min_margin, min_agreement=min_agreement,
             guideline_version=guideline_version, candidate_models=tuple(candidate or ()),
             since=parse_when(since, name="since"), until=parse_when(until, name="until"),
-            exclude_flagged=exclude_flagged,
+            exclude_flagged=exclude_flagged, not_worse_on=not_worse_on,
         )
         options = ExportOptions(
             force=force, scrub_pii=scrub_pii, system_prompt=system_prompt, selection=select.value,

@@ -41,11 +41,15 @@ def generate(
     candidate: Annotated[Optional[list[str]], typer.Option(
         "--candidate", help="Only this candidate (repeatable).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    registered: Annotated[bool, typer.Option(
+        "--registered/--no-registered", help="Also generate for policies registered in the database "
+        "(`therapref candidates add`, `finetune local --register`); the registry file wins a shared name.")] = True,
     db: DbOption = None,
 ) -> None:
     """Generate missing candidate replies (resumable; failures are retried by the next run)."""
     from candidates.generate import run_generation
-    from candidates.registry import load_registry, secret_names
+    from candidates.registry import load_registry, registered_policy_specs, secret_names, with_registered
+    from db.engine import session_scope
 
     path = config or Path(settings_for(db).candidates_file)
     with errors():
@@ -53,15 +57,22 @@ def generate(
             prompt_ids = parse_id_list(prompts) if prompts else None
         except ValueError as exc:
             raise fail(str(exc)) from None
-        specs = load_registry(path)
+        # Without a registry file, registered policies alone will do (unless --config named one).
+        specs = load_registry(path) if config is not None or path.is_file() or not registered else []
+        engine = open_engine(db)
+        if registered:
+            with session_scope(engine) as session:
+                specs = with_registered(specs, registered_policy_specs(session=session))
+            if not specs:
+                load_registry(path)  # no file and nothing registered: the registry's own error
         if candidate:
             unknown = sorted(set(candidate) - {s.name for s in specs})
             if unknown:
-                raise fail(f"{path}: no candidate named {unknown[0]!r}")
+                where = f"{path} or the registered policies" if registered else str(path)
+                raise fail(f"no candidate named {unknown[0]!r} in {where}")
             specs = [s for s in specs if s.name in candidate]
         # The only place API keys are read: by the names the registry lists, passed down as a mapping.
         secrets = {name: os.environ[name] for name in secret_names(specs) if name in os.environ}
-        engine = open_engine(db)
         if source is not None:
             prompt_ids = _prompts_of_source(engine, source, prompt_ids)
         try:
@@ -87,16 +98,36 @@ def pairs(
     seed: Annotated[int, typer.Option(help="Seed for choosing pairs and the overlap share.")] = 0,
     candidate: Annotated[Optional[list[str]], typer.Option(
         "--candidate", help="Only pair replies of these candidates/sources (repeatable).")] = None,
+    k: Annotated[Optional[int], typer.Option(
+        "--k", help="Ranking tasks of K replies (3-9) from K distinct candidates instead of pairs; "
+        "--budget is then tasks per prompt (default 1) and --overlap rankings per task.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(
+        help="Active selection: create exactly --budget new comparisons in all (not per prompt), chosen "
+        "'random' (seeded) or by 'uncertainty' of --reward-model (docs/active.md).")] = None,
+    reward_model: Annotated[Optional[Path], typer.Option(
+        "--reward-model", help="Reward model or ensemble folder for --strategy uncertainty.")] = None,
     db: DbOption = None,
 ) -> None:
     """Pair replies to the same prompt from different candidates into comparisons (idempotent)."""
-    from candidates.pairing import make_pairs
+    from candidates.pairing import make_pairs, make_ranking_tasks
     from db.engine import session_scope
 
     engine = open_engine(db)
     with errors(), session_scope(engine) as session:
-        summary = make_pairs(session=session, overlap=overlap, overlap_fraction=overlap_fraction,
-                             budget=budget, seed=seed, candidates=candidate or None)
+        if strategy is not None:
+            from candidates.priority import pairs_by_strategy
+
+            if budget is None or k is not None:
+                raise fail("--strategy needs --budget N (new comparisons in all) and chooses pairs, not --k rankings")
+            summary = pairs_by_strategy(strategy, budget, session=session, seed=seed, model_dir=reward_model,
+                                        overlap=overlap, overlap_fraction=overlap_fraction,
+                                        candidates=candidate or None)
+        elif k is not None:
+            summary = make_ranking_tasks(k, session=session, overlap=overlap, overlap_fraction=overlap_fraction,
+                                         budget=budget, seed=seed, candidates=candidate or None)
+        else:
+            summary = make_pairs(session=session, overlap=overlap, overlap_fraction=overlap_fraction,
+                                 budget=budget, seed=seed, candidates=candidate or None)
     typer.echo(str(summary))
 
 

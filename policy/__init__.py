@@ -1,0 +1,1 @@
+"""Training the chatbot itself on exported data, registering it as a candidate, A/B tests."""
