@@ -18,6 +18,7 @@ from analytics.criteria import CriteriaReport, build_criteria_report
 from analytics.errors import AnalyticsError
 from analytics.head_to_head import AbTestTable, abtest_tables, head_to_head_section
 from analytics.judges import JudgesReport, judges_section, load_judges_report
+from analytics.rankings import RankingBoard, load_ranking_board, rankings_section
 from analytics.render import Document, Image, Paragraph, Section, Table, to_html, to_markdown
 from analytics.reward_eval import Scorer
 from analytics.stats import Estimate
@@ -27,7 +28,8 @@ EXCERPT = 280
 SECTION_TITLES = {
     "overview": "Overview", "progress": "Progress", "agreement": "Agreement", "annotators": "Annotator quality",
     "leaderboard": "Leaderboard", "safety": "Safety flags", "reward": "Reward model vs judges",
-    "criteria": "Criteria", "judges": "Judges vs clinicians", "abtests": "Head-to-head (A/B tests)",
+    "criteria": "Criteria", "rankings": "Rankings (Plackett–Luce)", "judges": "Judges vs clinicians",
+    "abtests": "Head-to-head (A/B tests)",
     "methods": "Methods",
 }
 
@@ -56,7 +58,8 @@ def _excerpt(text: str, limit: int = EXCERPT) -> str:
 
 
 def build_document(summary: AnalyticsSummary, criteria: CriteriaReport | None = None,
-                   judge_report: JudgesReport | None = None, abtests: list[AbTestTable] | None = None) -> Document:
+                   judge_report: JudgesReport | None = None, abtests: list[AbTestTable] | None = None,
+                   rankings: RankingBoard | None = None) -> Document:
     s, c = summary, summary.config
     judges = {"clinicians": "clinicians and admins", "imported": "imported datasets only",
               "all": "clinicians, admins and imported datasets"}[c.judges]
@@ -67,10 +70,11 @@ def build_document(summary: AnalyticsSummary, criteria: CriteriaReport | None = 
     if s.reward is not None:
         sections.append(_reward(s))
     sections.append(_criteria(criteria or CriteriaReport()))
+    # Every section is always there (a short "none yet" where there is nothing): the lead sees what exists.
+    sections.append(rankings_section(rankings or RankingBoard(), title=SECTION_TITLES["rankings"]))
     if judge_report is not None:  # shown even without judges: says that none has judged yet
         sections.append(judges_section(judge_report))
-    if abtests:
-        sections.append(head_to_head_section(abtests, title=SECTION_TITLES["abtests"]))
+    sections.append(head_to_head_section(abtests or [], title=SECTION_TITLES["abtests"]))
     sections.append(_methods(s))
     return Document("TheraPref report", meta, sections)
 
@@ -271,7 +275,8 @@ def _methods(s: AnalyticsSummary) -> Section:
 
 
 def write_report(summary: AnalyticsSummary, output: str | Path, criteria: CriteriaReport | None = None,
-                 judge_report: JudgesReport | None = None, abtests: list[AbTestTable] | None = None) -> ReportFiles:
+                 judge_report: JudgesReport | None = None, abtests: list[AbTestTable] | None = None,
+                 rankings: RankingBoard | None = None) -> ReportFiles:
     """Write ``report.html``, ``report.md``, ``report.json`` and ``charts/*.png`` into ``output``.
 
     Everything is rendered in memory first; each file is then written to a temporary name and
@@ -282,7 +287,7 @@ def write_report(summary: AnalyticsSummary, output: str | Path, criteria: Criter
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise AnalyticsError(f"{output}: exists and is not a directory")
-    doc = build_document(summary, criteria, judge_report, abtests=abtests)
+    doc = build_document(summary, criteria, judge_report, abtests=abtests, rankings=rankings)
     charts = render_pngs(summary)
     html_text = to_html(doc, charts)
     markdown = to_markdown(doc)
@@ -293,6 +298,8 @@ def write_report(summary: AnalyticsSummary, output: str | Path, criteria: Criter
         figures["judges"] = judge_report.as_dict()
     if abtests:
         figures["head_to_head"] = [t.as_dict() for t in abtests]
+    if rankings is not None:
+        figures["rankings"] = rankings.as_dict()
     data = json.dumps(figures, indent=2, sort_keys=True, default=str)
     (output / "charts").mkdir(parents=True, exist_ok=True)
     for stale in set(PNG_CHARTS) - set(charts):  # e.g. a reward chart from an earlier run with a model
@@ -329,6 +336,7 @@ def generate_report(
     judge_report = load_judges_report(session=session, config=summary.config)
     c = summary.config
     abtests = abtest_tables(session=session, sources=c.judges, n_bootstrap=c.n_bootstrap, seed=c.seed)
+    rankings = load_ranking_board(session=session, roles=c.roles, n_bootstrap=min(c.n_bootstrap, 200), seed=c.seed)
     if progress:
         progress("Rendering charts and writing files")
-    return summary, write_report(summary, output, criteria, judge_report, abtests=abtests)
+    return summary, write_report(summary, output, criteria, judge_report, abtests=abtests, rankings=rankings)

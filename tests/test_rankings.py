@@ -322,3 +322,34 @@ def test_a_ranking_is_one_piece_of_work_for_undo_progress_and_logout(engine):
         assert session.exec(select(RankingReservation)).all()
         assert release(other, session=session) == 1
         assert session.exec(select(RankingReservation)).all() == []
+
+
+def test_report_fits_rankings_as_whole_orders(engine, tmp_path):
+    """Two clinicians rank third > warm > terse: the report's Plackett–Luce board says so, in the
+    Markdown and in report.json."""
+    from analytics.config import AnalyticsConfig
+    from analytics.report import generate_report
+
+    with Session(engine, expire_on_commit=False) as session:
+        project, replies = _three_replies(session, n_prompts=2, n_clinicians=2)
+        for prompt_replies in replies:
+            add_ranking_task(prompt_replies, session=session, judgments_required=2)
+        session.commit()
+        name_of = {r.id: r.candidate_model_id for rs in replies for r in rs}
+        order = {name: rank for rank, name in enumerate(("third", "warm", "terse"))}
+        from db.models import CandidateModel
+        names = {c.id: c.name for c in session.exec(select(CandidateModel)).all()}
+        for clinician in project.clinicians:
+            while (assignment := next_ranking(clinician.id, session=session)) is not None:
+                ranked = sorted(assignment.response_ids, key=lambda rid: order[names[name_of[rid]]])
+                submit_ranking(assignment.token, [[_screen(assignment, rid)] for rid in ranked],
+                               session=session, annotator_id=clinician.id)
+                session.commit()
+        _, files = generate_report(tmp_path / "report", session=session, config=AnalyticsConfig(n_bootstrap=50))
+    import json
+
+    board = json.loads(files.json.read_text())["rankings"]
+    assert board["n_rankings"] == 4
+    assert [row["model"] for row in board["rows"]] == ["third", "warm", "terse"]
+    assert [row["first"] for row in board["rows"]] == [4, 0, 0]
+    assert "Rankings (Plackett–Luce)" in files.markdown.read_text()
