@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from db.crud import get_or_create_candidate
 from db.errors import TheraPrefError
@@ -42,6 +42,10 @@ DEFAULT_PERSONA = (
     "services or a crisis line now, and to tell someone they trust."
 )
 PLAIN_ASSISTANT = "You are a helpful assistant."
+# A CandidateModel whose params hold this key is a fine-tuned policy registered from its folder
+# (policy/register.py writes it, same literal: policy may not import this module); `therapref generate`
+# includes such rows besides the registry file's candidates (``registered_policy_specs``).
+POLICY_PARAM = "policy"
 
 
 class RegistryError(TheraPrefError, ValueError):
@@ -276,13 +280,42 @@ def sync_registry(specs: list[CandidateSpec], *, session: Session) -> dict[str, 
     """Mirror specs into CandidateModel rows (created or updated; the key's env NAME only)."""
     rows = {}
     for spec in specs:
+        params = spec.params()
+        previous = session.exec(select(CandidateModel.params).where(CandidateModel.name == spec.name)).first()
+        if isinstance(previous, dict) and POLICY_PARAM in previous:
+            params[POLICY_PARAM] = previous[POLICY_PARAM]  # a registered policy stays one
         row, _ = get_or_create_candidate(
             spec.name, session=session, provider=spec.provider, model_id=spec.model_id,
-            endpoint=spec.base_url, api_key_env=spec.api_key_env, params=spec.params(),
+            endpoint=spec.base_url, api_key_env=spec.api_key_env, params=params,
             system_prompt=spec.system_prompt, replies_per_prompt=spec.replies_per_prompt,
         )
         rows[spec.name] = row
     return rows
+
+
+def registered_policy_specs(*, session: Session) -> list[CandidateSpec]:
+    """Specs of the policies registered in the database (``therapref candidates add``,
+    ``therapref finetune local --register``), by name; their params fill the spec's fields."""
+    specs = []
+    for row in session.exec(select(CandidateModel).order_by(CandidateModel.name)).all():
+        if not (isinstance(row.params, dict) and POLICY_PARAM in row.params):
+            continue
+        data = {key: value for key, value in row.params.items() if key in _FIELDS}
+        data.update(name=row.name, provider=row.provider, model_id=row.model_id, system_prompt=row.system_prompt,
+                    replies_per_prompt=row.replies_per_prompt)
+        specs.append(spec_from_dict(data, where=f"registered candidate {row.name!r}"))
+    return specs
+
+
+def with_registered(specs: list[CandidateSpec], registered: list[CandidateSpec]) -> list[CandidateSpec]:
+    """The file's candidates, then the registered policies it does not name (the file wins a name).
+
+    >>> [s.name for s in with_registered([CandidateSpec("a", "llamacpp")],
+    ...                                  [CandidateSpec("a", "llamacpp"), CandidateSpec("p", "llamacpp")])]
+    ['a', 'p']
+    """
+    named = {spec.name for spec in specs}
+    return [*specs, *(spec for spec in registered if spec.name not in named)]
 
 
 def demo_candidates(*, max_tokens: int = 96) -> list[CandidateSpec]:
