@@ -191,7 +191,7 @@ def load_judges_report(*, session: Session, config: AnalyticsConfig | None = Non
                        min_shared: int | None = None) -> JudgesReport:
     """The report's "Judges vs clinicians" section, from the database."""
     config = config or AnalyticsConfig()
-    records = [r for r in load_judgments(session=session, roles=(*CLINICIAN_ROLES, "source"))
+    records = [r for r in load_judgments(session=session, roles=(*CLINICIAN_ROLES, "source"), with_judges=True)
                if r.role in CLINICIAN_ROLES or is_judge(r.annotator)]
     counts, opinions = {}, {}
     for name in {r.annotator for r in records if is_judge(r.annotator)}:

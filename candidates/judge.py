@@ -49,7 +49,7 @@ from db.judges import (
     record_verdict,
 )
 from db.models import PREFERENCES, SAFETY_FLAGS, Comparison, Prompt, Response
-from db.rules import prompt_conversation
+from db.rules import parse_id_list, prompt_conversation
 
 REWARD_PREFIX = "reward:"
 EMBEDDED_JUDGE = "embedded"
@@ -353,19 +353,10 @@ def parse_comparisons(text: str | None) -> str | list[int]:
     text = (text or "all").strip().lower()
     if text in ("all", "open"):
         return text
-    ids: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        low, dash, high = part.partition("-")
-        try:
-            start, end = int(low), int(high) if dash else int(low)
-        except ValueError:
-            raise JudgeError(f"--comparisons: {part!r} is not an id or a range like 3-9 (or 'all', 'open')") from None
-        if start < 1 or end < start:
-            raise JudgeError(f"--comparisons: bad range {part!r}")
-        ids.extend(range(start, end + 1))
-    if not ids:
-        raise JudgeError("--comparisons: no ids given")
-    return sorted(set(ids))
+    try:
+        return sorted(parse_id_list(text, "--comparisons"))
+    except ValueError as exc:
+        raise JudgeError(f"{exc} (or 'all', 'open')") from None
 
 
 # --- Running a judge --------------------------------------------------------------------------------

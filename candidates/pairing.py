@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlmodel import Session, select
@@ -78,20 +78,10 @@ def choose_pairs(candidates: list[tuple[int, int, str, str]], *, budget: int | N
     return chosen
 
 
-def make_pairs(*, session: Session, overlap: int = 1, overlap_fraction: float = 0.2, budget: int | None = None,
-               seed: int = 0, prompt_ids: list[int] | None = None, candidates: list[str] | None = None,
-               actor: str = "cli",
-               chooser: Callable[[list[tuple[int, int]]], list[tuple[int, int]]] | None = None) -> PairingSummary:
-    """Create the missing comparisons (the caller commits). See the module docstring.
-
-    ``chooser`` (active selection, ``candidates.priority.pair_chooser``) picks which of the new pairs,
-    over all prompts, are created; the overlap share is then drawn among those."""
-    if overlap < 1:
-        raise DataError("overlap must be at least 1 (judgments per comparison)")
-    if not 0.0 <= overlap_fraction <= 1.0:
-        raise DataError("overlap fraction must be between 0 and 1")
-    if budget is not None and budget < 1:
-        raise DataError("budget must be at least 1 comparison per prompt")
+def replies_by_prompt(*, session: Session, candidates: Sequence[str] | None = None,
+                      prompt_ids: Sequence[int] | None = None) -> dict[int, list[tuple[int, str]]]:
+    """Each prompt's replies as (response id, candidate name), in id order; only ``candidates``'
+    (all must exist) and ``prompt_ids``' when given."""
     query = (select(Response.id, Response.prompt_id, CandidateModel.name)
              .join(CandidateModel, CandidateModel.id == Response.candidate_model_id)
              .order_by(Response.prompt_id, Response.id))
@@ -106,6 +96,24 @@ def make_pairs(*, session: Session, overlap: int = 1, overlap_fraction: float = 
     by_prompt: dict[int, list[tuple[int, str]]] = defaultdict(list)
     for response_id, prompt_id, source in session.exec(query).all():
         by_prompt[prompt_id].append((response_id, source))
+    return by_prompt
+
+
+def make_pairs(*, session: Session, overlap: int = 1, overlap_fraction: float = 0.2, budget: int | None = None,
+               seed: int = 0, prompt_ids: list[int] | None = None, candidates: list[str] | None = None,
+               actor: str = "cli",
+               chooser: Callable[[list[tuple[int, int]]], list[tuple[int, int]]] | None = None) -> PairingSummary:
+    """Create the missing comparisons (the caller commits). See the module docstring.
+
+    ``chooser`` (active selection, ``candidates.priority.pair_chooser``) picks which of the new pairs,
+    over all prompts, are created; the overlap share is then drawn among those."""
+    if overlap < 1:
+        raise DataError("overlap must be at least 1 (judgments per comparison)")
+    if not 0.0 <= overlap_fraction <= 1.0:
+        raise DataError("overlap fraction must be between 0 and 1")
+    if budget is not None and budget < 1:
+        raise DataError("budget must be at least 1 comparison per prompt")
+    by_prompt = replies_by_prompt(session=session, candidates=candidates, prompt_ids=prompt_ids)
     existing_rows = session.exec(select(Comparison.prompt_id, Comparison.response_a_id, Comparison.response_b_id)
                                  .where(Comparison.prompt_id.in_(list(by_prompt)))).all() if by_prompt else []
     existing: dict[int, set[tuple[int, int]]] = defaultdict(set)
@@ -229,20 +237,7 @@ def make_ranking_tasks(k: int, *, session: Session, overlap: int = 1, overlap_fr
         raise DataError("overlap fraction must be between 0 and 1")
     if budget is not None and budget < 1:
         raise DataError("budget must be at least 1 ranking task per prompt")
-    query = (select(Response.id, Response.prompt_id, CandidateModel.name)
-             .join(CandidateModel, CandidateModel.id == Response.candidate_model_id)
-             .order_by(Response.prompt_id, Response.id))
-    if candidates:
-        known = set(session.exec(select(CandidateModel.name).where(CandidateModel.name.in_(candidates))).all())
-        unknown = [c for c in candidates if c not in known]
-        if unknown:
-            raise DataError(f"unknown candidate(s): {', '.join(unknown)}")
-        query = query.where(CandidateModel.name.in_(candidates))
-    if prompt_ids is not None:
-        query = query.where(Response.prompt_id.in_(prompt_ids))
-    by_prompt: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for response_id, prompt_id, source in session.exec(query).all():
-        by_prompt[prompt_id].append((response_id, source))
+    by_prompt = replies_by_prompt(session=session, candidates=candidates, prompt_ids=prompt_ids)
     have: dict[int, set[str]] = defaultdict(set)
     for prompt_id, key in (session.exec(select(RankingTask.prompt_id, RankingTask.response_key)
                                         .where(RankingTask.prompt_id.in_(list(by_prompt)))).all() if by_prompt else []):

@@ -128,3 +128,43 @@ def longer_side(text_a: str, text_b: str) -> str:
     """
     gap = reply_length(text_a) - reply_length(text_b)
     return "a" if gap > 0 else ("b" if gap < 0 else "tie")
+
+
+def id_range(part: str, option: str) -> range:
+    """One item of an id list given on the command line (``7`` or ``3-9``), for ``option``'s messages.
+
+    >>> list(id_range("7", "--prompts")), list(id_range(" 3-5", "--prompts"))
+    ([7], [3, 4, 5])
+    >>> id_range("3-x", "--comparisons")
+    Traceback (most recent call last):
+    ...
+    ValueError: --comparisons: '3-x' is not an id or a range like 3-9
+    >>> id_range("9-3", "--prompts")
+    Traceback (most recent call last):
+    ...
+    ValueError: --prompts: bad range '9-3'
+    """
+    low, dash, high = part.strip().partition("-")
+    try:
+        start, end = int(low), int(high) if dash else int(low)
+    except ValueError:
+        raise ValueError(f"{option}: {part.strip()!r} is not an id or a range like 3-9") from None
+    if start < 1 or end < start:
+        raise ValueError(f"{option}: bad range {part.strip()!r}")
+    return range(start, end + 1)
+
+
+def parse_id_list(text: str, option: str = "--prompts") -> list[int]:
+    """Ids from ``"1,3,7-9"`` (in the order given, each once).
+
+    >>> parse_id_list("1, 3,7-9,3")
+    [1, 3, 7, 8, 9]
+    >>> parse_id_list(" , ")
+    Traceback (most recent call last):
+    ...
+    ValueError: --prompts: no ids given
+    """
+    ids = [i for part in filter(None, (p.strip() for p in text.split(","))) for i in id_range(part, option)]
+    if not ids:
+        raise ValueError(f"{option}: no ids given")
+    return list(dict.fromkeys(ids))

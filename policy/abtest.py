@@ -44,6 +44,7 @@ from db.engine import read_only_engine, session_scope
 from db.errors import TheraPrefError
 from db.hashing import prompt_hash
 from db.models import AbTest, CandidateModel, Comparison, PolicyRun, Prompt, Response
+from db.rules import id_range
 
 # Keys under which a PolicyRun may name its training file when the manifest lacks prompt_ids.
 TRAINING_FILE_KEYS = ("path", "data", "train_file", "dataset", "file")
@@ -114,15 +115,13 @@ def parse_prompt_spec(spec: int | str | None) -> PromptSpec:
         elif colon:
             raise AbTestError(f"--prompts: unknown selector {kind.strip()!r} in {part!r} "
                               "(expected ids, id:N, source:NAME or topic:NAME)")
-        low, dash, high = part.partition("-")
         try:
-            start, end = int(low), int(high) if dash else int(low)
-        except ValueError:
+            ids.extend(id_range(part, "--prompts"))
+        except ValueError as exc:
+            if "bad range" in str(exc):
+                raise AbTestError(str(exc)) from None
             raise AbTestError(f"--prompts: {part!r} is not an id, a range like 3-9, source:NAME or "
                               "topic:NAME") from None
-        if start < 1 or end < start:
-            raise AbTestError(f"--prompts: bad range {part!r}")
-        ids.extend(range(start, end + 1))
     if not (ids or sources or topics):
         raise AbTestError("--prompts: nothing selected")
     return PromptSpec(ids=tuple(dict.fromkeys(ids)), sources=tuple(dict.fromkeys(sources)),

@@ -8,28 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from db.rules import parse_id_list
 from therapref.cli.common import DbOption, errors, fail, open_engine, settings_for, sigterm_as_interrupt
-
-
-def parse_id_list(text: str) -> list[int]:
-    """Prompt ids from ``"1,3,7-9"``.
-
-    >>> parse_id_list("1, 3,7-9")
-    [1, 3, 7, 8, 9]
-    """
-    ids: list[int] = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        low, dash, high = part.partition("-")
-        try:
-            start, end = int(low), int(high) if dash else int(low)
-        except ValueError:
-            raise ValueError(f"--prompts: {part!r} is not an id or a range like 3-9") from None
-        if start < 1 or end < start:
-            raise ValueError(f"--prompts: bad range {part!r}")
-        ids.extend(range(start, end + 1))
-    if not ids:
-        raise ValueError("--prompts: no ids given")
-    return ids
 
 
 def generate(
