@@ -5,6 +5,27 @@ criteria (``criteria_script``): z A better, x tie, c B better on the current row
 Ignored while typing in a text field or with a modifier key held.
 """
 
+# Shared by every page's shortcut script (``script(body, mapping)`` puts it first): a key counts only
+# when no text field has the focus and no modifier is held. No angle brackets anywhere in a script:
+# Streamlit's sanitizer (DOMPurify) silently drops a script whose text looks like it holds a tag.
+IGNORED_JS = """
+  function ignored(event) {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) { return true; }
+    const target = event.target;
+    const tag = target && target.tagName ? target.tagName.toLowerCase() : '';
+    return tag === 'textarea' || tag === 'select' || (target && target.isContentEditable) ||
+      (tag === 'input' && !['radio', 'checkbox', 'button', 'submit'].includes((target.type || '').toLowerCase()));
+  }
+"""
+
+
+def script(template: str, mapping: dict) -> str:
+    """A page's ``<script>`` from its template: the key map and the shared guard filled in."""
+    import json
+
+    return template.replace("%MAP%", json.dumps(mapping)).replace("%IGNORED%", IGNORED_JS)
+
+
 SHORTCUTS = {
     "1": ("click", "choice-left"),
     "2": ("click", "choice-right"),
@@ -26,6 +47,7 @@ SCRIPT = """
   if (window.__therapref_keys) { return; }
   window.__therapref_keys = true;
   const map = %MAP%;
+%IGNORED%
   function keyed(prefix) {
     // Widget containers carry the class "st-key-" + key; keys here are prefix + "-" + token, or prefix.
     // (No angle brackets in this script: the sanitizer drops scripts whose text contains tags.)
@@ -38,12 +60,7 @@ SCRIPT = """
     return null;
   }
   document.addEventListener('keydown', function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) { return; }
-    const target = event.target;
-    const tag = target && target.tagName ? target.tagName.toLowerCase() : '';
-    const typing = tag === 'textarea' || tag === 'select' || (target && target.isContentEditable) ||
-      (tag === 'input' && !['radio', 'checkbox', 'button', 'submit'].includes((target.type || '').toLowerCase()));
-    if (typing) { return; }
+    if (ignored(event)) { return; }
     const action = map[event.key.toLowerCase()];
     if (!action) { return; }
     const el = keyed(action[1]);
@@ -71,9 +88,7 @@ def shortcut_script() -> str:
     >>> "<" in body or ">" in body
     False
     """
-    import json
-
-    return SCRIPT.replace("%MAP%", json.dumps(SHORTCUTS))
+    return script(SCRIPT, SHORTCUTS)
 
 
 # --- Per-criterion verdicts (compare page) -----------------------------------------------------
@@ -98,6 +113,7 @@ CRITERIA_SCRIPT = """
   if (window.__therapref_criteria_keys) { return; }
   window.__therapref_criteria_keys = true;
   const map = %MAP%;
+%IGNORED%
   const pattern = new RegExp('^st-key-crit-([0-9]+)-(.+)$');
   let current = 0;
   let screen = null;
@@ -127,12 +143,7 @@ CRITERIA_SCRIPT = """
   }
   setInterval(mark, 300);  // the fragment redraws rows after each judgment
   document.addEventListener('keydown', function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) { return; }
-    const target = event.target;
-    const tag = target && target.tagName ? target.tagName.toLowerCase() : '';
-    const typing = tag === 'textarea' || tag === 'select' || (target && target.isContentEditable) ||
-      (tag === 'input' && !['radio', 'checkbox', 'button', 'submit'].includes((target.type || '').toLowerCase()));
-    if (typing) { return; }
+    if (ignored(event)) { return; }
     const action = map[event.key.toLowerCase()];
     if (!action) { return; }
     const all = mark();
@@ -162,6 +173,4 @@ def criteria_script() -> str:
     >>> set(CRITERION_KEYS) & set(SHORTCUTS)
     set()
     """
-    import json
-
-    return CRITERIA_SCRIPT.replace("%MAP%", json.dumps(CRITERION_KEYS))
+    return script(CRITERIA_SCRIPT, CRITERION_KEYS)

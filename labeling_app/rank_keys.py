@@ -9,7 +9,7 @@ navigating, uses other widget keys: ``choice-…``/``skip-…`` there, ``rank_�
 
 from __future__ import annotations
 
-import json
+from labeling_app.keyboard import script
 
 #: Key (as ``event.key.toLowerCase()``) → the widget-key prefix of the button it clicks.
 SHORTCUTS = {
@@ -29,6 +29,7 @@ SCRIPT = """
   if (window.__therapref_rank_keys) { return; }
   window.__therapref_rank_keys = true;
   const map = %MAP%;
+%IGNORED%
   function keyed(prefix) {
     // Widget containers carry the class "st-key-" + key; keys here are prefix + "-" + screen id.
     // (No angle brackets in this script: the sanitizer drops scripts whose text contains tags.)
@@ -40,12 +41,7 @@ SCRIPT = """
     return null;
   }
   document.addEventListener('keydown', function (event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) { return; }
-    const target = event.target;
-    const tag = target && target.tagName ? target.tagName.toLowerCase() : '';
-    const typing = tag === 'textarea' || tag === 'select' || (target && target.isContentEditable) ||
-      (tag === 'input' && !['radio', 'checkbox', 'button', 'submit'].includes((target.type || '').toLowerCase()));
-    if (typing) { return; }
+    if (ignored(event)) { return; }
     const prefix = map[(event.key || '').toLowerCase()];
     if (!prefix) { return; }
     const el = keyed(prefix);
@@ -72,4 +68,4 @@ def shortcut_script() -> str:
     >>> '"=": "rank_tie"' in body and '"3": "rank_pick_3"' in body
     True
     """
-    return SCRIPT.replace("%MAP%", json.dumps(SHORTCUTS))
+    return script(SCRIPT, SHORTCUTS)
