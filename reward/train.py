@@ -162,11 +162,18 @@ def _trainer_class() -> type:
 
 
 def fit_length_weight(diffs: Sequence[float], gaps: Sequence[float]) -> tuple[float, float]:
-    """Logistic fit of P(chosen) = σ(a·Δnetwork + w·Δloglength), no intercept (symmetric).
+    """Logistic fit of P(chosen) = σ(a·Δnetwork + w·Δloglength), no intercept (symmetric), with a ≥ 0.
+
+    A negative network scale would make the saved model rank by the reverse of its own network on
+    every new prompt (it happens when a short training left the network worse than chance on the
+    calibration prompts); the network is then dropped (a = 0) and the length weight fitted alone.
 
     >>> a, w = fit_length_weight([0.1, -0.2, 0.3, 0.0], [1.0, 0.5, 0.8, -0.4])
     >>> w > 0
     True
+    >>> a, w = fit_length_weight([-1.0, -2.0, -0.5, -1.5], [0.2, 0.1, 0.3, -0.1])
+    >>> a, w > 0
+    (0.0, True)
     """
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -178,6 +185,9 @@ def fit_length_weight(diffs: Sequence[float], gaps: Sequence[float]) -> tuple[fl
     labels = np.concatenate([np.ones(len(x)), np.zeros(len(x))])
     fit = LogisticRegression(fit_intercept=False, C=1.0).fit(features, labels)
     a, w = (float(v) for v in fit.coef_[0])
+    if a < 0:
+        length_only = LogisticRegression(fit_intercept=False, C=1.0).fit(features[:, 1:], labels)
+        return 0.0, float(length_only.coef_[0][0])
     return a, w
 
 
