@@ -10,12 +10,18 @@ from __future__ import annotations
 import typer
 
 from therapref.cli import (
+    abtest,
+    active,
     app_server,
+    candidates,
     core,
     demo,
     exporting,
     generating,
     importing,
+    judging,
+    loop,
+    policy,
     reporting,
     training,
 )
@@ -27,5 +33,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for _area in (core, importing, demo, generating, app_server, training, exporting, reporting):
+for _area in (core, importing, demo, generating, app_server, training, exporting, policy, reporting, active, judging,
+              abtest, candidates, loop):
     _area.register(app)
