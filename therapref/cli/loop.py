@@ -1,0 +1,117 @@
+"""``therapref loop round``: one round of the loop (export → fine-tune → register → A/B test) in one
+command, kept in one folder and resumable (library: ``policy.loop.run_round``)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from therapref.cli.common import DbOption, errors, fail, open_engine, sigterm_as_interrupt
+
+loop_app = typer.Typer(help="Close the loop: train the chatbot on clinicians' preferences and A/B test it.",
+                       no_args_is_help=True)
+
+
+class Method(StrEnum):
+    sft = "sft"
+    dpo = "dpo"
+    kto = "kto"
+
+
+class Sources(StrEnum):
+    clinicians = "clinicians"
+    imported = "imported"
+    both = "both"
+
+
+def round_(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the round (created; a second run "
+                                                                 "resumes or reports it).", show_default=False)],
+    method: Annotated[Method, typer.Option(help="sft (on the preferred replies), dpo or kto.")] = Method.dpo,
+    against: Annotated[Optional[str], typer.Option(
+        help="Base candidate of the A/B test (default: the base model itself, registered like the policy).")] = None,
+    prompts: Annotated[str, typer.Option(
+        help="A/B prompts: N held-out prompts at random, or a SPEC (ids, source:NAME, topic:NAME); never ones "
+             "the policy trained on.")] = "50",
+    overlap: Annotated[int, typer.Option(help="Judgments required per A/B comparison.")] = 1,
+    base_model: Annotated[str, typer.Option(help="Base causal LM: embedded or a folder.")] = "embedded",
+    epochs: Annotated[Optional[float], typer.Option(help="Training epochs (default: the method's).")] = None,
+    lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (merged into the saved model).")] = False,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Training settings TOML, as `therapref finetune local --config` takes.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Candidate name of the policy (default: policy-DIR).")] = None,
+    system_prompt: Annotated[Optional[str], typer.Option(
+        help="System message of the training rows, the policy and the default base ('' = none; default: each "
+             "prompt's own, else the persona).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per generated A/B reply.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the A/B prompt draw.")] = 0,
+    sources: Annotated[Sources, typer.Option(help="Export: whose judgments count.")] = Sources.clinicians,
+    min_votes: Annotated[int, typer.Option(help="Export: least judgments per comparison / reply.")] = 1,
+    min_margin: Annotated[int, typer.Option(help="Export: least vote difference between winner and loser.")] = 1,
+    min_agreement: Annotated[float, typer.Option(help="Export: least share of votes for the winner (0..1).")] = 0.0,
+    guideline_version: Annotated[Optional[int], typer.Option(
+        help="Export: only judgments under this guideline version.")] = None,
+    candidate: Annotated[Optional[list[str]], typer.Option(
+        "--candidate", help="Export: only replies of this candidate model (repeat for several).")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Export: only judgments at/after this ISO date(-time).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Export: only judgments before this ISO date(-time).")] = None,
+    exclude_flagged: Annotated[bool, typer.Option(help="Export: drop every item with a flagged reply.")] = False,
+    scrub_pii: Annotated[bool, typer.Option(help="Export: replace e-mails, phones, URLs and names.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show generation progress on stderr.")] = True,
+    db: DbOption = None,
+) -> None:
+    """Export the judgments, fine-tune a policy on them, register it and A/B test it against a base on
+    held-out prompts; each step's artifacts and figures stay in --output (round.json)."""
+    from analytics.head_to_head import head_to_head
+    from db.engine import read_only_engine, session_scope
+    from exports.filters import ExportFilters, parse_when
+    from exports.run import ExportOptions, run_export
+    from policy.loop import RoundConfig, run_round
+
+    with errors():
+        filters = ExportFilters(
+            sources=sources.value, min_votes=min_votes, min_margin=min_margin, min_agreement=min_agreement,
+            guideline_version=guideline_version, candidate_models=tuple(candidate or ()),
+            since=parse_when(since, name="since"), until=parse_when(until, name="until"),
+            exclude_flagged=exclude_flagged,
+        )
+        command = ["therapref", "loop", "round", "--output", str(output), "--method", method.value]
+        options = ExportOptions(scrub_pii=scrub_pii, system_prompt=system_prompt, actor="loop", command=command)
+        settings = RoundConfig(
+            method=method.value, against=against, prompts=prompts, overlap=overlap, base_model=base_model,
+            epochs=epochs, lora=lora, name=name, training_file=str(config) if config else None,
+            system_prompt=system_prompt, seed=seed, max_tokens=max_tokens,
+            export={"filters": filters.to_json(), "scrub_pii": scrub_pii},
+        )
+        engine = open_engine(db)
+
+        def export(kind: str, path: Path, *, force: bool) -> object:
+            options.force = force
+            return run_export(kind, path, engine=engine, filters=filters, options=options)
+
+        def results(new: str, base: str) -> str | None:
+            with session_scope(read_only_engine(engine)) as session:
+                table = head_to_head(new, base, session=session, sources=sources.value, n_bootstrap=200)
+            if not table.n:
+                return "no clinician judgments yet: judge the A/B pairs in the app, then `therapref report`"
+            return f"clinicians so far: win rate {table.win_rate.fmt()}, {table.n} judgments"
+
+        try:
+            with sigterm_as_interrupt():
+                result = run_round(output, settings, engine=engine, export=export, log=typer.echo,
+                                   progress=progress, head_to_head=results)
+        except KeyboardInterrupt:
+            typer.secho("Interrupted: finished steps are kept; run the same command again to resume.", err=True)
+            raise typer.Exit(130) from None
+    typer.echo(result.summary)
+    if not result.finished:
+        raise fail("the round is not finished")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``loop`` group (``loop round``) to the root app."""
+    loop_app.command("round")(round_)
+    app.add_typer(loop_app, name="loop")
