@@ -323,3 +323,39 @@ def test_accelerate_launch_two_cpu_processes_train_one_model(tiny_base, tmp_path
     with Session(make_engine(url)) as session:
         runs = session.exec(select(PolicyRun)).all()
     assert len(runs) == 1 and runs[0].n_train == 12
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "kto"])
+def test_register_makes_each_method_a_candidate_that_generates(method, tiny_base, tmp_path, monkeypatch):
+    """`finetune local … --register NAME`: the PolicyRun points at a new llama.cpp candidate (a GGUF of the
+    trained weights) and `therapref generate` stores its replies."""
+    from db.crud import get_or_create_prompt
+    from db.models import CandidateModel, Response
+
+    monkeypatch.chdir(tmp_path)  # no candidates.toml: the registered policy alone is generated for
+    url = f"sqlite:///{tmp_path / 'reg.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    with Session(engine) as session:
+        get_or_create_prompt([{"role": "user", "content": "I cannot sleep before exams."}], session=session)
+        session.commit()
+    out = tmp_path / "policy"
+    result = runner.invoke(app, ["finetune", "local", str(FILES[method](tmp_path / f"{method}.jsonl")),
+                                 "--method", method, "--output", str(out), "--base-model", str(tiny_base),
+                                 "--max-steps", "1", "--batch-size", "4", "--num-threads", "1",
+                                 "--register", f"tiny-{method}", "--db", url])
+    assert result.exit_code == 0, result.output
+    with Session(engine) as session:
+        run = session.exec(select(PolicyRun)).one()
+        candidate_id = run.candidate_model_id
+        candidate = session.get(CandidateModel, candidate_id)
+        assert (candidate.name, candidate.provider) == (f"tiny-{method}", "llamacpp")
+        assert candidate.model_id.startswith(str(out.resolve())) and candidate.model_id.endswith(".gguf")
+        candidate.params = {**candidate.params, "max_tokens": 4}
+        session.add(candidate)
+        session.commit()
+    generated = runner.invoke(app, ["generate", "--db", url, "--no-progress"])
+    assert generated.exit_code == 0, generated.output
+    with Session(engine) as session:
+        replies = session.exec(select(Response).where(Response.candidate_model_id == candidate_id)).all()
+    assert len(replies) == 1 and replies[0].meta["provider"] == "llamacpp"
