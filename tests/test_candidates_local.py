@@ -93,3 +93,27 @@ def test_local_model_paths_are_checked_before_any_work(engine, tmp_path):
         run_generation(engine, [hf], progress=False)
     with Session(engine) as session:
         assert session.exec(select(CandidateModel)).all() == []
+
+
+def test_a_reply_to_the_last_turn_of_a_twenty_turn_conversation(engine):
+    """The whole conversation goes to the model (its prompt tokens grow with it) and the reply is stored
+    against that prompt: long conversations are generated for like one-turn ones."""
+    from db.crud import get_or_create_prompt
+
+    turns = []
+    for i in range(19):
+        role = "user" if i % 2 == 0 else "assistant"
+        turns.append({"role": role, "content": f"Turn {i}: I keep going over what happened at work, day {i}."})
+    turns.append({"role": "user", "content": "And tonight I cannot sleep at all. What should I do?"})
+    with Session(engine, expire_on_commit=False) as session:
+        long_prompt, _ = get_or_create_prompt(turns, session=session)
+        short_prompt, _ = get_or_create_prompt(turns[-1:], session=session)
+        session.commit()
+    spec = replace(demo_candidates(max_tokens=6)[0], threads=1)
+    summary = run_generation(engine, [spec], progress=False)
+    assert (summary.done, summary.failed) == (2, 0)
+    with Session(engine) as session:
+        by_prompt = {r.prompt_id: r for r in session.exec(select(Response)).all()}
+    long_reply, short_reply = by_prompt[long_prompt.id], by_prompt[short_prompt.id]
+    assert long_reply.text.strip() and 0 < long_reply.meta["completion_tokens"] <= 6
+    assert long_reply.meta["prompt_tokens"] > short_reply.meta["prompt_tokens"] + 19 * 10
