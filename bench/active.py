@@ -7,22 +7,36 @@ pairs (``../shared/data/counsel_chat.csv``, at most ``--cap`` pairs per question
 fixed held-out set (``--test-fraction`` of the prompts, ``reward.pairs.split_by_prompt`` with seed 0; no
 held-out prompt is ever labelled); the rest is the unlabelled pool.
 
-The learner. Retraining the toolkit's reward model every round is too slow on 2 CPU cores (about 15
-pairs/s for MiniLM, docs/reward.md: 20 rounds × 5 seeds × 3 strategies × 2 pools would take hours), so
-each round fits the cheap stand-in of a reward model with a frozen trunk: the base model (all-MiniLM-L6-v2)
-encodes every (conversation, reply) once, with the toolkit's own encoder (``reward.encoding.Encoder``:
-context cut from the left, reply kept) and mean pooling; a pair is the difference of its two replies'
-embeddings plus the difference of their log word counts (one feature per domain); a logistic regression
-without intercept (symmetric in A/B) is P(A better). That is a Bradley–Terry reward model linear in frozen features.
+Two learners (``--learner``):
+
+- ``finetune`` (the default): each round trains the toolkit's own reward model on all labels so far with
+  ``reward.train.train_reward_model`` (``reward.config.load_config``: the base model, all-MiniLM-L6-v2 by
+  default, ``--max-length`` 128, the lowest ``--freeze-layers`` 4 of its 6 layers frozen, ``--epochs`` 2 of
+  ``--batch-size`` 16 at lr 1e-4, and the hybrid length feature: 20% of the labelled prompts calibrate the
+  length weight), then scores the held-out set and the candidates with ``reward.scoring`` (``RewardModel.load``,
+  ``score_pairs``; ``pair_probability`` for the uncertainty). Every round starts **from the base weights**, not
+  from the previous round's model: warm-starting would save little at these sizes (most of a round is
+  scoring), and it would let the length feature's calibration prompts, re-drawn each round by
+  ``split_by_prompt``, be pairs the network already trained on. The first round (the same initial labels
+  for every strategy) is trained once per seed and shared. On 2 shared CPU cores a round takes 1.5–3
+  minutes, so the default run is one pool (LLMEval²), 3 seeds, 20 + 6 × 40 labels, random and uncertainty;
+  ``--first-seed`` runs one share of the seeds per process and ``--combine`` merges the shares' files.
+- ``frozen``: the cheap stand-in: the base model encodes every (conversation, reply) once, with the toolkit's
+  own encoder (``reward.encoding.Encoder``: context cut from the left, reply kept) and mean pooling; a pair is
+  the difference of its two replies' embeddings plus the difference of their log word counts (one feature per
+  domain); a logistic regression without intercept (symmetric in A/B) is P(A better) — a Bradley–Terry reward
+  model linear in frozen features. It does not learn on these data (docs/active.md).
 
 Strategies (each round adds ``--batch`` pairs from the pool, after ``--initial`` random ones):
 
 - ``random``: a seeded sample (the baseline).
-- ``uncertainty``: the pairs whose P(A better) is closest to 0.5 (1 − |2p − 1|, the single-model
-  uncertainty of ``therapref score --comparisons``).
-- ``disagreement``: the pairs on which ``--members`` bootstrap refits disagree most (std of their P: the
-  ensemble uncertainty of ``therapref train --ensemble K``; a logistic fit is deterministic, so the
-  members differ by bootstrap resamples rather than seeds).
+- ``uncertainty``: the pairs whose P(A better) is closest to 0.5 (1 − |2p − 1| with p = σ(score difference),
+  the single-model uncertainty of ``therapref score --comparisons``). With ``finetune`` a seeded sample of
+  ``--candidates`` (200) unlabelled pairs is scored each round, not the whole pool (scoring is the costly part).
+- ``disagreement``: the pairs on which ``--members`` models disagree most (std of their P: the ensemble
+  uncertainty of ``therapref train --ensemble K``). ``frozen``: bootstrap refits (a logistic fit is
+  deterministic); ``finetune``: K − 1 more fine-tunings with other seeds (K times the training cost, so not
+  in the default run; the held-out accuracy is the first member's, the learner of the other strategies).
 
 After every round the held-out accuracy of the model fitted on all labels so far is recorded; ``--seeds``
 seeds vary the initial labels and the random draws (the held-out set stays fixed). Printed: the learning
@@ -35,10 +49,11 @@ only where it is confident (max(p, 1 − p) ≥ threshold); clinicians label the
 label set it prints, per threshold: clinician judgments saved, the judge's accuracy on the pairs it took,
 and the held-out accuracy of the model trained on the mixed labels against all-clinician labels.
 
-    .venv/bin/python bench/active.py                           # 2 pools × 5 seeds, ~5-10 min on 2 cores
-    .venv/bin/python bench/active.py --gate --json a.json      # with the judge gate, figures to a file
-    .venv/bin/python bench/active.py --rounds 40 --batch 10    # finer curves
-    .venv/bin/python bench/active.py --smoke --base-model DIR  # seconds, a tiny model (the test suite)
+    .venv/bin/python bench/active.py --json a.json             # finetune, LLMEval², 3 seeds one after another
+    for k in 0 1 2; do .venv/bin/python bench/active.py --seeds 1 --first-seed $k --json a$k.json & done; wait
+    .venv/bin/python bench/active.py --combine a0.json a1.json a2.json --json a.json   # the same, 3 processes
+    .venv/bin/python bench/active.py --learner frozen --gate   # frozen learner, 2 pools × 5 seeds, judge gate
+    .venv/bin/python bench/active.py --smoke --base-model DIR  # a tiny model (the test suite; add --learner frozen)
 """
 
 from __future__ import annotations
@@ -68,16 +83,29 @@ from bench.reward_generalisation import (  # noqa: E402
     sample,
     silence_progress_bars,
 )
+from reward.metrics import evaluation_report  # noqa: E402
 from reward.pairs import PreferencePair, split_by_prompt  # noqa: E402
 
 POOLS = ("llmeval2", "counselchat")
 STRATEGIES = ("random", "uncertainty", "disagreement")
 THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
 
-#: Settings whose default depends on --smoke: (full run, smoke run).
-MODE_DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "seeds": (5, 1), "initial": (20, 4), "batch": (20, 4), "rounds": (15, 3), "members": (5, 3),
-    "max_length": (128, 32), "pool_pairs": (None, 40), "judge_pairs": (150, 8), "threads": (None, 1),
+LEARNERS = ("finetune", "frozen")
+#: Settings whose default depends on the learner and on --smoke: {learner: {name: (full run, smoke run)}}.
+MODE_DEFAULTS: dict[str, dict[str, tuple[Any, Any]]] = {
+    "frozen": {
+        "seeds": (5, 1), "initial": (20, 4), "batch": (20, 4), "rounds": (15, 3), "members": (5, 3),
+        "max_length": (128, 32), "pool_pairs": (None, 40), "judge_pairs": (150, 8), "threads": (None, 1),
+        "strategies": (",".join(STRATEGIES),) * 2, "pools": (",".join(POOLS),) * 2, "test_fraction": (0.3, 0.3),
+        "max_pool": (None, None)},
+    # Sized so that three processes of one seed each (--first-seed) finish in about 30 minutes on 2 shared
+    # CPU cores (docs/active.md has the timings).
+    "finetune": {
+        "seeds": (3, 1), "initial": (20, 4), "batch": (40, 4), "rounds": (6, 1), "members": (3, 2),
+        "max_length": (128, 32), "pool_pairs": (None, 40), "judge_pairs": (150, 8), "threads": (None, 1),
+        "strategies": ("random,uncertainty", ",".join(STRATEGIES)), "pools": ("llmeval2", "llmeval2"),
+        "test_fraction": (0.23, 0.3), "max_pool": (600, None), "candidates": (200, 8), "steps": (None, 2),
+        "batch_size": (16, 4), "freeze_layers": (4, 0)},
 }
 
 
@@ -273,6 +301,131 @@ def gate(seed: int, x_pool: Any, y_pool: Any, x_test: Any, y_test: Any, judge: A
     return rows
 
 
+def finetune_config(args: argparse.Namespace, output: Path, seed: int) -> Any:
+    """The toolkit's training config for one round: MiniLM (or ``--base-model``) fine-tuned from its base
+    weights with the hybrid length feature (20% of the labelled prompts calibrate the length weight)."""
+    from reward.config import load_config
+
+    steps = {"max_steps": args.steps} if args.steps else {"num_train_epochs": float(args.epochs)}
+    return load_config(
+        output_dir=str(output), base_model=args.base_model, seed=seed, eval_fraction=0.0,
+        max_length=args.max_length, min_context_tokens=min(32, args.max_length // 4),
+        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, **steps,
+        freeze_layers=args.freeze_layers, length_feature=True, save_strategy="no", logging_steps=10,
+        disable_tqdm=True, report_to="none", num_threads=args.threads)
+
+
+def train_round(pairs: Sequence[PreferencePair], seed: int, args: argparse.Namespace, output: Path) -> Any:
+    """Fine-tune the reward model on ``pairs`` (from the base weights: see the module docstring) with
+    ``reward.train.train_reward_model`` and load it for scoring (``reward.scoring.RewardModel.load``)."""
+    import contextlib
+    import io
+
+    from reward.scoring import RewardModel
+    from reward.train import train_reward_model
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the trainer prints every log row when tqdm is off
+        train_reward_model(finetune_config(args, output, seed), list(pairs), eval_pairs=[], overwrite=True)
+    return RewardModel.load(output, device="cpu")
+
+
+def held_out_accuracy(model: Any, pairs: Sequence[PreferencePair]) -> float:
+    """Share of held-out pairs whose chosen reply the model scores higher (ties count half)."""
+    return float(evaluation_report(pairs, *model.score_pairs(pairs))["accuracy"])
+
+
+def uncertainties(models: Sequence[Any], pairs: Sequence[PreferencePair]) -> list[float]:
+    """Per pair: 1 − |2p − 1| with p = σ(score difference) for one model, the std of the members' p for
+    several (``reward.scoring.pair_probability``, as ``therapref score --comparisons`` computes it). Both
+    are symmetric in A/B, so which reply is the preferred one does not enter."""
+    from reward.scoring import pair_probability
+
+    diffs = []
+    for model in models:
+        chosen, rejected = model.score_pairs(pairs)
+        diffs.append([c - r for c, r in zip(chosen, rejected, strict=True)])
+    return [pair_probability([d[i] for d in diffs]).uncertainty for i in range(len(pairs))]
+
+
+def finetune_curve(strategy: str, seed: int, pool: list[PreferencePair], test: list[PreferencePair],
+                   args: argparse.Namespace, workdir: Path, first: dict[str, Any]) -> list[dict[str, float]]:
+    """One learning curve with the fine-tuned reward model. ``first`` holds this seed's first round (the
+    same initial labels for every strategy, so it is trained once and shared)."""
+    rng = random.Random(f"{seed}:{strategy}")
+    start = random.Random(seed).sample(range(len(pool)), min(args.initial, len(pool)))  # same for all
+    labelled, chosen = list(start), set(start)
+    curve: list[dict[str, float]] = []
+    for round_no in range(args.rounds + 1):
+        started = time.perf_counter()
+        if round_no == 0 and first:
+            model, acc = first["model"], first["accuracy"]
+        else:
+            output = workdir / f"seed{seed}-{strategy}-r{round_no}"
+            model = train_round([pool[i] for i in labelled], seed, args, output)
+            acc = held_out_accuracy(model, test)
+            if round_no == 0:
+                first.update(model=model, accuracy=acc)
+        trained = time.perf_counter() - started
+        unlabelled = [i for i in range(len(pool)) if i not in chosen]
+        new: list[int] = []
+        if unlabelled and round_no < args.rounds:
+            if strategy == "random" or len(unlabelled) <= args.batch:
+                new = rng.sample(unlabelled, min(args.batch, len(unlabelled)))
+            else:
+                # A seeded sample of the unlabelled pool is scored each round (--candidates): scoring the
+                # whole pool every round would cost more than the training on 2 CPU cores.
+                candidates = (rng.sample(unlabelled, args.candidates)
+                              if args.candidates and len(unlabelled) > args.candidates else unlabelled)
+                models = [model]
+                if strategy == "disagreement":  # members 1..K-1: the same labels, other seeds
+                    models += [train_round([pool[i] for i in labelled], seed * 1000 + k, args,
+                                           workdir / f"seed{seed}-{strategy}-r{round_no}-m{k}")
+                               for k in range(1, args.members)]
+                score = uncertainties(models, [pool[i] for i in candidates])
+                ranked = sorted(range(len(candidates)), key=lambda i: (-score[i], candidates[i]))
+                new = [candidates[i] for i in ranked[:args.batch]]
+        curve.append({"n_labels": len(labelled), "accuracy": acc, "seconds": round(time.perf_counter() - started, 1),
+                      "train_and_test_seconds": round(trained, 1), "added": sorted(new),
+                      # The hybrid's weights: with few labels the length term can decide every pair.
+                      "network_scale": model.network_scale, "length_weight": model.length_weight})
+        print(f"  seed {seed} {strategy:<12} {len(labelled):>4} labels: held-out accuracy {acc:.3f} "
+              f"({curve[-1]['seconds']:.0f}s)", flush=True)
+        labelled.extend(new)
+        chosen.update(new)
+        if not new:
+            break
+    return curve
+
+
+def run_pool_finetune(name: str, pairs: list[PreferencePair], args: argparse.Namespace) -> dict[str, Any]:
+    import shutil
+    import tempfile
+
+    started = time.perf_counter()
+    rest, test = split_by_prompt(pairs, eval_fraction=args.test_fraction, seed=0)
+    pool = sample(rest, n=args.max_pool, cap=args.cap, seed=0) if args.max_pool else rest
+    assert not {prompt_digest(p) for p in test} & {prompt_digest(p) for p in pool}, "leak"
+    print(f"\n{name}: {len(pairs)} pairs over {len({p.prompt_key for p in pairs})} prompts; held out {len(test)} "
+          f"pairs, pool {len(pool)}", flush=True)
+    curves: dict[str, list[list[dict[str, float]]]] = {s: [] for s in args.strategies}
+    with tempfile.TemporaryDirectory(prefix="active-") as tmp:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            first: dict[str, Any] = {}
+            for strategy in args.strategies:
+                curves[strategy].append(finetune_curve(strategy, seed, pool, test, args, Path(tmp), first))
+            for folder in Path(tmp).iterdir():  # a MiniLM folder is 90 MB; one seed's dozen add up
+                shutil.rmtree(folder)
+    summary = summarise_pool(curves)
+    result: dict[str, Any] = {
+        "pool": name, "n_pairs": len(pairs), "n_test": len(test), "n_pool": len(pool),
+        "test_prompts": sorted({prompt_digest(p) for p in test}),
+        "pool_prompts": sorted({prompt_digest(p) for p in pool}),
+        "length_baseline": evaluation_report(test, [0.0] * len(test), [0.0] * len(test))["length_baseline"],
+        "curves": curves, **summary, "seconds": round(time.perf_counter() - started, 1)}
+    print_pool(result, args)
+    return result
+
+
 def run_pool(name: str, pairs: list[PreferencePair], args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     rest, test = split_by_prompt(pairs, eval_fraction=args.test_fraction, seed=0)
@@ -328,6 +481,10 @@ def print_pool(result: dict[str, Any], args: argparse.Namespace) -> None:
     rows = zip(*(result["mean_curves"][s] for s in strategies), strict=False)
     for row in rows:
         print(f"{row[0]['n_labels']:>6}  " + "  ".join(f"{r['mean']:.3f} ± {r['sd']:.3f}  " for r in row))
+    if "length_baseline" in result:
+        seconds = [r["seconds"] for runs in result["curves"].values() for run in runs for r in run]
+        print(f"  length baseline (longer wins) on the held-out pairs: {result['length_baseline']:.3f}; "
+              f"{statistics.mean(seconds):.0f}s per round on average, {result['seconds']:.0f}s in all")
     final_n, target = result["final_n_labels"], result["target"]
     print(f"labels to reach random's final accuracy {target:.3f} (random used {final_n}):")
     for strategy in strategies:
@@ -354,22 +511,43 @@ def print_pool(result: dict[str, Any], args: argparse.Namespace) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--learner", choices=LEARNERS, default="finetune",
+                        help="'finetune': the toolkit's reward model fine-tuned each round (reward.train); "
+                             "'frozen': logistic regression on frozen base-model embeddings (cheap, does not learn "
+                             "on these data)")
     parser.add_argument("--smoke", action="store_true",
-                        help="self-check: 40 pairs per pool, 1 seed, 3 rounds of 4 (pair with --base-model DIR "
+                        help="self-check: 40 pairs per pool, 1 seed, a few tiny rounds (pair with --base-model DIR "
                              "of a tiny model)")
-    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5; smoke 1)")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default finetune 3, frozen 5; smoke 1)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="finetune: seeds first..first+N-1 (one share of a run split over processes; "
+                             "--combine merges the shares)")
     parser.add_argument("--initial", type=int, help="random labels before the first round (default 20; smoke 4)")
-    parser.add_argument("--batch", type=int, help="labels added per round (default 20; smoke 4)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 15; smoke 3)")
-    parser.add_argument("--members", type=int, help="bootstrap members of 'disagreement' (default 5; smoke 3)")
-    parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated; random is required")
-    parser.add_argument("--pools", default=",".join(POOLS), help="comma-separated: llmeval2, counselchat")
+    parser.add_argument("--batch", type=int, help="labels added per round (default finetune 40, frozen 20; smoke 4)")
+    parser.add_argument("--rounds", type=int, help="rounds (default finetune 6, frozen 15; smoke 2/3)")
+    parser.add_argument("--members", type=int, help="members of 'disagreement': bootstrap refits (frozen, default 5) "
+                                                    "or fine-tuned models with other seeds (finetune, default 3)")
+    parser.add_argument("--strategies", help="comma-separated; random is required (default finetune "
+                                             f"random,uncertainty; frozen {','.join(STRATEGIES)})")
+    parser.add_argument("--pools", help="comma-separated: llmeval2, counselchat (default finetune llmeval2; "
+                                        "frozen both)")
     parser.add_argument("--pool-pairs", type=int, help="at most this many pairs per pool (default all; smoke 40)")
-    parser.add_argument("--test-fraction", type=float, default=0.3, help="share of prompts held out (fixed split)")
+    parser.add_argument("--test-fraction", type=float,
+                        help="share of prompts held out (fixed split; default finetune 0.23, frozen 0.3)")
+    parser.add_argument("--max-pool", type=int, help="finetune: at most this many unlabelled pool pairs (seeded "
+                                                     "prompt sample; default 600)")
     parser.add_argument("--cap", type=int, default=10, help="at most this many pairs per prompt (seeded)")
-    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    parser.add_argument("--c", type=float, default=1.0, help="frozen: inverse L2 strength of the logistic regression")
     parser.add_argument("--max-length", type=int, help="tokens per (context, reply) (default 128; smoke 32)")
-    parser.add_argument("--gate", action="store_true", help="also simulate the judge gate")
+    parser.add_argument("--epochs", type=float, default=2.0, help="finetune: epochs over the labels of each round")
+    parser.add_argument("--steps", type=int, help="finetune: optimizer steps per round instead of --epochs (smoke 2)")
+    parser.add_argument("--batch-size", type=int, help="finetune: pairs per optimizer step (default 16; smoke 4)")
+    parser.add_argument("--learning-rate", type=float, default=1e-4, help="finetune: learning rate")
+    parser.add_argument("--freeze-layers", type=int, help="finetune: lowest transformer layers frozen (default 4 "
+                                                          "of MiniLM's 6; smoke 0)")
+    parser.add_argument("--candidates", type=int, help="finetune: unlabelled pairs scored per round by uncertainty/"
+                                                       "disagreement, a seeded sample (default 200; 0: all)")
+    parser.add_argument("--gate", action="store_true", help="also simulate the judge gate (--learner frozen)")
     parser.add_argument("--judge-pairs", type=int, help="pairs set aside to train the judge (default 150; smoke 8)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the free cores; smoke 1)")
     parser.add_argument("--base-model", default="embedded",
@@ -377,9 +555,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--llmeval", type=Path, default=LLMEVAL, help="LLMEval² TRL JSONL with a 'subset' field")
     parser.add_argument("--counsel-chat", type=Path, default=COUNSEL_CHAT, help="Counsel Chat CSV")
     parser.add_argument("--json", type=Path, help="write every curve and figure to this file")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="JSON",
+                        help="merge the --json files of one run's shares (--first-seed) and print the tables "
+                             "(with --json: write the merged figures); trains nothing")
     args = parser.parse_args(argv)
-    for name, (full, smoke) in MODE_DEFAULTS.items():
-        if getattr(args, name) is None:
+    for name, (full, smoke) in MODE_DEFAULTS[args.learner].items():
+        if getattr(args, name, None) is None:
             setattr(args, name, smoke if args.smoke else full)
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     args.pools = [p.strip() for p in args.pools.split(",") if p.strip()]
@@ -389,24 +570,68 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--pools: one or both of {', '.join(POOLS)}")
     if args.members < 2 or args.initial < 2 or args.batch < 1 or args.rounds < 1:
         parser.error("--members and --initial at least 2, --batch and --rounds at least 1")
+    if args.gate and args.learner != "frozen":
+        parser.error("--gate simulates the judge with the frozen learner: add --learner frozen")
     return args
+
+
+def combine(paths: Sequence[Path], out: Path | None) -> int:
+    """Merge the ``--json`` files of one run split over processes (``--first-seed``): the seeds' curves of
+    each pool side by side, then the summary and the tables as one run prints them."""
+    reports = [json.loads(path.read_text()) for path in paths]
+    keep = {"first_seed", "seeds", "json", "combine"}
+    settings = [{k: v for k, v in r["settings"].items() if k not in keep} for r in reports]
+    if any(s != settings[0] for s in settings[1:]):
+        raise SystemExit("--combine: the files differ in more than --first-seed/--seeds (not shares of one run)")
+    seeds = sorted(seed for r in reports for seed in r.get("seeds_run") or range(
+        r["settings"].get("first_seed") or 0, (r["settings"].get("first_seed") or 0) + r["settings"]["seeds"]))
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--combine: a seed occurs in two files ({seeds})")
+    merged = []
+    for name in [pool["pool"] for pool in reports[0]["pools"]]:
+        parts = [next(pool for pool in r["pools"] if pool["pool"] == name) for r in reports]
+        curves = {s: [run for part in parts for run in part["curves"][s]] for s in parts[0]["curves"]}
+        result = {**parts[0], "curves": curves, **summarise_pool(curves),
+                  "seconds": max(part["seconds"] for part in parts)}
+        print_pool(result, argparse.Namespace(seeds=len(seeds)))
+        merged.append(result)
+    if out:
+        out.write_text(json.dumps({"settings": {**reports[0]["settings"], "seeds": len(seeds), "first_seed": None},
+                                   "seeds_run": seeds, "pools": merged}, indent=1, default=float) + "\n")
+        print(f"figures written to {out}")
+    return 0
+
+
+def learner_line(args: argparse.Namespace) -> str:
+    if args.learner == "frozen":
+        return (f"logistic regression on frozen {args.base_model} embeddings (max_length {args.max_length}) "
+                "+ log length per domain")
+    steps = f"{args.steps} steps" if args.steps else f"{args.epochs:g} epochs"
+    return (f"{args.base_model} reward model fine-tuned from the base weights each round (reward.train, {steps} "
+            f"× {args.batch_size} pairs, lr {args.learning_rate:g}, lowest {args.freeze_layers} layers frozen, "
+            f"max_length {args.max_length}, hybrid length feature); uncertainty/disagreement score "
+            f"{args.candidates or 'all'} unlabelled pairs per round")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.json)
     quiet()
     silence_progress_bars()
     started = time.perf_counter()
     pools = load_pools(args)
     print("pools: " + ", ".join(f"{name} {len(pairs)} pairs" for name, pairs in pools.items())
           + f"; strategies {', '.join(args.strategies)}; {args.initial} initial labels + {args.rounds} rounds × "
-          f"{args.batch}; {args.seeds} seed(s); learner: logistic regression on frozen {args.base_model} "
-          f"embeddings (max_length {args.max_length}) + log length per domain", flush=True)
-    results = [run_pool(name, pairs, args) for name, pairs in pools.items()]
+          f"{args.batch}; {args.seeds} seed(s); learner: {learner_line(args)}", flush=True)
+    run = run_pool_finetune if args.learner == "finetune" else run_pool
+    results = [run(name, pairs, args) for name, pairs in pools.items()]
     print(f"\ntotal {time.perf_counter() - started:.0f}s")
     if args.json:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        args.json.write_text(json.dumps({"settings": settings, "pools": results}, indent=1, default=float) + "\n")
+        seeds_run = list(range(args.first_seed, args.first_seed + args.seeds))
+        args.json.write_text(json.dumps({"settings": settings, "seeds_run": seeds_run, "pools": results}, indent=1,
+                                        default=float) + "\n")
         print(f"figures written to {args.json}")
     return 0
 
