@@ -9,7 +9,6 @@ TRL's own config, so every TRL setting of that method is available by its TRL na
 from __future__ import annotations
 
 import dataclasses
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from trl import DPOConfig, KTOConfig, SFTConfig
 
 from policy.errors import PolicyError
+from reward.resources import accelerator_present, bf16_available
 
 METHODS = ("sft", "dpo", "kto")
 EMBEDDED = "embedded"
@@ -32,64 +32,6 @@ RECORDED_TRAINING_FIELDS = (
     "train_sampling_strategy", "beta", "loss_type", "precompute_ref_log_probs", "desirable_weight",
     "undesirable_weight", "completion_only_loss",
 )
-
-
-# --- the machine (policy's own answers; reward.resources is not a shared owner) -----------------------
-
-def accelerator_present() -> bool:
-    """True when torch sees a GPU (CUDA/ROCm), an Intel XPU or Apple's MPS."""
-    import torch
-
-    return bool(torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-                or torch.backends.mps.is_available())
-
-
-def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
-    """True when this CPU (or the given ``/proc/cpuinfo`` text) has native bf16 matmuls (AVX512-BF16/AMX).
-
-    >>> cpu_supports_bf16("flags : fpu amx_bf16"), cpu_supports_bf16("flags : fpu avx2")
-    (True, False)
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    return "avx512_bf16" in cpuinfo or "amx_bf16" in cpuinfo
-
-
-def bf16_available() -> bool:
-    """bf16 where the hardware computes it natively: a CUDA GPU with bf16, or such a CPU."""
-    import torch
-
-    if accelerator_present():
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    return cpu_supports_bf16()
-
-
-def free_cores(cores: int, running_elsewhere: int) -> int:
-    """CPU threads for training: the cores other processes leave free (at least one).
-
-    OpenMP threads wait for each other at every parallel region, so a thread whose core another
-    process holds stalls all of them (see docs/policy.md).
-
-    >>> free_cores(2, 0), free_cores(2, 1), free_cores(2, 7), free_cores(16, 3)
-    (2, 1, 1, 13)
-    """
-    return max(1, min(cores, cores - running_elsewhere))
-
-
-def default_threads() -> int | None:
-    """Threads for a CPU training when none are configured (None on an accelerator): the free cores
-    (running processes from /proc/loadavg), shared among this machine's training processes."""
-    if accelerator_present():
-        return None
-    try:
-        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1
-    except (OSError, ValueError, IndexError):
-        running = 0
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return max(1, free_cores(os.cpu_count() or 1, max(0, running)) // local)
 
 
 # --- the configuration ----------------------------------------------------------------------------------

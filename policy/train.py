@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policy.config import EMBEDDED, PolicyFields, default_threads
+from policy.config import EMBEDDED, PolicyFields
 from policy.data import PolicyData
 from policy.errors import PolicyError
+from reward.resources import default_threads
 
 META_FILE = "therapref_policy.json"
 CARD_FILE = "README.md"

@@ -86,6 +86,11 @@ def gpu_supports_bf16() -> bool:
     return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+def bf16_available() -> bool:
+    """bf16 where the hardware computes it natively: a CUDA GPU with bf16, or such a CPU."""
+    return gpu_supports_bf16() if accelerator_present() else cpu_supports_bf16()
+
+
 def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
     """True when this CPU (or the given ``/proc/cpuinfo`` text) has native bf16 arithmetic
     (AVX512-BF16 or AMX).

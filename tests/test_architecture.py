@@ -23,7 +23,9 @@ ALLOWED: dict[str, set[str]] = {
 # Sibling areas import each other only through these owners (one owner per idea).
 SHARED_OWNERS = {"reward.scoring", "analytics.bradley_terry", "candidates.embedded",
                  # generating replies (an A/B test generates both candidates' replies, as `therapref generate`)
-                 "candidates.generate"}
+                 "candidates.generate",
+                 # the machine: accelerators, native bf16, free CPU cores, base models (policy training too)
+                 "reward.resources"}
 # The core of ``therapref`` that every layer may read; everything else under it is the CLI.
 CORE = {"therapref", "therapref.settings"}
 # ``db`` reads no other package, and neither db nor the areas reach for the edges' frameworks.
