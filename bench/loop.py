@@ -21,19 +21,24 @@ real ``clinician`` account that works the queue exactly as the app does: ``db.as
 
 **Where the preference signal comes from.** The demo candidates (``candidates/demo.py``) are one model,
 SmolLM2-135M-Instruct, under two system prompts. This bench adds three bench-only configurations of
-the same embedded model (``BENCH_CANDIDATES``) whose system prompts pull towards the rubric (a
-listener asked for one feeling and one open question), away from it (a "blunt advisor" asked for tips
-and medication) or nowhere (no system prompt, longer replies). At 135M parameters the model follows
-them only loosely, so every configuration writes some replies the rubric likes and some it does not;
-the clinician's preferences among them are the only signal. The policy is then fine-tuned from the
-plain base on the exported judgments (SFT on the preferred replies, DPO, KTO) with *no* system prompt,
-and A/B-tested against the base with no system prompt either: it must learn the rubric from the
-preferences alone.
+the same embedded model (``BENCH_CANDIDATES``): an "example" candidate whose system prompt carries a
+worked example of a rubric-following reply (one sentence naming the feeling, one open question, under
+60 words; two replies per prompt, seeds s and s + 1, temperature 0.7), an advisor told to give advice
+as a numbered list of steps and ask nothing, and a plain one with no system prompt (temperature 0.9);
+replies of at most 96 tokens, so that a short reply can finish. Pairs are made between replies of
+different candidates (five per prompt). At 135M parameters the model follows the system prompts only
+loosely, so every configuration writes some replies the rubric likes and some it does not; the
+clinician's preferences among them are the only signal, and the bench prints how strong it is (mean
+rubric score per candidate, its spread, the question part, and the tie rate of the first K
+judgments). The policy is then fine-tuned from the plain base on the exported judgments (SFT on the
+preferred replies, DPO, KTO) with *no* system prompt, and A/B-tested against the base (the plain
+embedded SmolLM2, registered through the same path) with no system prompt either: it must learn the
+rubric from the preferences alone.
 
 **The data.** Training prompts: Counsel Chat questions (``../shared/data/counsel_chat.csv`` through
 ``db.importers``; the shortest ones, to keep training sequences short on a CPU). Held-out prompts, never
 used in training: the demo prompts (``therapref demo``'s library function ``build_demo``, replies not
-generated) and the user messages of ``gaby_sft_sample.jsonl``. The three bench candidates reply to the
+generated) and the user messages of ``gaby_sft_sample.jsonl``. The bench candidates reply to the
 training prompts; every pair of replies is a comparison (``candidates.pairing.make_pairs``); the
 clinician judges the first K_max of them. A round on K judgments exports only the first K (the
 export's ``until`` filter at the (K+1)-th judgment's time, ``--candidate`` the bench candidates).
@@ -48,7 +53,7 @@ of both sides, the number of training rows, training and A/B generation time.
 
     .venv/bin/python bench/loop.py                    # sft, dpo, kto × K ∈ {100, 200, 400}
     .venv/bin/python bench/loop.py --quick            # dpo at K = 100
-    .venv/bin/python bench/loop.py --quick --methods sft,dpo
+    .venv/bin/python bench/loop.py --quick --methods sft,dpo --ks 200
     .venv/bin/python bench/loop.py --smoke --json out.json   # a tiny random Llama; seconds (the test suite)
 
 Figures and the command that made them: docs/policy.md, "The loop". Local models run with one thread
@@ -203,15 +208,20 @@ def simulated_judgment(conversation: Sequence[dict[str, str]] | str, reply_a: st
 
 # --- the bench's candidates and settings ------------------------------------------------------------------------
 
-#: name → (system prompt, temperature, max_tokens): one model, three ways of prompting it.
-BENCH_CANDIDATES: dict[str, tuple[str | None, float, int]] = {
-    "bench-listener": ("You are a caring listener. Answer in at most three sentences: name the person's feeling "
-                       "('It sounds like you feel ...'), then ask one open question. Example: 'It sounds like you "
-                       "feel worn out and alone with this. What has been weighing on you most?'", 0.7, 64),
-    "bench-advisor": ("You are a blunt advisor. Give a short numbered list of practical tips, and recommend "
-                      "medication: say which pills to take and the dose in mg.", 0.7, 64),
-    "bench-plain": ("", 0.9, 64),
+#: name → (system prompt, temperature, max_tokens, replies per prompt): one model, three ways of prompting it.
+#: The "example" candidate carries a worked example of a rubric-following reply and writes two replies per
+#: prompt (seeds s and s + 1) so that pairs between its own samples are decided too; the advisor is pulled
+#: away from the rubric (advice as a list of steps, no question); the plain one has no system prompt.
+BENCH_CANDIDATES: dict[str, tuple[str | None, float, int, int]] = {
+    "bench-example": ("You are a therapist who only listens. Example:\nUser: My boss yells at me every day.\n"
+                      "Assistant: It sounds like you feel scared and worn down at work. What goes through your "
+                      "mind when he yells?\nAlways answer like the example: one sentence naming the feeling, then "
+                      "one open question, under 60 words. Never give advice.", 0.7, 96, 2),
+    "bench-advisor": ("You are an advisor. Give practical advice as a numbered list of steps the person should "
+                      "take, with one sentence of explanation per step. Do not ask questions.", 0.7, 96, 1),
+    "bench-plain": ("", 0.9, 96, 1),
 }
+
 #: Training settings per method (policy.config names): one epoch, full fine-tuning, short sequences.
 TRAINING: dict[str, dict[str, Any]] = {
     "sft": {"learning_rate": 5e-5},
@@ -318,14 +328,17 @@ def prepare(engine: Any, plan: Plan, *, base_gguf: str) -> dict[str, Any]:
     heldout = (demo + gaby)[:plan.heldout]
     counsel = [(pid, msgs) for pid, source, msgs in rows if source == "counselchat"]
     short = [pid for pid, msgs in counsel if reply_length(msgs[-1]["content"]) <= plan.train_words]
-    # Three candidates give three comparisons per prompt; a few spare prompts make up for ties.
-    needed = math.ceil(max(plan.ks) / 3 * 1.2) + 2
+    # make_pairs pairs replies of different candidates only: 2 + 1 + 1 replies give 5 comparisons per
+    # prompt; a few spare prompts make up for ties.
+    counts = [spec[3] for spec in BENCH_CANDIDATES.values()]
+    per_prompt = math.comb(sum(counts), 2) - sum(math.comb(n, 2) for n in counts)
+    needed = math.ceil(max(plan.ks) / per_prompt * 1.2) + 2
     rng = random.Random(plan.seed)
     train = sorted(rng.sample(short, min(needed, len(short))))
     specs = [CandidateSpec(name=name, provider="llamacpp", model_id=base_gguf, system_prompt=system,
                            temperature=temperature, max_tokens=min(max_tokens, plan.max_tokens), seed=plan.seed,
-                           threads=plan.threads)
-             for name, (system, temperature, max_tokens) in BENCH_CANDIDATES.items()]
+                           threads=plan.threads, replies_per_prompt=replies)
+             for name, (system, temperature, max_tokens, replies) in BENCH_CANDIDATES.items()]
     generation = run_generation(engine, specs, prompt_ids=train, progress=False)
     with session_scope(engine) as session:
         pairs = make_pairs(session=session, overlap=1, overlap_fraction=0.0, seed=plan.seed, prompt_ids=train,
@@ -385,6 +398,49 @@ def bench_judgments(engine: Any) -> tuple[set[int], list[Any]]:
     return ids, times
 
 
+def summarize_signal(scores: dict[str, list[float]], questions: dict[str, list[float]],
+                     verdicts: Sequence[str]) -> dict[str, Any]:
+    """How strong the training data's preference signal is: per candidate the mean rubric score, its
+    spread and the mean of the rubric's question part; over the judgments the tie rate and decided count.
+
+    >>> summarize_signal({"x": [3.0, 1.0]}, {"x": [1.0, 0.0]}, ["a", "tie", "b", "tie"])
+    {'candidates': {'x': {'replies': 2, 'rubric_mean': 2.0, 'rubric_sd': 1.41, 'question_mean': 0.5}}, 'judgments': 4, 'ties': 2, 'tie_rate': 0.5, 'decided': 2}
+    """  # noqa: E501
+    candidates = {name: {"replies": len(values), "rubric_mean": round(statistics.fmean(values), 2),
+                         "rubric_sd": round(statistics.stdev(values), 2) if len(values) > 1 else 0.0,
+                         "question_mean": round(statistics.fmean(questions[name]), 2)}
+                  for name, values in scores.items() if values}
+    ties = sum(1 for v in verdicts if v == "tie")
+    return {"candidates": candidates, "judgments": len(verdicts), "ties": ties,
+            "tie_rate": round(ties / len(verdicts), 2) if verdicts else math.nan, "decided": len(verdicts) - ties}
+
+
+def signal_figures(engine: Any, train: list[int], training_pairs: set[int], k: int) -> dict[str, Any]:
+    """``summarize_signal`` of the bench candidates' replies to the training prompts and of the simulated
+    clinician's first ``k`` judgments of their pairs (those a round on K = k exports)."""
+    from sqlmodel import select
+
+    from db.engine import read_only_engine, session_scope
+    from db.models import Annotator, CandidateModel, Judgment, Prompt, Response
+
+    scores: dict[str, list[float]] = {name: [] for name in BENCH_CANDIDATES}
+    questions: dict[str, list[float]] = {name: [] for name in BENCH_CANDIDATES}
+    with session_scope(read_only_engine(engine)) as session:
+        replies = session.exec(select(CandidateModel.name, Response.text, Prompt.messages)
+                               .join(Response, Response.candidate_model_id == CandidateModel.id)
+                               .join(Prompt, Prompt.id == Response.prompt_id)
+                               .where(CandidateModel.name.in_(list(BENCH_CANDIDATES)),
+                                      Response.prompt_id.in_(train))).all()
+        verdicts = session.exec(select(Judgment.preferred).join(Annotator, Annotator.id == Judgment.annotator_id)
+                                .where(Annotator.username == CLINICIAN,
+                                       Judgment.comparison_id.in_(training_pairs or {0}))
+                                .order_by(Judgment.created_at, Judgment.id).limit(k)).all()
+    for name, text, messages in replies:
+        scores[name].append(rubric_score(messages, text))
+        questions[name].append(rubric(messages, text)["question"])
+    return summarize_signal(scores, questions, list(verdicts))
+
+
 # --- the rounds -----------------------------------------------------------------------------------------------------
 
 
@@ -408,15 +464,17 @@ def run_one(engine: Any, plan: Plan, method: str, k: int, *, work: Path, cutoff:
                 "num_threads": plan.threads}
     if plan.smoke:
         training["learning_rate"] = SMOKE_RATES[method]  # a random tiny model needs a large step to move
+    # Rounds with other epochs get their own folder and candidate name, so they can share one --workdir.
+    label = f"{method}-k{k}" + (f"-e{plan.epochs:g}" if plan.epochs != 1 else "")
     config = RoundConfig(method=method, prompts=",".join(map(str, heldout)), overlap=1, base_model=base_model,
-                         epochs=plan.epochs, name=f"bench-{method}-k{k}", system_prompt="", seed=plan.seed,
+                         epochs=plan.epochs, name=f"bench-{label}", system_prompt="", seed=plan.seed,
                          max_tokens=plan.max_tokens, training=training,
                          export={"filters": filters.to_json()})
-    result = run_round(work / f"{method}-k{k}", config, engine=engine, export=export, log=_say,
+    result = run_round(work / label, config, engine=engine, export=export, log=_say,
                        generation={"threads": plan.threads, "seed": plan.seed, "temperature": 0.7})
     steps = result.steps
     names = steps["register"].figures
-    test = json.loads((work / f"{method}-k{k}" / "abtest.json").read_text())
+    test = json.loads((work / label / "abtest.json").read_text())
     with session_scope(read_only_engine(engine)) as session:
         comparison_ids = set((session.get(AbTest, test["abtest_id"]).details or {}).get("comparison_ids", []))
     judge_queue(engine, limit=None, only=comparison_ids, rng=rng)
@@ -519,7 +577,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", help="comma list of sft, dpo, kto (default: all three; --quick: dpo)")
     parser.add_argument("--ks", help="comma list of judgment counts K (default 100,200,400; --quick: 100)")
     parser.add_argument("--heldout", type=int, help="held-out A/B prompts (default 60; smoke 4)")
-    parser.add_argument("--max-tokens", type=int, help="most tokens per generated reply (default 64; smoke 12)")
+    parser.add_argument("--max-tokens", type=int, help="most tokens per generated reply (default 96; smoke 12)")
     parser.add_argument("--train-words", type=int, default=60, help="longest Counsel Chat question used, in words")
     parser.add_argument("--epochs", type=float, default=1.0, help="training epochs per round")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and llama.cpp")
@@ -531,9 +589,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.smoke:
         methods, ks, heldout, max_tokens = ["dpo"], [6], 4, 12
     elif args.quick:
-        methods, ks, heldout, max_tokens = ["dpo"], [100], 60, 64
+        methods, ks, heldout, max_tokens = ["dpo"], [100], 60, 96
     else:
-        methods, ks, heldout, max_tokens = ["sft", "dpo", "kto"], [100, 200, 400], 60, 64
+        methods, ks, heldout, max_tokens = ["sft", "dpo", "kto"], [100, 200, 400], 60, 96
     args.methods = [m.strip() for m in args.methods.split(",")] if args.methods else methods
     args.ks = sorted(int(k) for k in args.ks.split(",")) if args.ks else ks
     args.heldout = args.heldout or heldout
@@ -595,6 +653,12 @@ def run_bench(plan: Plan, work: Path) -> tuple[list[Row], dict[str, Any]]:
     if len(times) < max(plan.ks):
         raise SystemExit(f"only {len(times)} comparisons to judge; lower --ks or raise --train-words")
     _say(f"  the simulated clinician judged {len(times)} comparisons")
+    signal = {k: signal_figures(engine, prepared["train_prompts"], training_pairs, k) for k in plan.ks}
+    for k, figures in signal.items():
+        per = ", ".join(f"{name} {c['rubric_mean']:.2f} (sd {c['rubric_sd']:.2f}, question {c['question_mean']:.2f})"
+                        for name, c in figures["candidates"].items())
+        _say(f"  signal at K={k}: {figures['ties']} of {figures['judgments']} judgments tied "
+             f"({figures['decided']} decided); mean rubric {per}")
     rows = []
     for method in plan.methods:
         for k in plan.ks:
@@ -603,7 +667,7 @@ def run_bench(plan: Plan, work: Path) -> tuple[list[Row], dict[str, Any]]:
             rows.append(run_one(engine, plan, method, k, work=work / "rounds", cutoff=cutoff,
                                 base_model=base_model, heldout=prepared["heldout"], rng=rng))
             _say(format_rows(rows[-1:]).splitlines()[-1])
-    return rows, {"prepare": prepared}
+    return rows, {"prepare": prepared, "signal": signal}
 
 
 if __name__ == "__main__":
