@@ -18,7 +18,7 @@ from reward.resources import EMBEDDED_BASE, accelerator_present, cpu_supports_bf
 THERAPREF_FIELDS = (
     "base_model", "sources", "aggregation", "margin_mapping", "guideline_versions", "eval_fraction",
     "min_context_tokens", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "length_feature", "num_threads", "freeze_layers", "packing", "ensemble", "criterion",
+    "length_feature", "num_threads", "freeze_layers", "head_only", "head_l2", "packing", "ensemble", "criterion",
 )
 #: Training fields worth recording next to ours.
 RECORDED_TRAINING_FIELDS = (
@@ -70,6 +70,12 @@ class TheraRewardConfig(RewardConfig):
                 "it to the network's reward (length is informative for many preference sources)."})
     freeze_layers: int = field(default=0, metadata={
         "help": "Freeze the embeddings and the lowest N transformer layers (cheaper CPU training; 0 trains all)."})
+    head_only: bool = field(default=False, metadata={
+        "help": "Fit only the reward head on the frozen base's features: one forward pass per reply, then an "
+                "L2-regularised logistic fit (no epochs, no learning rate). On held-out domains this generalised "
+                "best with the smollm2 base (docs/reward.md, 'Generalisation'); it is also the fastest on a CPU."})
+    head_l2: float = field(default=1.0, metadata={
+        "help": "head_only: L2 penalty on the head's weights (features standardised; larger is simpler)."})
     packing: bool | None = field(default=None, metadata={
         "help": "Padding-free batches for BERT-style bases (the embedded default): the sequences of a batch are "
                 "laid end to end and each attends only to itself; about 2x (256 tokens) to 2.5x (512) the pairs/s "
@@ -110,6 +116,11 @@ class TheraRewardConfig(RewardConfig):
             raise RewardError(f"aggregation must be 'judgment' or 'majority', not {self.aggregation!r}")
         if not 1 <= self.ensemble <= 64:
             raise RewardError(f"ensemble must be between 1 and 64 members, not {self.ensemble}")
+        if self.head_only and (self.use_lora or self.ensemble > 1):
+            raise RewardError("head_only fits one deterministic head: it cannot be combined with "
+                              + ("use_lora" if self.use_lora else "an ensemble (its members would be identical)"))
+        if self.head_l2 < 0:
+            raise RewardError(f"head_l2 must be 0 or more, not {self.head_l2}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise RewardError(f"eval_fraction must be in [0, 1), not {self.eval_fraction}")
         if self.max_length is not None and self.max_length < 16:

@@ -208,7 +208,7 @@ class FittedModel:
     """What :func:`fit` leaves for :func:`finish`: the trainer (its model, state and accelerator),
     the tokenizer and encoder the pairs were tokenised with, and how the training went."""
 
-    trainer: Any
+    trainer: Any  # None for head-only training (reward/probe.py), which needs no trainer
     tokenizer: Any
     encoder: Any
     packed: bool
@@ -216,6 +216,11 @@ class FittedModel:
     seconds: float
     pairs_per_second: float
     losses: list[float]
+    network: Any = None  # the fitted model when there is no trainer
+
+    @property
+    def global_step(self) -> int:
+        return self.trainer.state.global_step if self.trainer is not None else 0
 
 
 def train_reward_model(
@@ -300,8 +305,14 @@ def check_resume(output_dir: str | Path, resume: bool | str | None) -> bool | st
 
 
 def fit(config: TheraRewardConfig, plan: TrainingPlan, *, callbacks: Sequence[Any] | None = None) -> FittedModel:
-    """Load the base model, tokenise the training pairs (nothing dropped) and train with TRL."""
+    """Load the base model, tokenise the training pairs (nothing dropped) and train with TRL; with
+    ``head_only``, fit only the reward head on the frozen base's features (``reward/probe.py``)."""
     import torch
+
+    if config.head_only:
+        from reward.probe import fit_head_only
+
+        return fit_head_only(config, plan)
     from datasets import Dataset
 
     from reward.encoding import Encoder, encode_pairs
@@ -339,9 +350,8 @@ def finish(config: TheraRewardConfig, plan: TrainingPlan, fitted: FittedModel, *
            pair_stats: PairStats | None = None, provenance: dict[str, Any] | None = None) -> TrainResult:
     """On the main process: fit the length weight, evaluate on the held-out pairs and write the model
     folder; every process then gets the same account of the run."""
-    trainer = fitted.trainer
-    main = trainer.is_world_process_zero()
-    trainer.accelerator.wait_for_everyone()
+    main = config.process_index == 0
+    config.distributed_state.wait_for_everyone()
     meta: dict[str, Any] = {}
     report = None
     files: dict[str, str] = {}
@@ -358,7 +368,7 @@ def finish(config: TheraRewardConfig, plan: TrainingPlan, fitted: FittedModel, *
             report["data"] = "held-out prompts of the training data"
         meta = run_meta(config, plan, fitted, rm, pair_stats=pair_stats, provenance=provenance)
         files = save_artifacts(rm, config, meta, report)
-    trainer.accelerator.wait_for_everyone()
+    config.distributed_state.wait_for_everyone()
     return TrainResult(output_dir=str(config.output_dir), base_model=plan.base, n_train=len(plan.train_pairs),
                        n_eval=len(plan.held), n_calibration=len(plan.calibration), n_truncated=fitted.n_truncated,
                        train_loss=fitted.losses, report=report, meta=meta, train_seconds=fitted.seconds,
@@ -367,8 +377,11 @@ def finish(config: TheraRewardConfig, plan: TrainingPlan, fitted: FittedModel, *
 
 def _trained_reward_model(config: TheraRewardConfig, fitted: FittedModel) -> RewardModel:
     """The trained network as a scorer: unwrapped from DDP, LoRA adapters merged, in eval mode."""
-    network = fitted.trainer.accelerator.unwrap_model(fitted.trainer.model)
-    if config.use_lora:
+    if fitted.trainer is None:
+        network = fitted.network
+    else:
+        network = fitted.trainer.accelerator.unwrap_model(fitted.trainer.model)
+    if config.use_lora and fitted.trainer is not None:
         network = network.merge_and_unload()
     network.eval()
     return RewardModel(model=network, tokenizer=fitted.tokenizer, encoder=fitted.encoder, path=str(config.output_dir))
@@ -391,7 +404,7 @@ def run_meta(config: TheraRewardConfig, plan: TrainingPlan, fitted: FittedModel,
                  "n_eval_prompts": len({p.prompt_key for p in plan.held}),
                  "pair_stats": pair_stats.as_dict() if pair_stats else {}},
         "training": {"seconds": fitted.seconds, "pairs_per_second": fitted.pairs_per_second, "loss": fitted.losses,
-                     "global_step": fitted.trainer.state.global_step, "packed_batches": fitted.packed},
+                     "global_step": fitted.global_step, "head_only": config.head_only, "packed_batches": fitted.packed},
     }
 
 
