@@ -209,10 +209,18 @@ def train_and_score(train: list[PreferencePair], test: list[PreferencePair], see
 
     # The toolkit's length_feature split (reward.train.prepare): calibration prompts out of the training ones.
     fit_pairs, calibration = split_by_prompt(train, eval_fraction=0.2, seed=seed + 1)
+    if args.head_only:
+        return score_head_only(fit_pairs, calibration, test, seed, args)
+    prior = 0.0
+    if args.length_prior:  # the network is trained on what the length prior (fitted alone) leaves unexplained
+        gaps = [log_length_gap(p) for p in fit_pairs]
+        _, prior = fit_length_weight([0.0] * len(gaps), gaps)
+        fit_pairs = [dataclasses.replace(p, margin=-prior * g) for p, g in zip(fit_pairs, gaps, strict=True)]
     config = load_config(
         output_dir=str(output), base_model=args.base_model, seed=seed, eval_fraction=0.0,
         max_length=args.max_length, min_context_tokens=min(64, args.max_length // 4),
-        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
+        **({"num_train_epochs": args.epochs, "max_steps": -1} if args.epochs else {"max_steps": args.steps}),
         freeze_layers=args.freeze_layers, use_lora=args.lora or None, lora_r=args.lora_r, length_feature=False,
         save_strategy="no", logging_steps=10, disable_tqdm=True, report_to="none", num_threads=args.threads)
     with contextlib.redirect_stdout(io.StringIO()):  # the trainer prints every log row when tqdm is off
@@ -220,7 +228,84 @@ def train_and_score(train: list[PreferencePair], test: list[PreferencePair], see
     model = RewardModel.load(output)
     scored = calibration + test
     net = model.network_scores([(p.prompt, p.chosen) for p in scored] + [(p.prompt, p.rejected) for p in scored])
-    chosen, rejected = net[:len(scored)], net[len(scored):]
+    row = score_runs(calibration, test, net[:len(scored)], net[len(scored):])
+    return {"seed": seed, "n_train": len(fit_pairs), "length_prior": prior, "n_truncated": result.n_truncated,
+            "train_loss": result.train_loss, "train_seconds": round(result.train_seconds, 2),
+            "pairs_per_second": round(result.pairs_per_second, 2), **row}
+
+
+def score_head_only(fit_pairs: list[PreferencePair], calibration: list[PreferencePair], test: list[PreferencePair],
+                    seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``--head-only``: the toolkit's head fit (``reward.probe.fit_head``) on the frozen base's features of
+    the fold's training pairs, read once for every pair of every domain (:func:`frozen_features`)."""
+    import torch
+
+    from reward.probe import fit_head
+
+    started = time.perf_counter()
+    chosen_of, rejected_of = args.features
+    diffs = torch.stack([chosen_of[pair_id(p)] - rejected_of[pair_id(p)] for p in fit_pairs])
+    weights = fit_head(diffs, l2=args.head_l2)
+    scored = calibration + test
+    chosen = [float(chosen_of[pair_id(p)] @ weights) for p in scored]
+    rejected = [float(rejected_of[pair_id(p)] @ weights) for p in scored]
+    seconds = time.perf_counter() - started
+    return {"seed": seed, "n_train": len(fit_pairs), "length_prior": 0.0, "n_truncated": args.n_truncated,
+            "train_loss": None, "train_seconds": round(seconds, 2), "pairs_per_second": None,
+            **score_runs(calibration, test, chosen, rejected)}
+
+
+def frozen_features(domains: dict[str, list[PreferencePair]], args: argparse.Namespace) -> None:
+    """The head's input (``reward.probe.head_features``) for the chosen and rejected reply of every pair of
+    every domain, as the toolkit's head-only training reads them, into ``args.features``."""
+    import torch
+
+    from reward.config import load_config
+    from reward.encoding import Encoder
+    from reward.probe import head_features
+    from reward.train import _load_model, default_threads
+
+    wanted = None if args.train_pairs is None or args.test_pairs is None else max(args.train_pairs, args.test_pairs)
+    pairs = {pair_id(p): p for ps in domains.values() for seed in range(args.first_seed, args.first_seed + args.seeds)
+             for p in sample(ps, n=wanted, cap=args.cap, seed=seed)}
+    if args.features_cache and args.features_cache.exists():
+        cached = torch.load(args.features_cache)
+        if cached["key"] == [args.base_model, args.max_length] and set(pairs) <= set(cached["features"][0]):
+            args.features, args.n_truncated = cached["features"], cached["n_truncated"]
+            print(f"frozen features read from {args.features_cache}", flush=True)
+            return
+    torch.set_num_threads(args.threads or default_threads() or 1)
+    config = load_config(output_dir="unused", base_model=args.base_model, head_only=True)
+    model, tokenizer = _load_model(resolve_base(args.base_model), config)
+    model.eval()
+    encoder = Encoder(tokenizer, max_length=args.max_length, min_context_tokens=min(64, args.max_length // 4))
+    items = sorted({(p.prompt, reply) for p in pairs.values() for reply in (p.chosen, p.rejected)})
+    started = time.perf_counter()
+    ids, cut = encoder.encode(items)
+    rows = head_features(model, ids, pad_token_id=tokenizer.pad_token_id or 0)
+    row_of = {item: rows[i] for i, item in enumerate(items)}
+    args.features = ({k: row_of[(p.prompt, p.chosen)] for k, p in pairs.items()},
+                     {k: row_of[(p.prompt, p.rejected)] for k, p in pairs.items()})
+    args.n_truncated = sum(cut)
+    if args.features_cache:
+        torch.save({"key": [args.base_model, args.max_length], "features": args.features,
+                    "n_truncated": args.n_truncated}, args.features_cache)
+    print(f"frozen features of {len(items)} replies in {time.perf_counter() - started:.0f}s "
+          f"({sum(cut)} cut to {args.max_length} tokens)", flush=True)
+
+
+def resolve_base(spec: str) -> str:
+    from reward.resources import resolve_base_model
+
+    return resolve_base_model(spec)
+
+
+def score_runs(calibration: list[PreferencePair], test: list[PreferencePair], chosen: Sequence[float],
+               rejected: Sequence[float]) -> dict[str, Any]:
+    """Hybrid, network alone and network with a fitted temperature, from the network's scores of the
+    calibration pairs then the test pairs; next to the baselines."""
+    from reward.train import fit_length_weight
+
     cal_diffs = [c - r for c, r in zip(chosen[:len(calibration)], rejected[:len(calibration)], strict=True)]
     scale, weight = fit_length_weight(cal_diffs, [log_length_gap(p) for p in calibration])
     temperature_scale, _ = fit_length_weight(cal_diffs, [0.0] * len(cal_diffs))  # the same fit, network only
@@ -233,8 +318,7 @@ def train_and_score(train: list[PreferencePair], test: list[PreferencePair], see
     n = hybrid["n_pairs"]
     baseline = hybrid["length_baseline"]
     return {
-        "seed": seed, "n_train": len(fit_pairs), "n_calibration": len(calibration), "n_test": n,
-        "n_test_prompts": hybrid["n_prompts"], "n_truncated": result.n_truncated,
+        "n_calibration": len(calibration), "n_test": n, "n_test_prompts": hybrid["n_prompts"],
         "hybrid": hybrid["accuracy"], "hybrid_ci": hybrid["accuracy_ci"],
         "network": network["accuracy"], "network_ci": network["accuracy_ci"],
         "length_baseline": baseline, "length_baseline_ci": list(wilson_interval(round(baseline * n), n)),
@@ -245,8 +329,6 @@ def train_and_score(train: list[PreferencePair], test: list[PreferencePair], see
         "hybrid_ece": hybrid["ece"], "network_ece": network["ece"],
         "network_t_ece": expected_calibration_error([temperature_scale * d for d in net_diffs]),
         "length_weight": weight, "network_scale": scale, "temperature_scale": temperature_scale,
-        "train_loss": result.train_loss, "train_seconds": round(result.train_seconds, 2),
-        "pairs_per_second": round(result.pairs_per_second, 2),
         "test_pair_ids": [pair_id(p) for p in test],
         "test_network_diffs": net_diffs,
         "test_hybrid_diffs": [c - r for c, r in zip(h_chosen, h_rejected, strict=True)],
@@ -260,7 +342,7 @@ def run_fold(domains: dict[str, list[PreferencePair]], held_out: str, seed: int,
     train, test, dropped = fold(domains, held_out, seed, args)
     output = workdir / f"{held_out}-seed{seed}"
     row = train_and_score(train, test, seed, args, output)
-    shutil.rmtree(output)  # a SmolLM2 folder is 0.5 GB; nine of them per seed add up
+    shutil.rmtree(output, ignore_errors=True)  # a SmolLM2 folder is 0.5 GB; nine of them per seed add up
     train_prompts = {prompt_digest(p) for p in train}
     test_prompts = {prompt_digest(p) for p in test}
     held = test if held_out == RANDOM_SPLIT else domains[held_out]
@@ -434,12 +516,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "max_length 64 (pair with --base-model DIR of a tiny model)")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default 5; smoke 1)")
     parser.add_argument("--steps", type=int, help="optimizer steps per training run (default 30; smoke 2)")
+    parser.add_argument("--epochs", type=float,
+                        help="train this many epochs over each fold's training pairs instead of --steps "
+                             "(the toolkit's own unit: `therapref train --epochs`)")
     parser.add_argument("--batch-size", type=int, help="pairs per step (default 16; smoke 4)")
     parser.add_argument("--max-length", type=int, help="tokens per sequence (default 128; smoke 64)")
     parser.add_argument("--freeze-layers", type=int, help="lowest transformer layers frozen (default 4; smoke 0)")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters (all linear layers; "
                                                             "--freeze-layers is then ignored)")
+    parser.add_argument("--head-only", action="store_true",
+                        help="the toolkit's head-only training (`therapref train --head-only`): the frozen base reads "
+                             "every pair once, each fold fits only the reward head (reward.probe.fit_head)")
+    parser.add_argument("--features-cache", type=Path, metavar="FILE",
+                        help="--head-only: keep the frozen features in FILE and reuse them on the next run with "
+                             "the same base and max length (e.g. --split random after --split domain)")
+    parser.add_argument("--head-l2", type=float, default=1.0, help="--head-only: L2 penalty (head_l2)")
+    parser.add_argument("--length-prior", action="store_true",
+                        help="train the network with a fixed length prior in the loss (TRL's margin = −w·Δlog length, "
+                             "w fitted on the training pairs' lengths alone), so that it learns what length does not "
+                             "explain; the network-alone score is then length-controlled")
     parser.add_argument("--lora-r", type=int, default=16, help="LoRA rank")
     parser.add_argument("--cap", type=int, default=5, help="at most this many pairs per prompt (seeded)")
     parser.add_argument("--train-pairs", type=int,
@@ -515,15 +611,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     domains = load_domains(args.llmeval, args.counsel_chat, args.domains)
     print(f"{len(domains)} domains: " + ", ".join(f"{name} {len(pairs)} pairs" for name, pairs in domains.items()))
+    if args.head_only:
+        frozen_features(domains, args)
     split = ("leave one domain out" if args.split == "domain"
              else f"in distribution (random {args.eval_fraction:.0%} of the prompts)")
-    print(f"{split} × {args.seeds} seed(s); {args.steps} steps × {args.batch_size} pairs, lr {args.learning_rate:g}, "
+    length = f"{args.epochs:g} epochs" if args.epochs else f"{args.steps} steps"
+    print(f"{split} × {args.seeds} seed(s); {length} × {args.batch_size} pairs, lr {args.learning_rate:g}, "
           f"max_length {args.max_length}, "
-          + (f"LoRA r={args.lora_r}" if args.lora else f"lowest {args.freeze_layers} layers frozen")
+          + (f"LoRA r={args.lora_r}" if args.lora else f"head only, l2 {args.head_l2:g}" if args.head_only
+             else f"lowest {args.freeze_layers} layers frozen")
           + f", ≤{args.cap} pairs per prompt, base {args.base_model}; hybrid and network alone from each run",
           flush=True)
     held_outs = (args.held_out or list(args.domains)) if args.split == "domain" else [RANDOM_SPLIT]
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                if k not in ("features", "n_truncated")}
     runs = []
     with tempfile.TemporaryDirectory(prefix="therapref-generalisation-") as tmp:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
