@@ -18,7 +18,8 @@ from reward.resources import EMBEDDED_BASE, accelerator_present, cpu_supports_bf
 THERAPREF_FIELDS = (
     "base_model", "sources", "aggregation", "margin_mapping", "guideline_versions", "eval_fraction",
     "min_context_tokens", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "length_feature", "num_threads", "freeze_layers", "head_only", "head_l2", "packing", "ensemble", "criterion",
+    "length_feature", "temperature", "num_threads", "freeze_layers", "head_only", "head_l2", "packing", "ensemble",
+    "criterion",
 )
 #: Training fields worth recording next to ours.
 RECORDED_TRAINING_FIELDS = (
@@ -68,6 +69,11 @@ class TheraRewardConfig(RewardConfig):
     length_feature: bool = field(default=False, metadata={
         "help": "Hybrid score: after training, fit a weight for log reply length on the training pairs and add "
                 "it to the network's reward (length is informative for many preference sources)."})
+    temperature: bool = field(default=False, metadata={
+        "help": "Calibrated probabilities: hold out 20% of the training prompts and fit the network's scale "
+                "(a temperature) on them, so that σ(score difference) means what it says on new prompts (P(A "
+                "better) for active selection and the judge gate). Ranking is unchanged. With length_feature "
+                "the same fit also weighs length."})
     freeze_layers: int = field(default=0, metadata={
         "help": "Freeze the embeddings and the lowest N transformer layers (cheaper CPU training; 0 trains all)."})
     head_only: bool = field(default=False, metadata={

@@ -263,7 +263,7 @@ def prepare(config: TheraRewardConfig, pairs: Sequence[PreferencePair], *, pair_
     else:
         train_pairs, held = list(pairs), list(eval_pairs)
     calibration: list[PreferencePair] = []
-    if config.length_feature:
+    if config.length_feature or config.temperature:
         train_pairs, calibration = split_by_prompt(train_pairs, eval_fraction=0.2, seed=config.seed + 1)
     if not train_pairs:
         raise RewardError("no training pairs left after the held-out split (add prompts or lower eval_fraction)")
@@ -359,8 +359,9 @@ def finish(config: TheraRewardConfig, plan: TrainingPlan, fitted: FittedModel, *
         rm = _trained_reward_model(config, fitted)
         if plan.calibration:
             chosen, rejected = rm.score_pairs(plan.calibration)
+            gaps = [log_length_gap(p) if config.length_feature else 0.0 for p in plan.calibration]
             rm.network_scale, rm.length_weight = fit_length_weight(
-                [c - r for c, r in zip(chosen, rejected, strict=True)], [log_length_gap(p) for p in plan.calibration])
+                [c - r for c, r in zip(chosen, rejected, strict=True)], gaps)
         if plan.held:
             from reward.metrics import evaluation_report
 

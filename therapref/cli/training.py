@@ -18,8 +18,8 @@ CONFIG_FLAGS = {
     "aggregation": "aggregation", "margin_mapping": "margin_mapping", "guideline_versions": "guideline_versions",
     "eval_fraction": "eval_fraction", "seed": "seed", "learning_rate": "learning_rate",
     "batch_size": "per_device_train_batch_size", "max_steps": "max_steps", "lora": "use_lora", "lora_r": "lora_r",
-    "length_feature": "length_feature", "head_only": "head_only", "packing": "packing", "ensemble": "ensemble",
-    "criterion": "criterion",
+    "length_feature": "length_feature", "temperature": "temperature", "head_only": "head_only", "packing": "packing",
+    "ensemble": "ensemble", "criterion": "criterion",
 }
 
 
@@ -62,6 +62,7 @@ def _train(
     lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora")] = None,
     lora_r: Annotated[Optional[int], typer.Option()] = None,
     length_feature: Annotated[Optional[bool], typer.Option("--length-feature/--no-length-feature")] = None,
+    temperature: Annotated[Optional[bool], typer.Option("--temperature/--no-temperature")] = None,
     head_only: Annotated[Optional[bool], typer.Option("--head-only/--no-head-only")] = None,
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing")] = None,
     ensemble: Annotated[Optional[int], typer.Option(metavar="K")] = None,
