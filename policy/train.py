@@ -25,6 +25,7 @@ from policy.config import EMBEDDED, PolicyFields
 from policy.data import PolicyData
 from policy.errors import PolicyError
 from reward.resources import default_threads
+from reward.train import peft_config
 
 META_FILE = "therapref_policy.json"
 CARD_FILE = "README.md"
@@ -231,16 +232,6 @@ def _load(base: str, config: PolicyFields) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _peft_config(config: PolicyFields) -> Any:
-    from peft import LoraConfig, TaskType
-
-    targets: Any = config.lora_target_modules
-    if targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    return LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=targets)
-
-
 def _trainer_class(method: str) -> type:
     from trl import DPOTrainer, KTOTrainer, SFTTrainer
 
@@ -422,7 +413,8 @@ def fit(config: PolicyFields, plan: TrainingPlan, data: PolicyData, *,
             padding_free(model, config.padding_free_batches):
         trainer = _trainer_class(config.method)(
             model=model, args=config, train_dataset=Dataset.from_list(data.rows), processing_class=tokenizer,
-            peft_config=_peft_config(config) if config.use_lora else None, callbacks=list(callbacks or []) or None)
+            peft_config=peft_config(config, task_type="CAUSAL_LM") if config.use_lora else None,
+            callbacks=list(callbacks or []) or None)
         if config.train_sampling_strategy == "group_by_length":
             trainer.train_dataset = _with_lengths(trainer.train_dataset)
         if len(trainer.train_dataset) == 0:
@@ -494,7 +486,7 @@ def _merged_model(trainer: Any, config: PolicyFields, base: str) -> Any:
 
         adapters = get_peft_model_state_dict(network)
         fresh = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        merged = get_peft_model(fresh, _peft_config(config))
+        merged = get_peft_model(fresh, peft_config(config, task_type="CAUSAL_LM"))
         set_peft_model_state_dict(merged, {k: v.float() for k, v in adapters.items()})
         network = merged.merge_and_unload()
     network = network.float()

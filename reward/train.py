@@ -138,13 +138,15 @@ def packed_training(model: Any, packed: bool) -> Iterator[None]:
         pooling.remove()
 
 
-def _peft_config(config: TheraRewardConfig) -> Any:
+def peft_config(config: Any, *, task_type: str = "SEQ_CLS") -> Any:
+    """peft's ``LoraConfig`` from a config's ``lora_*`` fields (the reward and the policy trainers'):
+    ``lora_target_modules`` is 'all-linear' or comma-separated module names."""
     from peft import LoraConfig, TaskType
 
     targets: Any = config.lora_target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
+    return LoraConfig(task_type=TaskType[task_type], r=config.lora_r, lora_alpha=config.lora_alpha,
                       lora_dropout=config.lora_dropout, target_modules=targets)
 
 
@@ -331,7 +333,7 @@ def fit(config: TheraRewardConfig, plan: TrainingPlan, *, callbacks: Sequence[An
     trainer = _trainer_class()(
         model=model, args=config, train_dataset=Dataset.from_dict(columns), processing_class=tokenizer,
         data_collator=PackedPreferenceCollator(pad_token_id=tokenizer.pad_token_id or 0) if packed else None,
-        peft_config=_peft_config(config) if config.use_lora else None, callbacks=list(callbacks or []) or None,
+        peft_config=peft_config(config) if config.use_lora else None, callbacks=list(callbacks or []) or None,
     )
     if len(trainer.train_dataset) != len(plan.train_pairs):  # pragma: no cover - guarded by encoding
         raise RewardError(f"TRL dropped {len(plan.train_pairs) - len(trainer.train_dataset)} pairs")
