@@ -126,7 +126,7 @@ def embed_items(items: Sequence[tuple[Any, str]], args: argparse.Namespace) -> A
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from reward.encoding import Encoder
+    from reward.encoding import Encoder, padded_batches
     from reward.resources import default_threads, resolve_base_model
 
     threads = args.threads or default_threads()
@@ -137,18 +137,9 @@ def embed_items(items: Sequence[tuple[Any, str]], args: argparse.Namespace) -> A
     model = AutoModel.from_pretrained(base).eval()
     encoder = Encoder(tokenizer, max_length=args.max_length, min_context_tokens=min(32, args.max_length // 4))
     ids, _ = encoder.encode(list(items))
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), model.config.hidden_size), dtype=np.float32)
-    pad = tokenizer.pad_token_id or 0
     with torch.inference_mode():
-        for start in range(0, len(order), 64):
-            chunk = order[start:start + 64]
-            width = max(len(ids[i]) for i in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
-                mask[row, :len(ids[i])] = 1
+        for chunk, input_ids, mask in padded_batches(ids, pad_token_id=tokenizer.pad_token_id or 0, batch_size=64):
             hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
             pooled = torch.nn.functional.normalize(pooled, dim=-1)

@@ -114,6 +114,28 @@ class Encoder:
         return out, truncated
 
 
+def padded_batches(ids: Sequence[Sequence[int]], *, pad_token_id: int, batch_size: int) -> Any:
+    """Right-padded ``(row indices, input_ids, attention_mask)`` batches of token rows, shortest rows
+    first (length-sorted batches waste the least padding); the indices say where each row came from.
+
+    >>> [(chunk, x.tolist(), m.tolist()) for chunk, x, m in padded_batches([[5, 6, 7], [8]], pad_token_id=0,
+    ...                                                                   batch_size=2)]
+    [([1, 0], [[8, 0, 0], [5, 6, 7]], [[1, 0, 0], [1, 1, 1]])]
+    """
+    import torch
+
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        width = max(len(ids[i]) for i in chunk)
+        input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
+            mask[row, :len(ids[i])] = 1
+        yield chunk, input_ids, mask
+
+
 def _template(full: list[int], a: list[int], b: list[int]) -> tuple[list[int], list[int], list[int]]:
     """Special tokens around two sequences, read off an encoded example.
 

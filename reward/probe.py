@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from reward.encoding import padded_batches
 from reward.errors import RewardError
 
 
@@ -44,18 +45,11 @@ def head_features(model: Any, ids: Sequence[Sequence[int]], *, pad_token_id: int
     head = head_module(model)
     captured: list[Any] = []
     hook = head.register_forward_hook(lambda _module, args, _out: captured.append(args[0].detach()))
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     rows: list[Any] = [None] * len(ids)
     try:
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                width = max(len(ids[i]) for i in chunk)
-                input_ids = torch.full((len(chunk), width), pad_token_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
-                    mask[row, :len(ids[i])] = 1
+            for chunk, input_ids, mask in padded_batches(ids, pad_token_id=pad_token_id, batch_size=batch_size):
+                width = input_ids.shape[1]
                 captured.clear()
                 model(input_ids=input_ids, attention_mask=mask)
                 states = captured[-1].float()

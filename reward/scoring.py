@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from db.rules import reply_length
+from reward.encoding import padded_batches
 from reward.errors import RewardError
 from reward.pairs import PreferencePair, messages_key
 from reward.resources import load_kwargs
@@ -86,19 +87,11 @@ class RewardModel:
 
         frozen = [(messages_key(m) if m and isinstance(m[0], Mapping) else tuple(m or ()), r) for m, r in items]
         ids, _ = self.encoder.encode(frozen)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)
-        pad_id = self.tokenizer.pad_token_id or 0
         device = _device_for(self.model)
         with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start:start + batch_size]
-                width = max(len(ids[i]) for i in chunk)
-                input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    input_ids[row, :len(ids[i])] = torch.tensor(ids[i])
-                    mask[row, :len(ids[i])] = 1
+            for chunk, input_ids, mask in padded_batches(ids, pad_token_id=self.tokenizer.pad_token_id or 0,
+                                                         batch_size=batch_size):
                 logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
                 for row, i in enumerate(chunk):
                     scores[i] = float(logits[row, 0].float())
