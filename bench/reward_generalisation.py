@@ -31,18 +31,24 @@ the raw network and the network with its fitted temperature. With two or more se
 models as one ensemble (mean reward of the members, as ``reward.scoring.RewardEnsemble`` scores) on the pairs
 every seed tested. ``--split random`` is the in-distribution figure: one random prompt split
 (``eval_fraction``) of the LLMEval² subsets, the same training and scoring. ``--lora`` trains LoRA adapters.
+``--head-only`` is ``therapref train --head-only``: the frozen base reads every pair once
+(``reward.probe.head_features``, kept in ``--features-cache``) and each fold fits only the reward head
+(``reward.probe.fit_head``) on its training pairs. ``--length-prior`` trains the network with TRL's margin set
+to a length prior fitted alone (an experiment: the network then learns what length does not explain).
 ``--json FILE`` writes every run and figure.
 
-    .venv/bin/python bench/reward_generalisation.py                          # 9 domains × 5 seeds, ~25 min on 2 cores
-    .venv/bin/python bench/reward_generalisation.py --seeds 1 --json g.json  # one seed, ~5 min
+    .venv/bin/python bench/reward_generalisation.py                          # 9 domains × 5 seeds, short trainings
+    .venv/bin/python bench/reward_generalisation.py --seeds 1 --first-seed 0 --steps 250 --batch-size 8 \
+        --learning-rate 5e-5 --max-length 256 --freeze-layers 0 --json s0.json  # MiniLM at full scale, ~45 min/seed
+    .venv/bin/python bench/reward_generalisation.py --combine s0.json s1.json s2.json   # seeds put together
+    .venv/bin/python bench/reward_generalisation.py --head-only --base-model smollm2 --max-length 256 --seeds 3 \
+        --features-cache smol.pt --json h.json   # SmolLM2 head-only: ~20 min of features, then seconds per fold
+    .venv/bin/python bench/reward_generalisation.py --head-only --base-model smollm2 --max-length 256 --seeds 3 \
+        --features-cache smol.pt --split random   # in distribution from the same cached features
     .venv/bin/python bench/reward_generalisation.py --smoke --base-model DIR # seconds, 3 domains, a tiny model
-    .venv/bin/python bench/reward_generalisation.py --split random --seeds 3  # in-distribution (LLMEval² file)
-    .venv/bin/python bench/reward_generalisation.py --base-model smollm2 --freeze-layers 24 --steps 12 \
-        --batch-size 8 --train-pairs 40 --test-pairs 80 --seeds 1 --held-out counselchat  # SmolLM2, one domain
-    .venv/bin/python bench/reward_generalisation.py --combine a.json b.json  # shares of one run, summarised
 
-Timings above are for a quiet 2-core machine; on the shared one (load 10+) a MiniLM fold at 20 steps took
-3–8 minutes and a SmolLM2 fold 10–30 (docs/reward.md, "Generalisation").
+Timings are for one thread of a 2-core machine with another benchmark on the other core
+(docs/reward.md, "Generalisation").
 """
 
 from __future__ import annotations
