@@ -261,9 +261,43 @@ def score_head_only(fit_pairs: list[PreferencePair], calibration: list[Preferenc
             **score_runs(calibration, test, chosen, rejected)}
 
 
+def item_key(prompt: Sequence[tuple[str, str]], reply: str) -> str:
+    """A (conversation, reply) item's identity in the features cache."""
+    return hashlib.sha1(json.dumps([list(map(list, prompt)), reply]).encode()).hexdigest()
+
+
 def frozen_features(domains: dict[str, list[PreferencePair]], args: argparse.Namespace) -> None:
     """The head's input (``reward.probe.head_features``) for the chosen and rejected reply of every pair of
-    every domain, as the toolkit's head-only training reads them, into ``args.features``."""
+    every domain, as the toolkit's head-only training reads them, into ``args.features``. With
+    ``--features-cache`` only the replies not read before (another seed's pairs) go through the model."""
+    import torch
+
+    wanted = None if args.train_pairs is None or args.test_pairs is None else max(args.train_pairs, args.test_pairs)
+    pairs = {pair_id(p): p for ps in domains.values() for seed in range(args.first_seed, args.first_seed + args.seeds)
+             for p in sample(ps, n=wanted, cap=args.cap, seed=seed)}
+    items = sorted({(p.prompt, reply) for p in pairs.values() for reply in (p.chosen, p.rejected)})
+    cache: dict[str, tuple[Any, bool]] = {}
+    if args.features_cache and args.features_cache.exists():
+        stored = torch.load(args.features_cache)
+        if stored.get("key") == [args.base_model, args.max_length]:
+            cache = stored["items"]
+    missing = [item for item in items if item_key(*item) not in cache]
+    if missing:
+        started = time.perf_counter()
+        cache.update(read_replies(missing, args))
+        print(f"frozen features of {len(missing)} replies in {time.perf_counter() - started:.0f}s "
+              f"({sum(cache[item_key(*i)][1] for i in missing)} cut to {args.max_length} tokens)", flush=True)
+        if args.features_cache:
+            torch.save({"key": [args.base_model, args.max_length], "items": cache}, args.features_cache)
+    if len(missing) < len(items):
+        print(f"frozen features of {len(items) - len(missing)} replies read from {args.features_cache}", flush=True)
+    args.features = ({k: cache[item_key(p.prompt, p.chosen)][0] for k, p in pairs.items()},
+                     {k: cache[item_key(p.prompt, p.rejected)][0] for k, p in pairs.items()})
+    args.n_truncated = sum(cache[item_key(*i)][1] for i in items)
+
+
+def read_replies(items: Sequence[tuple[Any, str]], args: argparse.Namespace) -> dict[str, tuple[Any, bool]]:
+    """The base model's head features of each item, and whether it was cut to ``--max-length``."""
     import torch
 
     from reward.config import load_config
@@ -271,33 +305,14 @@ def frozen_features(domains: dict[str, list[PreferencePair]], args: argparse.Nam
     from reward.probe import head_features
     from reward.train import _load_model, default_threads
 
-    wanted = None if args.train_pairs is None or args.test_pairs is None else max(args.train_pairs, args.test_pairs)
-    pairs = {pair_id(p): p for ps in domains.values() for seed in range(args.first_seed, args.first_seed + args.seeds)
-             for p in sample(ps, n=wanted, cap=args.cap, seed=seed)}
-    if args.features_cache and args.features_cache.exists():
-        cached = torch.load(args.features_cache)
-        if cached["key"] == [args.base_model, args.max_length] and set(pairs) <= set(cached["features"][0]):
-            args.features, args.n_truncated = cached["features"], cached["n_truncated"]
-            print(f"frozen features read from {args.features_cache}", flush=True)
-            return
     torch.set_num_threads(args.threads or default_threads() or 1)
     config = load_config(output_dir="unused", base_model=args.base_model, head_only=True)
     model, tokenizer = _load_model(resolve_base(args.base_model), config)
     model.eval()
     encoder = Encoder(tokenizer, max_length=args.max_length, min_context_tokens=min(64, args.max_length // 4))
-    items = sorted({(p.prompt, reply) for p in pairs.values() for reply in (p.chosen, p.rejected)})
-    started = time.perf_counter()
     ids, cut = encoder.encode(items)
     rows = head_features(model, ids, pad_token_id=tokenizer.pad_token_id or 0)
-    row_of = {item: rows[i] for i, item in enumerate(items)}
-    args.features = ({k: row_of[(p.prompt, p.chosen)] for k, p in pairs.items()},
-                     {k: row_of[(p.prompt, p.rejected)] for k, p in pairs.items()})
-    args.n_truncated = sum(cut)
-    if args.features_cache:
-        torch.save({"key": [args.base_model, args.max_length], "features": args.features,
-                    "n_truncated": args.n_truncated}, args.features_cache)
-    print(f"frozen features of {len(items)} replies in {time.perf_counter() - started:.0f}s "
-          f"({sum(cut)} cut to {args.max_length} tokens)", flush=True)
+    return {item_key(*item): (rows[i], cut[i]) for i, item in enumerate(items)}
 
 
 def resolve_base(spec: str) -> str:

@@ -160,7 +160,7 @@ def test_smoke_head_only_reads_features_once(tmp_path, shared_data):
     only the head; the in-distribution run then reuses the cached features."""
     cache = tmp_path / "features.pt"
     stdout, report = _run_smoke(tmp_path, "--head-only", "--features-cache", str(cache))
-    assert "frozen features of " in stdout and "head only, l2 1" in stdout and cache.exists()
+    assert " replies in " in stdout and "head only, l2 1" in stdout and cache.exists()
     assert report["settings"]["head_only"] is True
     assert [row["held_out"] for row in report["held_out"]] == list(SMOKE_DOMAINS)
     domains = load_domains(LLMEVAL, COUNSEL_CHAT, SMOKE_DOMAINS)
@@ -169,6 +169,6 @@ def test_smoke_head_only_reads_features_once(tmp_path, shared_data):
         assert run["n_train"] > 0 and run["n_test"] == 6 and _in_unit(run["network"])
         assert not set(run["train_prompts"]) & digests[run["held_out"]]
     stdout, report = _run_smoke(tmp_path, "--head-only", "--features-cache", str(cache), "--split", "random")
-    assert f"frozen features read from {cache}" in stdout and "frozen features of " not in stdout
+    assert f"replies read from {cache}" in stdout and " replies in " not in stdout  # nothing read again
     [run] = report["runs"]
     assert run["n_test"] > 0 and _in_unit(run["network"]) and _in_unit(run["hybrid"])
