@@ -24,8 +24,7 @@ from typing import Any
 from policy.config import EMBEDDED, PolicyFields
 from policy.data import PolicyData
 from policy.errors import PolicyError
-from reward.resources import default_threads
-from reward.train import peft_config
+from reward.resources import default_threads, peft_config
 
 META_FILE = "therapref_policy.json"
 CARD_FILE = "README.md"

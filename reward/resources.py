@@ -144,3 +144,15 @@ def threads_for(cores: int, load_average: float) -> int:
     (2, 1, 1, 13)
     """
     return max(1, min(cores, cores - int(round(load_average))))
+
+
+def peft_config(config: Any, *, task_type: str = "SEQ_CLS") -> Any:
+    """peft's ``LoraConfig`` from a config's ``lora_*`` fields (the reward and the policy trainers'):
+    ``lora_target_modules`` is 'all-linear' or comma-separated module names."""
+    from peft import LoraConfig, TaskType
+
+    targets: Any = config.lora_target_modules
+    if targets != "all-linear":
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    return LoraConfig(task_type=TaskType[task_type], r=config.lora_r, lora_alpha=config.lora_alpha,
+                      lora_dropout=config.lora_dropout, target_modules=targets)

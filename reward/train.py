@@ -28,7 +28,7 @@ from reward.packing import (
     supports_packing,
 )
 from reward.pairs import PairStats, PreferencePair, log_length_gap, split_by_prompt
-from reward.resources import accelerator_present, default_threads, load_kwargs, resolve_base_model
+from reward.resources import accelerator_present, default_threads, load_kwargs, peft_config, resolve_base_model
 from reward.scoring import META_FILE, RewardModel
 
 
@@ -136,18 +136,6 @@ def packed_training(model: Any, packed: bool) -> Iterator[None]:
     finally:
         model.config._attn_implementation = own
         pooling.remove()
-
-
-def peft_config(config: Any, *, task_type: str = "SEQ_CLS") -> Any:
-    """peft's ``LoraConfig`` from a config's ``lora_*`` fields (the reward and the policy trainers'):
-    ``lora_target_modules`` is 'all-linear' or comma-separated module names."""
-    from peft import LoraConfig, TaskType
-
-    targets: Any = config.lora_target_modules
-    if targets != "all-linear":
-        targets = [t.strip() for t in targets.split(",") if t.strip()]
-    return LoraConfig(task_type=TaskType[task_type], r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules=targets)
 
 
 def _trainer_class() -> type:

@@ -24,7 +24,8 @@ ALLOWED: dict[str, set[str]] = {
 SHARED_OWNERS = {"reward.scoring", "analytics.bradley_terry", "candidates.embedded",
                  # generating replies (an A/B test generates both candidates' replies, as `therapref generate`)
                  "candidates.generate",
-                 # the machine: accelerators, native bf16, free CPU cores, base models (policy training too)
+                 # the machine: accelerators, native bf16, free CPU cores, base models and their LoRA config
+                 # (policy training too)
                  "reward.resources"}
 # The core of ``therapref`` that every layer may read; everything else under it is the CLI.
 CORE = {"therapref", "therapref.settings"}

@@ -95,8 +95,8 @@ def test_settings_that_cannot_go_with_it_fail_first(tmp_path, extra, message):
 
 
 def test_cli_trains_head_only(tmp_path):
-    from typer.testing import CliRunner
     from sqlmodel import Session
+    from typer.testing import CliRunner
 
     from db.engine import make_engine
     from db.migrate import upgrade
