@@ -228,7 +228,8 @@ def train_and_score(train: list[PreferencePair], test: list[PreferencePair], see
         per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate,
         **({"num_train_epochs": args.epochs, "max_steps": -1} if args.epochs else {"max_steps": args.steps}),
         freeze_layers=args.freeze_layers, use_lora=args.lora or None, lora_r=args.lora_r, length_feature=False,
-        save_strategy="no", logging_steps=10, disable_tqdm=True, report_to="none", num_threads=args.threads)
+        temperature=False, save_strategy="no", logging_steps=10, disable_tqdm=True, report_to="none",
+        num_threads=args.threads)
     with contextlib.redirect_stdout(io.StringIO()):  # the trainer prints every log row when tqdm is off
         result = train_reward_model(config, fit_pairs, eval_pairs=[], overwrite=True)
     model = RewardModel.load(output)
@@ -602,7 +603,9 @@ def combine(paths: Sequence[Path], out: Path | None) -> int:
     """Summarise the runs of several shares of one benchmark run (``--held-out``/``--first-seed``)."""
     reports = [json.loads(path.read_text()) for path in paths]
     ignored = {"held_out", "first_seed", "seeds", "json", "threads"}
-    settings = [{k: v for k, v in r["settings"].items() if k not in ignored} for r in reports]
+    # a file written before a setting existed ran with that setting's default
+    defaults = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(parse_args([])).items()}
+    settings = [{k: v for k, v in {**defaults, **r["settings"]}.items() if k not in ignored} for r in reports]
     differing = sorted({k for s in settings for k in s if any(t.get(k) != s[k] for t in settings)})
     if differing:
         raise SystemExit(f"--combine: the files differ in {', '.join(differing)}")

@@ -213,7 +213,8 @@ def run_seed(cfg: Sweep, pairs: Sequence[PreferencePair], seed: int, args: argpa
         max_length=max_length, min_context_tokens=min_context,
         per_device_train_batch_size=4 if args.smoke else cfg.batch_size, learning_rate=cfg.learning_rate,
         num_train_epochs=1 if args.smoke else cfg.epochs, freeze_layers=cfg.freeze_layers,
-        length_feature=cfg.length_feature, save_strategy="no", logging_steps=1 if args.smoke else 10, disable_tqdm=True,
+        length_feature=cfg.length_feature, temperature=False,  # calibration only with the length feature, as sized
+        save_strategy="no", logging_steps=1 if args.smoke else 10, disable_tqdm=True,
         report_to="none", bf16=True if cuda else None, num_threads=1 if args.smoke else None)
     curve: list[dict[str, Any]] = []
     probe = epoch_probe(held, calibration, max_length, min_context, curve)

@@ -253,11 +253,30 @@ def prepare(config: TheraRewardConfig, pairs: Sequence[PreferencePair], *, pair_
     else:
         train_pairs, held = list(pairs), list(eval_pairs)
     calibration: list[PreferencePair] = []
+    config.temperature = wants_temperature(config.temperature, head_only=config.head_only,
+                                           n_prompts=len({p.prompt_key for p in train_pairs}))
     if config.length_feature or config.temperature:
         train_pairs, calibration = split_by_prompt(train_pairs, eval_fraction=0.2, seed=config.seed + 1)
     if not train_pairs:
         raise RewardError("no training pairs left after the held-out split (add prompts or lower eval_fraction)")
     return TrainingPlan(base=base, train_pairs=train_pairs, held=held, calibration=calibration, resume=resume)
+
+
+#: Fewest training prompts for which ``temperature = None`` holds 20% of them back for calibration.
+MIN_TEMPERATURE_PROMPTS = 100
+
+
+def wants_temperature(setting: bool | None, *, head_only: bool, n_prompts: int) -> bool:
+    """Whether to fit a temperature: as set, or (None) when fine-tuning on enough prompts.
+
+    >>> wants_temperature(None, head_only=False, n_prompts=800), wants_temperature(None, head_only=False, n_prompts=40)
+    (True, False)
+    >>> wants_temperature(None, head_only=True, n_prompts=800), wants_temperature(True, head_only=True, n_prompts=5)
+    (False, True)
+    """
+    if setting is not None:
+        return bool(setting)
+    return not head_only and n_prompts >= MIN_TEMPERATURE_PROMPTS
 
 
 def no_pairs_message(pair_stats: PairStats | None) -> str:

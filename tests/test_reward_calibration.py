@@ -42,3 +42,21 @@ def test_without_calibration_every_training_prompt_trains(tmp_path):
     result, out = train(tmp_path)
     assert result.n_calibration == 0
     assert RewardModel.load(out).network_scale == 1.0
+
+
+def test_fine_tuning_on_many_prompts_fits_a_temperature_by_default(tmp_path):
+    """``temperature = None``: on when fine-tuning on 100+ training prompts, and the choice is recorded."""
+    from reward.pairs import PreferencePair
+    from tests.reliability_helpers import tiny_reward_base
+
+    base = tiny_reward_base(tmp_path / "tiny-bert")
+    pairs = [PreferencePair((("user", f"Question {i}: I feel low."),), f"That sounds hard ({i}). Tell me more?",
+                            "Ok.", prompt_key=f"q{i}") for i in range(140)]
+    out = tmp_path / "model"
+    config = load_config(output_dir=str(out), base_model=str(base), max_steps=1, max_length=32, eval_fraction=0.2,
+                         save_strategy="no")
+    assert config.temperature is None
+    result = train_reward_model(config, pairs)
+    assert 20 <= result.n_calibration <= 24 and result.n_train + result.n_calibration + result.n_eval == 140
+    meta = json.loads((out / "therapref_reward.json").read_text())
+    assert meta["config"]["temperature"] is True and meta["length_weight"] == 0.0
