@@ -303,3 +303,12 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 60, poll: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
         time.sleep(poll)
+
+
+def interruptible() -> None:
+    """``preexec_fn`` for a child a test will Ctrl-C (SIGINT): a shell starts background jobs with SIGINT
+    ignored, children inherit that, and Python then never raises KeyboardInterrupt; a terminal's Ctrl-C
+    reaches a foreground command with the default action, which this restores."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

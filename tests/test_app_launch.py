@@ -13,6 +13,7 @@ from pathlib import Path
 from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
 from tests.app_helpers import app_serving, free_port
 from tests.factories import make_database
+from tests.reliability_helpers import interruptible
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,8 @@ def test_therapref_app_command_starts_and_stops(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "THERAPREF_DATABASE_URL"}
     process = subprocess.Popen([sys.executable, "-m", "therapref.cli", "app", "--db", str(db), "--port", str(port)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=interruptible)
     lines = []
     try:
         deadline = time.monotonic() + 120

@@ -14,6 +14,7 @@ from sqlmodel import Session
 from candidates.fake_server import FakeOpenAIServer
 from tests.candidates_helpers import ROOT, failures, reply_counts
 from tests.factories import add_prompts
+from tests.reliability_helpers import interruptible
 
 N_PROMPTS = 8
 
@@ -43,7 +44,8 @@ def test_interrupted_generate_resumes_without_duplicates(engine, tmp_path):
         for sig, at_least in ((signal.SIGTERM, 2), (signal.SIGINT, 4)):
             log = tmp_path / f"run-{sig.name}.log"
             with log.open("w") as out:
-                process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+                process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                           preexec_fn=interruptible)
                 try:
                     _wait_for_replies(engine, at_least, process)
                     process.send_signal(sig)
