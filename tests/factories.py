@@ -112,13 +112,14 @@ def build_project(session: Session, *, n_prompts: int = 4, n_clinicians: int = 2
 
 
 def make_database(url: str, *, n_prompts: int = 4, n_clinicians: int = 2, judgments_required: int = 1,
-                  xss: bool = False) -> tuple[Engine, Project]:
-    """A migrated database with ``build_project``; optionally one pair whose reply is hostile HTML."""
+                  xss: bool = False, with_judgments: bool = False) -> tuple[Engine, Project]:
+    """A migrated database with ``build_project`` (its judgments too with ``with_judgments``);
+    optionally one pair whose reply is hostile HTML."""
     engine = make_engine(url)
     upgrade(engine)
     with Session(engine, expire_on_commit=False) as session:
         project = build_project(session, n_prompts=n_prompts, n_clinicians=n_clinicians,
-                                judgments_required=judgments_required)
+                                judgments_required=judgments_required, with_judgments=with_judgments)
         if xss:
             prompt, _ = get_or_create_prompt(user("Line one of my message\nline two <b>not bold</b>"),
                                              session=session, source="test")

@@ -95,19 +95,13 @@ def test_settings_that_cannot_go_with_it_fail_first(tmp_path, extra, message):
 
 
 def test_cli_trains_head_only(tmp_path):
-    from sqlmodel import Session
     from typer.testing import CliRunner
 
-    from db.engine import make_engine
-    from db.migrate import upgrade
-    from tests.factories import build_project
+    from tests.factories import make_database
     from therapref.cli import app
 
     url = f"sqlite:///{tmp_path / 'tp.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    with Session(engine) as session:
-        build_project(session, n_prompts=4, n_clinicians=2, with_judgments=True)
+    make_database(url, with_judgments=True)
     out = tmp_path / "rm"
     result = CliRunner().invoke(app, ["train", "--db", url, "--output", str(out), "--head-only", "--max-length", "48",
                                       "--eval-fraction", "0.25"])

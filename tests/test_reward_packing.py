@@ -134,19 +134,13 @@ def test_only_bert_style_bases_without_lora_are_packed():
 def test_cli_no_packing_flag(tmp_path):
     import json
 
-    from sqlmodel import Session
     from typer.testing import CliRunner
 
-    from db.engine import make_engine
-    from db.migrate import upgrade
-    from tests.factories import build_project
+    from tests.factories import make_database
     from therapref.cli import app
 
     url = f"sqlite:///{tmp_path / 'tp.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    with Session(engine) as session:
-        build_project(session, n_prompts=4, n_clinicians=2, with_judgments=True)
+    make_database(url, with_judgments=True)
     runs = {}
     for flag in ("--no-packing", "--packing"):
         out = tmp_path / flag.strip("-")
