@@ -73,7 +73,7 @@ class TheraRewardConfig(RewardConfig):
         "help": "Calibrated probabilities: hold out 20% of the training prompts and fit the network's scale "
                 "(a temperature) on them, so that σ(score difference) means what it says on new prompts (P(A "
                 "better) for active selection and the judge gate). Ranking is unchanged. With length_feature "
-                "the same fit also weighs length. None: on when fine-tuning on 100 or more training prompts "
+                "the same fit also weighs length. Unset: on when fine-tuning on 100 or more training prompts "
                 "(on held-out domains it halved the calibration error), off for head_only (its L2 fit is "
                 "calibrated already) and on fewer prompts (every pair is needed for training)."})
     freeze_layers: int = field(default=0, metadata={
