@@ -65,22 +65,10 @@ RATES = {"sft": 3e-3, "dpo": 1e-3, "kto": 1e-3}
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
-    """A 2-layer, 32-wide random Llama with SmolLM2's tokenizer and chat template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, set_seed
+    """A 2-layer, 32-wide random Llama with SmolLM2's tokenizer and chat template (the loop bench's)."""
+    from bench.loop import tiny_base as build_tiny_base
 
-    from candidates.embedded import smollm2_hf_path
-
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_path())
-    set_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config.architectures = ["LlamaForCausalLM"]
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
 
 
 def settings(base, out, method, **extra):
