@@ -35,8 +35,8 @@ from candidates.registry import EMBEDDED, PROVIDERS, CandidateSpec, check_secret
 from db.crud import DataError, add_response
 from db.engine import session_scope
 from db.errors import TheraPrefError
-from db.models import CandidateModel, GenerationFailure, Prompt, Response, utcnow
-from db.rules import conversation
+from db.models import BestOfNSample, CandidateModel, GenerationFailure, Prompt, Response, utcnow
+from db.rules import conversation, prompt_conversation
 
 OPENAI_DEFAULT_URL = "https://api.openai.com/v1"
 
@@ -131,6 +131,13 @@ def preflight(specs: list[CandidateSpec], *, secrets: Mapping[str, str] | None =
     except TheraPrefError as exc:
         raise GenerationConfigError(str(exc)) from None
     for spec in specs:
+        if spec.best_of > 1:
+            from candidates.best_of_n import BestOfNError, check_folders
+
+            try:
+                check_folders(spec)
+            except BestOfNError as exc:
+                raise GenerationConfigError(str(exc)) from None
         if spec.provider == "llamacpp":
             try:
                 path = gguf_path(spec)
@@ -181,9 +188,11 @@ def plan_jobs(specs: list[CandidateSpec], rows: Mapping[str, CandidateModel], *,
         for prompt in prompts:
             system, source = spec.resolve_system(prompt.system_prompt)
             messages = conversation(prompt.messages, system)
+            context = prompt_conversation(prompt) if spec.best_of > 1 else None
             for k in range(counts.get((prompt.id, row.id), 0), spec.replies_per_prompt):
                 jobs.append((spec, Job(prompt.id, row.id, messages, reply_index=k,
-                                       seed=None if base_seed is None else base_seed + k, system_source=source)))
+                                       seed=None if base_seed is None else base_seed + k, system_source=source,
+                                       score_context=context)))
     return jobs, len(prompts)
 
 
@@ -197,8 +206,11 @@ def write_reply(engine: Engine, job: Job, reply: Reply, *, replies_required: int
     prompt, candidate = SimpleNamespace(id=job.prompt_id), SimpleNamespace(id=job.candidate_id)
     try:
         with session_scope(engine) as session:
-            _, created = add_response(prompt, candidate, reply.text, session=session,  # type: ignore[arg-type]
-                                      meta=reply.meta)
+            response, created = add_response(prompt, candidate, reply.text, session=session,  # type: ignore[arg-type]
+                                             meta=reply.meta)
+            if created and reply.samples:
+                session.flush()
+                session.add_all(BestOfNSample(response_id=response.id, **sample) for sample in reply.samples)
             if clear_failure:
                 have = session.exec(select(func.count(Response.id)).where(
                     Response.prompt_id == job.prompt_id, Response.candidate_model_id == job.candidate_id)).one()
@@ -279,6 +291,8 @@ async def _execute(engine: Engine, specs: list[CandidateSpec], planned: list[tup
         async def emit(job: Job, outcome: Reply | Failure) -> None:
             if isinstance(outcome, Reply):
                 outcome.meta.update(system=job.system_source, reply_index=job.reply_index, seed=job.seed)
+                keys = ("temperature", "top_p", "max_tokens", "seed", "system_prompt")  # what policy/abtest.py compares
+                outcome.meta["settings"] = {k: getattr(spec, k) for k in keys}
                 pair = (job.prompt_id, job.candidate_id)
                 try:
                     created = await loop.run_in_executor(writer, lambda: write_reply(

@@ -35,12 +35,17 @@ class Job:
     reply_index: int = 0
     seed: int | None = None
     system_source: str = "prompt"
+    # The prompt's own conversation (its system message, not the candidate's): what a best-of-n
+    # candidate's reward model scores replies against, as it was trained.
+    score_context: list[dict[str, str]] | None = None
 
 
 @dataclass
 class Reply:
     text: str
     meta: dict[str, Any] = field(default_factory=dict)
+    # Best-of-n: every sample behind this reply (rows of ``BestOfNSample``); empty otherwise.
+    samples: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -406,8 +411,13 @@ class TransformersProvider(_LocalProvider):
 
 
 def make_provider(spec: CandidateSpec, *, secrets: Mapping[str, str] | None = None,
-                  local_lock: asyncio.Lock | None = None) -> OpenAIProvider | LlamaCppProvider | TransformersProvider:
+                  local_lock: asyncio.Lock | None = None) -> Any:
+    """The provider that runs ``spec``'s jobs (a best-of-n spec wraps its base configuration's)."""
     secrets = secrets or {}
+    if spec.best_of > 1:
+        from candidates.best_of_n import BestOfNProvider
+
+        return BestOfNProvider(spec, secrets=secrets, local_lock=local_lock)
     if spec.provider == "openai":
         key = secrets.get(spec.api_key_env) if spec.api_key_env else None
         return OpenAIProvider(spec, api_key=key, secrets=secrets)

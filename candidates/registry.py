@@ -46,6 +46,9 @@ PLAIN_ASSISTANT = "You are a helpful assistant."
 # (policy/register.py writes it, same literal: policy may not import this module); `therapref generate`
 # includes such rows besides the registry file's candidates (``registered_policy_specs``).
 POLICY_PARAM = "policy"
+# A CandidateModel whose params hold this key is a best-of-n candidate registered by `therapref candidates
+# add NAME --best-of N --of BASE` ({"of": BASE}); `therapref generate` includes it like a policy.
+BEST_OF_PARAM = "best_of_n"
 
 
 class RegistryError(TheraPrefError, ValueError):
@@ -85,6 +88,16 @@ class CandidateSpec:
         "help": "CPU threads for local providers (unset = library default; 1 is fastest on a busy machine)"})
     extra_params: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "extra request-body fields for the endpoint (openai provider), e.g. max_completion_tokens"})
+    best_of: int = field(default=1, metadata={
+        "help": "sample this many replies per stored reply and keep the reward model's best (needs "
+                "reward_model); every sample and its scores are kept"})
+    reward_model: str | None = field(default=None, metadata={
+        "help": "best-of-n: a `therapref train` folder (or ensemble) that picks the best sample"})
+    safety_model: str | None = field(default=None, metadata={
+        "help": "best-of-n: a `therapref train --criterion safety` folder; a sample it scores below "
+                "safety_threshold is never picked while a safe one exists"})
+    safety_threshold: float = field(default=0.0, metadata={
+        "help": "best-of-n: safety-model score below which a sample counts as unsafe"})
 
     def params(self) -> dict[str, Any]:
         """The generation parameters mirrored into ``CandidateModel.params`` (no secrets).
@@ -115,9 +128,10 @@ class CandidateSpec:
 
 
 _FIELDS = {f.name: f for f in fields(CandidateSpec)}
-_INT_FIELDS = {"max_tokens", "replies_per_prompt", "concurrency", "max_retries", "batch_size", "n_ctx"}
-_FLOAT_FIELDS = {"temperature", "top_p", "timeout", "backoff_base", "backoff_max"}
-_STR_FIELDS = {"name", "provider", "model_id", "base_url", "api_key_env", "system_prompt"}
+_INT_FIELDS = {"max_tokens", "replies_per_prompt", "concurrency", "max_retries", "batch_size", "n_ctx", "best_of"}
+_FLOAT_FIELDS = {"temperature", "top_p", "timeout", "backoff_base", "backoff_max", "safety_threshold"}
+_STR_FIELDS = {"name", "provider", "model_id", "base_url", "api_key_env", "system_prompt", "reward_model",
+               "safety_model"}
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -172,6 +186,11 @@ def _check_ranges(spec: CandidateSpec, where: str) -> None:
         (spec.batch_size >= 1, "batch_size must be at least 1"),
         (spec.n_ctx >= 64, "n_ctx must be at least 64"),
         (spec.threads is None or spec.threads >= 1, "threads must be at least 1"),
+        (spec.best_of >= 1, f"best_of must be at least 1, not {spec.best_of}"),
+        (spec.best_of <= 1000, f"best_of must be at most 1000, not {spec.best_of}"),
+        (spec.best_of == 1 or bool(spec.reward_model), "best_of > 1 needs reward_model (the folder that picks)"),
+        (spec.best_of > 1 or not (spec.reward_model or spec.safety_model),
+         "reward_model/safety_model only apply with best_of > 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -282,8 +301,9 @@ def sync_registry(specs: list[CandidateSpec], *, session: Session) -> dict[str, 
     for spec in specs:
         params = spec.params()
         previous = session.exec(select(CandidateModel.params).where(CandidateModel.name == spec.name)).first()
-        if isinstance(previous, dict) and POLICY_PARAM in previous:
-            params[POLICY_PARAM] = previous[POLICY_PARAM]  # a registered policy stays one
+        for key in (POLICY_PARAM, BEST_OF_PARAM):
+            if isinstance(previous, dict) and key in previous:
+                params[key] = previous[key]  # a registered policy (best-of-n candidate) stays one
         row, _ = get_or_create_candidate(
             spec.name, session=session, provider=spec.provider, model_id=spec.model_id,
             endpoint=spec.base_url, api_key_env=spec.api_key_env, params=params,
@@ -298,13 +318,34 @@ def registered_policy_specs(*, session: Session) -> list[CandidateSpec]:
     ``therapref finetune local --register``), by name; their params fill the spec's fields."""
     specs = []
     for row in session.exec(select(CandidateModel).order_by(CandidateModel.name)).all():
-        if not (isinstance(row.params, dict) and POLICY_PARAM in row.params):
+        if not (isinstance(row.params, dict) and (POLICY_PARAM in row.params or BEST_OF_PARAM in row.params)):
             continue
         data = {key: value for key, value in row.params.items() if key in _FIELDS}
         data.update(name=row.name, provider=row.provider, model_id=row.model_id, system_prompt=row.system_prompt,
                     replies_per_prompt=row.replies_per_prompt)
         specs.append(spec_from_dict(data, where=f"registered candidate {row.name!r}"))
     return specs
+
+
+def spec_for_row(row: CandidateModel) -> CandidateSpec:
+    """The generation spec of one CandidateModel row, whatever put it there (a registry-file candidate
+    synced by ``therapref generate``, a registered policy, a best-of-n candidate), validated like a
+    registry entry: provider, model, endpoint, API-key variable NAME, system prompt and the params.
+
+    Imported sources (``reference``, ``counselchat``…) are not models: their provider is refused.
+
+    >>> row = CandidateModel(name="m", provider="llamacpp", model_id="embedded", params={"max_tokens": 8})
+    >>> (spec_for_row(row).name, spec_for_row(row).max_tokens)
+    ('m', 8)
+    """
+    data = {key: value for key, value in (row.params or {}).items() if key in _FIELDS}
+    data.update(name=row.name, provider=row.provider, model_id=row.model_id or EMBEDDED, base_url=row.endpoint,
+                api_key_env=row.api_key_env, system_prompt=row.system_prompt,
+                replies_per_prompt=row.replies_per_prompt or 1)
+    # None means "unset" in a row; only system_prompt gives None a meaning of its own (spec_from_dict
+    # checks the rest as given, and an explicit None base_url would still read as unset).
+    return spec_from_dict({k: v for k, v in data.items() if v is not None or k == "system_prompt"},
+                          where=f"candidate {row.name!r}")
 
 
 def with_registered(specs: list[CandidateSpec], registered: list[CandidateSpec]) -> list[CandidateSpec]:

@@ -488,3 +488,23 @@ class JudgeFailure(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
     __table_args__ = (UniqueConstraint("comparison_id", "annotator_id", name="uq_judge_failure"),)
+
+
+class BestOfNSample(SQLModel, table=True):
+    """One of the N samples behind a best-of-n reply (``Response``), with the reward model's score and,
+    when a safety model was given, its score and verdict: the provenance of the picked reply and the
+    rejection-sampling data of the candidate."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    response_id: int = Field(foreign_key="response.id", index=True, ondelete="CASCADE")
+    sample_index: int
+    text: str
+    reward: float
+    safety: Optional[float] = None
+    unsafe: bool = Field(default=False)
+    picked: bool = Field(default=False)
+    seed: Optional[int] = None
+    meta: dict[str, Any] = _json_column(dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (UniqueConstraint("response_id", "sample_index", name="uq_bestofn_sample"),)

@@ -309,3 +309,34 @@ def pick_best(scored: Mapping[Any, Sequence[tuple[Any, float]]]) -> dict[Any, An
     {1: 11, 2: 12}
     """
     return {group: items[best_index([score for _, score in items])][0] for group, items in scored.items() if items}
+
+
+def pick_safe_best(rewards: Sequence[float], unsafe: Sequence[bool] | None = None) -> int:
+    """Where the highest reward is among the samples not judged unsafe; among all of them only when
+    every sample is unsafe (ties: the first, as :func:`best_index`).
+
+    >>> pick_safe_best([0.9, 0.2, 0.5], [True, False, False])
+    2
+    >>> pick_safe_best([0.9, 0.2], [True, True]), pick_safe_best([0.1, 0.3])
+    (0, 1)
+    """
+    if not rewards:
+        raise RewardError("best-of-n needs at least one sample")
+    flags = list(unsafe) if unsafe is not None else [False] * len(rewards)
+    safe = [i for i, bad in enumerate(flags) if not bad]
+    if not safe:
+        return best_index(rewards)
+    return safe[best_index([rewards[i] for i in safe])]
+
+
+def constrained_rewards(rewards: Sequence[float], unsafe: Sequence[bool], *, floor: float | None = None) -> list[float]:
+    """Rewards with the safety constraint applied: an unsafe sample gets the lowest reward of the
+    batch (``floor`` when given, else one below the lowest), whatever the preference model says.
+
+    >>> constrained_rewards([2.0, 0.5, -1.0], [True, False, False])
+    [-2.0, 0.5, -1.0]
+    >>> constrained_rewards([2.0], [True], floor=-10.0)
+    [-10.0]
+    """
+    low = floor if floor is not None else min(rewards, default=0.0) - 1.0
+    return [low if bad else float(r) for r, bad in zip(rewards, unsafe, strict=True)]
