@@ -75,6 +75,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,21 +207,15 @@ def simulated_judgment(conversation: Sequence[dict[str, str]] | str, reply_a: st
     return ("a" if gap > 0 else "b"), strength, flags
 
 
-# --- the bench's candidates and settings ------------------------------------------------------------------------
+# --- the bench's samples and settings ---------------------------------------------------------------------------
 
-#: name → (system prompt, temperature, max_tokens, replies per prompt): one model, three ways of prompting it.
-#: The "example" candidate carries a worked example of a rubric-following reply and writes two replies per
-#: prompt (seeds s and s + 1) so that pairs between its own samples are decided too; the advisor is pulled
-#: away from the rubric (advice as a list of steps, no question); the plain one has no system prompt.
-BENCH_CANDIDATES: dict[str, tuple[str | None, float, int, int]] = {
-    "bench-example": ("You are a therapist who only listens. Example:\nUser: My boss yells at me every day.\n"
-                      "Assistant: It sounds like you feel scared and worn down at work. What goes through your "
-                      "mind when he yells?\nAlways answer like the example: one sentence naming the feeling, then "
-                      "one open question, under 60 words. Never give advice.", 0.7, 96, 2),
-    "bench-advisor": ("You are an advisor. Give practical advice as a numbered list of steps the person should "
-                      "take, with one sentence of explanation per step. Do not ask questions.", 0.7, 96, 1),
-    "bench-plain": ("", 0.9, 96, 1),
-}
+#: The simulated clinician judges samples of one model, the plain base (no system prompt), at temperature
+#: 1: two names for the same configuration with different seeds (pairs are made across names), so every
+#: difference the clinician sees, and every gain a method shows, comes from the method.
+SAMPLERS: dict[str, int] = {"bench-sample-a": 0, "bench-sample-b": 500}  # name → seed offset
+SAMPLE_TEMPERATURE = 1.0
+SAMPLES_PER_NAME = 2  # 2 + 2 samples per prompt: 4 pairs across the two names
+AB_GENERATION = {"temperature": 0.7}  # both sides of every A/B test (and the best-of-n samples)
 
 #: Training settings per method (policy.config names): one epoch, full fine-tuning, short sequences.
 TRAINING: dict[str, dict[str, Any]] = {
@@ -233,19 +228,28 @@ COMMON_TRAINING = {"per_device_train_batch_size": 4, "max_length": 256, "save_st
 SMOKE_TRAINING = {"per_device_train_batch_size": 2, "max_length": 96, "save_strategy": "no", "logging_steps": 1,
                   "max_steps": 2, "seed": 0}
 SMOKE_RATES = {"sft": 3e-3, "dpo": 1e-3, "kto": 1e-3}
+#: The reward model the bench trains on the first K judgments (reward.config names).
+REWARD_SETTINGS: dict[str, Any] = {"num_train_epochs": 3.0, "max_length": 256, "save_strategy": "no",
+                                   "seed": 0, "eval_fraction": 0.0}
+SMOKE_REWARD = {"num_train_epochs": 1.0, "max_length": 64, "save_strategy": "no", "seed": 0, "eval_fraction": 0.0}
+METHODS = ("sft", "dpo", "kto", "best-of-n")
 
 
 @dataclass
 class Plan:
     methods: list[str]
     ks: list[int]
+    k: int
+    best_of: list[int]
     heldout: int
+    eval_prompts: int
     max_tokens: int
     train_words: int
     epochs: float
     smoke: bool = False
     threads: int = 1
     seed: int = 0
+    reward: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -271,6 +275,7 @@ class Row:
     flagged_base: float = math.nan
     train_seconds: float = math.nan
     generate_seconds: float = math.nan
+    cpu_seconds: float = math.nan
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -303,7 +308,11 @@ def _say(message: str) -> None:
 
 
 def prepare(engine: Any, plan: Plan, *, base_gguf: str) -> dict[str, Any]:
-    """Demo project (no replies), imported prompts, bench candidates' replies, comparisons, the clinician."""
+    """Demo project (no replies), imported prompts, the base's samples, comparisons, the clinician.
+
+    Three disjoint prompt sets: Counsel Chat training prompts (their samples are judged), Counsel Chat
+    evaluation prompts (their samples measure the reward model), and the held-out A/B prompts (the demo
+    prompts and the Gaby user messages)."""
     from sqlmodel import select
 
     from candidates.demo import build_demo
@@ -328,23 +337,22 @@ def prepare(engine: Any, plan: Plan, *, base_gguf: str) -> dict[str, Any]:
     heldout = (demo + gaby)[:plan.heldout]
     counsel = [(pid, msgs) for pid, source, msgs in rows if source == "counselchat"]
     short = [pid for pid, msgs in counsel if reply_length(msgs[-1]["content"]) <= plan.train_words]
-    # make_pairs pairs replies of different candidates only: 2 + 1 + 1 replies give 5 comparisons per
-    # prompt; a few spare prompts make up for ties.
-    counts = [spec[3] for spec in BENCH_CANDIDATES.values()]
-    per_prompt = math.comb(sum(counts), 2) - sum(math.comb(n, 2) for n in counts)
-    needed = math.ceil(max(plan.ks) / per_prompt * 1.2) + 2
+    per_prompt = SAMPLES_PER_NAME ** 2 * math.comb(len(SAMPLERS), 2)
+    needed = math.ceil(max(plan.ks) / per_prompt * 1.1) + 2
     rng = random.Random(plan.seed)
-    train = sorted(rng.sample(short, min(needed, len(short))))
-    specs = [CandidateSpec(name=name, provider="llamacpp", model_id=base_gguf, system_prompt=system,
-                           temperature=temperature, max_tokens=min(max_tokens, plan.max_tokens), seed=plan.seed,
-                           threads=plan.threads, replies_per_prompt=replies)
-             for name, (system, temperature, max_tokens, replies) in BENCH_CANDIDATES.items()]
-    generation = run_generation(engine, specs, prompt_ids=train, progress=False)
+    drawn = rng.sample(short, min(needed + plan.eval_prompts, len(short)))
+    train, evaluation = sorted(drawn[:needed]), sorted(drawn[needed:])
+    specs = [CandidateSpec(name=name, provider="llamacpp", model_id=base_gguf, system_prompt="",
+                           temperature=SAMPLE_TEMPERATURE, max_tokens=plan.max_tokens, seed=plan.seed + offset,
+                           threads=plan.threads, replies_per_prompt=SAMPLES_PER_NAME)
+             for name, offset in SAMPLERS.items()]
+    generation = run_generation(engine, specs, prompt_ids=train + evaluation, progress=False)
     with session_scope(engine) as session:
         pairs = make_pairs(session=session, overlap=1, overlap_fraction=0.0, seed=plan.seed, prompt_ids=train,
-                           candidates=list(BENCH_CANDIDATES), actor="bench")
-    return {"train_prompts": train, "heldout": heldout, "generation": str(generation), "pairs": str(pairs),
-            "seconds": time.perf_counter() - started, "generate_seconds": generation.elapsed_s}
+                           candidates=list(SAMPLERS), actor="bench")
+    return {"train_prompts": train, "eval_prompts": evaluation, "heldout": heldout, "generation": str(generation),
+            "pairs": str(pairs), "seconds": time.perf_counter() - started, "generate_seconds": generation.elapsed_s,
+            "tokens": generation.tokens}
 
 
 def judge_queue(engine: Any, *, limit: int | None, only: set[int] | None, rng: random.Random) -> list[Any]:
@@ -373,9 +381,9 @@ def judge_queue(engine: Any, *, limit: int | None, only: set[int] | None, rng: r
     return times
 
 
-def bench_judgments(engine: Any) -> tuple[set[int], list[Any]]:
-    """The comparisons between bench candidates' replies, and the times of the simulated clinician's
-    judgments of them so far, in order."""
+def bench_judgments(engine: Any) -> tuple[set[int], list[Any], list[int]]:
+    """The comparisons between the base's samples, and the times and comparison ids of the simulated
+    clinician's judgments of them so far, in order."""
     from sqlalchemy import select
     from sqlalchemy.orm import aliased
 
@@ -384,18 +392,18 @@ def bench_judgments(engine: Any) -> tuple[set[int], list[Any]]:
 
     ra, rb = aliased(Response), aliased(Response)
     ca, cb = aliased(CandidateModel), aliased(CandidateModel)
-    names = list(BENCH_CANDIDATES)
+    names = list(SAMPLERS)
     with session_scope(read_only_engine(engine)) as session:
         ids = set(session.execute(
             select(Comparison.id)
             .join(ra, ra.id == Comparison.response_a_id).join(rb, rb.id == Comparison.response_b_id)
             .join(ca, ca.id == ra.candidate_model_id).join(cb, cb.id == rb.candidate_model_id)
             .where(ca.name.in_(names), cb.name.in_(names))).scalars().all())
-        times = list(session.execute(
-            select(Judgment.created_at).join(Annotator, Annotator.id == Judgment.annotator_id)
+        rows = session.execute(
+            select(Judgment.created_at, Judgment.comparison_id).join(Annotator, Annotator.id == Judgment.annotator_id)
             .where(Annotator.username == CLINICIAN, Judgment.comparison_id.in_(ids or {0}))
-            .order_by(Judgment.created_at, Judgment.id)).scalars().all())
-    return ids, times
+            .order_by(Judgment.created_at, Judgment.id)).all()
+    return ids, [t for t, _ in rows], [c for _, c in rows]
 
 
 def summarize_signal(scores: dict[str, list[float]], questions: dict[str, list[float]],
@@ -416,99 +424,251 @@ def summarize_signal(scores: dict[str, list[float]], questions: dict[str, list[f
 
 
 def signal_figures(engine: Any, train: list[int], training_pairs: set[int], k: int) -> dict[str, Any]:
-    """``summarize_signal`` of the bench candidates' replies to the training prompts and of the simulated
-    clinician's first ``k`` judgments of their pairs (those a round on K = k exports)."""
+    """``summarize_signal`` of the base's samples on the training prompts and of the simulated
+    clinician's first ``k`` judgments of their pairs."""
     from sqlmodel import select
 
     from db.engine import read_only_engine, session_scope
     from db.models import Annotator, CandidateModel, Judgment, Prompt, Response
 
-    scores: dict[str, list[float]] = {name: [] for name in BENCH_CANDIDATES}
-    questions: dict[str, list[float]] = {name: [] for name in BENCH_CANDIDATES}
+    scores: dict[str, list[float]] = {"samples": []}
+    questions: dict[str, list[float]] = {"samples": []}
     with session_scope(read_only_engine(engine)) as session:
-        replies = session.exec(select(CandidateModel.name, Response.text, Prompt.messages)
-                               .join(Response, Response.candidate_model_id == CandidateModel.id)
+        replies = session.exec(select(Response.text, Prompt.messages)
+                               .join(CandidateModel, Response.candidate_model_id == CandidateModel.id)
                                .join(Prompt, Prompt.id == Response.prompt_id)
-                               .where(CandidateModel.name.in_(list(BENCH_CANDIDATES)),
-                                      Response.prompt_id.in_(train))).all()
+                               .where(CandidateModel.name.in_(list(SAMPLERS)), Response.prompt_id.in_(train))).all()
         verdicts = session.exec(select(Judgment.preferred).join(Annotator, Annotator.id == Judgment.annotator_id)
                                 .where(Annotator.username == CLINICIAN,
                                        Judgment.comparison_id.in_(training_pairs or {0}))
                                 .order_by(Judgment.created_at, Judgment.id).limit(k)).all()
-    for name, text, messages in replies:
-        scores[name].append(rubric_score(messages, text))
-        questions[name].append(rubric(messages, text)["question"])
+    for text, messages in replies:
+        scores["samples"].append(rubric_score(messages, text))
+        questions["samples"].append(rubric(messages, text)["question"])
     return summarize_signal(scores, questions, list(verdicts))
 
 
-# --- the rounds -----------------------------------------------------------------------------------------------------
+# --- the reward model: does it learn the clinician? ---------------------------------------------------------------
 
 
-def run_one(engine: Any, plan: Plan, method: str, k: int, *, work: Path, cutoff: Any, base_model: str,
-            heldout: list[int], rng: random.Random) -> Row:
+def rubric_pairs(engine: Any, prompt_ids: list[int]) -> list[Any]:
+    """Every pair of the base's samples on ``prompt_ids`` that the rubric decides (noise-free score gap
+    of at least the tie margin), as preference pairs: the held-out test of the reward model."""
+    import itertools
+
+    from sqlmodel import select
+
+    from db.engine import read_only_engine, session_scope
+    from db.models import CandidateModel, Prompt, Response
+    from reward.data import prompt_messages
+    from reward.pairs import PreferencePair
+
+    out = []
+    with session_scope(read_only_engine(engine)) as session:
+        for prompt in session.exec(select(Prompt).where(Prompt.id.in_(prompt_ids)).order_by(Prompt.id)):
+            texts = session.exec(select(Response.text).join(CandidateModel, CandidateModel.id ==
+                                                            Response.candidate_model_id)
+                                 .where(Response.prompt_id == prompt.id, CandidateModel.name.in_(list(SAMPLERS)))
+                                 .order_by(Response.id)).all()
+            frozen = prompt_messages(prompt)
+            for a, b in itertools.combinations(texts, 2):
+                gap = rubric_score(prompt.messages, a) - rubric_score(prompt.messages, b)
+                if abs(gap) >= TIE_MARGIN:
+                    chosen, rejected = (a, b) if gap > 0 else (b, a)
+                    out.append(PreferencePair(prompt=frozen, chosen=chosen, rejected=rejected,
+                                              prompt_key=str(prompt.id)))
+    return out
+
+
+def train_reward(engine: Any, plan: Plan, k: int, comparison_order: list[int], held: list[Any], *,
+                 work: Path) -> dict[str, Any]:
+    """Train the reward model on the pairs of the first ``k`` judgments (ties dropped, as ``therapref
+    train`` does) and measure its pairwise accuracy on the held-out rubric pairs."""
+    from db.engine import read_only_engine, session_scope
+    from reward.config import load_config
+    from reward.data import pairs_from_db
+    from reward.scoring import load_reward_model
+    from reward.train import train_reward_model
+
+    output = work / f"reward-k{k}"
+    started, cpu = time.perf_counter(), time.process_time()
+    wanted = set(comparison_order[:k])
+    with session_scope(read_only_engine(engine)) as session:
+        pairs, _ = pairs_from_db(session=session, sources="clinicians")
+    pairs = [p for p in pairs if p.comparison_id in wanted]
+    if not (output / "config.json").is_file():
+        settings = {**(SMOKE_REWARD if plan.smoke else REWARD_SETTINGS), **plan.reward,
+                    "num_threads": plan.threads, "output_dir": str(output)}
+        config = load_config(None, **settings)
+        train_reward_model(config, pairs, eval_pairs=held[:1] or None)
+    model = load_reward_model(output, device="cpu")
+    chosen, rejected = model.score_pairs(held)
+    accuracy = statistics.fmean(float(c > r) for c, r in zip(chosen, rejected, strict=True)) if held else math.nan
+    longer = statistics.fmean(float(reply_length(p.chosen) > reply_length(p.rejected)) for p in held) if held else 0
+    return {"k": k, "pairs": len(pairs), "held_out_pairs": len(held), "accuracy": accuracy,
+            "longer_wins": longer, "path": str(output), "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu}
+
+
+# --- A/B tests ------------------------------------------------------------------------------------------------------
+
+
+def ab_row(engine: Any, plan: Plan, method: str, k: int, new: str, base: str, heldout: list[int], *,
+           rng: random.Random, generate: bool = True) -> Row:
+    """A/B test ``new`` against ``base`` on the held-out prompts (``policy.abtest.create_abtest``, both sides
+    generated with the same settings), the simulated clinician judging through the queue, and the
+    head-to-head figures (``analytics.head_to_head``)."""
+    from sqlmodel import select
+
     from analytics.head_to_head import head_to_head
     from db.engine import read_only_engine, session_scope
-    from db.models import AbTest
-    from exports.filters import ExportFilters
-    from exports.run import ExportOptions, run_export
-    from policy.loop import RoundConfig, run_round
+    from db.models import AbTest, CandidateModel
+    from policy.abtest import create_abtest, spec_for
 
-    filters = ExportFilters(sources="clinicians", candidate_models=tuple(BENCH_CANDIDATES), until=cutoff)
-    options = ExportOptions(actor="bench", command=["bench/loop.py", method, str(k)])
-
-    def export(kind: str, path: Path, *, force: bool) -> Any:
-        options.force = force
-        return run_export(kind, path, engine=engine, filters=filters, options=options)
-
-    training = {**(SMOKE_TRAINING if plan.smoke else COMMON_TRAINING), **TRAINING[method],
-                "num_threads": plan.threads}
-    if plan.smoke:
-        training["learning_rate"] = SMOKE_RATES[method]  # a random tiny model needs a large step to move
-    # Rounds with other epochs get their own folder and candidate name, so they can share one --workdir.
-    label = f"{method}-k{k}" + (f"-e{plan.epochs:g}" if plan.epochs != 1 else "")
-    config = RoundConfig(method=method, prompts=",".join(map(str, heldout)), overlap=1, base_model=base_model,
-                         epochs=plan.epochs, name=f"bench-{label}", system_prompt="", seed=plan.seed,
-                         max_tokens=plan.max_tokens, training=training,
-                         export={"filters": filters.to_json()})
-    result = run_round(work / label, config, engine=engine, export=export, log=_say,
-                       generation={"threads": plan.threads, "seed": plan.seed, "temperature": 0.7})
-    steps = result.steps
-    names = steps["register"].figures
-    test = json.loads((work / label / "abtest.json").read_text())
+    overrides = {**AB_GENERATION, "threads": plan.threads, "seed": plan.seed, "max_tokens": plan.max_tokens}
     with session_scope(read_only_engine(engine)) as session:
-        comparison_ids = set((session.get(AbTest, test["abtest_id"]).details or {}).get("comparison_ids", []))
+        rows = session.exec(select(CandidateModel).where(CandidateModel.name.in_([new, base]))).all()
+        specs = [spec_for(row, overrides=overrides) for row in rows]
+    started = time.perf_counter()
+    result = create_abtest(new, base, engine=engine, prompts=",".join(map(str, heldout)), overlap=1,
+                           seed=plan.seed, generate=generate, specs=specs, actor="bench")
+    generated = time.perf_counter() - started
+    with session_scope(read_only_engine(engine)) as session:
+        comparison_ids = set((session.get(AbTest, result.abtest_id).details or {}).get("comparison_ids", []))
     judge_queue(engine, limit=None, only=comparison_ids, rng=rng)
     with session_scope(read_only_engine(engine)) as session:
-        table = head_to_head(names["candidate"], names["base"], session=session, sources="clinicians",
-                             prompt_ids=test["prompt_ids"], n_bootstrap=300, seed=plan.seed)
-        sides = _side_figures(names["candidate"], names["base"], test["prompt_ids"], session=session)
-    row = Row(method=method, k=k, n_train=steps["export"].figures["rows"], n=table.n, wins=table.wins,
-              losses=table.losses, ties=table.ties + table.both_bad,
-              win_rate=table.win_rate.value, win_low=table.win_rate.low, win_high=table.win_rate.high,
-              lc_win_rate=table.length_controlled.value, lc_low=table.length_controlled.low,
-              lc_high=table.length_controlled.high, flagged_new=table.flags_new.value,
-              flagged_base=table.flags_base.value, train_seconds=steps["finetune"].figures.get("seconds", math.nan),
-              generate_seconds=steps["abtest"].seconds or math.nan, **sides)
-    row.extra = {"loss_start": steps["finetune"].figures.get("loss_start"),
-                 "loss_end": steps["finetune"].figures.get("loss_end"), "candidate": names["candidate"],
-                 "base": names["base"]}
-    return row
+        table = head_to_head(new, base, session=session, sources="clinicians", prompt_ids=result.prompt_ids,
+                             n_bootstrap=300, seed=plan.seed)
+        sides = _side_figures(new, base, result.prompt_ids, session=session)
+    return Row(method=method, k=k, n=table.n, wins=table.wins, losses=table.losses, ties=table.ties + table.both_bad,
+               win_rate=table.win_rate.value, win_low=table.win_rate.low, win_high=table.win_rate.high,
+               lc_win_rate=table.length_controlled.value, lc_low=table.length_controlled.low,
+               lc_high=table.length_controlled.high, flagged_new=table.flags_new.value,
+               flagged_base=table.flags_base.value, generate_seconds=generated,
+               extra={"candidate": new, "base": base, "abtest_id": result.abtest_id}, **sides)
 
 
 def _side_figures(new: str, base: str, prompt_ids: list[int], *, session: Any) -> dict[str, float]:
-    """Mean words and rubric score of each side's replies on the A/B prompts."""
+    """Mean words and rubric score of each side's first reply on the A/B prompts."""
     from sqlmodel import select
 
     from db.models import CandidateModel, Prompt, Response
 
     out = {}
     for key, name in (("new", new), ("base", base)):
-        rows = session.exec(select(Response.text, Prompt.messages).join(Prompt, Prompt.id == Response.prompt_id)
+        rows = session.exec(select(Response.prompt_id, Response.text, Prompt.messages)
+                            .join(Prompt, Prompt.id == Response.prompt_id)
                             .join(CandidateModel, CandidateModel.id == Response.candidate_model_id)
-                            .where(CandidateModel.name == name, Response.prompt_id.in_(prompt_ids))).all()
-        out[f"words_{key}"] = statistics.fmean(reply_length(t) for t, _ in rows) if rows else math.nan
-        out[f"rubric_{key}"] = statistics.fmean(rubric_score(m, t) for t, m in rows) if rows else math.nan
+                            .where(CandidateModel.name == name, Response.prompt_id.in_(prompt_ids))
+                            .order_by(Response.id)).all()
+        first: dict[int, tuple[str, Any]] = {}
+        for prompt_id, text, messages in rows:
+            first.setdefault(prompt_id, (text, messages))
+        out[f"words_{key}"] = statistics.fmean(reply_length(t) for t, _ in first.values()) if first else math.nan
+        out[f"rubric_{key}"] = statistics.fmean(rubric_score(m, t) for t, m in first.values()) if first else math.nan
     return out
+
+
+def run_best_of_n(engine: Any, plan: Plan, base: str, reward_dir: str, heldout: list[int], *,
+                  rng: random.Random) -> list[Row]:
+    """Best-of-n candidates of the base by the reward model, each A/B-tested against the base.
+
+    The largest N runs through the product path (``candidates add --best-of``'s library call, then
+    generation in the A/B test: N samples per prompt, every one stored with its score). The smaller
+    ones take the first n of those samples: the seeds of sample i do not depend on N
+    (``candidates.best_of_n.sample_seed``), so these are exactly the draws their own runs would make."""
+    from sqlmodel import select
+
+    from candidates.best_of_n import register_best_of_n
+    from db.crud import add_response
+    from db.engine import session_scope
+    from db.models import BestOfNSample, CandidateModel, Response
+    from reward.scoring import pick_safe_best
+
+    rows: list[Row] = []
+    largest = max(plan.best_of)
+    names = {n: f"bench-best-of-{n}" for n in plan.best_of}
+    for n in sorted(plan.best_of, reverse=True):
+        with session_scope(engine) as session:
+            register_best_of_n(names[n], of=base, best_of=n, reward_model=reward_dir, session=session, actor="bench")
+        cpu = time.process_time()
+        if n != largest:
+            with session_scope(engine) as session:
+                target = session.exec(select(CandidateModel).where(CandidateModel.name == names[n])).one()
+                source = session.exec(select(CandidateModel).where(CandidateModel.name == names[largest])).one()
+                for response in session.exec(select(Response).where(Response.candidate_model_id == source.id,
+                                                                    Response.prompt_id.in_(heldout))).all():
+                    samples = session.exec(select(BestOfNSample).where(
+                        BestOfNSample.response_id == response.id, BestOfNSample.sample_index < n)
+                        .order_by(BestOfNSample.sample_index)).all()
+                    if len(samples) < n:
+                        continue
+                    index = pick_safe_best([s.reward for s in samples], [s.unsafe for s in samples])
+                    meta = {**(samples[index].meta or {}), "best_of": {"n": n, "picked": index,
+                                                                        "from": names[largest]}}
+                    reply, created = add_response(SimpleNamespace(id=response.prompt_id), target,  # type: ignore[arg-type]
+                                                  samples[index].text, session=session, meta=meta)
+                    if created:
+                        session.flush()
+                        session.add_all(BestOfNSample(response_id=reply.id, sample_index=s.sample_index, text=s.text,
+                                                      reward=s.reward, safety=s.safety, unsafe=s.unsafe,
+                                                      picked=s.sample_index == index, seed=s.seed, meta=s.meta)
+                                        for s in samples)
+        _say(f"Best-of-{n} against the base")
+        row = ab_row(engine, plan, f"best-of-{n}", plan.k, names[n], base, heldout, rng=rng, generate=n == largest)
+        row.cpu_seconds = time.process_time() - cpu
+        rows.append(row)
+        _say(format_rows([row]).splitlines()[-1])
+    return sorted(rows, key=lambda r: int(r.method.split("-")[-1]))
+
+
+# --- trained policies -------------------------------------------------------------------------------------------------
+
+
+def run_one(engine: Any, plan: Plan, method: str, k: int, *, work: Path, cutoff: Any, base_model: str, base: str,
+            heldout: list[int], rng: random.Random, reward_dir: str | None = None) -> Row:
+    """One round of ``policy.loop.run_round`` (as ``therapref loop round``) on the first ``k`` judgments, then
+    the simulated clinician judges its A/B test against the base."""
+    from exports.filters import ExportFilters
+    from exports.run import ExportOptions, run_export
+    from policy.loop import RoundConfig, run_round
+
+    filters = ExportFilters(sources="clinicians", candidate_models=tuple(SAMPLERS), until=cutoff)
+    options = ExportOptions(actor="bench", command=["bench/loop.py", method, str(k)])
+
+    def export(kind: str, path: Path, *, force: bool) -> Any:
+        options.force = force
+        return run_export(kind, path, engine=engine, filters=filters, options=options)
+
+    training = {**(SMOKE_TRAINING if plan.smoke else COMMON_TRAINING), **TRAINING.get(method, {}),
+                "num_threads": plan.threads}
+    if plan.smoke and method in SMOKE_RATES:
+        training["learning_rate"] = SMOKE_RATES[method]  # a random tiny model needs a large step to move
+    label = f"{method}-k{k}" + (f"-e{plan.epochs:g}" if plan.epochs != 1 else "")
+    extra: dict[str, Any] = {}
+    if reward_dir is not None:
+        extra["reward_model"] = reward_dir
+    config = RoundConfig(method=method, prompts=",".join(map(str, heldout)), overlap=1, base_model=base_model,
+                         against=base, epochs=plan.epochs, name=f"bench-{label}", system_prompt="", seed=plan.seed,
+                         max_tokens=plan.max_tokens, training=training, export={"filters": filters.to_json()},
+                         **extra)
+    cpu = time.process_time()
+    result = run_round(work / label, config, engine=engine, export=export, log=_say,
+                       generation={"threads": plan.threads, "seed": plan.seed, **AB_GENERATION})
+    steps = result.steps
+    names = steps["register"].figures
+    row = ab_row(engine, plan, method, k, names["candidate"], base, heldout, rng=rng, generate=False)
+    row.n_train = int((steps["export"].figures or {}).get("rows") or (steps["finetune"].figures or {}).get("n_train")
+                      or 0)
+    row.train_seconds = (steps["finetune"].figures or {}).get("seconds", math.nan)
+    row.generate_seconds = steps["abtest"].seconds or math.nan
+    row.cpu_seconds = time.process_time() - cpu
+    row.extra.update(loss_start=(steps["finetune"].figures or {}).get("loss_start"),
+                     loss_end=(steps["finetune"].figures or {}).get("loss_end"))
+    return row
+
+
+# --- output -----------------------------------------------------------------------------------------------------------
 
 
 def format_rows(rows: Sequence[Row]) -> str:
@@ -516,9 +676,9 @@ def format_rows(rows: Sequence[Row]) -> str:
 
     >>> print(format_rows([Row("dpo", 100, n_train=80, win_rate=0.7, win_low=0.58, win_high=0.8, n=60)]))
     ... # doctest: +NORMALIZE_WHITESPACE
-    | method | K | rows | win rate [95% CI] | LC win rate [95% CI] | W/L/T | words new/base | rubric new/base | flagged new/base | train s | A/B gen s |
-    | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-    | dpo | 100 | 80 | 0.70 [0.58, 0.80] | n/a | 0/0/0 | n/a | n/a | n/a | n/a | n/a |
+    | method | K | rows | win rate [95% CI] | LC win rate [95% CI] | W/L/T | words new/base | rubric new/base | flagged new/base | train s | A/B gen s | CPU s |
+    | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+    | dpo | 100 | 80 | 0.70 [0.58, 0.80] | n/a | 0/0/0 | n/a | n/a | n/a | n/a | n/a | n/a |
     """  # noqa: E501
     def num(value: float, digits: int = 2) -> str:
         return f"{value:.{digits}f}" if isinstance(value, int | float) and math.isfinite(value) else "n/a"
@@ -530,39 +690,64 @@ def format_rows(rows: Sequence[Row]) -> str:
         return f"{num(a, digits)} / {num(b, digits)}" if math.isfinite(a) or math.isfinite(b) else "n/a"
 
     lines = ["| method | K | rows | win rate [95% CI] | LC win rate [95% CI] | W/L/T | words new/base | "
-             "rubric new/base | flagged new/base | train s | A/B gen s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "rubric new/base | flagged new/base | train s | A/B gen s | CPU s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r.method} | {r.k} | {r.n_train} | {ci(r.win_rate, r.win_low, r.win_high)} | "
                      f"{ci(r.lc_win_rate, r.lc_low, r.lc_high)} | {r.wins}/{r.losses}/{r.ties} | "
                      f"{pair(r.words_new, r.words_base)} | {pair(r.rubric_new, r.rubric_base, 2)} | "
                      f"{pair(r.flagged_new, r.flagged_base, 2)} | {num(r.train_seconds, 0)} | "
-                     f"{num(r.generate_seconds, 0)} |")
+                     f"{num(r.generate_seconds, 0)} | {num(r.cpu_seconds, 0)} |")
     return "\n".join(lines)
 
 
-def verdict(rows: Sequence[Row]) -> str:
-    """Which method wins, by how much, and whether the issue's target is met.
+def format_reward(figures: Sequence[dict[str, Any]]) -> str:
+    """The reward model's held-out accuracy against the simulated clinician per K (Markdown).
 
-    >>> verdict([Row("sft", 100, win_rate=0.6, win_low=0.48, win_high=0.7),
-    ...          Row("dpo", 100, win_rate=0.7, win_low=0.58, win_high=0.8)])
-    'Best: dpo at K=100, win rate 0.70 [0.58, 0.80] over the base (target ≥ 0.65 with the lower bound > 0.5: met); the thesis approach (sft) at its best K=100: 0.60, dpo at its best K=100: 0.70 (dpo − sft = +0.10).'
-    """  # noqa: E501
-    scored = [r for r in rows if math.isfinite(r.win_rate)]
-    if not scored:
-        return "No A/B results."
-    best = max(scored, key=lambda r: (r.win_rate, r.win_low))
-    met = any(r.win_rate >= 0.65 and r.win_low > 0.5 and r.k <= 400 for r in scored)
-    text = (f"Best: {best.method} at K={best.k}, win rate {best.win_rate:.2f} [{best.win_low:.2f}, "
-            f"{best.win_high:.2f}] over the base (target ≥ 0.65 with the lower bound > 0.5: "
-            f"{'met' if met else 'not met'})")
-    tops = {m: max((r for r in scored if r.method == m), key=lambda r: r.win_rate, default=None)
-            for m in ("sft", "dpo")}
-    if tops["sft"] is not None and tops["dpo"] is not None:
-        sft, dpo = tops["sft"], tops["dpo"]
-        text += (f"; the thesis approach (sft) at its best K={sft.k}: {sft.win_rate:.2f}, dpo at its best "
-                 f"K={dpo.k}: {dpo.win_rate:.2f} (dpo − sft = {dpo.win_rate - sft.win_rate:+.2f})")
-    return text + "."
+    >>> print(format_reward([{"k": 50, "pairs": 30, "held_out_pairs": 100, "accuracy": 0.71, "longer_wins": 0.4,
+    ...                       "seconds": 12.0}]))
+    | K judgments | training pairs | held-out pairs | accuracy | longer wins | train s |
+    | --- | --- | --- | --- | --- | --- |
+    | 50 | 30 | 100 | 0.710 | 0.400 | 12 |
+    """
+    lines = ["| K judgments | training pairs | held-out pairs | accuracy | longer wins | train s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for f in figures:
+        lines.append(f"| {f['k']} | {f['pairs']} | {f['held_out_pairs']} | {f['accuracy']:.3f} | "
+                     f"{f['longer_wins']:.3f} | {f['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+TRAINED = ("rs", "rloo", "grpo", "iterated-dpo")
+
+
+def verdict(rows: Sequence[Row], reward: Sequence[dict[str, Any]] = ()) -> str:
+    """The issue's three targets, each met or not, with the figure behind it.
+
+    >>> print(verdict([Row("best-of-8", 200, win_rate=0.72, win_low=0.6, win_high=0.8),
+    ...                Row("rs", 200, win_rate=0.66, win_low=0.53, win_high=0.77, lc_win_rate=0.6)],
+    ...               [{"k": 200, "accuracy": 0.81}]))
+    Reward model at K=200: accuracy 0.810 (target ≥ 0.80: met).
+    Best-of-8: win rate 0.72 [0.60, 0.80] (target ≥ 0.70: met).
+    Best trained policy: rs 0.66 [0.53, 0.77], LC 0.60 (target ≥ 0.65, CI low > 0.5, LC > 0.5: met).
+    """
+    lines = []
+    at = {f["k"]: f for f in reward}
+    if 200 in at:
+        acc = at[200]["accuracy"]
+        met = "met" if acc >= 0.8 else "not met"
+        lines.append(f"Reward model at K=200: accuracy {acc:.3f} (target ≥ 0.80: {met}).")
+    best8 = next((r for r in rows if r.method == "best-of-8" and math.isfinite(r.win_rate)), None)
+    if best8 is not None:
+        lines.append(f"Best-of-8: win rate {best8.win_rate:.2f} [{best8.win_low:.2f}, {best8.win_high:.2f}] "
+                     f"(target ≥ 0.70: {'met' if best8.win_rate >= 0.7 else 'not met'}).")
+    trained = [r for r in rows if r.method in TRAINED and math.isfinite(r.win_rate)]
+    if trained:
+        top = max(trained, key=lambda r: (r.win_rate, r.win_low))
+        met = "met" if top.win_rate >= 0.65 and top.win_low > 0.5 and top.lc_win_rate > 0.5 else "not met"
+        lines.append(f"Best trained policy: {top.method} {top.win_rate:.2f} [{top.win_low:.2f}, {top.win_high:.2f}], "
+                     f"LC {top.lc_win_rate:.2f} (target ≥ 0.65, CI low > 0.5, LC > 0.5: {met}).")
+    return "\n".join(lines) if lines else "No results."
 
 
 # --- main -------------------------------------------------------------------------------------------------------
@@ -572,14 +757,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="one method (dpo unless --methods) at K=100")
+    mode.add_argument("--quick", action="store_true", help="K ∈ {50, 100, 200}, best-of-4/8, fewer prompts")
     mode.add_argument("--smoke", action="store_true", help="a tiny random Llama, K=6, 4 held-out prompts")
-    parser.add_argument("--methods", help="comma list of sft, dpo, kto (default: all three; --quick: dpo)")
-    parser.add_argument("--ks", help="comma list of judgment counts K (default 100,200,400; --quick: 100)")
+    parser.add_argument("--methods", help=f"comma list of {', '.join(METHODS)} (default: all but kto)")
+    parser.add_argument("--ks", help="reward-model judgment counts K (default 50,100,200,400)")
+    parser.add_argument("--k", type=int, help="judgments the methods train on (default 200)")
+    parser.add_argument("--best-of", help="comma list of N for best-of-n (default 4,8,16)")
     parser.add_argument("--heldout", type=int, help="held-out A/B prompts (default 60; smoke 4)")
-    parser.add_argument("--max-tokens", type=int, help="most tokens per generated reply (default 96; smoke 12)")
+    parser.add_argument("--eval-prompts", type=int, help="prompts whose samples test the reward model (default 40)")
+    parser.add_argument("--max-tokens", type=int, help="most tokens per generated reply (default 80; smoke 12)")
     parser.add_argument("--train-words", type=int, default=60, help="longest Counsel Chat question used, in words")
     parser.add_argument("--epochs", type=float, default=1.0, help="training epochs per round")
+    parser.add_argument("--reward", default="", help="reward-model settings as name=value,… (reward.config names)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and llama.cpp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep the database and rounds here (resumable); default: a "
@@ -587,20 +776,32 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args(argv)
     if args.smoke:
-        methods, ks, heldout, max_tokens = ["dpo"], [6], 4, 12
+        methods, ks, k, best_of, heldout, evaluation, max_tokens = ["dpo", "best-of-n"], [6], 6, [2], 4, 2, 12
     elif args.quick:
-        methods, ks, heldout, max_tokens = ["dpo"], [100], 60, 96
+        methods, ks, k, best_of, heldout, evaluation, max_tokens = (["dpo", "best-of-n"], [50, 100, 200], 200,
+                                                                    [4, 8], 40, 30, 80)
     else:
-        methods, ks, heldout, max_tokens = ["sft", "dpo", "kto"], [100, 200, 400], 60, 96
+        methods, ks, k, best_of, heldout, evaluation, max_tokens = (["sft", "dpo", "best-of-n"], [50, 100, 200, 400],
+                                                                    200, [4, 8, 16], 60, 40, 80)
     args.methods = [m.strip() for m in args.methods.split(",")] if args.methods else methods
-    args.ks = sorted(int(k) for k in args.ks.split(",")) if args.ks else ks
+    args.ks = sorted(int(v) for v in args.ks.split(",")) if args.ks else ks
+    args.k = args.k or k
+    args.best_of = sorted(int(v) for v in args.best_of.split(",")) if args.best_of else best_of
     args.heldout = args.heldout or heldout
+    args.eval_prompts = args.eval_prompts or evaluation
     args.max_tokens = args.max_tokens or max_tokens
-    bad = [m for m in args.methods if m not in TRAINING]
+    reward: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in args.reward.split(","))):
+        key, _, value = item.partition("=")
+        reward[key.strip()] = json.loads(value) if value.strip()[:1] in "0123456789-tf[{\"" else value.strip()
+    args.reward = reward
+    bad = [m for m in args.methods if m not in METHODS]
     if bad or not args.methods:
-        parser.error(f"--methods: unknown {', '.join(bad) or 'none'} (sft, dpo, kto)")
-    if any(k < 2 for k in args.ks):
-        parser.error("--ks: each K must be at least 2")
+        parser.error(f"--methods: unknown {', '.join(bad) or 'none'} ({', '.join(METHODS)})")
+    if any(v < 2 for v in args.ks) or args.k < 2:
+        parser.error("--ks/--k: each K must be at least 2")
+    if any(n < 1 for n in args.best_of):
+        parser.error("--best-of: each N must be at least 1")
     if not (COUNSEL_CHAT.is_file() and GABY.is_file()):
         parser.error(f"the shared data files are missing: {COUNSEL_CHAT}, {GABY}")
     return args
@@ -608,20 +809,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    plan = Plan(methods=args.methods, ks=args.ks, heldout=args.heldout, max_tokens=args.max_tokens,
-                train_words=args.train_words, epochs=args.epochs, smoke=args.smoke, threads=args.threads,
-                seed=args.seed)
+    plan = Plan(methods=args.methods, ks=args.ks, k=args.k, best_of=args.best_of, heldout=args.heldout,
+                eval_prompts=args.eval_prompts, max_tokens=args.max_tokens, train_words=args.train_words,
+                epochs=args.epochs, smoke=args.smoke, threads=args.threads, seed=args.seed, reward=args.reward)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as scratch:
         work = args.workdir or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
         rows, figures = run_bench(plan, work)
     total = time.perf_counter() - started
+    print("Reward model vs the simulated clinician (held-out prompts):")
+    print(format_reward(figures["reward"]))
+    print()
     print(format_rows(rows))
-    print(verdict(rows))
+    print(verdict(rows, figures["reward"]))
     print(f"Data: {figures['prepare']['generation']}; {figures['prepare']['pairs']}; "
-          f"{len(figures['prepare']['train_prompts'])} training prompts, {len(figures['prepare']['heldout'])} "
-          f"held-out; preparation {figures['prepare']['seconds']:.0f} s. Total {total / 60:.1f} min.")
+          f"{len(figures['prepare']['train_prompts'])} training prompts, {len(figures['prepare']['eval_prompts'])} "
+          f"reward-test prompts, {len(figures['prepare']['heldout'])} held-out A/B prompts; preparation "
+          f"{figures['prepare']['seconds']:.0f} s. Total {total / 60:.1f} min.")
     if args.json:
         args.json.write_text(json.dumps({"rows": [r.__dict__ for r in rows], "total_seconds": total, **figures,
                                          "plan": plan.__dict__}, indent=2, default=str) + "\n")
@@ -629,8 +834,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_bench(plan: Plan, work: Path) -> tuple[list[Row], dict[str, Any]]:
-    from db.engine import make_engine
+    from db.engine import make_engine, session_scope
     from db.migrate import upgrade
+    from policy.loop import ensure_default_base
 
     base_model = str(tiny_base(work / "tiny-llama")) if plan.smoke else "embedded"
     if plan.smoke:
@@ -642,32 +848,46 @@ def run_bench(plan: Plan, work: Path) -> tuple[list[Row], dict[str, Any]]:
     engine = make_engine(f"sqlite:///{work / 'bench.db'}")
     upgrade(engine)
     rng = random.Random(plan.seed)
-    _say("Preparing: demo project, prompts, bench candidates' replies, comparisons …")
+    _say("Preparing: demo project, prompts, the base's samples, comparisons …")
     prepared = prepare(engine, plan, base_gguf=base_gguf)
     _say(f"  {prepared['generation']}; {prepared['pairs']}")
-    # Resumable: the clinician's earlier judgments of the bench candidates' pairs count first.
-    training_pairs, times = bench_judgments(engine)
-    wanted = max(plan.ks) + 1
+    # Resumable: the clinician's earlier judgments of the samples' pairs count first.
+    training_pairs, times, order = bench_judgments(engine)
+    wanted = max(*plan.ks, plan.k) + 1
     if len(times) < wanted:
-        times += judge_queue(engine, limit=wanted - len(times), only=training_pairs, rng=rng)
-    if len(times) < max(plan.ks):
+        judge_queue(engine, limit=wanted - len(times), only=training_pairs, rng=rng)
+        training_pairs, times, order = bench_judgments(engine)
+    if len(times) < max(*plan.ks, plan.k):
         raise SystemExit(f"only {len(times)} comparisons to judge; lower --ks or raise --train-words")
     _say(f"  the simulated clinician judged {len(times)} comparisons")
     signal = {k: signal_figures(engine, prepared["train_prompts"], training_pairs, k) for k in plan.ks}
     for k, figures in signal.items():
-        per = ", ".join(f"{name} {c['rubric_mean']:.2f} (sd {c['rubric_sd']:.2f}, question {c['question_mean']:.2f})"
-                        for name, c in figures["candidates"].items())
+        samples = figures["candidates"].get("samples", {})
         _say(f"  signal at K={k}: {figures['ties']} of {figures['judgments']} judgments tied "
-             f"({figures['decided']} decided); mean rubric {per}")
-    rows = []
+             f"({figures['decided']} decided); samples' mean rubric {samples.get('rubric_mean')} "
+             f"(sd {samples.get('rubric_sd')})")
+    held = rubric_pairs(engine, prepared["eval_prompts"])
+    reward = []
+    for k in sorted(set(plan.ks) | {plan.k}):
+        _say(f"Reward model on K={k} judgments")
+        reward.append(train_reward(engine, plan, k, order, held, work=work))
+        _say("  " + format_reward(reward[-1:]).splitlines()[-1])
+    reward_dir = next(f["path"] for f in reward if f["k"] == plan.k)
+    reward = [f for f in reward if f["k"] in plan.ks]
+    with session_scope(engine) as session:
+        base = ensure_default_base(base_model, session=session, system_prompt="")
+    rows: list[Row] = []
+    cutoff = times[plan.k] if plan.k < len(times) else None
     for method in plan.methods:
-        for k in plan.ks:
-            cutoff = times[k] if k < len(times) else None
-            _say(f"Round: {method} on K={k} judgments")
-            rows.append(run_one(engine, plan, method, k, work=work / "rounds", cutoff=cutoff,
-                                base_model=base_model, heldout=prepared["heldout"], rng=rng))
-            _say(format_rows(rows[-1:]).splitlines()[-1])
-    return rows, {"prepare": prepared, "signal": signal}
+        if method == "best-of-n":
+            rows += run_best_of_n(engine, plan, base, reward_dir, prepared["heldout"], rng=rng)
+            continue
+        _say(f"Round: {method} on K={plan.k} judgments")
+        rows.append(run_one(engine, plan, method, plan.k, work=work / "rounds", cutoff=cutoff, base_model=base_model,
+                            base=base, heldout=prepared["heldout"], rng=rng,
+                            reward_dir=reward_dir if method in TRAINED else None))
+        _say(format_rows(rows[-1:]).splitlines()[-1])
+    return rows, {"prepare": prepared, "signal": signal, "reward": reward}
 
 
 if __name__ == "__main__":
