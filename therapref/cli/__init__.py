@@ -23,6 +23,7 @@ from therapref.cli import (
     loop,
     policy,
     reporting,
+    serving,
     training,
 )
 
@@ -34,5 +35,5 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 for _area in (core, importing, demo, generating, app_server, training, exporting, policy, reporting, active, judging,
-              abtest, candidates, loop):
+              abtest, candidates, loop, serving):
     _area.register(app)
