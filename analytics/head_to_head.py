@@ -20,7 +20,11 @@ Figures (``HeadToHead``):
 - the length-controlled win rate: a logistic regression of the outcome on the normalised length
   difference in words (``db.rules.reply_length``; (new − base) / (new + base), the leaderboard's
   feature), read at zero difference: σ(intercept), with the same bootstrap interval;
-- safety flags per side: the share of judgments that flagged the new (base) reply, Wilson 95%.
+- safety flags per side: the share of judgments that flagged the new (base) reply, Wilson 95%;
+- mean reply length per side in words, over the comparisons, and a warning when the longer side's
+  mean is more than 30% above the shorter's (``LENGTH_WARNING``): then the raw win rate says as much
+  about length (often: generation settings such as ``max_tokens``) as about the model, and the
+  length-controlled rate, printed beside it, is the one to read.
 
 ``head_to_head`` loads clinicians' (or other sources') judgments; ``head_to_head_from_scores`` judges
 the same comparisons by a reward model instead (a proxy: P(new better) = σ(score_new − score_base)).
@@ -53,6 +57,41 @@ SOURCES = {"clinicians": CLINICIAN_ROLES, "imported": ("source",), "both": (*CLI
 Z95 = 1.959963984540054
 # A small ridge keeps an unbeaten side finite without visibly moving the estimate (see the module doc).
 RIDGE = 0.01
+# Mean reply lengths (words) further apart than this ratio - 1 earn the table a warning: a length gap
+# that size moves clinicians' preferences on its own (the length-controlled rate is then the one to read).
+LENGTH_WARNING = 0.30
+
+
+def length_gap(mean_new: float, mean_base: float) -> float:
+    """How much longer the longer side's mean reply is than the shorter's (0.3 = 30% longer); inf
+    when one side's replies have no words at all, nan when neither has any.
+
+    >>> round(length_gap(199, 65), 2), round(length_gap(65, 199), 2), length_gap(40, 40)
+    (2.06, 2.06, 0.0)
+    """
+    low, high = sorted((float(mean_new), float(mean_base)))
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= 0:
+        return math.nan
+    return math.inf if low <= 0 else high / low - 1.0
+
+
+def length_warning(mean_new: float, mean_base: float, *, threshold: float = LENGTH_WARNING) -> str:
+    """The warning line for mean lengths more than ``threshold`` apart, else "".
+
+    >>> print(length_warning(199, 65))
+    warning: new's replies average 199 words, base's 65 (new's 206% longer): the raw win rate measures length as \
+much as the model; read the length-controlled win rate, and check that both sides were generated with the same settings
+    >>> length_warning(50, 60)
+    ''
+    """
+    gap = length_gap(mean_new, mean_base)
+    if not gap > threshold:  # nan (no replies) never warns
+        return ""
+    longer = "new's" if mean_new > mean_base else "base's"
+    how = "far" if math.isinf(gap) else f"{gap:.0%}"
+    return (f"warning: new's replies average {mean_new:.0f} words, base's {mean_base:.0f} ({longer} {how} longer): "
+            "the raw win rate measures length as much as the model; read the length-controlled win rate, and check "
+            "that both sides were generated with the same settings")
 
 
 @dataclass(frozen=True)
@@ -166,6 +205,14 @@ class HeadToHead:
     flag_counts_base: dict[str, int] = field(default_factory=dict)
     mean_p_new: float | None = None
     note: str = ""
+    # Mean words per reply on each side, over the comparisons (judged or not, when read from the database).
+    mean_len_new: float = math.nan
+    mean_len_base: float = math.nan
+
+    @property
+    def length_warning(self) -> str:
+        """The warning line when the two sides' mean lengths differ by more than ``LENGTH_WARNING``."""
+        return length_warning(self.mean_len_new, self.mean_len_base)
 
     @property
     def bt_elo(self) -> float:
@@ -184,15 +231,20 @@ class HeadToHead:
 
         flags = ", ".join(f"{k} {v}" for k, v in sorted(self.flag_counts_new.items())) or "none"
         flags_b = ", ".join(f"{k} {v}" for k, v in sorted(self.flag_counts_base.items())) or "none"
+        lengths = ("n/a" if not (math.isfinite(self.mean_len_new) and math.isfinite(self.mean_len_base))
+                   else f"{self.mean_len_new:.0f} / {self.mean_len_base:.0f}")
+        # The length-controlled rate sits right under the raw one: read together, they show how much of a
+        # win is length (the issue that a win can measure max_tokens rather than the model).
         rows = [
             ["judgments (comparisons, prompts)", f"{self.n} ({self.comparisons}, {self.prompts})"],
             ["new wins / losses / ties / both bad", f"{self.wins} / {self.losses} / {self.ties} / {self.both_bad}"],
             ["win rate of new (ties and both bad = ½) [95% CI]", est(self.win_rate)],
-            ["Bradley–Terry difference new − base, logits [95% CI]", est(self.bt_diff)],
-            ["Bradley–Terry difference, Elo points", "n/a" if not math.isfinite(self.bt_elo) else f"{self.bt_elo:.0f}"],
             ["length-controlled win rate (at equal length) [95% CI]", est(self.length_controlled)],
+            ["mean reply length, words: new / base", lengths],
             ["length effect (logits per unit normalised word difference)",
              "n/a" if not math.isfinite(self.length_coef) else f"{self.length_coef:.3f}"],
+            ["Bradley–Terry difference new − base, logits [95% CI]", est(self.bt_diff)],
+            ["Bradley–Terry difference, Elo points", "n/a" if not math.isfinite(self.bt_elo) else f"{self.bt_elo:.0f}"],
         ]
         if self.mean_p_new is not None:
             rows.append(["mean P(new better)", f"{self.mean_p_new:.3f}"])
@@ -213,7 +265,10 @@ class HeadToHead:
                 "length_coef": None if not math.isfinite(self.length_coef) else self.length_coef,
                 "flags_new": self.flags_new.as_dict(), "flags_base": self.flags_base.as_dict(),
                 "flag_counts_new": self.flag_counts_new, "flag_counts_base": self.flag_counts_base,
-                "mean_p_new": self.mean_p_new, "note": self.note}
+                "mean_p_new": self.mean_p_new, "note": self.note,
+                "mean_length_new": None if not math.isfinite(self.mean_len_new) else self.mean_len_new,
+                "mean_length_base": None if not math.isfinite(self.mean_len_base) else self.mean_len_base,
+                "length_warning": self.length_warning}
 
 
 def summarise(outcomes: Sequence[Outcome], *, new: str, base: str, judged_by: str = "clinicians",
@@ -239,6 +294,8 @@ def summarise(outcomes: Sequence[Outcome], *, new: str, base: str, judged_by: st
     h.wins, h.losses, h.ties, h.both_bad = (counts[k] for k in OUTCOMES)
     h.comparisons = len({o.comparison_id for o in outcomes})
     h.prompts = len({o.prompt_id for o in outcomes})
+    per_comparison = {o.comparison_id: (o.len_new, o.len_base) for o in outcomes}  # one per comparison
+    h.mean_len_new, h.mean_len_base = mean_lengths(per_comparison.values())
     if not outcomes:
         h.note = "no judgments on comparisons between these two candidates yet"
         return h
@@ -263,6 +320,18 @@ def summarise(outcomes: Sequence[Outcome], *, new: str, base: str, judged_by: st
     h.flag_counts_new = dict(Counter(f for o in outcomes for f in o.flags_new))
     h.flag_counts_base = dict(Counter(f for o in outcomes for f in o.flags_base))
     return h
+
+
+def mean_lengths(pairs: Iterable[tuple[float, float]]) -> tuple[float, float]:
+    """Mean (new, base) lengths over pairs of lengths; nan for none.
+
+    >>> mean_lengths([(10, 4), (20, 6)]), mean_lengths([])
+    ((15.0, 5.0), (nan, nan))
+    """
+    pairs = list(pairs)
+    if not pairs:
+        return math.nan, math.nan
+    return (float(np.mean([a for a, _ in pairs])), float(np.mean([b for _, b in pairs])))
 
 
 # --- From the database ----------------------------------------------------------------------------
@@ -342,10 +411,18 @@ def head_to_head(new: str, base: str, *, session: Session, sources: str = "clini
     items = pair_items(new, base, session=session, prompt_ids=prompt_ids)
     outcomes = judged_outcomes(items, session=session, sources=sources)
     h = summarise(outcomes, new=new, base=base, judged_by=sources, n_bootstrap=n_bootstrap, seed=seed)
+    _item_lengths(h, items)
     waiting = len(items) - h.comparisons
     if items and waiting:
         h.note = f"{waiting} of {len(items)} comparisons have no judgment by {sources} yet"
     return h
+
+
+def _item_lengths(h: HeadToHead, items: Sequence[PairItem]) -> None:
+    """Mean lengths over every comparison, judged or not: the warning shows before the first judgment."""
+    if items:
+        h.mean_len_new, h.mean_len_base = mean_lengths((reply_length(i.text_new), reply_length(i.text_base))
+                                                       for i in items)
 
 
 def scored_outcomes(items: Sequence[PairItem], scorer: Any) -> tuple[list[Outcome], list[float]]:
@@ -380,6 +457,7 @@ def head_to_head_from_scores(new: str, base: str, scorer: Any, *, session: Sessi
     items = pair_items(new, base, session=session, prompt_ids=prompt_ids)
     outcomes, probabilities = scored_outcomes(items, scorer)
     h = summarise(outcomes, new=new, base=base, judged_by=f"proxy: {label}", n_bootstrap=n_bootstrap, seed=seed)
+    _item_lengths(h, items)
     h.mean_p_new = float(np.mean(probabilities)) if probabilities else None
     return h
 
@@ -438,6 +516,8 @@ def head_to_head_section(tables: Sequence[AbTestTable], *, title: str = "Head-to
     for t in tables:
         if t.result.note:
             blocks.append(Paragraph(f"A/B test {t.abtest_id}: {t.result.note}.", note=True))
+        if t.result.length_warning:
+            blocks.append(Paragraph(f"A/B test {t.abtest_id}: {t.result.length_warning}.", note=True))
         blocks.append(Table(["measure", "value"], t.result.rows(), t.caption))
     return Section("abtests", title, blocks)
 
@@ -451,12 +531,15 @@ def format_table(h: HeadToHead) -> str:
     lines = [f"{h.new} (new) vs {h.base} (base), judged by {h.judged_by}"]
     if h.note:
         lines.append(f"  note: {h.note}")
+    if h.length_warning:
+        lines.append(f"  {h.length_warning}")
     rows = h.rows()
     width = max(len(r[0]) for r in rows)
     lines += [f"  {label.ljust(width)}  {value}" for label, value in rows]
     return "\n".join(lines)
 
 
-__all__ = ["Outcome", "HeadToHead", "AbTestTable", "PairItem", "outcome_of", "wilson", "share", "summarise",
+__all__ = ["Outcome", "HeadToHead", "AbTestTable", "PairItem", "LENGTH_WARNING", "length_gap", "length_warning",
+           "mean_lengths", "outcome_of", "wilson", "share", "summarise",
            "pair_items", "judged_outcomes", "head_to_head", "scored_outcomes", "head_to_head_from_scores",
            "abtest_tables", "head_to_head_section", "format_table"]

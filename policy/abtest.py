@@ -9,7 +9,9 @@ Steps:
    each row's conversation (system message and final reply left out) is hashed with
    ``db.hashing.prompt_hash``, the hash the importers use, and matched against every prompt's
    conversation. A candidate without a PolicyRun (an external model) has seen nothing we know of:
-   every prompt is eligible and the result says so.
+   every prompt is eligible and the result says so. A best-of-n candidate (``params["best_of_n"]``)
+   has seen the prompts its reward model (and safety model) was trained on, the ``train_prompt_keys``
+   of the folder's ``therapref_reward.json`` (``therapref_ensemble.json``), and those its base was.
 2. **Which prompts.** ``prompts``: ``None`` = every eligible prompt; ``N`` (an int, or a string of
    digits) = N of them drawn at random with ``seed``; a SPEC = a comma list of prompt ids or ranges
    (``3,7-9``, ``id:12``), ``source:NAME`` and ``topic:NAME`` (``parse_prompt_spec``). Prompts NEW was
@@ -17,6 +19,12 @@ Steps:
 3. **Replies.** Both candidates' missing replies for those prompts are generated with the candidates
    generation library (``candidates.generate.run_generation``, as ``therapref generate`` does),
    unless ``generate=False`` or the candidate is a non-model source (its stored replies are used).
+   **Same settings.** NEW is generated with BASE's generation settings (temperature, top_p,
+   max_tokens, seed, system prompt; ``GenerationSettings``), keeping its own provider and model, so
+   that the test measures the model and not the settings. A registry entry for NEW with other values,
+   or stored replies (of either side) that were generated with other values than the other side's, is
+   refused with one line unless ``allow_different_settings`` (then NEW keeps its own settings); the
+   AbTest row's ``details["settings"]`` records both sides' settings either way.
 4. **Comparisons.** Per prompt, NEW's first reply against BASE's first reply (``db.crud.add_comparison``:
    canonical order, blinded; the app randomises the screen side), ``judgments_required`` = overlap,
    ``priority`` above every other comparison by default (``db.crud.set_priorities``), an ``AbTest`` row
@@ -30,8 +38,10 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from copy import deepcopy
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +58,11 @@ from db.rules import id_range
 
 # Keys under which a PolicyRun may name its training file when the manifest lacks prompt_ids.
 TRAINING_FILE_KEYS = ("path", "data", "train_file", "dataset", "file")
+# A CandidateModel whose params hold this key is a best-of-n candidate ({"of": BASE}); the same literal
+# as candidates.registry.BEST_OF_PARAM (policy may not import the registry module).
+BEST_OF_PARAM = "best_of_n"
+# How reward.data.load_votes names a stored prompt in a reward model's train_prompt_keys.
+PROMPT_KEY = re.compile(r"^prompt:(\d+)$")
 
 
 class AbTestError(TheraPrefError, ValueError):
@@ -196,6 +211,9 @@ class Seen:
     prompt_ids: set[int] = field(default_factory=set)
     basis: str = ""
     policy_run_id: int | None = None
+    # Nothing is known about its training (an external model): every prompt is eligible, and the
+    # command's line says why.
+    all_eligible: bool = False
 
 
 def _training_file(run: PolicyRun) -> Path | None:
@@ -236,12 +254,100 @@ def prompts_in_file(path: Path, *, session: Session) -> set[int]:
     return seen
 
 
-def seen_prompts(candidate: CandidateModel, *, session: Session) -> Seen:
-    """What ``candidate`` was trained on, from its newest PolicyRun (see the module docstring)."""
+def trained_prompt_ids(meta: Mapping[str, Any], *, where: str = "reward model") -> set[int] | None:
+    """The stored prompts a reward model was trained on: the ids in its metadata's
+    ``train_prompt_keys`` (``prompt:<id>``, as ``reward.data.load_votes`` names a prompt of the
+    database); ``None`` when the metadata lists none at all.
+
+    >>> sorted(trained_prompt_ids({"train_prompt_keys": ["prompt:12", "prompt:3"]}))
+    [3, 12]
+    >>> trained_prompt_ids({"format": 1}) is None
+    True
+    >>> trained_prompt_ids({"train_prompt_keys": ["p1"]}, where="rm/therapref_reward.json")
+    Traceback (most recent call last):
+    ...
+    policy.abtest.AbTestError: rm/therapref_reward.json: train_prompt_keys holds 'p1', not a prompt:<id> key
+    """
+    keys = meta.get("train_prompt_keys")
+    if keys is None:
+        return None
+    if not isinstance(keys, list):
+        raise AbTestError(f"{where}: train_prompt_keys is not a list")
+    ids = set()
+    for key in keys:
+        found = PROMPT_KEY.match(str(key))
+        if found is None:  # a key we cannot map to a prompt: guessing would let seen prompts through
+            raise AbTestError(f"{where}: train_prompt_keys holds {key!r}, not a prompt:<id> key")
+        ids.add(int(found.group(1)))
+    return ids
+
+
+def _reward_folder_prompts(folder: str, *, label: str, candidate: str) -> tuple[set[int], str, bool]:
+    """(prompt ids, basis, known) for the reward (or safety) model folder of a best-of-n candidate."""
+    from reward.scoring import ENSEMBLE_FILE, META_FILE
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise AbTestError(f"{path}: the {label} folder of best-of-n candidate {candidate!r} is missing: cannot "
+                          "tell which prompts it was trained on")
+    meta_file = path / ENSEMBLE_FILE if (path / ENSEMBLE_FILE).is_file() else path / META_FILE
+    if not meta_file.is_file():
+        return set(), f"its {label} {path} was not trained by `therapref train` (no {META_FILE})", False
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise AbTestError(f"{meta_file}: cannot read the {label}'s metadata ({exc})") from None
+    if not isinstance(meta, dict):
+        raise AbTestError(f"{meta_file}: not a metadata object")
+    origin = str((meta.get("data") or {}).get("origin") or "")
+    if origin.startswith("preference file"):
+        # Keys of a file's pairs name prompts of a throwaway database (reward.data.read_preference_file),
+        # not this one's: matching them by id would exclude unrelated prompts.
+        return set(), f"its {label} {path} was trained on a {origin}, not on this database's prompts", False
+    ids = trained_prompt_ids(meta, where=str(meta_file))
+    if ids is None:
+        raise AbTestError(f"{meta_file}: records no train_prompt_keys: cannot tell which prompts best-of-n "
+                          f"candidate {candidate!r} has seen")
+    return ids, f"its {label} {path}: the {len(ids)} prompts of its train_prompt_keys", True
+
+
+def _best_of_n_seen(candidate: CandidateModel, *, session: Session, visited: set[int]) -> Seen:
+    """A best-of-n candidate picks its replies with a reward model, so the prompts that model learnt
+    from are as good as seen; the samples come from its base, whose training prompts count too."""
+    params = candidate.params or {}
+    if not params.get("reward_model"):
+        raise AbTestError(f"best-of-n candidate {candidate.name!r} names no reward model: cannot tell which "
+                          "prompts it has seen")
+    seen, parts, known = set(), [], False
+    for label in ("reward_model", "safety_model"):
+        if params.get(label):
+            ids, basis, found = _reward_folder_prompts(str(params[label]), label=label.replace("_", " "),
+                                                       candidate=candidate.name)
+            seen |= ids
+            parts.append(basis)
+            known = known or found
+    of = (params.get(BEST_OF_PARAM) or {}).get("of")
+    run_id = None
+    base = session.exec(select(CandidateModel).where(CandidateModel.name == of)).first() if of else None
+    if base is not None and base.id not in visited:
+        inner = _seen(base, session=session, visited=visited)
+        seen |= inner.prompt_ids
+        run_id = inner.policy_run_id
+        known = known or not inner.all_eligible
+        parts.append(f"its base {base.name}: " + ("no policy run" if inner.all_eligible else inner.basis))
+    return Seen(seen, f"best-of-{params.get('best_of', 'n')} candidate {candidate.name}: " + "; ".join(parts),
+                run_id, all_eligible=not known)
+
+
+def _seen(candidate: CandidateModel, *, session: Session, visited: set[int]) -> Seen:
+    visited.add(candidate.id)
+    if isinstance((candidate.params or {}).get(BEST_OF_PARAM), dict):
+        return _best_of_n_seen(candidate, session=session, visited=visited)
     run = session.exec(select(PolicyRun).where(PolicyRun.candidate_model_id == candidate.id)
                        .order_by(PolicyRun.id.desc())).first()
     if run is None:
-        return Seen(basis=f"{candidate.name} has no policy run (an external candidate): every prompt is eligible")
+        return Seen(basis=f"{candidate.name} has no policy run (an external candidate): every prompt is eligible",
+                    all_eligible=True)
     listed = (run.provenance or {}).get("prompt_ids")
     if isinstance(listed, list):
         return Seen({int(i) for i in listed}, f"policy run {run.id}: the export manifest's prompt_ids", run.id)
@@ -251,6 +357,250 @@ def seen_prompts(candidate: CandidateModel, *, session: Session) -> Seen:
                           "file: cannot tell which prompts it was trained on")
     return Seen(prompts_in_file(path, session=session),
                 f"policy run {run.id}: conversations of {path} matched by content hash", run.id)
+
+
+def seen_prompts(candidate: CandidateModel, *, session: Session) -> Seen:
+    """What ``candidate`` was trained on: from its newest PolicyRun, or for a best-of-n candidate the
+    prompts of its reward (and safety) model's ``train_prompt_keys`` and its base's (module docstring)."""
+    return _seen(candidate, session=session, visited=set())
+
+
+# --- Generation settings ---------------------------------------------------------------------------------
+
+# What shapes a reply besides the model itself, held equal on both sides of a test. candidates/generate.py
+# records the same fields in every generated reply's meta["settings"].
+SETTING_FIELDS = ("temperature", "top_p", "max_tokens", "seed", "system_prompt")
+# The columns run_generation mirrors from a spec into a CandidateModel row (candidates.registry.sync_registry):
+# put back after an A/B test generated with BASE's settings, so that the test re-registers nothing.
+ROW_COLUMNS = ("provider", "model_id", "endpoint", "api_key_env", "params", "system_prompt", "replies_per_prompt")
+
+
+def _show(name: str, value: Any) -> str:
+    """A setting's value as the command prints it.
+
+    >>> _show("seed", None), _show("system_prompt", None), _show("temperature", 1.0), _show("top_p", 0.95)
+    ('provider default', "the prompt's own (else the persona)", '1', '0.95')
+    >>> _show("system_prompt", "You are a calm and careful listener who never rushes anyone.")
+    "'You are a calm and careful listener…' (60 chars)"
+    """
+    if name == "seed":
+        return "provider default" if value is None else str(value)
+    if name == "system_prompt":
+        if value is None:
+            return "the prompt's own (else the persona)"
+        text = " ".join(str(value).split())
+        if not text:
+            return "none"
+        return repr(text) if len(text) <= 40 else f"{text[:36].rstrip() + '…'!r} ({len(value)} chars)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _label(name: str) -> str:
+    return "system prompt" if name == "system_prompt" else name
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """What shapes a reply besides the model: sampling temperature, top_p, the token cap, the seed
+    policy (``None`` = the provider's default: 0 for local models) and the system prompt (``None`` =
+    the prompt's own, else the persona; ``""`` = none)."""
+
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int | None
+    system_prompt: str | None
+
+    @classmethod
+    def of(cls, spec: Any) -> GenerationSettings:
+        """The settings of a generation spec (``CandidateSpec``)."""
+        return cls(float(spec.temperature), float(spec.top_p), int(spec.max_tokens), spec.seed, spec.system_prompt)
+
+    @classmethod
+    def recorded(cls, meta: Mapping[str, Any] | None) -> GenerationSettings | None:
+        """The settings a stored reply was generated with (``meta["settings"]``, written by
+        ``candidates.generate``); ``None`` for a reply that records none (an older or imported one).
+
+        >>> GenerationSettings.recorded({"settings": {"temperature": 1, "top_p": 1, "max_tokens": 8, "seed": None,
+        ...                                           "system_prompt": None}})
+        GenerationSettings(temperature=1.0, top_p=1.0, max_tokens=8, seed=None, system_prompt=None)
+        >>> GenerationSettings.recorded({"latency_s": 0.2}) is None
+        True
+        """
+        record = (meta or {}).get("settings")
+        if not isinstance(record, Mapping) or any(name not in record for name in SETTING_FIELDS):
+            return None
+        try:
+            return cls(float(record["temperature"]), float(record["top_p"]), int(record["max_tokens"]),
+                       None if record["seed"] is None else int(record["seed"]),
+                       None if record["system_prompt"] is None else str(record["system_prompt"]))
+        except (TypeError, ValueError):
+            return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def differences(self, other: GenerationSettings) -> list[str]:
+        """Each setting that differs, this value first.
+
+        >>> GenerationSettings(0.7, 1.0, 256, None, None).differences(GenerationSettings(1.0, 1.0, 80, None, None))
+        ['temperature 0.7 vs 1', 'max_tokens 256 vs 80']
+        """
+        return [f"{_label(name)} {_show(name, getattr(self, name))} vs {_show(name, getattr(other, name))}"
+                for name in SETTING_FIELDS if getattr(self, name) != getattr(other, name)]
+
+    def describe(self) -> str:
+        """>>> GenerationSettings(1.0, 0.95, 8, 7, "").describe()
+        'temperature 1, top_p 0.95, max_tokens 8, seed 7, system prompt none'
+        """
+        return ", ".join(f"{_label(name)} {_show(name, getattr(self, name))}" for name in SETTING_FIELDS)
+
+
+@dataclass
+class _Side:
+    """One side of the test as generation sees it."""
+
+    row: CandidateModel
+    role: str
+    own: GenerationSettings | None = None  # its own settings; None: a source we do not generate
+    settings: GenerationSettings | None = None  # what its replies generated now use
+    source: str = ""
+    spec: Any = None  # the CandidateSpec to run; None when nothing is generated for it
+    from_file: bool = False  # its spec is an entry of the registry file the user named
+    restore: dict[str, Any] | None = None  # its row's columns before run_generation mirrors the spec
+    stored: Counter = field(default_factory=Counter)  # recorded settings of its compared stored replies
+    generated: int = 0  # compared replies still to generate
+    unknown: int = 0  # compared stored replies that record no settings
+
+    def line(self, *, generate: bool) -> str:
+        """The settings line the command prints for this side."""
+        head = f"settings of {self.role} {self.row.name}: "
+        if self.own is None:
+            return head + (f"none to match (provider {self.row.provider!r}: its stored replies, not generated "
+                           "by therapref)")
+        text = head + f"{self.settings.describe()} ({self.source})"
+        if not generate:
+            text += "; --no-generate: stored replies only"
+        if self.unknown:
+            text += (f"; {self.unknown} of its stored replies record no settings (generated before they were "
+                     "recorded): unknown")
+        return text
+
+
+def _sides(plan: _Plan, *, session: Session, specs: Sequence[Any] | None, specs_source: str | None,
+           max_tokens: int | None, allow: bool) -> tuple[_Side, _Side]:
+    """Each side's spec and settings: NEW with BASE's settings unless ``allow``; a conflict that would
+    compare replies generated with other settings raises one line (nothing has been written)."""
+    by_name = {s.name: s for s in specs or ()}
+    new, base = _Side(plan.new, "NEW"), _Side(plan.base, "BASE")
+    for side in (new, base):
+        if not _can_generate(side.row):
+            continue
+        given = by_name.get(side.row.name)
+        spec = given or spec_for(side.row, overrides={"max_tokens": max_tokens} if max_tokens else None)
+        side.own = side.settings = GenerationSettings.of(spec)
+        # An entry of a file the user named is their explicit word (refused when it differs from BASE's);
+        # specs a caller built (the loop's machine overrides) count as the candidate's own, like its row.
+        side.from_file = given is not None and specs_source is not None
+        if side.from_file:
+            side.source = f"its entry in {specs_source}"
+        elif given is not None:
+            side.source = "as given by the caller"
+        else:
+            side.source = "as registered in the database" + (", --max-tokens" if max_tokens else "")
+        side.spec = spec if side.row.name in plan.generate_for else None
+    if new.own is not None and base.own is not None and new.own != base.own:
+        differences = ", ".join(new.own.differences(base.own))
+        if allow:
+            new.source += f"; differs from BASE's in {differences} (--allow-different-settings)"
+        elif new.from_file:
+            raise AbTestError(f"{new.row.name} (NEW) and {base.row.name} (BASE) would be generated with different "
+                              f"settings: NEW's entry in {specs_source} has {differences} (NEW vs BASE); pass "
+                              "--allow-different-settings to compare them anyway")
+        else:
+            # The point of the test is the model: NEW keeps its provider and model, and takes BASE's settings.
+            new.settings = base.own
+            new.source = f"BASE's; its own has {differences}"
+            if new.spec is not None:
+                new.spec = replace(new.spec, **base.own.as_dict())
+    elif new.own is not None and base.own is not None:
+        new.source += "; the same as BASE's"
+    _tally_replies(plan, new, base, session=session)
+    if not allow:
+        _refuse_stored_mismatch(new, base)
+    for side in (new, base):
+        if side.spec is not None and not side.from_file:
+            side.restore = {column: deepcopy(getattr(side.row, column)) for column in ROW_COLUMNS}
+    return new, base
+
+
+def _tally_replies(plan: _Plan, new: _Side, base: _Side, *, session: Session) -> None:
+    """Which settings the replies to be compared have: a stored first reply's record, else the
+    settings it is about to be generated with (prompts that one side cannot answer are not compared)."""
+    firsts = {side.role: _first_replies(side.row.id, plan.prompt_ids, session=session) for side in (new, base)}
+    for prompt_id in plan.prompt_ids:
+        if not all(prompt_id in firsts[side.role] or side.spec is not None for side in (new, base)):
+            continue
+        for side in (new, base):
+            if side.own is None:
+                continue  # a non-model source: its replies are what they are
+            reply = firsts[side.role].get(prompt_id)
+            if reply is None:
+                side.generated += 1
+                continue
+            recorded = GenerationSettings.recorded(reply.meta)
+            if recorded is None:
+                side.unknown += 1
+            else:
+                side.stored[recorded] += 1
+
+
+def _refuse_stored_mismatch(new: _Side, base: _Side) -> None:
+    """Refuse when the replies to be compared are known to come from different settings: stored ones
+    (either side's) that record other values than the rest. Replies without a record are unknown and
+    do not count either way (the command says how many there are)."""
+    groups = [(side, "stored replies", settings, n) for side in (new, base) for settings, n in side.stored.items()]
+    groups += [(side, "new replies", side.settings, side.generated) for side in (new, base)
+               if side.generated and side.settings is not None]
+    if not (any(g[0] is new for g in groups) and any(g[0] is base for g in groups)):
+        return  # one side has nothing known to compare with
+    if len({g[2] for g in groups}) <= 1:
+        return
+    # Measure against what BASE's replies mostly have (its configuration when it is being generated).
+    reference = max((g for g in groups if g[0] is base), key=lambda g: (g[1] == "new replies", g[3]))[2]
+    odd = next(g for g in sorted(groups, key=lambda g: g[0] is base) if g[2] != reference)
+    side, kind, settings, count = odd
+    verb = "were generated with" if kind == "stored replies" else "would be generated with"
+    theirs = "theirs vs BASE's" if side is new else "theirs vs BASE's other replies"
+    raise AbTestError(f"{new.row.name} (NEW) and {base.row.name} (BASE) would be compared on replies generated with "
+                      f"different settings: {side.role}'s {kind} to {count} of the chosen prompts {verb} "
+                      f"{', '.join(settings.differences(reference))} ({theirs}); pass --allow-different-settings "
+                      "to compare them anyway, or choose other prompts")
+
+
+def _settings_details(new: _Side, base: _Side, *, allow: bool) -> dict[str, Any]:
+    """What the AbTest row records about the settings (both sides, whichever applied)."""
+    def side(s: _Side) -> dict[str, Any] | None:
+        if s.own is None:
+            return None
+        return {"settings": s.settings.as_dict(), "own": s.own.as_dict(), "source": s.source,
+                "stored": sum(s.stored.values()), "generated": s.generated, "unknown": s.unknown}
+
+    same = None if new.settings is None or base.settings is None else new.settings == base.settings
+    return {"new": side(new), "base": side(base), "same": same, "allow_different_settings": allow}
+
+
+def _restore_rows(sides: Sequence[_Side], *, engine: Engine) -> None:
+    """Put back the candidate rows run_generation re-registered from the specs it was given."""
+    with session_scope(engine) as write:
+        for side in sides:
+            row = write.get(CandidateModel, side.row.id)
+            if row is None or side.restore is None:
+                continue
+            for column, value in side.restore.items():
+                if getattr(row, column) != value:
+                    setattr(row, column, value)
+            write.add(row)
 
 
 # --- Creating the test ----------------------------------------------------------------------------------
@@ -274,6 +624,9 @@ class AbTestResult:
     basis: str = ""
     all_eligible: bool = False
     generation: str = ""
+    # One line per side: the generation settings its compared replies have (printed by the command).
+    settings: list[str] = field(default_factory=list)
+    same_settings: bool | None = None
 
     def __str__(self) -> str:
         """>>> print(AbTestResult(3, "new", "base", [1, 2], created=2, excluded_seen=4, overlap=2, priority=1.0))
@@ -438,7 +791,7 @@ def _compare(plan: _Plan, *, session: Session, overlap: int, priority: float | N
                           existing=len(comparisons) - created, excluded_seen=plan.excluded,
                           missing_replies=len(plan.prompt_ids) - len(compared), overlap=overlap,
                           priority=float(priority), policy_run_id=plan.seen.policy_run_id, basis=plan.seen.basis,
-                          all_eligible=plan.seen.policy_run_id is None)
+                          all_eligible=plan.seen.all_eligible)
     if created or is_new:
         audit(actor, "abtest.create", session=session, target=f"abtest:{same.id}",
               details={"new": plan.new.name, "base": plan.base.name, "prompts": len(compared), "created": created,
@@ -459,18 +812,26 @@ def create_abtest(
     seed: int = 0,
     generate: bool = True,
     specs: Sequence[Any] | None = None,
+    specs_source: str | None = None,
     max_tokens: int | None = None,
+    allow_different_settings: bool = False,
     secrets: Mapping[str, str] | None = None,
     progress: bool = False,
+    say: Callable[[str], None] | None = None,
     actor: str = "cli",
 ) -> AbTestResult:
     """Create (or find again) the A/B test of ``new`` against ``base``; see the module docstring.
 
     Give ``engine`` (each step in its own transaction; generation writes reply by reply) or, with
-    ``generate=False``, a ``session`` (the caller commits). ``specs`` are registry entries for the
-    candidates to generate with (``candidates.toml``); a candidate without one is run as registered
-    in the database, ``max_tokens`` overriding its own. ``secrets`` maps API-key variable names to
-    values (read at the edge, never here). ``priority`` None = one above every other comparison.
+    ``generate=False``, a ``session`` (the caller commits). ``specs`` are specs for the candidates to
+    generate with: the entries of the registry file ``specs_source`` (``candidates.toml``), or, without
+    a source, specs a caller built; a candidate without one is run as registered in the database,
+    ``max_tokens`` overriding its own. NEW is generated with BASE's generation settings unless
+    ``allow_different_settings``; a registry-file entry for NEW with other settings, and replies known
+    to come from different settings, are refused (``AbTestError``, nothing written). ``say`` receives the
+    two settings lines before generation starts (when nothing is generated: once the test stands).
+    ``secrets`` maps API-key variable names to values (read at the edge, never here). ``priority``
+    None = one above every other comparison.
     """
     if overlap < 1:
         raise AbTestError("--overlap must be at least 1 (judgments per comparison)")
@@ -478,29 +839,70 @@ def create_abtest(
         raise AbTestError("give either session= or engine=")
     if generate and engine is None:
         raise AbTestError("generating replies needs engine= (each reply is written in its own transaction)")
+    if max_tokens is not None and max_tokens < 1:
+        raise AbTestError(f"--max-tokens must be at least 1, not {max_tokens}")
     spec = parse_prompt_spec(prompts)
-    details = {"prompts": prompts if prompts is None or isinstance(prompts, int) else str(prompts), "seed": seed,
-               "generate": generate}
+    details: dict[str, Any] = {"prompts": prompts if prompts is None or isinstance(prompts, int) else str(prompts),
+                               "seed": seed, "generate": generate}
+
+    def settle(plan: _Plan, read: Session) -> tuple[_Side, _Side]:
+        sides = _sides(plan, session=read, specs=specs, specs_source=specs_source, max_tokens=max_tokens,
+                       allow=allow_different_settings)
+        details["settings"] = _settings_details(*sides, allow=allow_different_settings)
+        return sides
+
+    def announce(sides: tuple[_Side, _Side]) -> None:
+        for line in _lines(sides, generate=generate):
+            if say is not None:
+                say(line)
+
     if session is not None:
         plan = _plan(new, base, spec, session=session, seed=seed, generate=False)
-        return _compare(plan, session=session, overlap=overlap, priority=priority, actor=actor, details=details)
+        sides = settle(plan, session)
+        result = _compare(plan, session=session, overlap=overlap, priority=priority, actor=actor, details=details)
+        announce(sides)
+        return _with_settings(result, sides, generate=False)
     with session_scope(read_only_engine(engine)) as read:  # reads only: no write lock while planning
         plan = _plan(new, base, spec, session=read, seed=seed, generate=generate)
-        by_name = {s.name: s for s in specs or ()}
-        overrides = {"max_tokens": max_tokens} if max_tokens else {}
-        run_specs = [by_name.get(name) or spec_for(row, overrides=overrides)
-                     for name, row in ((plan.new.name, plan.new), (plan.base.name, plan.base))
-                     if name in plan.generate_for]
+        sides = settle(plan, read)
+        run_specs = [side.spec for side in sides if side.spec is not None]
         read.expunge_all()
     generation = ""
     if run_specs:
-        from candidates.generate import run_generation
+        from candidates.generate import preflight, run_generation
 
-        summary = run_generation(engine, run_specs, prompt_ids=plan.prompt_ids, progress=progress, secrets=secrets)
+        # Bad configuration is one line on its own: checked before the settings lines, which come before
+        # the wait for generation (run_generation checks again; that is cheap).
+        preflight(run_specs, secrets=secrets)
+        announce(sides)
+        try:
+            summary = run_generation(engine, run_specs, prompt_ids=plan.prompt_ids, progress=progress,
+                                     secrets=secrets)
+        finally:
+            # run_generation mirrors each spec into its candidate's row, as `therapref generate` does for a
+            # registry file; a spec rebuilt from the database (with BASE's settings, --max-tokens) must not
+            # re-register the candidate, so its row is put back as it was.
+            _restore_rows([side for side in sides if side.restore is not None], engine=engine)
         generation = str(summary)
     with session_scope(engine) as write:
         result = _compare(plan, session=write, overlap=overlap, priority=priority, actor=actor, details=details)
+    if not run_specs:  # nothing to wait for: the lines come once the test stands (bad input stays one line)
+        announce(sides)
     result.generation = generation
+    return _with_settings(result, sides, generate=generate)
+
+
+def _lines(sides: Sequence[_Side], *, generate: bool) -> list[str]:
+    """The two settings lines, when at least one side is a model we generate (else there is nothing to say)."""
+    if all(side.own is None for side in sides):
+        return []
+    return [side.line(generate=generate) for side in sides]
+
+
+def _with_settings(result: AbTestResult, sides: Sequence[_Side], *, generate: bool) -> AbTestResult:
+    new, base = sides
+    result.settings = _lines(sides, generate=generate)
+    result.same_settings = None if new.settings is None or base.settings is None else new.settings == base.settings
     return result
 
 
@@ -526,6 +928,6 @@ def abtests_of(new: str, base: str, *, session: Session) -> list[AbTest]:
                                                   AbTest.base_candidate_id == base_row.id).order_by(AbTest.id)))
 
 
-__all__ = ["AbTestError", "AbTestResult", "PromptSpec", "Seen", "parse_prompt_spec", "row_conversation",
-           "conversation_key", "choose_prompts", "prompts_in_file", "seen_prompts", "spec_for", "create_abtest",
-           "key_variables", "abtests_of"]
+__all__ = ["AbTestError", "AbTestResult", "GenerationSettings", "PromptSpec", "SETTING_FIELDS", "Seen",
+           "parse_prompt_spec", "row_conversation", "conversation_key", "choose_prompts", "prompts_in_file",
+           "trained_prompt_ids", "seen_prompts", "spec_for", "create_abtest", "key_variables", "abtests_of"]

@@ -1,6 +1,7 @@
 """``therapref abtest NEW --against BASE``: a blinded A/B test of a new candidate against a base on
-prompts the new one was not trained on (library: ``policy.abtest``), its clinicians' results
-(``--results``) and a reward model's proxy verdict (``--judge reward:DIR``; ``analytics.head_to_head``)."""
+prompts the new one was not trained on, NEW generated with BASE's generation settings unless
+``--allow-different-settings`` (library: ``policy.abtest``), its clinicians' results (``--results``) and
+a reward model's proxy verdict (``--judge reward:DIR``; ``analytics.head_to_head``)."""
 
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ def abtest(
                          "exists, else each candidate as registered in the database).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(
         help="Most tokens per generated reply (candidates run as registered in the database).")] = None,
+    allow_different_settings: Annotated[bool, typer.Option(
+        "--allow-different-settings",
+        help="Let NEW keep its own generation settings (temperature, top_p, max_tokens, seed, system prompt) "
+             "instead of BASE's, and compare replies generated with different settings.")] = False,
     generate: Annotated[bool, typer.Option(help="Generate missing replies of both candidates first.")] = True,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples behind the intervals.")] = 500,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr while generating.")] = True,
@@ -76,16 +81,19 @@ def abtest(
     prompt_ids = None
     with errors():
         if not results:
-            specs = _registry(config, db)
+            specs, specs_source = _registry(config, db)
             with session_scope(read_only_engine(engine)) as session:
                 names = key_variables(new, against, session=session, specs=specs)
             # The only place API keys are read: by the variable names the candidates list.
             secrets = {name: os.environ[name] for name in names if name in os.environ}
             try:
                 with sigterm_as_interrupt():
+                    # The two settings lines go to stderr before generating, with the other progress output.
                     result = create_abtest(new, against, engine=engine, prompts=prompts, overlap=overlap,
                                            priority=priority, seed=seed, generate=generate, specs=specs,
-                                           max_tokens=max_tokens, secrets=secrets, progress=progress)
+                                           specs_source=specs_source, max_tokens=max_tokens,
+                                           allow_different_settings=allow_different_settings, secrets=secrets,
+                                           progress=progress, say=lambda line: typer.echo(line, err=True))
             except KeyboardInterrupt:
                 typer.secho("Interrupted: replies already received are saved; run the command again to finish.",
                             err=True)
@@ -112,14 +120,15 @@ def abtest(
                 typer.echo(format_table(table))
 
 
-def _registry(config: Path | None, db: str | None) -> list | None:  # noqa: ANN401
-    """The registry's specs when a file is named or the default one exists; else None (the database's)."""
+def _registry(config: Path | None, db: str | None) -> tuple[list | None, str]:
+    """The registry's specs when a file is named or the default one exists, else None (the database's),
+    and the file's name for messages."""
     from candidates.registry import load_registry
 
     path = config or Path(settings_for(db).candidates_file)
     if config is None and not path.is_file():
-        return None
-    return load_registry(path)
+        return None, str(path)
+    return load_registry(path), str(path)
 
 
 def _reward_model(path: Path) -> object:
