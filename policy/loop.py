@@ -61,13 +61,18 @@ from policy.errors import PolicyError
 
 STEPS = ("export", "finetune", "register", "abtest")
 EXPORT_KIND = {"sft": "sft", "dpo": "dpo", "kto": "kto"}
-UNITS = {"sft": "examples", "dpo": "pairs", "kto": "examples"}
+#: Methods that use the reward model instead of an export: best-of-n trains nothing (N samples at
+#: generation time); rs, rloo and grpo sample their own training data from the policy.
+REWARD_METHODS = ("best-of-n", "rs", "rloo", "grpo")
+METHODS = (*EXPORT_KIND, *REWARD_METHODS)
+UNITS = {"sft": "examples", "dpo": "pairs", "kto": "examples", "rs": "prompts", "rloo": "prompts", "grpo": "prompts"}
 ROUND_FILE = "round.json"
 EXPORT_FILE = "export.jsonl"
 POLICY_DIR = "policy"
 ABTEST_FILE = "abtest.json"
 POLICY_CARD = "therapref_policy.json"
 DEFAULT_BASE = "smollm2-base"
+DEFAULT_BEST_OF = 8
 FORMAT = 1
 
 
@@ -86,7 +91,9 @@ class ExportFn(Protocol):
 class RoundConfig:
     """The settings of one round (recorded in ``round.json``; a later call must repeat them)."""
 
-    method: str = field(default="dpo", metadata={"help": "sft (on the preferred replies), dpo or kto"})
+    method: str = field(default="dpo", metadata={
+        "help": "sft (on the preferred replies), dpo, kto; or with reward_model: best-of-n (the base's best of "
+                "best_of samples), rs (rejection-sampling fine-tuning), rloo or grpo (RL against it)"})
     against: str | None = field(default=None, metadata={
         "help": "base candidate of the A/B test (default: the embedded SmolLM2, registered like the policy)"})
     prompts: int | str | None = field(default=50, metadata={
@@ -111,6 +118,16 @@ class RoundConfig:
         "help": "further training settings by their policy.config names (e.g. max_length, learning_rate)"})
     export: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "the export's filters and options as JSON (recorded; the export itself is the edge's)"})
+    reward_model: str | None = field(default=None, metadata={
+        "help": "best-of-n, rs, rloo, grpo: a `therapref train` folder (or ensemble) that scores replies"})
+    safety_model: str | None = field(default=None, metadata={
+        "help": "a `therapref train --criterion safety` folder: an unsafe reply is never picked / gets the "
+                "lowest reward"})
+    best_of: int | None = field(default=None, metadata={
+        "help": "best-of-n: samples per reply (default 8); rs: samples per training prompt (the trainer's default)"})
+    train_prompts: int | str | None = field(default=None, metadata={
+        "help": "rs, rloo, grpo: training prompts (N, a SPEC or a JSONL file; default every prompt outside the "
+                "A/B tests)"})
 
     def as_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
@@ -124,16 +141,22 @@ def check_config(config: RoundConfig) -> RoundConfig:
     >>> check_config(RoundConfig(method="ppo"))
     Traceback (most recent call last):
     ...
-    policy.loop.RoundError: --method 'ppo' is not one of sft, dpo, kto
+    policy.loop.RoundError: --method 'ppo' is not one of sft, dpo, kto, best-of-n, rs, rloo, grpo
     >>> check_config(RoundConfig(prompts=0))
     Traceback (most recent call last):
     ...
     policy.loop.RoundError: --prompts must be at least 1, not 0
     """
     method = str(config.method).strip().lower()
-    if method not in EXPORT_KIND:
-        raise RoundError(f"--method {config.method!r} is not one of {', '.join(EXPORT_KIND)}")
+    if method not in METHODS:
+        raise RoundError(f"--method {config.method!r} is not one of {', '.join(METHODS)}")
     config.method = method
+    if method in REWARD_METHODS and not config.reward_model:
+        raise RoundError(f"--method {method} needs --reward-model DIR (a `therapref train` folder)")
+    if method not in REWARD_METHODS and (config.reward_model or config.safety_model or config.best_of):
+        raise RoundError(f"--reward-model/--safety-model/--best-of do not apply to --method {method}")
+    if config.best_of is not None and config.best_of < 1:
+        raise RoundError(f"--best-of must be at least 1, not {config.best_of}")
     if isinstance(config.prompts, str) and config.prompts.strip().isdigit():
         config.prompts = int(config.prompts)
     if isinstance(config.prompts, int) and config.prompts < 1:
@@ -225,7 +248,9 @@ def summary_line(output: Path, steps: Mapping[str, StepRecord], *, head_to_head:
         return (f"Round {output} unfinished: {len(done)} of {len(STEPS)} steps done; next: {waiting} "
                 f"({steps[waiting].status}{': ' + steps[waiting].error if steps[waiting].error else ''}).")
     e, f, r, a = (steps[s].figures for s in STEPS)
-    text = (f"Round {output} finished: {e.get('rows')} {e.get('kind')} rows → policy run {f.get('policy_run_id')} → "
+    trained = (f"{e.get('rows')} {e.get('kind')} rows → " if not e.get("skipped") else "") + (
+        f"policy run {f.get('policy_run_id')} → " if not f.get("skipped") else "")
+    text = (f"Round {output} finished: {trained}"
             f"candidate {r.get('candidate')} → A/B test {a.get('abtest_id')} vs {r.get('base')}: "
             f"{a.get('comparisons')} comparisons on held-out prompts ({a.get('excluded_seen', 0)} seen in training "
             "left out)")
@@ -315,9 +340,21 @@ def _preflight(output: Path, config: RoundConfig, *, engine: Engine) -> tuple[di
                 raise RoundError("--against names the policy itself; choose another base or --name")
         row = session.exec(select(CandidateModel).where(CandidateModel.name == name)).first()
         if row is not None:
-            policy = (row.params or {}).get("policy") if isinstance(row.params, dict) else None
-            if not isinstance(policy, dict) or policy.get("model_dir") != policy_dir:
+            params = row.params if isinstance(row.params, dict) else {}
+            policy = params.get("policy")
+            ours = (isinstance(params.get("best_of_n"), dict) and params.get("reward_model") ==
+                    str(Path(str(config.reward_model)).expanduser().resolve())) if config.method == "best-of-n" else (
+                isinstance(policy, dict) and policy.get("model_dir") == policy_dir)
+            if not ours:
                 raise RoundError(f"candidate {name!r} already exists for something else; pass --name")
+    for label, folder in (("--reward-model", config.reward_model), ("--safety-model", config.safety_model)):
+        if folder is not None:
+            from reward.scoring import RewardError, check_model_folder
+
+            try:
+                check_model_folder(folder)
+            except RewardError as exc:
+                raise RoundError(f"{label} {exc}") from None
     return record, name
 
 
@@ -325,6 +362,10 @@ def _preflight(output: Path, config: RoundConfig, *, engine: Engine) -> tuple[di
 
 
 def _step_export(output: Path, config: RoundConfig, export: ExportFn, *, redo: bool) -> tuple[dict[str, Any], str]:
+    if config.method in REWARD_METHODS:
+        why = ("best-of-n samples at generation time" if config.method == "best-of-n" else
+               f"{config.method} samples its own training data from the policy")
+        return {"skipped": why, "rows": 0, "kind": config.method}, f"not needed ({why})"
     kind = EXPORT_KIND[config.method]
     path = output / EXPORT_FILE
     result = export(kind, path, force=redo)
@@ -337,6 +378,8 @@ def _step_export(output: Path, config: RoundConfig, export: ExportFn, *, redo: b
 
 
 def _export_done(output: Path, figures: Mapping[str, Any]) -> bool:
+    if figures.get("skipped"):
+        return True
     path = output / EXPORT_FILE
     return path.is_file() and Path(str(figures.get("manifest", ""))).is_file() and sha256_of(path) == figures.get(
         "sha256")
@@ -355,6 +398,8 @@ def _step_finetune(output: Path, config: RoundConfig, *, engine: Engine) -> tupl
     from policy.config import load_config
     from policy.run import finetune_and_record
 
+    if config.method == "best-of-n":
+        return {"skipped": "best-of-n trains nothing"}, "not needed (best-of-n trains nothing)"
     policy_dir = output / POLICY_DIR
     started = time.perf_counter()
     # A crash leaves either nothing (the trainer works in a side folder and removes it) or a published
@@ -366,9 +411,17 @@ def _step_finetune(output: Path, config: RoundConfig, *, engine: Engine) -> tupl
     overrides = _training_overrides(config, policy_dir)
     if resume:
         overrides["resume_from_checkpoint"] = True
+    if config.method in REWARD_METHODS:
+        overrides.update({key: value for key, value in (
+            ("reward_model", config.reward_model), ("safety_model", config.safety_model),
+            ("prompts", config.train_prompts), ("best_of", config.best_of)) if value is not None})
     settings = load_config(config.method, config.training_file, **overrides)
-    result = finetune_and_record(output / EXPORT_FILE, config=settings,
-                                 engine=engine, actor="loop")
+    if config.method in REWARD_METHODS:
+        from policy.run import finetune_online_and_record
+
+        result = finetune_online_and_record(config=settings, engine=engine, actor="loop")
+    else:
+        result = finetune_and_record(output / EXPORT_FILE, config=settings, engine=engine, actor="loop")
     metrics = dict(result.metrics or {})
     seconds = time.perf_counter() - started
     figures = {"policy_run_id": result.run_id, "path": str(result.path), "seconds": round(seconds, 1),
@@ -383,6 +436,8 @@ def _step_finetune(output: Path, config: RoundConfig, *, engine: Engine) -> tupl
 
 
 def _finetune_done(output: Path, figures: Mapping[str, Any]) -> bool:
+    if figures.get("skipped"):
+        return True
     return (output / POLICY_DIR / POLICY_CARD).is_file() and figures.get("policy_run_id") is not None
 
 
@@ -425,10 +480,17 @@ def _step_register(output: Path, config: RoundConfig, name: str, *, engine: Engi
 
     notes: list[str] = []
     with session_scope(engine) as session:
-        row = register_policy(output / POLICY_DIR, name, session=session, system_prompt=config.system_prompt,
-                              note=notes.append)
         base = config.against or ensure_default_base(config.base_model, session=session,
                                                      system_prompt=config.system_prompt, note=notes.append)
+        if config.method == "best-of-n":
+            from candidates.best_of_n import register_best_of_n
+
+            row = register_best_of_n(name, of=base, best_of=config.best_of or DEFAULT_BEST_OF,
+                                     reward_model=str(config.reward_model), safety_model=config.safety_model,
+                                     session=session, actor="loop")
+        else:
+            row = register_policy(output / POLICY_DIR, name, session=session, system_prompt=config.system_prompt,
+                                  note=notes.append)
         figures = {"candidate": row.name, "candidate_id": row.id, "provider": row.provider,
                    "model_id": row.model_id, "base": base, "notes": notes}
     return figures, f"registered candidate {name} ({figures['provider']}); A/B base {base}"
@@ -553,6 +615,8 @@ def _is_done(step: str, output: Path, config: RoundConfig, record: StepRecord, *
 
 def _brief(step: str, record: StepRecord) -> str:
     f = record.figures
+    if f.get("skipped"):
+        return "not needed"
     if step == "export":
         return f"{f.get('rows')} {f.get('kind')} rows"
     if step == "finetune":

@@ -24,6 +24,9 @@ ALLOWED: dict[str, set[str]] = {
 SHARED_OWNERS = {"reward.scoring", "analytics.bradley_terry", "candidates.embedded",
                  # generating replies (an A/B test generates both candidates' replies, as `therapref generate`)
                  "candidates.generate",
+                 # best-of-n: N samples of a configuration, the reward model's (safe) best (the loop registers
+                 # best-of-n candidates; rejection sampling draws its training replies this way)
+                 "candidates.best_of_n",
                  # the machine: accelerators, native bf16, free CPU cores, base models and their LoRA config
                  # (policy training too)
                  "reward.resources"}

@@ -19,6 +19,10 @@ class Method(StrEnum):
     sft = "sft"
     dpo = "dpo"
     kto = "kto"
+    best_of_n = "best-of-n"
+    rs = "rs"
+    rloo = "rloo"
+    grpo = "grpo"
 
 
 class Sources(StrEnum):
@@ -30,7 +34,18 @@ class Sources(StrEnum):
 def round_(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the round (created; a second run "
                                                                  "resumes or reports it).", show_default=False)],
-    method: Annotated[Method, typer.Option(help="sft (on the preferred replies), dpo or kto.")] = Method.dpo,
+    method: Annotated[Method, typer.Option(
+        help="sft (on the preferred replies), dpo or kto on an export; best-of-n (the base's best of --best-of "
+             "samples), rs (rejection-sampling fine-tuning), rloo or grpo against --reward-model.")] = Method.dpo,
+    reward_model: Annotated[Optional[Path], typer.Option(
+        help="best-of-n, rs, rloo, grpo: the reward model (a `therapref train` folder or ensemble).")] = None,
+    safety_model: Annotated[Optional[Path], typer.Option(
+        help="A `therapref train --criterion safety` folder: unsafe replies are never picked / get the lowest "
+             "reward.")] = None,
+    best_of: Annotated[Optional[int], typer.Option(
+        help="best-of-n: samples per reply (default 8); rs: samples per training prompt.")] = None,
+    train_prompts: Annotated[Optional[str], typer.Option(
+        help="rs, rloo, grpo: training prompts, N or a SPEC (default: every prompt outside the A/B tests).")] = None,
     against: Annotated[Optional[str], typer.Option(
         help="Base candidate of the A/B test (default: the base model itself, registered like the policy).")] = None,
     prompts: Annotated[str, typer.Option(
@@ -85,6 +100,8 @@ def round_(
             epochs=epochs, lora=lora, name=name, training_file=str(config) if config else None,
             system_prompt=system_prompt, seed=seed, max_tokens=max_tokens,
             export={"filters": filters.to_json(), "scrub_pii": scrub_pii},
+            reward_model=str(reward_model) if reward_model else None,
+            safety_model=str(safety_model) if safety_model else None, best_of=best_of, train_prompts=train_prompts,
         )
         engine = open_engine(db)
 
@@ -111,7 +128,92 @@ def round_(
         raise fail("the round is not finished")
 
 
+def run(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the loop: round-1 … round-R inside "
+                                                                 "(a second run resumes it).", show_default=False)],
+    rounds: Annotated[int, typer.Option(help="Rounds of sampling, judging and training.")] = 2,
+    method: Annotated[str, typer.Option(help="dpo: iterated (on-policy) DPO.")] = "dpo",
+    reward_model: Annotated[Optional[Path], typer.Option(
+        help="Judge each round's pairs with this reward model (default: queue them for clinicians).")] = None,
+    train_prompts: Annotated[str, typer.Option(
+        help="Prompts each round samples on: N at random or a SPEC; never an A/B test's.")] = "100",
+    against: Annotated[Optional[str], typer.Option(
+        help="Base candidate of every A/B test (default: the base model itself, registered like the policy).")]
+        = None,
+    prompts: Annotated[str, typer.Option(help="A/B prompts per round: N held-out prompts or a SPEC.")] = "50",
+    base_model: Annotated[str, typer.Option(help="Base causal LM of round 1: embedded or a folder.")] = "embedded",
+    epochs: Annotated[Optional[float], typer.Option(help="Training epochs per round.")] = None,
+    lora: Annotated[bool, typer.Option("--lora", help="Train LoRA adapters (merged into the saved model).")] = False,
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="Training settings TOML, as `therapref finetune local --config` takes.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Name stem of the policies (default: loop-DIR).")] = None,
+    system_prompt: Annotated[Optional[str], typer.Option(
+        help="System message of the samples, the policies and the default base ('' = none).")] = None,
+    sample_temperature: Annotated[float, typer.Option(help="Temperature of the policy's samples.")] = 1.0,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per sample and A/B reply.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt draws and the samples.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show generation progress on stderr.")] = True,
+    db: DbOption = None,
+) -> None:
+    """Iterated (on-policy) DPO: each round samples pairs from the current policy, has them judged (by
+    --reward-model, or by clinicians in the app), trains on them, registers and A/B tests the policy."""
+    from policy.prompts import training_prompt_ids
+
+    from candidates.judge import resolve_judge, run_judge
+    from candidates.pairing import make_pairs
+    from db.engine import read_only_engine, session_scope
+    from exports.filters import ExportFilters
+    from exports.run import ExportOptions, run_export
+    from policy.iterate import comparisons_between, run_loop
+    from policy.loop import RoundConfig
+
+    with errors():
+        judge_spec = resolve_judge(f"reward:{reward_model}") if reward_model else None
+        sources = f"judge:{judge_spec.name}" if judge_spec else "clinicians"
+        settings = RoundConfig(method=method, against=against, prompts=prompts, base_model=base_model, epochs=epochs,
+                               lora=lora, name=name, training_file=str(config) if config else None,
+                               system_prompt=system_prompt, seed=seed, max_tokens=max_tokens,
+                               export={"sources": sources})
+        engine = open_engine(db)
+        with session_scope(read_only_engine(engine)) as session:
+            train_ids = training_prompt_ids(train_prompts, session=session, seed=seed)
+
+        def pair(prompt_ids, names) -> list[int]:  # noqa: ANN001
+            with session_scope(engine) as session:
+                make_pairs(session=session, overlap=1, overlap_fraction=0.0, seed=seed, prompt_ids=list(prompt_ids),
+                           candidates=list(names), actor="loop")
+            with session_scope(read_only_engine(engine)) as session:
+                return comparisons_between(names, prompt_ids, session=session)
+
+        def judge(comparison_ids) -> str:  # noqa: ANN001
+            return str(run_judge(engine, judge_spec, comparisons=list(comparison_ids), seed=seed))
+
+        def make_export(names):  # noqa: ANN001, ANN202
+            filters = ExportFilters(sources=sources, candidate_models=tuple(names))
+            options = ExportOptions(system_prompt=system_prompt, actor="loop",
+                                    command=["therapref", "loop", "run", "--output", str(output)])
+
+            def export(kind: str, path: Path, *, force: bool) -> object:
+                options.force = force
+                return run_export(kind, path, engine=engine, filters=filters, options=options)
+
+            return export
+
+        try:
+            with sigterm_as_interrupt():
+                result = run_loop(output, settings, rounds=rounds, engine=engine, train_prompts=train_ids, pair=pair,
+                                  make_export=make_export, judge=judge if judge_spec else None,
+                                  sample_temperature=sample_temperature, log=typer.echo, progress=progress)
+        except KeyboardInterrupt:
+            typer.secho("Interrupted: finished steps are kept; run the same command again to resume.", err=True)
+            raise typer.Exit(130) from None
+    typer.echo(result.summary)
+    if result.waiting:
+        raise typer.Exit(3)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``loop`` group (``loop round``) to the root app."""
+    """Add the ``loop`` group (``loop round``, ``loop run``) to the root app."""
     loop_app.command("round")(round_)
+    loop_app.command("run")(run)
     app.add_typer(loop_app, name="loop")
