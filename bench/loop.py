@@ -19,41 +19,31 @@ under 0.5 is a tie, else the higher wins with strength 1 (< 1 apart), 2 (< 2) or
 real ``clinician`` account that works the queue exactly as the app does: ``db.assignment
 .next_comparison`` then ``submit_judgment`` (screen sides, safety flags per side).
 
-**Where the preference signal comes from.** The demo candidates (``candidates/demo.py``) are one model,
-SmolLM2-135M-Instruct, under two system prompts. This bench adds three bench-only configurations of
-the same embedded model (``BENCH_CANDIDATES``): an "example" candidate whose system prompt carries a
-worked example of a rubric-following reply (one sentence naming the feeling, one open question, under
-60 words; two replies per prompt, seeds s and s + 1, temperature 0.7), an advisor told to give advice
-as a numbered list of steps and ask nothing, and a plain one with no system prompt (temperature 0.9);
-replies of at most 96 tokens, so that a short reply can finish. Pairs are made between replies of
-different candidates (five per prompt). At 135M parameters the model follows the system prompts only
-loosely, so every configuration writes some replies the rubric likes and some it does not; the
-clinician's preferences among them are the only signal, and the bench prints how strong it is (mean
-rubric score per candidate, its spread, the question part, and the tie rate of the first K
-judgments). The policy is then fine-tuned from the plain base on the exported judgments (SFT on the
-preferred replies, DPO, KTO) with *no* system prompt, and A/B-tested against the base (the plain
-embedded SmolLM2, registered through the same path) with no system prompt either: it must learn the
-rubric from the preferences alone.
+**Where the preference signal comes from.** The clinician judges samples of *one* model: the plain
+embedded SmolLM2-135M-Instruct with no system prompt, at temperature 1 (``SAMPLERS``: two names for the
+same configuration with other seeds, two samples each, so four pairs per prompt are made across them).
+Every difference the clinician sees, and every gain a method shows over that base, comes from the method.
 
-**The data.** Training prompts: Counsel Chat questions (``../shared/data/counsel_chat.csv`` through
-``db.importers``; the shortest ones, to keep training sequences short on a CPU). Held-out prompts, never
-used in training: the demo prompts (``therapref demo``'s library function ``build_demo``, replies not
-generated) and the user messages of ``gaby_sft_sample.jsonl``. The bench candidates reply to the
-training prompts; every pair of replies is a comparison (``candidates.pairing.make_pairs``); the
-clinician judges the first K_max of them. A round on K judgments exports only the first K (the
-export's ``until`` filter at the (K+1)-th judgment's time, ``--candidate`` the bench candidates).
+**The data.** Three disjoint prompt sets: Counsel Chat training prompts (``../shared/data/counsel_chat.csv``
+through ``db.importers``; the shortest ones, to keep sequences short on a CPU) whose samples' pairs the
+clinician judges through the queue; Counsel Chat evaluation prompts whose samples test the reward model
+(every pair the rubric decides, noise-free); and the held-out A/B prompts (the demo prompts and the user
+messages of ``gaby_sft_sample.jsonl``), never trained on.
 
-**One round** (``policy.loop.run_round``, as ``therapref loop round``): export (``exports.run.run_export``)
-→ fine-tune (``policy.run.finetune_and_record``) → register (``policy.register.register_policy``, a GGUF
-for llama.cpp; the base registered the same way) → A/B test (``policy.abtest.create_abtest``) on the
-held-out prompts; then the same simulated clinician judges the A/B comparisons through the queue and
-``analytics.head_to_head`` gives the win rate (95% Wilson interval), the length-controlled win rate
-and the flag rates. Printed per method and K: those, the mean reply length (words) and rubric score
-of both sides, the number of training rows, training and A/B generation time.
+**What it prints.** (1) The reward model's held-out pairwise accuracy against the simulated clinician when
+trained (``reward.train.train_reward_model``, the toolkit's defaults unless ``--reward``) on the first K
+judgments, K ∈ ``--ks``. (2) One table, base vs each method on the held-out prompts, judged by the same
+clinician through the queue (``analytics.head_to_head``): win rate with its 95% Wilson interval, the
+length-controlled win rate, wins/losses/ties, mean words and rubric score of both sides, flag rates,
+training and generation seconds, this process's CPU seconds. Methods: ``sft``/``dpo``/``kto`` (one round of
+``policy.loop.run_round`` on an export of the first K judgments, as ``therapref loop round``), ``best-of-n``
+(``candidates.best_of_n``: the base's best of N samples by the reward model trained on K judgments, for
+each N of ``--best-of``), ``rs``/``rloo``/``grpo`` (``loop round --method rs|rloo|grpo`` against that reward
+model) and ``iterated-dpo`` (``policy.iterate.run_loop``: rounds of sampling from the current policy, the
+reward model judging, DPO). (3) The issue's three targets, each met or not.
 
-    .venv/bin/python bench/loop.py                    # sft, dpo, kto × K ∈ {100, 200, 400}
-    .venv/bin/python bench/loop.py --quick            # dpo at K = 100
-    .venv/bin/python bench/loop.py --quick --methods sft,dpo --ks 200
+    .venv/bin/python bench/loop.py                    # K ∈ {50,100,200,400}; sft, dpo, best-of-4/8/16, …
+    .venv/bin/python bench/loop.py --quick            # K ∈ {50,100,200}; dpo, best-of-4/8; fewer prompts
     .venv/bin/python bench/loop.py --smoke --json out.json   # a tiny random Llama; seconds (the test suite)
 
 Figures and the command that made them: docs/policy.md, "The loop". Local models run with one thread
@@ -232,7 +222,9 @@ SMOKE_RATES = {"sft": 3e-3, "dpo": 1e-3, "kto": 1e-3}
 REWARD_SETTINGS: dict[str, Any] = {"num_train_epochs": 3.0, "max_length": 256, "save_strategy": "no",
                                    "seed": 0, "eval_fraction": 0.0}
 SMOKE_REWARD = {"num_train_epochs": 1.0, "max_length": 64, "save_strategy": "no", "seed": 0, "eval_fraction": 0.0}
-METHODS = ("sft", "dpo", "kto", "best-of-n")
+TRAINED = ("rs", "rloo", "grpo", "iterated-dpo")
+METHODS = ("sft", "dpo", "kto", "best-of-n", *TRAINED)
+ITERATED_ROUNDS = 2
 
 
 @dataclass
@@ -668,6 +660,39 @@ def run_one(engine: Any, plan: Plan, method: str, k: int, *, work: Path, cutoff:
     return row
 
 
+def run_iterated(engine: Any, plan: Plan, *, work: Path, base_model: str, base: str, train: list[int],
+                 heldout: list[int], reward_dir: str, rng: random.Random) -> Row:
+    """``therapref loop run``'s library call: ITERATED_ROUNDS rounds of sampling from the current policy,
+    the reward model judging the pairs, DPO from the current policy; the last round's policy is then
+    judged by the simulated clinician against the base."""
+    from policy.iterate import run_loop
+    from policy.loop import RoundConfig
+    from therapref.cli.loop import online_steps
+
+    training = {**(SMOKE_TRAINING if plan.smoke else COMMON_TRAINING), **TRAINING["dpo"], "num_threads": plan.threads}
+    if plan.smoke:
+        training["learning_rate"] = SMOKE_RATES["dpo"]
+    output = work / "iterated-dpo"
+    pair, judge, make_export = online_steps(engine, reward_model=Path(reward_dir), seed=plan.seed, system_prompt="",
+                                            command=["bench/loop.py", "iterated-dpo"])
+    config = RoundConfig(method="dpo", prompts=",".join(map(str, heldout)), overlap=1, base_model=base_model,
+                         against=base, epochs=plan.epochs, name="bench-iter", system_prompt="", seed=plan.seed,
+                         max_tokens=plan.max_tokens, training=training)
+    cpu, started = time.process_time(), time.perf_counter()
+    result = run_loop(output, config, rounds=ITERATED_ROUNDS, engine=engine, train_prompts=train, pair=pair,
+                      judge=judge, make_export=make_export, base=base, log=_say,
+                      generation={"threads": plan.threads, "seed": plan.seed, **AB_GENERATION})
+    last = result.rounds[-1]
+    name = last.steps["register"].figures["candidate"]
+    row = ab_row(engine, plan, "iterated-dpo", plan.k, name, base, heldout, rng=rng, generate=False)
+    row.n_train = sum(int(r.steps["export"].figures.get("rows") or 0) for r in result.rounds)
+    row.train_seconds = sum(float(r.steps["finetune"].figures.get("seconds") or 0) for r in result.rounds)
+    row.generate_seconds = time.perf_counter() - started - row.train_seconds
+    row.cpu_seconds = time.process_time() - cpu
+    row.extra.update(rounds=len(result.rounds))
+    return row
+
+
 # --- output -----------------------------------------------------------------------------------------------------------
 
 
@@ -716,9 +741,6 @@ def format_reward(figures: Sequence[dict[str, Any]]) -> str:
         lines.append(f"| {f['k']} | {f['pairs']} | {f['held_out_pairs']} | {f['accuracy']:.3f} | "
                      f"{f['longer_wins']:.3f} | {f['seconds']:.0f} |")
     return "\n".join(lines)
-
-
-TRAINED = ("rs", "rloo", "grpo", "iterated-dpo")
 
 
 def verdict(rows: Sequence[Row], reward: Sequence[dict[str, Any]] = ()) -> str:
@@ -881,6 +903,13 @@ def run_bench(plan: Plan, work: Path) -> tuple[list[Row], dict[str, Any]]:
     for method in plan.methods:
         if method == "best-of-n":
             rows += run_best_of_n(engine, plan, base, reward_dir, prepared["heldout"], rng=rng)
+            continue
+        if method == "iterated-dpo":
+            _say(f"Iterated DPO: {ITERATED_ROUNDS} rounds judged by the reward model on K={plan.k} judgments")
+            rows.append(run_iterated(engine, plan, work=work / "rounds", base_model=base_model, base=base,
+                                     train=prepared["train_prompts"], heldout=prepared["heldout"],
+                                     reward_dir=reward_dir, rng=rng))
+            _say(format_rows(rows[-1:]).splitlines()[-1])
             continue
         _say(f"Round: {method} on K={plan.k} judgments")
         rows.append(run_one(engine, plan, method, plan.k, work=work / "rounds", cutoff=cutoff, base_model=base_model,

@@ -54,16 +54,20 @@ def test_smoke_run_closes_the_loop(tmp_path, shared_data):
                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| method | K | rows | win rate [95% CI]" in run.stdout
-    assert "Best: dpo at K=6" in run.stdout
+    assert "| K judgments | training pairs | held-out pairs | accuracy |" in run.stdout
     figures = json.loads(out.read_text())
-    (row,) = figures["rows"]
+    row, best_of = figures["rows"]
     assert (row["method"], row["k"]) == ("dpo", 6)
+    assert best_of["method"] == "best-of-2" and best_of["n"] == 4
+    (reward,) = figures["reward"]
+    assert reward["k"] == 6 and 0.0 <= reward["accuracy"] <= 1.0
     assert row["n"] == 4 and row["wins"] + row["losses"] + row["ties"] == 4  # every A/B pair judged once
     assert 0.0 <= row["win_low"] <= row["win_rate"] <= row["win_high"] <= 1.0
     assert 1 <= row["n_train"] <= 6  # at most the first K judgments (ties give no DPO pair)
     assert math.isfinite(row["words_new"]) and math.isfinite(row["rubric_base"])
     heldout, train = set(figures["prepare"]["heldout"]), set(figures["prepare"]["train_prompts"])
-    assert len(heldout) == 4 and not heldout & train
+    evaluation = set(figures["prepare"]["eval_prompts"])
+    assert len(heldout) == 4 and not heldout & train and not evaluation & (train | heldout)
     manifest = json.loads((work / "rounds" / "dpo-k6" / "export.jsonl.manifest.json").read_text())
     assert set(manifest["prompt_ids"]) <= train
     with sqlite3.connect(work / "bench.db") as db:
@@ -72,4 +76,10 @@ def test_smoke_run_closes_the_loop(tmp_path, shared_data):
         assert judged_by == [("sim-clinician", "clinician")]  # through the queue, as a clinician account
         ab_prompts = db.execute("select c.prompt_id from judgment j join comparison c on c.id = j.comparison_id"
                                 ).fetchall()
-        assert sum(1 for (prompt_id,) in ab_prompts if prompt_id in heldout) == 4
+        assert sum(1 for (prompt_id,) in ab_prompts if prompt_id in heldout) == 8  # dpo and best-of-2
+        # The clinician judged samples of one model (two names for the same configuration).
+        sampled = db.execute("select distinct c.name from judgment j join comparison k on k.id = j.comparison_id "
+                             "join response r on r.id = k.response_a_id join candidatemodel c "
+                             "on c.id = r.candidate_model_id where k.prompt_id not in (%s)"
+                             % ",".join(map(str, heldout))).fetchall()
+        assert {name for (name,) in sampled} <= {"bench-sample-a", "bench-sample-b"}

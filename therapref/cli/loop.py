@@ -157,19 +157,13 @@ def run(
 ) -> None:
     """Iterated (on-policy) DPO: each round samples pairs from the current policy, has them judged (by
     --reward-model, or by clinicians in the app), trains on them, registers and A/B tests the policy."""
+    from db.engine import read_only_engine, session_scope
+    from policy.iterate import run_loop
+    from policy.loop import RoundConfig
     from policy.prompts import training_prompt_ids
 
-    from candidates.judge import resolve_judge, run_judge
-    from candidates.pairing import make_pairs
-    from db.engine import read_only_engine, session_scope
-    from exports.filters import ExportFilters
-    from exports.run import ExportOptions, run_export
-    from policy.iterate import comparisons_between, run_loop
-    from policy.loop import RoundConfig
-
     with errors():
-        judge_spec = resolve_judge(f"reward:{reward_model}") if reward_model else None
-        sources = f"judge:{judge_spec.name}" if judge_spec else "clinicians"
+        sources = judge_source(reward_model)
         settings = RoundConfig(method=method, against=against, prompts=prompts, base_model=base_model, epochs=epochs,
                                lora=lora, name=name, training_file=str(config) if config else None,
                                system_prompt=system_prompt, seed=seed, max_tokens=max_tokens,
@@ -178,31 +172,13 @@ def run(
         with session_scope(read_only_engine(engine)) as session:
             train_ids = training_prompt_ids(train_prompts, session=session, seed=seed)
 
-        def pair(prompt_ids, names) -> list[int]:  # noqa: ANN001
-            with session_scope(engine) as session:
-                make_pairs(session=session, overlap=1, overlap_fraction=0.0, seed=seed, prompt_ids=list(prompt_ids),
-                           candidates=list(names), actor="loop")
-            with session_scope(read_only_engine(engine)) as session:
-                return comparisons_between(names, prompt_ids, session=session)
-
-        def judge(comparison_ids) -> str:  # noqa: ANN001
-            return str(run_judge(engine, judge_spec, comparisons=list(comparison_ids), seed=seed))
-
-        def make_export(names):  # noqa: ANN001, ANN202
-            filters = ExportFilters(sources=sources, candidate_models=tuple(names))
-            options = ExportOptions(system_prompt=system_prompt, actor="loop",
-                                    command=["therapref", "loop", "run", "--output", str(output)])
-
-            def export(kind: str, path: Path, *, force: bool) -> object:
-                options.force = force
-                return run_export(kind, path, engine=engine, filters=filters, options=options)
-
-            return export
-
+        pair, judge, make_export = online_steps(engine, reward_model=reward_model, seed=seed,
+                                                system_prompt=system_prompt, command=["therapref", "loop", "run",
+                                                                                      "--output", str(output)])
         try:
             with sigterm_as_interrupt():
                 result = run_loop(output, settings, rounds=rounds, engine=engine, train_prompts=train_ids, pair=pair,
-                                  make_export=make_export, judge=judge if judge_spec else None,
+                                  make_export=make_export, judge=judge,
                                   sample_temperature=sample_temperature, log=typer.echo, progress=progress)
         except KeyboardInterrupt:
             typer.secho("Interrupted: finished steps are kept; run the same command again to resume.", err=True)
@@ -210,6 +186,51 @@ def run(
     typer.echo(result.summary)
     if result.waiting:
         raise typer.Exit(3)
+
+
+def judge_source(reward_model: Path | None) -> str:
+    """Whose judgments a ``loop run`` round exports: the reward model's judge source, else clinicians'."""
+    from candidates.judge import resolve_judge
+
+    return f"judge:{resolve_judge(f'reward:{reward_model}').name}" if reward_model else "clinicians"
+
+
+def online_steps(engine: object, *, reward_model: Path | None, seed: int, system_prompt: str | None,
+                 command: list[str]) -> tuple:
+    """The three steps ``policy.iterate.run_loop`` takes from the edge: pairing the samplers' replies
+    (``candidates.pairing``), judging them with the reward model (``candidates.judge``; None without one:
+    clinicians judge) and the export restricted to the samplers (``exports.run``)."""
+    from candidates.judge import resolve_judge, run_judge
+    from candidates.pairing import make_pairs
+    from db.engine import read_only_engine, session_scope
+    from exports.filters import ExportFilters
+    from exports.run import ExportOptions, run_export
+    from policy.iterate import comparisons_between
+
+    judge_spec = resolve_judge(f"reward:{reward_model}") if reward_model else None
+    sources = judge_source(reward_model)
+
+    def pair(prompt_ids, names) -> list[int]:  # noqa: ANN001
+        with session_scope(engine) as session:  # type: ignore[arg-type]
+            make_pairs(session=session, overlap=1, overlap_fraction=0.0, seed=seed, prompt_ids=list(prompt_ids),
+                       candidates=list(names), actor="loop")
+        with session_scope(read_only_engine(engine)) as session:  # type: ignore[arg-type]
+            return comparisons_between(names, prompt_ids, session=session)
+
+    def judge(comparison_ids) -> str:  # noqa: ANN001
+        return str(run_judge(engine, judge_spec, comparisons=list(comparison_ids), seed=seed))  # type: ignore[arg-type]
+
+    def make_export(names):  # noqa: ANN001, ANN202
+        filters = ExportFilters(sources=sources, candidate_models=tuple(names))
+        options = ExportOptions(system_prompt=system_prompt, actor="loop", command=command)
+
+        def export(kind: str, path: Path, *, force: bool) -> object:
+            options.force = force
+            return run_export(kind, path, engine=engine, filters=filters, options=options)  # type: ignore[arg-type]
+
+        return export
+
+    return pair, judge if judge_spec else None, make_export
 
 
 def register(app: typer.Typer) -> None:
