@@ -269,7 +269,8 @@ class AuditEvent(SQLModel, table=True):
 
 
 class PolicyRun(SQLModel, table=True):
-    """A chatbot policy fine-tuned on an export (SFT, DPO or KTO): where it is and where it came from.
+    """A chatbot policy fine-tuned on an export (SFT, DPO or KTO) or against a reward model on prompts
+    (RS, GRPO, RLOO; migration 0010): where it is and where it came from.
 
     ``provenance`` is the export's manifest (filters, counts, fingerprint, prompt ids), so that an
     A/B test can tell which prompts the policy has seen. Added by migration 0004.
@@ -287,7 +288,8 @@ class PolicyRun(SQLModel, table=True):
     candidate_model_id: Optional[int] = Field(default=None, foreign_key="candidatemodel.id")
     created_at: datetime = Field(default_factory=utcnow)
 
-    __table_args__ = (CheckConstraint("method IN ('sft', 'dpo', 'kto')", name="ck_policyrun_method"),)
+    __table_args__ = (CheckConstraint("method IN ('sft', 'dpo', 'kto', 'rs', 'grpo', 'rloo')",
+                                      name="ck_policyrun_method"),)
 
 
 class AbTest(SQLModel, table=True):

@@ -30,7 +30,7 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
         f"# TheraPref policy ({str(meta.get('method')).upper()})",
         "",
-        f"A chatbot policy fine-tuned with TRL's {str(meta.get('method')).upper()} trainer by `therapref finetune "
+        f"A chatbot policy fine-tuned with {_trained_by(str(meta.get('method')))} by `therapref finetune "
         "local`. The folder holds a full causal LM (LoRA adapters, if any, merged) and its tokenizer.",
         "",
         "## Base model",
@@ -41,9 +41,14 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
         "## Data (provenance)",
         "",
-        f"- file: `{prov.get('file')}` ({prov.get('rows')} rows, sha256 `{prov.get('sha256')}`)",
     ]
-    if manifest:
+    if prov.get("reward_model"):  # rs / grpo / rloo: the policy's own samples, scored by a reward model
+        lines += _online_data(meta)
+    else:
+        lines.append(f"- file: `{prov.get('file')}` ({prov.get('rows')} rows, sha256 `{prov.get('sha256')}`)")
+    if prov.get("reward_model"):
+        pass  # no export behind it
+    elif manifest:
         lines += [
             f"- export: `{manifest.get('kind')}` written by {manifest.get('tool', 'therapref')} "
             f"{manifest.get('tool_version', '')} at {manifest.get('finished_at', '?')} "
@@ -77,6 +82,7 @@ def model_card(meta: dict[str, Any]) -> str:
         f"| batch size per device | {config.get('per_device_train_batch_size')} |",
         f"| max length | {config.get('max_length')} |",
         f"| bf16 | {config.get('bf16')} |",
+        *_online_figures(meta),
         "",
         "Settings (`therapref_policy.json` holds them all, with the metrics and the full manifest):",
         "",
@@ -86,3 +92,52 @@ def model_card(meta: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _trained_by(method: str) -> str:
+    """>>> _trained_by("rs"), _trained_by("grpo")
+    ("rejection sampling (the reward model's best samples, TRL's SFT trainer)", "TRL's GRPO trainer")
+    """
+    if method == "rs":
+        return "rejection sampling (the reward model's best samples, TRL's SFT trainer)"
+    return f"TRL's {method.upper()} trainer"
+
+
+def _online_data(meta: dict[str, Any]) -> list[str]:
+    """Where an rs/grpo/rloo policy's training signal came from: the reward (and safety) model, the prompts."""
+    prov, config = meta.get("provenance", {}), meta.get("config", {})
+    where = (f"file `{prov.get('prompts_file')}` (sha256 `{prov.get('prompts_sha256')}`)" if prov.get("prompts_file")
+             else f"the database's prompts, `--prompts {prov.get('prompts') or 'all'}`")
+    lines = [
+        f"- reward model: `{prov.get('reward_model')}`",
+        "- safety model: " + (f"`{prov.get('safety_model')}` (unsafe below {prov.get('safety_threshold')}: never kept "
+                              "by rs, the lowest reward of its batch in RL)" if prov.get("safety_model") else "none"),
+        f"- prompts: {prov.get('n_prompts')} from {where}; {len(prov.get('prompt_ids') or [])} stored prompt ids "
+        f"listed in `therapref_policy.json` (A/B tests leave them out)",
+        f"- left out: {prov.get('excluded_abtest_prompts', 0)} A/B-test prompts, "
+        f"{prov.get('excluded_long_prompts', 0)} longer than {config.get('max_prompt_length')} tokens",
+    ]
+    if meta.get("method") == "rs":
+        lines.append(f"- best of {config.get('best_of')} samples per prompt at temperature "
+                     f"{config.get('temperature')}, {config.get('rounds')} round(s)")
+    return lines
+
+
+def _online_figures(meta: dict[str, Any]) -> list[str]:
+    """Reward, rollout and speed rows of the training table (rs/grpo/rloo)."""
+    metrics = meta.get("metrics", {})
+    if "reward_start" not in metrics:
+        return []
+    rows = [f"| mean reward (first → last) | {_figure(metrics.get('reward_start'))} → "
+            f"{_figure(metrics.get('reward_end'))} |",
+            f"| unsafe replies | {metrics.get('unsafe_replies')} of {metrics.get('scored_replies')} |"]
+    if metrics.get("rollout_engine"):
+        rollouts = metrics.get("rollouts") or {}
+        rows += [f"| rollouts | {metrics.get('rollout_engine')} ({metrics.get('rollout_engine_reason')}) |",
+                 f"| rollout tokens/s | {_figure(rollouts.get('tokens_per_second'))} |",
+                 f"| steps/hour | {_figure(metrics.get('steps_per_hour'))} |"]
+    for item in metrics.get("rounds") or []:
+        rows.append(f"| round {item.get('round')} | kept {item.get('kept')} of {item.get('prompts')} prompts, mean "
+                    f"reward {_figure(item.get('reward_mean'))} (kept {_figure(item.get('reward_kept_mean'))}), "
+                    f"{item.get('global_step')} SFT steps |")
+    return rows

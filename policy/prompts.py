@@ -31,6 +31,7 @@ from sqlmodel import Session, select
 from db.models import AbTest, Prompt
 from db.rules import conversation, prompt_conversation
 from policy.abtest import AbTestError, choose_prompts, conversation_key, parse_prompt_spec, row_conversation
+from policy.data import PolicyData
 from policy.errors import PolicyError
 
 
@@ -55,6 +56,8 @@ class TrainingPrompts:
     excluded_abtest: int = 0
     excluded_long: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Tokens of the longest prompt with the chat template applied (set once the base's tokenizer is known).
+    longest_tokens: int | None = None
 
     @property
     def prompt_ids(self) -> list[int]:
@@ -72,6 +75,16 @@ class TrainingPrompts:
                 "prompts_sha256": self.sha256, "n_prompts": len(self.prompts),
                 "n_file_rows_not_stored": sum(p.prompt_id is None for p in self.prompts),
                 "excluded_abtest_prompts": self.excluded_abtest, "excluded_long_prompts": self.excluded_long}
+
+    def as_data(self, method: str, **provenance: Any) -> PromptData:
+        """The prompts as the rows TRL's online trainers take: ``prompt`` (what the policy sees), ``context``
+        (the prompt's own conversation, JSON: what the reward model scores against) and ``prompt_id``
+        (-1 for a file row not in the database); ``provenance`` adds the reward model's folder and the like."""
+        rows = [{"prompt": p.messages, "context": json.dumps(p.context, ensure_ascii=False),
+                 "prompt_id": -1 if p.prompt_id is None else p.prompt_id} for p in self.prompts]
+        digest = self.sha256 or hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+        return PromptData(path=Path(self.file or "prompts"), method=method, rows=rows, sha256=digest,
+                          notes=self.notes, prompts=self, extra=dict(provenance))
 
     def drop(self, keep: Sequence[bool]) -> None:
         """Keep only the prompts marked True (too-long ones are dropped once the tokenizer is known)."""
@@ -230,3 +243,15 @@ def _file_prompts(path: Path, *, session: Session, held: set[int], system_prompt
             prompts.append(TrainingPrompt(prompt_id, conversation(turns, resolve_system(system_prompt, own)),
                                           conversation(turns, own)))
     return TrainingPrompts(prompts, file=str(path.resolve()), sha256=digest.hexdigest(), excluded_abtest=excluded)
+
+
+@dataclass
+class PromptData(PolicyData):
+    """:class:`TrainingPrompts` as ``policy.train``'s steps take data; the provenance lists the prompt ids."""
+
+    prompts: TrainingPrompts | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def provenance(self) -> dict[str, Any]:
+        return {**(self.prompts.provenance() if self.prompts else {}), **self.extra, "sha256": self.sha256,
+                "rows": len(self.rows), "file": self.prompts.file if self.prompts else None}

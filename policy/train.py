@@ -28,7 +28,7 @@ from reward.resources import default_threads, peft_config
 
 META_FILE = "therapref_policy.json"
 CARD_FILE = "README.md"
-UNITS = {"sft": "examples", "dpo": "pairs", "kto": "examples"}
+UNITS = {"sft": "examples", "dpo": "pairs", "kto": "examples", "rs": "examples", "grpo": "prompts", "rloo": "prompts"}
 
 
 # --- checks before any model is loaded -------------------------------------------------------------------
@@ -145,6 +145,8 @@ class FittedPolicy:
     tokens: int
     losses: list[float]
     log_history: list[dict[str, Any]]
+    #: Figures a method adds to the metrics (the RL trainers: rewards, rollout speed, steps/hour).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -390,11 +392,11 @@ def padding_free(model: Any, enabled: bool) -> Iterator[bool]:
         del backbone.forward  # the class's own forward again
 
 
-def fit(config: PolicyFields, plan: TrainingPlan, data: PolicyData, *,
-        callbacks: Sequence[Any] | None = None) -> FittedPolicy:
-    """Load the base, let TRL tokenise (and compute the reference log-probs once), train."""
+def load_for_training(config: PolicyFields, plan: TrainingPlan) -> tuple[Any, Any, bool]:
+    """Threads, seed, the base and its tokenizer, as every method trains them. Returns whether the
+    frozen base is held in pure bf16 (``config.bf16`` is then off for the trainer: see below; wrap the
+    training in ``_restore_bf16`` so that the recorded setting stays what the user asked for)."""
     import torch
-    from datasets import Dataset
     from transformers import set_seed
 
     threads = config.num_threads or default_threads()
@@ -407,6 +409,15 @@ def fit(config: PolicyFields, plan: TrainingPlan, data: PolicyData, *,
     # a sixth of a step's CPU time went to such copies). The fp32 adapters then train without autocast.
     pure_bf16 = bool(config.bf16 and config.use_lora)
     config.bf16 = not pure_bf16 and bool(config.bf16)
+    return model, tokenizer, pure_bf16
+
+
+def fit(config: PolicyFields, plan: TrainingPlan, data: PolicyData, *,
+        callbacks: Sequence[Any] | None = None) -> FittedPolicy:
+    """Load the base, let TRL tokenise (and compute the reference log-probs once), train."""
+    from datasets import Dataset
+
+    model, tokenizer, pure_bf16 = load_for_training(config, plan)
     started = time.perf_counter()
     with compact_lm_head(config.compact_lm_head), _restore_bf16(config, pure_bf16), \
             padding_free(model, config.padding_free_batches):
@@ -449,7 +460,7 @@ def finish(config: PolicyFields, plan: TrainingPlan, fitted: FittedPolicy, data:
         "unit": UNITS[config.method],
         "per_second": fitted.n_train * epochs / fitted.seconds if fitted.seconds else None,
         "tokens_per_epoch": fitted.tokens, "world_size": trainer.accelerator.num_processes,
-        "resumed": plan.resume,
+        "resumed": plan.resume, **fitted.extra,
     }
     meta: dict[str, Any] = {}
     if main:

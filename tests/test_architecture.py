@@ -27,6 +27,9 @@ SHARED_OWNERS = {"reward.scoring", "analytics.bradley_terry", "candidates.embedd
                  # best-of-n: N samples of a configuration, the reward model's (safe) best (the loop registers
                  # best-of-n candidates; rejection sampling draws its training replies this way)
                  "candidates.best_of_n",
+                 # loading a llama.cpp model safely (no AMX buffers where they crash): the RL trainers' rollouts
+                 # run the policy's GGUF in-process, as the llamacpp provider does
+                 "candidates.llama_compat",
                  # the machine: accelerators, native bf16, free CPU cores, base models and their LoRA config
                  # (policy training too)
                  "reward.resources"}
