@@ -212,7 +212,12 @@ TRAINING: dict[str, dict[str, Any]] = {
     "sft": {"learning_rate": 5e-5},
     "dpo": {"learning_rate": 1e-5, "beta": 0.1},
     "kto": {"learning_rate": 1e-5, "beta": 0.1},
+    "rs": {"learning_rate": 5e-5, "best_of": 8},
+    "rloo": {},
+    "grpo": {},
 }
+#: GRPO/RLOO have no max_length (prompt + max_completion_length) and their own batch settings.
+RL_DROP = ("max_length", "per_device_train_batch_size")
 COMMON_TRAINING = {"per_device_train_batch_size": 4, "max_length": 256, "save_strategy": "no", "logging_steps": 5,
                    "seed": 0}
 SMOKE_TRAINING = {"per_device_train_batch_size": 2, "max_length": 96, "save_strategy": "no", "logging_steps": 1,
@@ -618,7 +623,8 @@ def run_best_of_n(engine: Any, plan: Plan, base: str, reward_dir: str, heldout: 
 
 
 def run_one(engine: Any, plan: Plan, method: str, k: int, *, work: Path, cutoff: Any, base_model: str, base: str,
-            heldout: list[int], rng: random.Random, reward_dir: str | None = None) -> Row:
+            heldout: list[int], rng: random.Random, reward_dir: str | None = None,
+            train: list[int] | None = None) -> Row:
     """One round of ``policy.loop.run_round`` (as ``therapref loop round``) on the first ``k`` judgments, then
     the simulated clinician judges its A/B test against the base."""
     from exports.filters import ExportFilters
@@ -634,12 +640,17 @@ def run_one(engine: Any, plan: Plan, method: str, k: int, *, work: Path, cutoff:
 
     training = {**(SMOKE_TRAINING if plan.smoke else COMMON_TRAINING), **TRAINING.get(method, {}),
                 "num_threads": plan.threads}
+    if method in ("rloo", "grpo"):
+        training = {key: value for key, value in training.items() if key not in RL_DROP}
+    if plan.smoke and method == "rs":
+        training["best_of"] = 2
     if plan.smoke and method in SMOKE_RATES:
         training["learning_rate"] = SMOKE_RATES[method]  # a random tiny model needs a large step to move
     label = f"{method}-k{k}" + (f"-e{plan.epochs:g}" if plan.epochs != 1 else "")
     extra: dict[str, Any] = {}
     if reward_dir is not None:
         extra["reward_model"] = reward_dir
+        extra["train_prompts"] = ",".join(map(str, train or []))
     config = RoundConfig(method=method, prompts=",".join(map(str, heldout)), overlap=1, base_model=base_model,
                          against=base, epochs=plan.epochs, name=f"bench-{label}", system_prompt="", seed=plan.seed,
                          max_tokens=plan.max_tokens, training=training, export={"filters": filters.to_json()},
@@ -914,7 +925,7 @@ def run_bench(plan: Plan, work: Path) -> tuple[list[Row], dict[str, Any]]:
         _say(f"Round: {method} on K={plan.k} judgments")
         rows.append(run_one(engine, plan, method, plan.k, work=work / "rounds", cutoff=cutoff, base_model=base_model,
                             base=base, heldout=prepared["heldout"], rng=rng,
-                            reward_dir=reward_dir if method in TRAINED else None))
+                            reward_dir=reward_dir if method in TRAINED else None, train=prepared["train_prompts"]))
         _say(format_rows(rows[-1:]).splitlines()[-1])
     return rows, {"prepare": prepared, "signal": signal, "reward": reward}
 

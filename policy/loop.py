@@ -412,9 +412,13 @@ def _step_finetune(output: Path, config: RoundConfig, *, engine: Engine) -> tupl
     if resume:
         overrides["resume_from_checkpoint"] = True
     if config.method in REWARD_METHODS:
+        # The policy samples as it will be A/B-tested: the round's system prompt and reply length.
         overrides.update({key: value for key, value in (
             ("reward_model", config.reward_model), ("safety_model", config.safety_model),
-            ("prompts", config.train_prompts), ("best_of", config.best_of)) if value is not None})
+            ("prompts", config.train_prompts), ("best_of", config.best_of), ("system_prompt", config.system_prompt),
+            ("max_completion_length", config.max_tokens)) if value is not None})
+        if config.train_prompts is not None:
+            overrides["prompts"] = str(config.train_prompts)
     settings = load_config(config.method, config.training_file, **overrides)
     if config.method in REWARD_METHODS:
         from policy.run import finetune_online_and_record
