@@ -86,3 +86,15 @@ def app_serving(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def judge_left_in_app(at: AppTest, count: int, *, strength: int = 2) -> None:
+    """A logged-in ``AppTest`` clinician prefers the left reply, ``count`` times, through the compare page's
+    own buttons (the queue decides which pairs come; priority first)."""
+    for _ in range(count):
+        keys = [b.key for b in at.button if b.key and b.key.startswith("choice-left-")]
+        assert keys, [t.value for t in at.title]
+        screen = keys[0].removeprefix("choice-left-")
+        at.radio(key=f"strength-{screen}").set_value(strength)
+        at.button(key=f"choice-left-{screen}").click().run()
+        assert not at.exception

