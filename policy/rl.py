@@ -215,8 +215,9 @@ def _rl_trainer_class(method: str) -> type:
 def choose_engine(config: Any, base: str, work: Path) -> tuple[str, Path | None, str]:
     """Which engine generates the rollouts, the base GGUF for llama.cpp, and why (for the card).
 
-    ``auto`` takes llama.cpp on a CPU for a Llama that converts to GGUF (the base's vocabulary), else
-    transformers; ``llamacpp`` insists (one line when the base cannot run there)."""
+    ``auto`` takes llama.cpp on a CPU under LoRA for a Llama that converts to GGUF (the base's vocabulary),
+    else transformers (without LoRA every step would re-export the whole model, which costs about what
+    llama.cpp saves); ``llamacpp`` insists (one line when the base cannot run there)."""
     from policy.gguf import NotConvertible
     from policy.rollouts import base_gguf_for
 
@@ -225,6 +226,8 @@ def choose_engine(config: Any, base: str, work: Path) -> tuple[str, Path | None,
         return "transformers", None, "rollout_engine = transformers"
     if wanted == "auto" and accelerator_present():
         return "transformers", None, "an accelerator is present (TRL's generate runs there)"
+    if wanted == "auto" and not config.use_lora:
+        return "transformers", None, "full fine-tuning (llama.cpp would need the whole model re-exported each step)"
     embedded = base if str(config.base_model or "embedded").strip() == "embedded" else None
     try:
         gguf = base_gguf_for(base, embedded, work / "rollouts")

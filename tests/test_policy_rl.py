@@ -257,6 +257,26 @@ def test_rl_keeps_the_safety_constraint_in_every_training_batch(tiny_base, rewar
             assert max(unsafe) < min(safe), batch
 
 
+def test_rollout_engines_full_fine_tuning_and_transformers(tiny_base, reward_dir, tmp_path):
+    """Without LoRA, `auto` keeps TRL's generate and `llamacpp` re-exports the whole model each step; both train."""
+    from policy.prompts import TrainingPrompt, TrainingPrompts
+    from policy.rl import train_rl
+
+    def prompts():
+        return TrainingPrompts([TrainingPrompt(i, [{"role": "user", "content": t}], [{"role": "user", "content": t}])
+                                for i, t in enumerate(TRAIN[:2], start=1)], spec="test")
+
+    for engine, expected in (("auto", "transformers"), ("llamacpp", "llamacpp")):
+        config = load_config("rloo", output_dir=str(tmp_path / engine), base_model=str(tiny_base),
+                             reward_model=str(reward_dir), use_lora=False, rollout_engine=engine, max_steps=2,
+                             max_completion_length=6, num_threads=1, save_strategy="no", learning_rate=1e-3)
+        metrics = train_rl(config, prompts()).meta["metrics"]
+        assert metrics["rollout_engine"] == expected and metrics["global_step"] == 2
+        if expected == "llamacpp":
+            assert metrics["rollouts"]["syncs"] == 2, "the whole model re-exported after each step"
+        assert not (tmp_path / engine / "rollouts").exists()
+
+
 def test_grpo_resume_continues_from_the_checkpoint(tiny_base, reward_dir, tmp_path):
     engine, url, train, _ = _project(tmp_path)
     out = tmp_path / "policy"
@@ -342,6 +362,7 @@ def test_rl_defaults_suit_a_cpu_and_bad_settings_are_one_line(tmp_path):
     grpo = load_config("grpo", output_dir=str(tmp_path / "o"), reward_model="rm")
     assert (grpo.use_lora, grpo.beta, grpo.num_generations, grpo.per_device_train_batch_size) == (True, 0.04, 4, 8)
     assert grpo.max_completion_length == 96 and not grpo.activation_checkpointing and grpo.rollout_engine == "auto"
+    assert grpo.lora_dropout == 0.0, "dropout masks cost more than the adapters on a CPU"
     rloo = load_config("rloo", output_dir=str(tmp_path / "o"), reward_model="rm")
     assert rloo.beta > 0 and rloo.use_lora and rloo.num_train_epochs == 1
     rs = load_config("rs", output_dir=str(tmp_path / "o"), reward_model="rm")
