@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,14 +151,9 @@ def read_manifest(path: Path, method: str) -> dict[str, Any] | None:
     return manifest
 
 
-def read_export(path: str | Path, method: str) -> PolicyData:
-    """Every row of ``path`` checked and converted for ``method``; one clear line on the first problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise PolicyError(f"{path}: no such file")
-    manifest = read_manifest(path, method)
-    digest = hashlib.sha256()
-    rows: list[dict[str, Any]] = []
+def json_lines(path: Path, digest: Any) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of every non-blank line of the JSONL file ``path``, each raw line fed to
+    ``digest`` (its sha256 as provenance); the first unreadable line is one clear error naming it."""
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -172,19 +168,30 @@ def read_export(path: str | Path, method: str) -> PolicyData:
             if not line:
                 continue
             try:
-                row = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as exc:
                 raise PolicyError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
-            kind = row_kind(row)
-            if kind != method:
-                found = (f"{ARTICLE[kind]} {kind} row ({COLUMNS[kind]})" if kind
-                         else "a row that no export kind writes")
-                raise PolicyError(f"{path} line {number}: {found}, but --method {method} needs "
-                                  f"{ARTICLE[method]} {method} export ({COLUMNS[method]})")
-            try:
-                rows.append(convert_row(row, method))
-            except ValueError as exc:
-                raise PolicyError(f"{path} line {number}: {exc}") from None
+
+
+def read_export(path: str | Path, method: str) -> PolicyData:
+    """Every row of ``path`` checked and converted for ``method``; one clear line on the first problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(f"{path}: no such file")
+    manifest = read_manifest(path, method)
+    digest = hashlib.sha256()
+    rows: list[dict[str, Any]] = []
+    for number, row in json_lines(path, digest):
+        kind = row_kind(row)
+        if kind != method:
+            found = (f"{ARTICLE[kind]} {kind} row ({COLUMNS[kind]})" if kind
+                     else "a row that no export kind writes")
+            raise PolicyError(f"{path} line {number}: {found}, but --method {method} needs "
+                              f"{ARTICLE[method]} {method} export ({COLUMNS[method]})")
+        try:
+            rows.append(convert_row(row, method))
+        except ValueError as exc:
+            raise PolicyError(f"{path} line {number}: {exc}") from None
     if not rows:
         raise PolicyError(f"{path}: empty file (no rows to train on)")
     data = PolicyData(path=path, method=method, rows=rows, sha256=digest.hexdigest(), manifest=manifest)

@@ -31,7 +31,7 @@ from sqlmodel import Session, select
 from db.models import AbTest, Prompt
 from db.rules import conversation, prompt_conversation
 from policy.abtest import AbTestError, choose_prompts, conversation_key, parse_prompt_spec, row_conversation
-from policy.data import PolicyData
+from policy.data import PolicyData, json_lines
 from policy.errors import PolicyError
 
 
@@ -210,38 +210,22 @@ def _file_prompts(path: Path, *, session: Session, held: set[int], system_prompt
     prompts: list[TrainingPrompt] = []
     seen: set[str] = set()
     excluded = 0
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            digest.update(raw)
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise PolicyError(f"{path} line {number}: not UTF-8 text") from None
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PolicyError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
-            turns = row_conversation(row)
-            if not turns:
-                raise PolicyError(f"{path} line {number}: not a chat row (expected 'messages' or 'prompt' with a "
-                                  "user turn)")
-            key = conversation_key(turns)
-            if key in seen:
-                continue
-            seen.add(key)
-            prompt_id = stored.get(key)
-            if prompt_id in held:
-                excluded += 1
-                continue
-            own = _row_system(row)
-            prompts.append(TrainingPrompt(prompt_id, conversation(turns, resolve_system(system_prompt, own)),
-                                          conversation(turns, own)))
+    for number, row in json_lines(path, digest):
+        turns = row_conversation(row)
+        if not turns:
+            raise PolicyError(f"{path} line {number}: not a chat row (expected 'messages' or 'prompt' with a "
+                              "user turn)")
+        key = conversation_key(turns)
+        if key in seen:
+            continue
+        seen.add(key)
+        prompt_id = stored.get(key)
+        if prompt_id in held:
+            excluded += 1
+            continue
+        own = _row_system(row)
+        prompts.append(TrainingPrompt(prompt_id, conversation(turns, resolve_system(system_prompt, own)),
+                                      conversation(turns, own)))
     return TrainingPrompts(prompts, file=str(path.resolve()), sha256=digest.hexdigest(), excluded_abtest=excluded)
 
 

@@ -80,6 +80,6 @@ def test_smoke_run_closes_the_loop(tmp_path, shared_data):
         # The clinician judged samples of one model (two names for the same configuration).
         sampled = db.execute("select distinct c.name from judgment j join comparison k on k.id = j.comparison_id "
                              "join response r on r.id = k.response_a_id join candidatemodel c "
-                             "on c.id = r.candidate_model_id where k.prompt_id not in (%s)"
-                             % ",".join(map(str, heldout))).fetchall()
+                             f"on c.id = r.candidate_model_id where k.prompt_id not in ({','.join(map(str, heldout))})"
+                             ).fetchall()
         assert {name for (name,) in sampled} <= {"bench-sample-a", "bench-sample-b"}
