@@ -247,6 +247,7 @@ class Plan:
     threads: int = 1
     seed: int = 0
     reward: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -646,7 +647,10 @@ def run_one(engine: Any, plan: Plan, method: str, k: int, *, work: Path, cutoff:
         training["best_of"] = 2
     if plan.smoke and method in SMOKE_RATES:
         training["learning_rate"] = SMOKE_RATES[method]  # a random tiny model needs a large step to move
-    label = f"{method}-k{k}" + (f"-e{plan.epochs:g}" if plan.epochs != 1 else "")
+    training.update(plan.training)
+    # Rounds with other settings get their own folder and candidate name, so they can share one --workdir.
+    label = f"{method}-k{k}" + (f"-e{plan.epochs:g}" if plan.epochs != 1 else "") + "".join(
+        f"-{key.split('_')[0]}{value}" for key, value in sorted(plan.training.items()))
     extra: dict[str, Any] = {}
     if reward_dir is not None:
         extra["reward_model"] = reward_dir
@@ -786,6 +790,23 @@ def verdict(rows: Sequence[Row], reward: Sequence[dict[str, Any]] = ()) -> str:
 # --- main -------------------------------------------------------------------------------------------------------
 
 
+def settings_from(text: str) -> dict[str, Any]:
+    """``name=value,…`` → settings (numbers and booleans as JSON, the rest as text).
+
+    >>> settings_from("learning_rate=1e-4,use_lora=true,loss_type=sigmoid")
+    {'learning_rate': 0.0001, 'use_lora': True, 'loss_type': 'sigmoid'}
+    """
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, _, value = item.partition("=")
+        value = value.strip()
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -802,6 +823,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-words", type=int, default=60, help="longest Counsel Chat question used, in words")
     parser.add_argument("--epochs", type=float, default=1.0, help="training epochs per round")
     parser.add_argument("--reward", default="", help="reward-model settings as name=value,… (reward.config names)")
+    parser.add_argument("--training", default="", help="policy training settings as name=value,… (policy.config "
+                                                        "names; a sweep point: its rounds get their own folders)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and llama.cpp")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, help="keep the database and rounds here (resumable); default: a "
@@ -823,11 +846,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.heldout = args.heldout or heldout
     args.eval_prompts = args.eval_prompts or evaluation
     args.max_tokens = args.max_tokens or max_tokens
-    reward: dict[str, Any] = {}
-    for item in filter(None, (part.strip() for part in args.reward.split(","))):
-        key, _, value = item.partition("=")
-        reward[key.strip()] = json.loads(value) if value.strip()[:1] in "0123456789-tf[{\"" else value.strip()
-    args.reward = reward
+    args.reward, args.training = settings_from(args.reward), settings_from(args.training)
     bad = [m for m in args.methods if m not in METHODS]
     if bad or not args.methods:
         parser.error(f"--methods: unknown {', '.join(bad) or 'none'} ({', '.join(METHODS)})")
@@ -844,7 +863,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = Plan(methods=args.methods, ks=args.ks, k=args.k, best_of=args.best_of, heldout=args.heldout,
                 eval_prompts=args.eval_prompts, max_tokens=args.max_tokens, train_words=args.train_words,
-                epochs=args.epochs, smoke=args.smoke, threads=args.threads, seed=args.seed, reward=args.reward)
+                epochs=args.epochs, smoke=args.smoke, threads=args.threads, seed=args.seed, reward=args.reward,
+                training=args.training)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as scratch:
         work = args.workdir or Path(scratch)
