@@ -656,7 +656,8 @@ def run_one(engine: Any, plan: Plan, method: str, k: int, *, work: Path, cutoff:
         extra["reward_model"] = reward_dir
         extra["train_prompts"] = ",".join(map(str, train or []))
     config = RoundConfig(method=method, prompts=",".join(map(str, heldout)), overlap=1, base_model=base_model,
-                         against=base, epochs=plan.epochs, name=f"bench-{label}", system_prompt="", seed=plan.seed,
+                         against=base, epochs=training.pop("num_train_epochs", plan.epochs), name=f"bench-{label}",
+                         system_prompt="", seed=plan.seed,
                          max_tokens=plan.max_tokens, training=training, export={"filters": filters.to_json()},
                          **extra)
     cpu = time.process_time()
