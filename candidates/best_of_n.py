@@ -66,7 +66,11 @@ class Scorers:
 
     def score(self, context: Sequence[Any], texts: Sequence[str]) -> list[SampleScore]:
         """Reward (and safety) of each reply to the conversation ``context`` (role/content dicts)."""
-        items = [(list(context), text) for text in texts]
+        return self.score_items([(list(context), text) for text in texts])
+
+    def score_items(self, items: Sequence[tuple[Any, str]]) -> list[SampleScore]:
+        """Reward (and safety) of (conversation, reply) items, in one batch per model."""
+        items = list(items)
         rewards = self.reward.score_batch(items)
         if self.safety is None:
             return [SampleScore(float(r)) for r in rewards]
@@ -88,17 +92,20 @@ def check_folders(spec: CandidateSpec) -> None:
             raise BestOfNError(f"candidate {spec.name!r}: {label} {exc}") from None
 
 
-def load_scorers(spec: CandidateSpec) -> Scorers:
-    """Load the models a best-of-n spec names; a folder that is not a reward model is one line."""
+def load_scorers(settings: Any, *, where: str | None = None) -> Scorers:
+    """Load the reward (and safety) model that ``settings`` names (``reward_model``, ``safety_model``,
+    ``safety_threshold``: a best-of-n spec, or the config of rs/grpo/rloo), on the CPU; a model that will
+    not load is one line starting with ``where`` (default: the candidate's name)."""
     from reward.scoring import RewardError, load_reward_model
 
-    check_folders(spec)
+    where = where or f"candidate {settings.name!r}"
     try:
-        reward = load_reward_model(str(spec.reward_model), device="cpu")
-        safety = load_reward_model(str(spec.safety_model), device="cpu") if spec.safety_model else None
+        reward = load_reward_model(str(settings.reward_model), device="cpu")
+        safety = load_reward_model(str(settings.safety_model), device="cpu") if settings.safety_model else None
     except (RewardError, OSError, ValueError) as exc:
-        raise BestOfNError(f"candidate {spec.name!r}: cannot load its reward model: {exc}") from None
-    return Scorers(reward, safety, spec.safety_threshold, str(spec.reward_model), spec.safety_model)
+        raise BestOfNError(f"{where}: cannot load its reward model: {str(exc).splitlines()[0]}") from None
+    return Scorers(reward, safety, float(settings.safety_threshold), str(settings.reward_model),
+                   settings.safety_model)
 
 
 def pick(scores: Sequence[SampleScore]) -> int:
@@ -148,6 +155,7 @@ class BestOfNProvider:
         self.scorers: Scorers | None = None
 
     async def start(self) -> None:
+        check_folders(self.spec)
         self.scorers = await asyncio.to_thread(load_scorers, self.spec)
         await self.inner.start()
 

@@ -281,11 +281,10 @@ _RL_HELP = {
 
 
 @dataclass
-class PolicyGRPOConfig(RewardFields, RolloutFields, PolicyFields, GRPOConfig):
-    """``trl.GRPOConfig`` with TheraPref's fields: the reward model (and safety constraint) as the reward, LoRA,
-    a KL term to the base (beta 0.04; TRL's default 0 has none), rollouts through llama.cpp on a CPU."""
+class RLDefaults:
+    """The defaults GRPO and RLOO share on a CPU (a mixin before :class:`PolicyFields` and TRL's config, so
+    these win over both)."""
 
-    method = "grpo"
     num_train_epochs: float = field(default=1.0, metadata={"help": _RL_HELP["num_train_epochs"]})
     use_lora: bool = field(default=True, metadata={"help": _RL_HELP["use_lora"]})
     lora_dropout: float = field(default=0.0, metadata={"help": _RL_HELP["lora_dropout"]})
@@ -293,24 +292,25 @@ class PolicyGRPOConfig(RewardFields, RolloutFields, PolicyFields, GRPOConfig):
     num_generations: int | None = field(default=4, metadata={"help": _RL_HELP["num_generations"]})
     per_device_train_batch_size: int = field(default=8, metadata={"help": _RL_HELP["per_device_train_batch_size"]})
     max_completion_length: int | None = field(default=96, metadata={"help": _RL_HELP["max_completion_length"]})
+
+
+@dataclass
+class PolicyGRPOConfig(RewardFields, RolloutFields, RLDefaults, PolicyFields, GRPOConfig):
+    """``trl.GRPOConfig`` with TheraPref's fields: the reward model (and safety constraint) as the reward, LoRA,
+    a KL term to the base (beta 0.04; TRL's default 0 has none), rollouts through llama.cpp on a CPU."""
+
+    method = "grpo"
     beta: float = field(default=0.04, metadata={
         "help": "KL coefficient to the base (the reference): keeps the policy near the base the reward model was "
                 "trained on (DeepSeekMath's 0.04; TRL's default 0.0 turns the KL term and the reference off)."})
 
 
 @dataclass
-class PolicyRLOOConfig(RewardFields, RolloutFields, PolicyFields, RLOOConfig):
+class PolicyRLOOConfig(RewardFields, RolloutFields, RLDefaults, PolicyFields, RLOOConfig):
     """``trl.RLOOConfig`` with TheraPref's fields: REINFORCE with the other replies to the prompt as the baseline
     (leave one out), the reward model as the reward, LoRA, KL to the base (TRL's beta 0.05)."""
 
     method = "rloo"
-    num_train_epochs: float = field(default=1.0, metadata={"help": _RL_HELP["num_train_epochs"]})
-    use_lora: bool = field(default=True, metadata={"help": _RL_HELP["use_lora"]})
-    lora_dropout: float = field(default=0.0, metadata={"help": _RL_HELP["lora_dropout"]})
-    learning_rate: float = field(default=1e-5, metadata={"help": _RL_HELP["learning_rate"]})
-    num_generations: int | None = field(default=4, metadata={"help": _RL_HELP["num_generations"]})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": _RL_HELP["per_device_train_batch_size"]})
-    max_completion_length: int | None = field(default=96, metadata={"help": _RL_HELP["max_completion_length"]})
 
 
 CONFIG_CLASSES: dict[str, type[PolicyFields]] = {

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from candidates.best_of_n import BestOfNError, Scorers
+from candidates.best_of_n import load_scorers as load_best_of_n_scorers
 from policy.config import RL_METHODS, PolicyFields
 from policy.errors import PolicyError
 from policy.prompts import PromptData, TrainingPrompts
@@ -73,33 +75,13 @@ def check_reward_folder(path: str | Path, option: str = "--reward-model") -> Pat
     return folder
 
 
-@dataclass
-class Scorers:
-    """The reward model and, optionally, the safety model, loaded once (CPU) for a training run."""
-
-    reward: Any
-    safety: Any = None
-    safety_threshold: float = 0.0
-
-    def score(self, items: Sequence[tuple[Any, str]]) -> tuple[list[float], list[bool], list[float | None]]:
-        """Rewards, unsafe flags and safety scores of (conversation, reply) items."""
-        rewards = [float(r) for r in self.reward.score_batch(list(items))]
-        if self.safety is None:
-            return rewards, [False] * len(rewards), [None] * len(rewards)
-        safety = [float(s) for s in self.safety.score_batch(list(items))]
-        return rewards, [s < self.safety_threshold for s in safety], list(safety)
-
-
 def load_scorers(config: Any) -> Scorers:
-    """Load ``config.reward_model`` (and ``safety_model``) with ``reward.scoring`` (their own tokenizers)."""
-    from reward.scoring import RewardError, load_reward_model
-
+    """The reward (and safety) model of ``config``, loaded once on the CPU (``candidates.best_of_n``'s
+    loader, as best-of-n candidates and rejection sampling load theirs)."""
     try:
-        reward = load_reward_model(str(config.reward_model), device="cpu")
-        safety = load_reward_model(str(config.safety_model), device="cpu") if config.safety_model else None
-    except (RewardError, OSError, ValueError) as exc:
-        raise PolicyError(f"cannot load the reward model: {str(exc).splitlines()[0]}") from None
-    return Scorers(reward, safety, float(config.safety_threshold))
+        return load_best_of_n_scorers(config, where="training")
+    except BestOfNError as exc:
+        raise PolicyError(str(exc)) from None
 
 
 def completion_text(completion: Any) -> str:
@@ -133,7 +115,8 @@ class RewardFunction:
 
         texts = [completion_text(c) for c in completions]
         contexts = [json.loads(c) for c in context] if context is not None else [list(p) for p in prompts]
-        raw, unsafe, safety = self.scorers.score(list(zip(contexts, texts, strict=True)))
+        scores = self.scorers.score_items(list(zip(contexts, texts, strict=True)))
+        raw, unsafe, safety = [s.reward for s in scores], [s.unsafe for s in scores], [s.safety for s in scores]
         rewards = constrained_rewards(raw, unsafe) if any(unsafe) else raw
         self.unsafe_total += sum(unsafe)
         self.scored_total += len(texts)
