@@ -208,7 +208,7 @@ def online_steps(engine: object, *, reward_model: Path | None, seed: int, system
     from policy.iterate import comparisons_between
 
     judge_spec = resolve_judge(f"reward:{reward_model}") if reward_model else None
-    sources = judge_source(reward_model)
+    sources = f"judge:{judge_spec.name}" if judge_spec else "clinicians"  # as judge_source says
 
     def pair(prompt_ids, names) -> list[int]:  # noqa: ANN001
         with session_scope(engine) as session:  # type: ignore[arg-type]
