@@ -7,7 +7,7 @@ from __future__ import annotations
 from sqlmodel import Session, select
 
 from analytics.errors import AnalyticsError
-from db.crud import audit
+from db.audit import audit
 from db.models import PREFERENCES, Comparison
 
 

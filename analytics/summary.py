@@ -15,8 +15,8 @@ from analytics.progress import Completion, FlagCounts, completion, daily_progres
 from analytics.quality import AnnotatorQuality, annotator_quality
 from analytics.records import JudgmentRecord, load_judgments
 from analytics.reward_eval import RewardAgreement, Scorer, majority_items, reward_vs_clinicians
-from db.crud import counts_by_source, database_fingerprint
 from db.models import utcnow
+from db.status import counts_by_source, database_fingerprint
 
 
 @dataclass

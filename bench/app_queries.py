@@ -158,7 +158,7 @@ def add_criteria_to(url: str) -> str:
     import dataclasses
 
     from db.criteria import DEFAULT_CRITERIA, add_criteria
-    from db.crud import current_guideline
+    from db.guidelines import current_guideline
 
     engine = make_engine(url)
     with session_scope(engine) as session:

@@ -116,7 +116,7 @@ def setup_database(url: str, config: LoadConfig) -> list[int]:
     from sqlmodel import Session
 
     from db.auth import hash_password
-    from db.crud import add_guideline_version
+    from db.guidelines import add_guideline_version
     from db.migrate import upgrade
     from db.models import Annotator, CandidateModel, Comparison, Prompt, Response
 

@@ -213,7 +213,7 @@ def register_best_of_n(name: str, *, of: str, best_of: int, reward_model: str, s
     from sqlmodel import select
 
     from candidates.registry import BEST_OF_PARAM, POLICY_PARAM, RegistryError, spec_from_dict
-    from db.crud import audit
+    from db.audit import audit
     from db.models import CandidateModel
 
     name = name.strip()

@@ -10,8 +10,9 @@ from sqlalchemy.engine import Engine
 
 from candidates.demo_prompts import DEMO_PROMPTS
 from db.assignment import ensure_guidelines
+from db.audit import audit
 from db.auth import create_annotator, get_annotator, set_password
-from db.crud import audit, get_or_create_prompt
+from db.crud import get_or_create_prompt
 from db.engine import session_scope
 from db.migrate import upgrade
 

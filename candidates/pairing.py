@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, select
 
-from db.crud import DataError, add_comparison, audit
+from db.audit import audit
+from db.crud import DataError, add_comparison
 from db.models import CandidateModel, Comparison, Response
 
 

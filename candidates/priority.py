@@ -31,16 +31,11 @@ from typing import Any
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
-from db.crud import (
-    DataError,
-    abtest_comparison_ids,
-    audit,
-    comparison_scores,
-    save_comparison_scores,
-    set_priorities,
-)
+from db.audit import audit
+from db.crud import DataError
 from db.models import Comparison, Judgment, Prompt, Response
 from db.rules import prompt_conversation
+from db.scores import abtest_comparison_ids, comparison_scores, save_comparison_scores, set_priorities
 
 STRATEGIES = ("random", "uncertainty", "disagreement")
 PAIR_STRATEGIES = ("random", "uncertainty")

@@ -13,8 +13,8 @@ from typing import Any
 from sqlmodel import Session
 
 from db.assignment import release
+from db.audit import audit
 from db.auth import create_annotator, list_annotators, require_login_account, set_password
-from db.crud import audit
 from db.models import Annotator
 
 

@@ -32,16 +32,11 @@ from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, sele
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
+from db.audit import audit
 from db.criteria import DEFAULT_CRITERIA, add_criteria, check_verdicts, criteria_in_force, insert_verdicts
-from db.crud import (
-    DataError,
-    add_guideline_version,
-    audit,
-    current_guideline,
-    existing_judgment_id,
-    insert_judgment,
-)
+from db.crud import DataError, existing_judgment_id, insert_judgment
 from db.errors import TheraPrefError
+from db.guidelines import add_guideline_version, current_guideline
 from db.models import (
     SAFETY_FLAGS,
     Annotator,

@@ -18,7 +18,9 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select
 from sqlmodel import Session
 
-from db.crud import DataError, add_guideline_version, audit, current_guideline
+from db.audit import audit
+from db.crud import DataError
+from db.guidelines import add_guideline_version, current_guideline
 from db.models import CRITERION_VERDICTS, Annotator, Criterion, CriterionVerdict, GuidelineVersion
 
 SCALE = "a/b/tie"

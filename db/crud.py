@@ -1,12 +1,13 @@
-"""Write and query functions shared by every layer. Each takes ``session=`` and never commits:
-the caller owns the transaction (importers are all-or-nothing)."""
+"""Write and query functions for prompts, candidates, replies, comparisons and judgments (the
+collection tables). Each takes ``session=`` and never commits: the caller owns the transaction
+(importers are all-or-nothing). The other table families have their own modules:
+``db.guidelines``, ``db.audit``, ``db.status`` (counts and fingerprint) and ``db.scores`` (reward
+scores and queue priorities)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,17 +15,15 @@ from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy.orm import make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
-from sqlmodel import Session, SQLModel, select
+from sqlmodel import Session, select
 
 from db.errors import TheraPrefError
-from db.hashing import normalize_text, prompt_hash, text_hash
+from db.hashing import prompt_hash, text_hash
 from db.models import (
     PREFERENCES,
     Annotator,
-    AuditEvent,
     CandidateModel,
     Comparison,
-    GuidelineVersion,
     Judgment,
     Prompt,
     Response,
@@ -308,148 +307,8 @@ def add_judgment(
     return judgment, True
 
 
-def current_guideline(*, session: Session) -> GuidelineVersion | None:
-    return session.exec(select(GuidelineVersion).order_by(GuidelineVersion.version.desc())).first()
-
-
-def add_guideline_version(text: str, *, session: Session, author: Annotator | None = None) -> GuidelineVersion:
-    if not text.strip():
-        raise DataError("guidelines text is empty")
-    latest = current_guideline(session=session)
-    version = GuidelineVersion(version=(latest.version + 1) if latest else 1, text=text,
-                               author_id=author.id if author else None)
-    session.add(version)
-    session.flush()
-    return version
-
-
-def audit(actor: str, action: str, *, session: Session, target: str = "",
-          details: dict[str, Any] | None = None) -> AuditEvent:
-    event = AuditEvent(actor=actor, action=action, target=target, details=dict(details or {}))
-    session.add(event)
-    session.flush()
-    return event
-
-
-def table_counts(*, session: Session) -> dict[str, int]:
-    counts = {}
-    for table in SQLModel.metadata.sorted_tables:
-        counts[table.name] = session.exec(select(func.count()).select_from(table)).one()
-    return counts
-
-
-def counts_by_source(*, session: Session) -> dict[str, dict[str, int]]:
-    """Prompts per source, and judgments per annotator kind (clinicians vs each imported source)."""
-    prompts = dict(session.exec(select(Prompt.source, func.count()).group_by(Prompt.source)).all())
-    judgments_rows = session.exec(
-        select(Annotator.role, Annotator.username, func.count(Judgment.id))
-        .join(Judgment, Judgment.annotator_id == Annotator.id)
-        .group_by(Annotator.role, Annotator.username)
-    ).all()
-    judgments: dict[str, int] = {}
-    for role, username, count in judgments_rows:
-        key = username if role == "source" else "clinicians"
-        judgments[key] = judgments.get(key, 0) + count
-    return {"prompts": prompts, "judgments": judgments}
-
-
-def counts_by_candidate(*, session: Session) -> list[dict[str, Any]]:
-    rows = session.exec(
-        select(CandidateModel.name, CandidateModel.provider, func.count(Response.id))
-        .join(Response, Response.candidate_model_id == CandidateModel.id, isouter=True)
-        .group_by(CandidateModel.name, CandidateModel.provider)
-        .order_by(CandidateModel.name)
-    ).all()
-    return [{"name": n, "provider": p, "responses": c} for n, p, c in rows]
-
-
-def database_fingerprint(*, session: Session) -> str:
-    """A short digest of what the database holds (row counts and newest ids) for provenance."""
-    state = {}
-    for table in SQLModel.metadata.sorted_tables:
-        if "id" in table.c and table.name not in ("auditevent", "exportrun", "reservation"):
-            state[table.name] = list(session.exec(select(func.count(), func.max(table.c.id))).one())
-    payload = json.dumps(state, sort_keys=True).encode()
-    return hashlib.sha256(payload).hexdigest()[:16]
-
-
-def save_comparison_scores(scores: Mapping[int, tuple[float, float, int]], *, run_id: int,
-                           session: Session) -> dict[str, int]:
-    """Store ``{comparison_id: (p_a, uncertainty, n_members)}`` from reward-model run ``run_id`` as
-    ComparisonScore rows: new rows inserted, a comparison the run already scored updated in place."""
-    from db.models import ComparisonScore
-
-    if not scores:
-        return {"written": 0, "updated": 0}
-    existing = {row.comparison_id: row for row in session.exec(select(ComparisonScore).where(
-        ComparisonScore.reward_model_run_id == run_id, ComparisonScore.comparison_id.in_(list(scores))))}
-    written = updated = 0
-    for comparison_id, (p_a, uncertainty, n_members) in scores.items():
-        row = existing.get(comparison_id)
-        if row is None:
-            row = ComparisonScore(comparison_id=comparison_id, reward_model_run_id=run_id)
-            written += 1
-        else:
-            row.created_at = utcnow()
-            updated += 1
-        row.p_a, row.uncertainty, row.n_members = float(p_a), float(uncertainty), int(n_members)
-        session.add(row)
-    session.flush()
-    return {"written": written, "updated": updated}
-
-
-def comparison_scores(run_id: int, *, session: Session) -> dict[int, tuple[float, float, int]]:
-    """The stored ``{comparison_id: (p_a, uncertainty, n_members)}`` of one reward-model run."""
-    from db.models import ComparisonScore
-
-    rows = session.exec(select(ComparisonScore.comparison_id, ComparisonScore.p_a, ComparisonScore.uncertainty,
-                               ComparisonScore.n_members)
-                        .where(ComparisonScore.reward_model_run_id == run_id)).all()
-    return {cid: (p, u, n) for cid, p, u, n in rows}
-
-
-_SET_PRIORITY = (update(Comparison.__table__).where(Comparison.__table__.c.id == bindparam("cid"))
-                 .values(priority=bindparam("new_priority")))
-
-
-def abtest_comparison_ids(*, session: Session) -> set[int]:
-    """Comparisons that belong to an A/B test: on one of its prompts, between a reply of its new
-    candidate and one of its base. Strategies that reorder the queue leave these at the front."""
-    from sqlalchemy.orm import aliased
-
-    from db.models import AbTest
-
-    ids: set[int] = set()
-    resp_a, resp_b = aliased(Response), aliased(Response)
-    for test in session.exec(select(AbTest)).all():
-        if not test.prompt_ids:
-            continue
-        pair = {test.new_candidate_id, test.base_candidate_id}
-        rows = session.exec(
-            select(Comparison.id, resp_a.candidate_model_id, resp_b.candidate_model_id)
-            .join(resp_a, resp_a.id == Comparison.response_a_id).join(resp_b, resp_b.id == Comparison.response_b_id)
-            .where(Comparison.prompt_id.in_(list(test.prompt_ids)))).all()
-        ids.update(cid for cid, a, b in rows if {a, b} == pair)
-    return ids
-
-
-def set_priorities(priorities: Mapping[int, float], *, session: Session) -> int:
-    """Set ``Comparison.priority`` for the given comparison ids in one executemany (the queue serves
-    the highest first); returns how many were set. Comparisons already loaded in ``session`` keep
-    their old value until refreshed."""
-    if not priorities:
-        return 0
-    session.flush()
-    session.execute(_SET_PRIORITY, [{"cid": int(cid), "new_priority": float(value)}
-                                    for cid, value in priorities.items()])
-    return len(priorities)
-
-
 __all__ = [
     "DataError", "validate_messages", "get_or_create_prompt", "get_or_create_candidate",
     "add_response", "add_comparison", "get_or_create_source_annotator", "add_judgment",
     "existing_judgment_id", "insert_judgment",
-    "current_guideline", "add_guideline_version", "audit", "table_counts", "counts_by_source",
-    "counts_by_candidate", "database_fingerprint", "normalize_text", "utcnow",
-    "save_comparison_scores", "comparison_scores", "set_priorities", "abtest_comparison_ids",
 ]

@@ -168,7 +168,8 @@ def _follow(client: Any, config: FinetuneConfig, result: FinetuneResult, log: Ca
 
 def register_model(result: FinetuneResult, *, config: FinetuneConfig, engine: Engine) -> int:
     """Record the fine-tuned model as a candidate (provider openai; the key's variable name only)."""
-    from db.crud import audit, get_or_create_candidate
+    from db.audit import audit
+    from db.crud import get_or_create_candidate
 
     with session_scope(engine) as session:
         candidate, _ = get_or_create_candidate(
@@ -185,7 +186,7 @@ def register_model(result: FinetuneResult, *, config: FinetuneConfig, engine: En
 def _audit(engine: Engine | None, config: FinetuneConfig, action: str, result: FinetuneResult) -> None:
     if engine is None:
         return
-    from db.crud import audit
+    from db.audit import audit
 
     with session_scope(engine) as session:
         audit(config.actor, action, session=session, target=result.job_id or "",

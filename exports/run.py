@@ -393,8 +393,9 @@ def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: Export
             counts: dict[str, Any], digest: str, started: Any, prompt_ids: list[int] | None = None) -> ExportResult:
     """Write the manifest, move the export into place and record an ExportRun and audit event,
     all or nothing."""
-    from db.crud import audit, counts_by_source, database_fingerprint
+    from db.audit import audit
     from db.models import ExportRun
+    from db.status import counts_by_source, database_fingerprint
     from therapref import __version__
 
     mpath = manifest_path(path, kind)

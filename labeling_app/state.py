@@ -126,7 +126,7 @@ def touch_session(timeout_minutes: float) -> bool:
 
 def _logout() -> None:
     from db.assignment import release
-    from db.crud import audit
+    from db.audit import audit
 
     user = current_user()
     if user is not None:

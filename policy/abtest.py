@@ -27,7 +27,7 @@ Steps:
    AbTest row's ``details["settings"]`` records both sides' settings either way.
 4. **Comparisons.** Per prompt, NEW's first reply against BASE's first reply (``db.crud.add_comparison``:
    canonical order, blinded; the app randomises the screen side), ``judgments_required`` = overlap,
-   ``priority`` above every other comparison by default (``db.crud.set_priorities``), an ``AbTest`` row
+   ``priority`` above every other comparison by default (``db.scores.set_priorities``), an ``AbTest`` row
    and an audit event.
 
 Idempotent: a second run finds the same prompts, comparisons and AbTest row and creates nothing.
@@ -49,12 +49,14 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from db.crud import add_comparison, audit, set_priorities
+from db.audit import audit
+from db.crud import add_comparison
 from db.engine import read_only_engine, session_scope
 from db.errors import TheraPrefError
 from db.hashing import prompt_hash
 from db.models import AbTest, CandidateModel, Comparison, PolicyRun, Prompt, Response
 from db.rules import id_range
+from db.scores import set_priorities
 
 # Keys under which a PolicyRun may name its training file when the manifest lacks prompt_ids.
 TRAINING_FILE_KEYS = ("path", "data", "train_file", "dataset", "file")

@@ -29,7 +29,8 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, select
 
-from db.crud import audit, get_or_create_candidate
+from db.audit import audit
+from db.crud import get_or_create_candidate
 from db.errors import TheraPrefError
 from db.models import CandidateModel, PolicyRun, Response
 from policy.gguf import ConversionError, NotConvertible, check_causal_lm, convert_to_gguf

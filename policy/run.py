@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from db.crud import audit
+from db.audit import audit
 from db.engine import read_only_engine, session_scope
 from db.models import PolicyRun
 from policy.config import ONLINE_METHODS, PolicyFields

@@ -16,7 +16,7 @@ from reward.scoring import RewardModel
 
 def held_out_db_pairs(model: RewardModel, *, session: Session) -> tuple[list, str]:
     """Pairs from the database whose prompts the model did not train on, built as it was trained."""
-    from db.crud import current_guideline
+    from db.guidelines import current_guideline
     from reward.config import parse_guideline_versions
     from reward.data import pairs_from_db
 

@@ -14,8 +14,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from db.crud import audit, current_guideline, database_fingerprint
+from db.audit import audit
 from db.engine import read_only_engine, session_scope
+from db.guidelines import current_guideline
+from db.status import database_fingerprint
 from reward.config import TheraRewardConfig, load_config, parse_guideline_versions
 from reward.data import pairs_from_db, read_preference_file
 from reward.ensemble import train_ensemble

@@ -20,7 +20,6 @@ from sqlmodel import Session
 from db.auth import create_annotator
 from db.crud import (
     add_comparison,
-    add_guideline_version,
     add_judgment,
     add_response,
     get_or_create_candidate,
@@ -28,6 +27,7 @@ from db.crud import (
     get_or_create_source_annotator,
 )
 from db.engine import make_engine
+from db.guidelines import add_guideline_version
 from db.migrate import upgrade
 from db.models import Annotator, CandidateModel, Comparison, Prompt, Response
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from sqlmodel import Session
 
-from db.crud import table_counts
 from db.engine import session_scope
+from db.status import table_counts
 
 DOMAIN = ("prompt", "response", "candidatemodel", "comparison", "judgment", "annotator")
 

@@ -14,17 +14,12 @@ from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from candidates.priority import prioritize, vote_entropy
-from db.crud import (
-    add_judgment,
-    add_response,
-    comparison_scores,
-    get_or_create_candidate,
-    save_comparison_scores,
-    table_counts,
-)
+from db.crud import add_judgment, add_response, get_or_create_candidate
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import AuditEvent, Comparison, ComparisonScore, Response, RewardModelRun
+from db.scores import comparison_scores, save_comparison_scores
+from db.status import table_counts
 from reward.scoring import (
     ENSEMBLE_FILE,
     RewardEnsemble,

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 from streamlit.testing.v1 import AppTest
 
-from db.crud import add_guideline_version
+from db.guidelines import add_guideline_version
 from db.models import Annotator, AuditEvent, Comparison, GuidelineVersion, Judgment, Reservation, Skip
 from labeling_app.state import LOGIN_ERROR as GENERIC_ERROR
 from labeling_app.state import SCREEN_IDS_KEY, SEEN_KEY, USER_KEY, User

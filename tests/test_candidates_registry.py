@@ -15,8 +15,8 @@ from candidates.registry import (
     parse_registry,
     sync_registry,
 )
-from db.crud import table_counts
 from db.models import CandidateModel
+from db.status import table_counts
 from tests.candidates_helpers import ROOT
 from tests.factories import add_prompts
 from therapref.cli import app

@@ -32,18 +32,11 @@ from db.criteria import (
     read_criteria_file,
     verdicts_of,
 )
-from db.crud import (
-    DataError,
-    add_comparison,
-    add_judgment,
-    add_response,
-    get_or_create_candidate,
-    get_or_create_prompt,
-    table_counts,
-)
+from db.crud import DataError, add_comparison, add_judgment, add_response, get_or_create_candidate, get_or_create_prompt
 from db.engine import make_engine, session_scope
 from db.migrate import alembic_config, current_revision, head_revision, upgrade
 from db.models import Annotator, Criterion, CriterionVerdict, Judgment, Reservation
+from db.status import table_counts
 from exports.errors import ExportError
 from exports.filters import ExportFilters
 from exports.run import run_export

@@ -9,25 +9,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from db.accounts import set_account_active
+from db.audit import audit
 from db.auth import AccountError, authenticate, create_annotator, is_locked, set_password
 from db.crud import (
     DataError,
     add_comparison,
-    add_guideline_version,
     add_judgment,
     add_response,
-    audit,
-    counts_by_candidate,
-    counts_by_source,
-    current_guideline,
-    database_fingerprint,
     get_or_create_prompt,
     get_or_create_source_annotator,
-    table_counts,
 )
 from db.engine import make_engine, normalize_url, read_only_engine
+from db.guidelines import add_guideline_version, current_guideline
 from db.migrate import current_revision, head_revision, is_up_to_date, upgrade
 from db.models import Comparison, Judgment, Prompt, Response, utcnow
+from db.status import counts_by_candidate, counts_by_source, database_fingerprint, table_counts
 from tests.factories import PASSWORD, build_project
 
 pytestmark = pytest.mark.postgres

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from candidates.demo_prompts import DEMO_PROMPTS
 from db.auth import authenticate
-from db.crud import table_counts
 from db.engine import make_engine
 from db.models import Comparison
+from db.status import table_counts
 from tests.app_helpers import app_serving
 from tests.pg import free_port
 from therapref.cli import app

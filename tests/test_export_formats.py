@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session, select
 
-from db.crud import database_fingerprint
 from db.models import AuditEvent, ExportRun
+from db.status import database_fingerprint
 from exports.errors import ExportError
 from exports.filters import ExportFilters, parse_when
 from exports.manifest import read_manifest

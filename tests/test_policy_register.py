@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from candidates.registry import POLICY_PARAM as GENERATE_POLICY_PARAM
 from candidates.registry import CandidateSpec, registered_policy_specs, sync_registry
-from db.crud import get_or_create_candidate, table_counts
+from db.crud import get_or_create_candidate
 from db.models import AuditEvent, CandidateModel, PolicyRun, Response
+from db.status import table_counts
 from policy.gguf import GGUF_NAME, ConversionError, convert_to_gguf, is_up_to_date
 from policy.register import POLICY_PARAM, RegistrationError, register_policy
 from tests.factories import PATIENT_MESSAGES, add_prompts

@@ -11,15 +11,9 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from db.auth import create_annotator
-from db.crud import (
-    add_comparison,
-    add_guideline_version,
-    add_judgment,
-    add_response,
-    get_or_create_candidate,
-    get_or_create_prompt,
-)
+from db.crud import add_comparison, add_judgment, add_response, get_or_create_candidate, get_or_create_prompt
 from db.engine import make_engine
+from db.guidelines import add_guideline_version
 from db.migrate import upgrade
 from db.rules import reply_length
 from tests.factories import PASSWORD, PATIENT_MESSAGES, SYSTEM, build_project

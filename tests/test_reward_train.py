@@ -12,10 +12,11 @@ from safetensors.torch import load_file
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
-from db.crud import add_judgment, table_counts
+from db.crud import add_judgment
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import Judgment, ResponseScore, RewardModelRun
+from db.status import table_counts
 from reward import RewardModel, best_of_n
 from reward.config import load_config
 from reward.errors import RewardError

@@ -12,15 +12,9 @@ from sqlmodel import Session
 
 from candidates.fake_server import free_port
 from db.auth import create_annotator
-from db.crud import (
-    add_comparison,
-    add_guideline_version,
-    add_judgment,
-    add_response,
-    get_or_create_candidate,
-    get_or_create_prompt,
-)
+from db.crud import add_comparison, add_judgment, add_response, get_or_create_candidate, get_or_create_prompt
 from db.engine import make_engine
+from db.guidelines import add_guideline_version
 from db.migrate import upgrade
 from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
 from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, login

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlmodel import Session
 
-from db.crud import audit
+from db.audit import audit
 from db.importers import (
     counselchat,
     counselchat_upvotes,

@@ -10,8 +10,8 @@ from analytics import charts, tables
 from analytics.config import JUDGES, AnalyticsConfig
 from analytics.gold import gold_comparisons, set_gold
 from analytics.summary import AnalyticsSummary, build_summary
-from db.crud import database_fingerprint
 from db.models import PREFERENCES
+from db.status import database_fingerprint
 from labeling_app import state
 
 user = state.require_admin()

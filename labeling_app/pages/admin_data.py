@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from db.crud import counts_by_candidate, counts_by_source, table_counts
+from db.status import counts_by_candidate, counts_by_source, table_counts
 from labeling_app import state
 
 state.require_admin()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from db.audit import audit
 from db.auth import authenticate
-from db.crud import audit
 from labeling_app import state
 from labeling_app.throttle import LoginThrottle
 

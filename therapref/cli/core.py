@@ -59,7 +59,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Counts per table, per source and per candidate model."""
-    from db.crud import counts_by_candidate, counts_by_source, table_counts
+    from db.status import counts_by_candidate, counts_by_source, table_counts
 
     engine = open_engine(db)
     with session_scope(engine) as session:

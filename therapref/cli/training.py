@@ -143,7 +143,7 @@ def _score(
     """Score every stored response with a reward model (ResponseScore rows) and report best-of-n."""
     from tqdm import tqdm
 
-    from db.crud import audit
+    from db.audit import audit
     from db.engine import session_scope
     from reward.scoring import RewardModel
     from reward.store import best_responses, run_for_path, score_responses
@@ -168,7 +168,7 @@ def _score_comparisons(model_dir: Path, *, db: str | None, rescore: bool, batch_
     from tqdm import tqdm
 
     from candidates.priority import score_comparisons
-    from db.crud import audit
+    from db.audit import audit
     from db.engine import session_scope
     from reward.scoring import load_reward_model
     from reward.store import run_for_path
