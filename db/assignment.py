@@ -1,13 +1,9 @@
-"""The labeling queue: which pair an annotator sees next, reservations, submit, skip, undo, progress.
+"""The labeling queue of pairs: which pair an annotator sees next, submit, skip, undo, progress.
 
 Every function takes ``session=`` and never commits: the caller owns one short transaction per call
-(``session_scope``). They are safe for many annotators at once:
-
-- SQLite: transactions start with ``BEGIN IMMEDIATE`` (see ``db.engine``), so writers queue on the
-  busy timeout and the check-then-reserve below runs alone.
-- PostgreSQL (READ COMMITTED): a comparison is reserved or judged only while its row is locked
-  (``FOR UPDATE``; ``SKIP LOCKED`` when choosing), and capacity is re-checked by a fresh statement
-  after the lock is held, so two annotators can never both take the last place.
+(``session_scope``). Reservations, locks, capacity checks, skips and release are the shared work
+queue's (``db.queue.PAIRS``; ranking tasks use the same queue, ``db.queue.RANKINGS``), which keeps
+them safe for many annotators at once on SQLite and PostgreSQL.
 
 Screen order: an assignment's token starts with the side shown on the left (``a-…`` or ``b-…``), so
 the reservation needs no extra column and a retried submit maps left/right the same way.
@@ -20,7 +16,6 @@ Priority only orders the queue: overlap, reservations, gold mixing and skips app
 from __future__ import annotations
 
 import random
-import secrets
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,14 +23,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, insert, select
+from sqlalchemy import and_, bindparam, case, delete, func, select
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from db.audit import audit
 from db.criteria import DEFAULT_CRITERIA, add_criteria, check_verdicts, criteria_in_force, insert_verdicts
 from db.crud import DataError, existing_judgment_id, insert_judgment
-from db.errors import TheraPrefError
 from db.guidelines import add_guideline_version, current_guideline
 from db.models import (
     SAFETY_FLAGS,
@@ -45,11 +39,21 @@ from db.models import (
     Judgment,
     Prompt,
     Ranking,
-    RankingReservation,
     Reservation,
     Response,
     Skip,
     utcnow,
+)
+from db.queue import (
+    CANDIDATES_PER_TRY,
+    PAIRS,
+    AssignmentError,
+    ComparisonFull,
+    ReservationNotFound,
+    aware,
+    is_sqlite,
+    lock_annotator,
+    release,
 )
 
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
@@ -61,20 +65,7 @@ SKIP_REASONS = (
     "Other",
 )
 DEFAULT_GUIDELINES_PATH = Path(__file__).resolve().parent / "guidelines_default.md"
-_CANDIDATES_PER_TRY = 25
 _MEDIAN_WINDOW = 200
-
-
-class AssignmentError(TheraPrefError):
-    """A problem with an assignment that the app shows as one line."""
-
-
-class ReservationNotFound(AssignmentError):
-    """The token is unknown, belongs to someone else, or the pair was already handed back."""
-
-
-class ComparisonFull(AssignmentError):
-    """Other annotators completed this comparison first: move on to the next pair."""
 
 
 @dataclass
@@ -123,10 +114,6 @@ def shown_left_of(token: str) -> str:
     return side
 
 
-def _new_token(shown_left: str) -> str:
-    return f"{shown_left}-{secrets.token_hex(24)}"
-
-
 def _check_flags(flags: Any) -> list[str]:
     clean = sorted(set(flags or ()))
     unknown = [f for f in clean if f not in SAFETY_FLAGS]
@@ -135,69 +122,26 @@ def _check_flags(flags: Any) -> list[str]:
     return clean
 
 
-def _live_reservations_of_others(comparison_id: Any, annotator_id: Any, now: Any):
-    return select(func.count(Reservation.id)).where(
-        Reservation.comparison_id == comparison_id, Reservation.annotator_id != annotator_id,
-        Reservation.expires_at > now)
-
-
-def _has_capacity(comparison_id: int, count: int, required: int, annotator_id: int, now: datetime,
-                  *, session: Session) -> bool:
-    """Fresh check (a new statement, so on PostgreSQL it sees everything committed so far)."""
-    others = session.connection().execute(_OTHERS_LIVE, {"comparison_id": comparison_id,
-                                                        "annotator_id": annotator_id, "now": now}).scalar_one()
-    return count + others < required
-
-
-def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int = _CANDIDATES_PER_TRY,
+def _queue_query(annotator_id: Any, now: Any, *, gold: bool = False, limit: int = CANDIDATES_PER_TRY,
                  judged_set: bool = False):
-    if judged_set:
-        # One pass over the annotator's own judgments (index-only with a (annotator_id,
-        # comparison_id) index), then hash/b-tree probes: cost no longer grows with how many pairs
-        # they judged at the front of the queue.
-        judged = Comparison.id.in_(select(Judgment.comparison_id).where(Judgment.annotator_id == annotator_id))
-    else:
-        judged = exists().where(Judgment.comparison_id == Comparison.id, Judgment.annotator_id == annotator_id)
-    skipped = exists().where(Skip.comparison_id == Comparison.id, Skip.annotator_id == annotator_id)
-    query = select(Comparison.id).where(~judged, ~skipped)
     if gold:
         # Gold items check quality: drawn whether or not the comparison still needs judgments.
-        return query.where(Comparison.gold_answer.is_not(None)).order_by(func.random()).limit(limit)
-    others = _live_reservations_of_others(Comparison.id, annotator_id, now).scalar_subquery()
-    return (
-        query.where(Comparison.judgments_count < Comparison.judgments_required,
-                    Comparison.judgments_count + others < Comparison.judgments_required)
-        # Highest priority first (A/B tests, active selection), then fewest judgments, lowest id:
-        # exactly the key order of ix_comparison_queue, so the scan stops after ``limit`` rows.
-        .order_by(Comparison.priority.desc(), Comparison.judgments_count, Comparison.judgments_required,
-                  Comparison.id)
-        .limit(limit)
-    )
+        return (select(Comparison.id).where(*PAIRS.untouched(annotator_id), Comparison.gold_answer.is_not(None))
+                .order_by(func.random()).limit(limit))
+    # Highest priority first (A/B tests, active selection), then fewest judgments, lowest id:
+    # exactly the key order of ix_comparison_queue, so the scan stops after ``limit`` rows.
+    # ``judged_set``: one pass over the annotator's own judgments (index-only with an (annotator_id,
+    # comparison_id) index): cost no longer grows with how many pairs they judged at the front.
+    return PAIRS.open_query(annotator_id, now, done_set=judged_set, limit=limit)
 
 
 # Built once with bound parameters (annotator_id, now); the hot path only binds values.
+# Keep them prebuilt: bench/load.py (many clinicians clicking at once) and bench/app_queries.py
+# measure next_comparison/submit_judgment through them against the p95 < 20 ms target.
 _QUEUE = _queue_query(bindparam("annotator_id"), bindparam("now"))
 _QUEUE_JUDGED_SET = _queue_query(bindparam("annotator_id"), bindparam("now"), judged_set=True)
 _GOLD_QUEUE = _queue_query(bindparam("annotator_id"), bindparam("now"), gold=True)
-
-
-def _lock_comparison(comparison_id: int, *, session: Session, skip_locked: bool = False) -> Comparison | None:
-    """Load a comparison with its row locked (PostgreSQL); SQLite already holds the write lock."""
-    query = select(Comparison).where(Comparison.id == comparison_id).execution_options(populate_existing=True)
-    if session.get_bind().dialect.name != "sqlite":
-        query = query.with_for_update(skip_locked=skip_locked)
-    return session.execute(query).scalars().first()
-
-
 _RA, _RB = aliased(Response), aliased(Response)
-# Built once: the hot path only binds parameters (statement construction is a large share of the cost).
-# Keep them prebuilt: bench/load.py (many clinicians clicking at once) and bench/app_queries.py
-# measure next_comparison/submit_judgment through them against the p95 < 20 ms target.
-_OWN_RESERVATIONS = (
-    select(Reservation.id, Reservation.comparison_id, Reservation.token, Reservation.expires_at,
-           Reservation.created_at)
-    .where(Reservation.annotator_id == bindparam("annotator_id")).order_by(Reservation.id.desc())
-)
 _SHOWN = (
     select(Comparison.response_a_id, Comparison.response_b_id, Prompt.messages, Prompt.system_prompt,
            _RA.text, _RB.text)
@@ -206,26 +150,9 @@ _SHOWN = (
     .join(_RB, _RB.id == Comparison.response_b_id)
     .where(Comparison.id == bindparam("comparison_id"))
 )
-_RESERVATION_BY_TOKEN = (
-    select(Reservation.id, Reservation.comparison_id, Reservation.annotator_id, Reservation.expires_at,
-           Reservation.created_at)
-    .where(Reservation.token == bindparam("token"))
-)
-_JUDGMENT_BY_KEY = select(Judgment).where(Judgment.idempotency_key == bindparam("token"))
-_INSERT_RESERVATION = insert(Reservation)
-_COMPARISON_STATE = (select(Comparison.judgments_count, Comparison.judgments_required, Comparison.gold_answer)
-                     .where(Comparison.id == bindparam("comparison_id")))
-_COMPARISON_FOR_UPDATE = _COMPARISON_STATE.with_for_update()
-_COMPARISON_SKIP_LOCKED = _COMPARISON_STATE.with_for_update(skip_locked=True)
 # The judgment row itself is written by db.crud.insert_judgment, the one judgment writer (its
-# prebuilt Core statements are on this same hot path, measured by bench/load.py through submit_judgment).
-_OTHERS_LIVE = _live_reservations_of_others(bindparam("comparison_id"), bindparam("annotator_id"), bindparam("now"))
-_LOCK_ANNOTATOR = select(Annotator.id).where(Annotator.id == bindparam("annotator_id")).with_for_update(key_share=True)
-_DELETE_RESERVATION = delete(Reservation).where(Reservation.id == bindparam("reservation_id"))
-
-
-def _is_sqlite(session: Session) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
+# prebuilt Core statements are on this same hot path, measured by bench/load.py through submit_judgment);
+# reservations, locks and capacity checks are db.queue's (PAIRS), prebuilt there.
 
 
 def _assignment(comparison_id: int, token: str, expires_at: datetime, reserved_at: datetime,
@@ -237,20 +164,8 @@ def _assignment(comparison_id: int, token: str, expires_at: datetime, reserved_a
     return Assignment(
         comparison_id=comparison_id, token=token, shown_left=shown_left, messages=list(messages or []),
         system_prompt=system_prompt, left_text=left[1], right_text=right[1], left_response_id=left[0],
-        right_response_id=right[0], expires_at=_aware(expires_at), reserved_at=_aware(reserved_at),
+        right_response_id=right[0], expires_at=aware(expires_at), reserved_at=aware(reserved_at),
     )
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-def _reserve(comparison_id: int, annotator_id: int, shown_left: str, now: datetime, minutes: float,
-             *, session: Session) -> tuple[str, datetime]:
-    token, expires_at = _new_token(shown_left), now + timedelta(minutes=minutes)
-    session.connection().execute(_INSERT_RESERVATION, {"comparison_id": comparison_id, "annotator_id": annotator_id,
-                                          "token": token, "expires_at": expires_at, "created_at": now})
-    return token, expires_at
 
 
 def next_comparison(
@@ -273,45 +188,22 @@ def next_comparison(
     """
     rng = rng or random.Random()
     now = now or utcnow()
-    sqlite = _is_sqlite(session)
-    conn = session.connection()  # Core on the connection: no ORM layer per statement
-    if not sqlite:
-        # One annotator, two tabs: serialise their requests (NO KEY UPDATE leaves foreign-key
-        # checks of their concurrent submits unblocked).
-        conn.execute(_LOCK_ANNOTATOR, {"annotator_id": annotator_id})
-    own = conn.execute(_OWN_RESERVATIONS, {"annotator_id": annotator_id}).all()
-    for _rid, comparison_id, token, expires_at, created_at in own:
-        if _aware(expires_at) > now:
-            return _assignment(comparison_id, token, expires_at, created_at, session=session)
-    if own:
-        session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id))
+    lock_annotator(annotator_id, session=session)
+    held = PAIRS.held(annotator_id, now, session=session)
+    if held is not None:
+        return _assignment(*held, session=session)
+    # PostgreSQL: one hashed read of the judged set (index ix_judgment_annotator_comparison).
+    # SQLite's row-by-row probes are cheap enough either way (bench/app_queries.py).
+    queue = _QUEUE if is_sqlite(session) else _QUEUE_JUDGED_SET
     kinds = [True, False] if gold_rate > 0 and rng.random() < gold_rate else [False]
     for gold in kinds:
-        for _attempt in range(1 if sqlite else 5):
-            # PostgreSQL: one hashed read of the judged set (index ix_judgment_annotator_comparison).
-            # SQLite's row-by-row probes are cheap enough either way (bench/app_queries.py).
-            queue = _QUEUE if sqlite else _QUEUE_JUDGED_SET
-            candidates = conn.execute(_GOLD_QUEUE if gold else queue,
-                                         {"annotator_id": annotator_id, "now": now}).scalars().all()
-            if not candidates:
-                break
-            for comparison_id in candidates:
-                if not sqlite:
-                    # PostgreSQL: take the row lock (skip rows others are taking right now), then
-                    # re-check capacity with a fresh statement that sees every committed reservation.
-                    state = conn.execute(_COMPARISON_SKIP_LOCKED, {"comparison_id": comparison_id}).first()
-                    if state is None or (not gold and not _has_capacity(
-                            comparison_id, state[0], state[1], annotator_id, now, session=session)):
-                        continue
-                # SQLite: BEGIN IMMEDIATE holds the write lock, so the queue query's answer stands.
-                token, expires_at = _reserve(comparison_id, annotator_id, rng.choice("ab"), now,
-                                             reservation_minutes, session=session)
-                return _assignment(comparison_id, token, expires_at, now, session=session)
+        # Gold pairs are drawn whether or not they are full: no capacity check for them.
+        taken = PAIRS.take_next(_GOLD_QUEUE if gold else queue, annotator_id, now, session=session,
+                                prefix=lambda: rng.choice("ab"), minutes=reservation_minutes, capacity=not gold)
+        if taken is not None:
+            comparison_id, token, expires_at = taken
+            return _assignment(comparison_id, token, expires_at, now, session=session)
     return None
-
-
-def _gone() -> ReservationNotFound:
-    return ReservationNotFound("this pair is no longer reserved for you; here is the next one")
 
 
 def submit_judgment(
@@ -352,33 +244,22 @@ def submit_judgment(
             raise AssignmentError("choose how much better: slightly, clearly or much")
     else:
         strength = None
-    conn = session.connection()  # Core on the connection: no ORM layer per statement
-    reservation = conn.execute(_RESERVATION_BY_TOKEN, {"token": token}).first()
+    # Core statements only (this is the hot path of every click; the ORM unit of work costs more
+    # than the SQL).
+    reservation, previous = PAIRS.claim(token, session=session, annotator_id=annotator_id)
     if reservation is None:
         # Already submitted (the reservation is consumed in the same transaction): a retry.
-        previous = session.execute(_JUDGMENT_BY_KEY, {"token": token}).scalars().first()
-        if previous is None or previous.annotator_id != annotator_id:
-            raise _gone()
         return previous, False
-    reservation_id, comparison_id, owner, expires_at, reserved_at = reservation
-    if owner != annotator_id:
-        raise _gone()
-    # Core statements only (this is the hot path of every click; the ORM unit of work costs more
-    # than the SQL). On PostgreSQL the row lock makes a concurrent retry of the same token wait
-    # here; the check below then finds the judgment its twin stored and returns it.
-    count, required, gold_answer = conn.execute(
-        _COMPARISON_FOR_UPDATE if not _is_sqlite(session) else _COMPARISON_STATE,
-        {"comparison_id": comparison_id}).one()
+    reservation_id, comparison_id, _owner, expires_at, reserved_at = reservation
+    # On PostgreSQL the row lock makes a concurrent retry of the same token wait here; the check
+    # below then finds the judgment its twin stored and returns it.
+    count, required, gold_answer = PAIRS.lock(comparison_id, session=session)
     # Same token already stored (a concurrent twin), or this annotator judged the pair another way.
     previous_id = existing_judgment_id(comparison_id, annotator_id, session=session, idempotency_key=token)
     if previous_id is not None:
         return session.get(Judgment, previous_id), False
-    live = _aware(expires_at) > now
-    if gold_answer is None:
-        full = count >= required
-        if full or (not live and not _has_capacity(comparison_id, count, required, annotator_id, now,
-                                                   session=session)):
-            raise ComparisonFull("another clinician completed this pair first; here is the next one")
+    if gold_answer is None:  # gold pairs are judged whether or not they are full
+        PAIRS.check_room(comparison_id, count, required, expires_at, annotator_id, now, session=session)
     # One prebuilt statement: the version in force and its criteria (checked before any write).
     guideline_version, in_force = criteria_in_force(session=session)
     try:
@@ -386,43 +267,21 @@ def submit_judgment(
     except DataError as exc:
         raise AssignmentError(str(exc)) from None
     if ms_spent is None and reserved_at is not None:
-        ms_spent = int((now - _aware(reserved_at)).total_seconds() * 1000)
+        ms_spent = int((now - aware(reserved_at)).total_seconds() * 1000)
     flags_a, flags_b = (flags_left, flags_right) if shown_left == "a" else (flags_right, flags_left)
     judgment = insert_judgment(
         comparison_id, annotator_id, preferred_ab, session=session, strength=strength, shown_left=shown_left,
         flags_a=flags_a, flags_b=flags_b, rationale=rationale, rewrite=rewrite, ms_spent=ms_spent,
         guideline_version=guideline_version, idempotency_key=token, created_at=now)
     insert_verdicts(judgment.id, verdicts, session=session)
-    conn.execute(_DELETE_RESERVATION, {"reservation_id": reservation_id})
+    PAIRS.consume(reservation_id, session=session)
     # Not attached to the session: what was stored, as the caller reads it.
     return judgment, True
 
 
-def _reservation_for(token: str, annotator_id: int, *, session: Session) -> Reservation:
-    reservation = session.execute(select(Reservation).where(Reservation.token == token)).scalars().first()
-    if reservation is None or reservation.annotator_id != annotator_id:
-        raise _gone()
-    return reservation
-
-
 def skip(token: str, *, session: Session, annotator_id: int, reason: str, now: datetime | None = None) -> Skip:
     """Hand the pair back with a reason; it is never offered to this annotator again."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise AssignmentError("say why you skip this pair")
-    reservation = _reservation_for(token, annotator_id, session=session)
-    existing = session.execute(
-        select(Skip).where(Skip.comparison_id == reservation.comparison_id, Skip.annotator_id == annotator_id)
-    ).scalars().first()
-    if existing is None:
-        existing = Skip(comparison_id=reservation.comparison_id, annotator_id=annotator_id,
-                        reason=reason[:500], created_at=now or utcnow())
-        session.add(existing)
-    # Expire instead of deleting, so that a retried skip finds the same row and changes nothing.
-    reservation.expires_at = now or utcnow()
-    session.add(reservation)
-    session.flush()
-    return existing
+    return PAIRS.skip(token, session=session, annotator_id=annotator_id, reason=reason, now=now)
 
 
 def undo_last(annotator_id: int, *, session: Session, window_seconds: float = 60,
@@ -441,7 +300,7 @@ def undo_last(annotator_id: int, *, session: Session, window_seconds: float = 60
     ).scalars().first()
     if latest is None:
         return False
-    comparison = _lock_comparison(latest.comparison_id, session=session)
+    comparison = PAIRS.lock_row(latest.comparison_id, session=session)
     # Under the lock, make sure a concurrent undo did not remove it already.
     if session.execute(select(Judgment.id).where(Judgment.id == latest.id)).first() is None:
         return False
@@ -450,19 +309,10 @@ def undo_last(annotator_id: int, *, session: Session, window_seconds: float = 60
     session.execute(delete(Judgment).where(Judgment.id == latest.id))
     comparison.judgments_count = max(0, (comparison.judgments_count or 0) - 1)
     session.add(comparison)
-    session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id))
-    _reserve(comparison.id, annotator_id, latest.shown_left, now, reservation_minutes, session=session)
+    PAIRS.reserve_again(comparison.id, annotator_id, latest.shown_left, now, reservation_minutes, session=session)
     audit(annotator.username if annotator else str(annotator_id), "judgment.undo", session=session,
           target=f"comparison:{comparison.id}", details=details)
     return True
-
-
-def release(annotator_id: int, *, session: Session) -> int:
-    """Drop the annotator's reservations, pairs and ranking tasks alike (logout, idle timeout,
-    deactivation): their work goes back to the queue at once. Returns how many were dropped."""
-    pairs = session.execute(delete(Reservation).where(Reservation.annotator_id == annotator_id)).rowcount or 0
-    return pairs + (session.execute(
-        delete(RankingReservation).where(RankingReservation.annotator_id == annotator_id)).rowcount or 0)
 
 
 def _start_of_day(now: datetime) -> datetime:
@@ -483,12 +333,7 @@ def _median_seconds(values: list[int | None]) -> float | None:
 
 def remaining_for(annotator_id: int, *, session: Session) -> int:
     """Open comparisons this annotator could still be given (not judged, not skipped, not full)."""
-    judged = exists().where(Judgment.comparison_id == Comparison.id, Judgment.annotator_id == annotator_id)
-    skipped = exists().where(Skip.comparison_id == Comparison.id, Skip.annotator_id == annotator_id)
-    return session.execute(
-        select(func.count(Comparison.id)).where(Comparison.judgments_count < Comparison.judgments_required,
-                                                ~judged, ~skipped)
-    ).scalar_one()
+    return PAIRS.remaining(annotator_id, session=session)
 
 
 def progress(annotator_id: int, *, session: Session, now: datetime | None = None) -> dict[str, Any]:

@@ -188,25 +188,41 @@ class Judgment(SQLModel, table=True):
     )
 
 
-class Reservation(SQLModel, table=True):
-    """A comparison held for one annotator while it is on their screen (expires)."""
+# The columns every work queue's reservations and skips share (``db.queue``: pairs and ranking
+# tasks); each table adds the column naming its task. Not tables themselves: the schema is unchanged.
+
+
+class ReservationColumns(SQLModel):
+    """A task held for one annotator while it is on their screen (expires)."""
 
     id: Optional[int] = Field(default=None, primary_key=True)
-    comparison_id: int = Field(foreign_key="comparison.id", index=True)
     annotator_id: int = Field(foreign_key="annotator.id", index=True)
     token: str = Field(max_length=64, unique=True)
     expires_at: datetime = Field(index=True)
     created_at: datetime = Field(default_factory=utcnow)
 
-    __table_args__ = (UniqueConstraint("comparison_id", "annotator_id", name="uq_reservation"),)
 
+class SkipColumns(SQLModel):
+    """A task an annotator handed back with a reason; never offered to them again."""
 
-class Skip(SQLModel, table=True):
     id: Optional[int] = Field(default=None, primary_key=True)
-    comparison_id: int = Field(foreign_key="comparison.id", index=True)
     annotator_id: int = Field(foreign_key="annotator.id", index=True)
     reason: str = ""
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class Reservation(ReservationColumns, table=True):
+    """A comparison held for one annotator while it is on their screen (expires)."""
+
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
+
+    __table_args__ = (UniqueConstraint("comparison_id", "annotator_id", name="uq_reservation"),)
+
+
+class Skip(SkipColumns, table=True):
+    """A comparison an annotator skipped."""
+
+    comparison_id: int = Field(foreign_key="comparison.id", index=True)
 
     __table_args__ = (UniqueConstraint("comparison_id", "annotator_id", name="uq_skip_once"),)
 
@@ -363,25 +379,18 @@ class Ranking(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="uq_ranking_once"),)
 
 
-class RankingReservation(SQLModel, table=True):
+class RankingReservation(ReservationColumns, table=True):
     """A ranking task held for one annotator while it is on their screen (expires)."""
 
-    id: Optional[int] = Field(default=None, primary_key=True)
     task_id: int = Field(foreign_key="rankingtask.id", index=True)
-    annotator_id: int = Field(foreign_key="annotator.id", index=True)
-    token: str = Field(max_length=64, unique=True)
-    expires_at: datetime = Field(index=True)
-    created_at: datetime = Field(default_factory=utcnow)
 
     __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="uq_rankingreservation"),)
 
 
-class RankingSkip(SQLModel, table=True):
-    id: Optional[int] = Field(default=None, primary_key=True)
+class RankingSkip(SkipColumns, table=True):
+    """A ranking task a clinician skipped."""
+
     task_id: int = Field(foreign_key="rankingtask.id", index=True)
-    annotator_id: int = Field(foreign_key="annotator.id", index=True)
-    reason: str = ""
-    created_at: datetime = Field(default_factory=utcnow)
 
     __table_args__ = (UniqueConstraint("task_id", "annotator_id", name="uq_rankingskip_once"),)
 

@@ -10,54 +10,41 @@ they imply, with no change of their own. A comparison created for the expansion 
 so that it does not enter other clinicians' pair queue; an existing one keeps its requirement. A pair
 the clinician already judged directly keeps that judgment (one judgment per clinician and pair).
 
-Like ``db.assignment`` (whose pair queue this mirrors, in its own tables): every function takes
-``session=`` and never commits; on PostgreSQL a task is reserved or ranked only while its row is
-locked and capacity is re-checked after the lock is held; SQLite's ``BEGIN IMMEDIATE`` serialises
-writers. Screen order: position-randomised per clinician but seeded by (task, clinician), so that a
-reload shows the same order, and a retried submit maps screen numbers to replies the same way.
+Every function takes ``session=`` and never commits. The queue of tasks (reservations, locks,
+capacity, skip, release) is the one pairs use too, in the ranking tables: ``db.queue.RANKINGS``.
+Screen order: position-randomised per clinician but seeded by (task, clinician), so that a reload
+shows the same order, and a retried submit maps screen numbers to replies the same way.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlmodel import Session
 
-from db.assignment import AssignmentError, ReservationNotFound
 from db.crud import DataError, add_comparison, existing_judgment_id, insert_judgment
 from db.models import (
     SAFETY_FLAGS,
-    Annotator,
     GuidelineVersion,
     Judgment,
     Prompt,
     Ranking,
-    RankingReservation,
     RankingSkip,
     RankingTask,
     Response,
     utcnow,
 )
+from db.queue import RANKINGS, RankingNotReserved, RankingTaskFull, aware, is_sqlite, lock_annotator
 
 MIN_K, MAX_K = 3, 9  # K replies per task: two is a pair (the compare page); keys 1..9 rank them
-_CANDIDATES_PER_TRY = 25
 
 Tiers = list[list[int]]
-
-
-class RankingNotReserved(ReservationNotFound):
-    """The token is unknown, belongs to someone else, or the task was already handed back."""
-
-
-class RankingTaskFull(AssignmentError):
-    """Other clinicians completed this ranking task first: move on to the next one."""
 
 
 @dataclass
@@ -219,44 +206,8 @@ def add_ranking_task(responses: Sequence[Response], *, session: Session,
 # --- The ranking queue --------------------------------------------------------------------------
 
 
-def _is_sqlite(session: Session) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
-def _others_live(task_id: Any, annotator_id: int, now: datetime):
-    return select(func.count(RankingReservation.id)).where(
-        RankingReservation.task_id == task_id, RankingReservation.annotator_id != annotator_id,
-        RankingReservation.expires_at > now)
-
-
-def _has_capacity(task_id: int, count: int, required: int, annotator_id: int, now: datetime,
-                  *, session: Session) -> bool:
-    """Fresh statement: on PostgreSQL it sees every reservation committed so far."""
-    return count + session.execute(_others_live(task_id, annotator_id, now)).scalar_one() < required
-
-
-def _lock_task(task_id: int, *, session: Session, skip_locked: bool = False) -> tuple | None:
-    query = (select(RankingTask.judgments_count, RankingTask.judgments_required, RankingTask.response_ids,
-                    RankingTask.prompt_id)
-             .where(RankingTask.id == task_id))
-    if not _is_sqlite(session):
-        query = query.with_for_update(skip_locked=skip_locked)
-    return session.execute(query).first()
-
-
-def _open_tasks(annotator_id: int, now: datetime):
-    ranked = exists().where(Ranking.task_id == RankingTask.id, Ranking.annotator_id == annotator_id)
-    skipped = exists().where(RankingSkip.task_id == RankingTask.id, RankingSkip.annotator_id == annotator_id)
-    others = _others_live(RankingTask.id, annotator_id, now).scalar_subquery()
-    return (select(RankingTask.id)
-            .where(~ranked, ~skipped, RankingTask.judgments_count < RankingTask.judgments_required,
-                   RankingTask.judgments_count + others < RankingTask.judgments_required)
-            .order_by(RankingTask.priority.desc(), RankingTask.judgments_count, RankingTask.id)
-            .limit(_CANDIDATES_PER_TRY))
+# Built once with bound parameters (annotator_id, now): a call only binds values.
+_OPEN_TASKS = RANKINGS.open_query(bindparam("annotator_id"), bindparam("now"))
 
 
 def _assignment(task_id: int, annotator_id: int, token: str, expires_at: datetime, reserved_at: datetime,
@@ -268,7 +219,7 @@ def _assignment(task_id: int, annotator_id: int, token: str, expires_at: datetim
     shown = shown_order_for(task_id, annotator_id, response_ids)
     return RankingAssignment(task_id=task_id, token=token, messages=list(messages or []),
                              system_prompt=system_prompt, texts=[texts[i] for i in shown], response_ids=shown,
-                             expires_at=_aware(expires_at), reserved_at=_aware(reserved_at))
+                             expires_at=aware(expires_at), reserved_at=aware(reserved_at))
 
 
 def next_ranking(annotator_id: int, *, session: Session, reservation_minutes: float = 10,
@@ -281,39 +232,17 @@ def next_ranking(annotator_id: int, *, session: Session, reservation_minutes: fl
     not filled or reserved to capacity, is reserved for ``reservation_minutes``.
     """
     now = now or utcnow()
-    sqlite = _is_sqlite(session)
-    if not sqlite:
-        # One clinician, two tabs: serialise their requests (NO KEY UPDATE leaves FK checks unblocked).
-        session.execute(select(Annotator.id).where(Annotator.id == annotator_id).with_for_update(key_share=True))
-    own = session.execute(
-        select(RankingReservation.task_id, RankingReservation.token, RankingReservation.expires_at,
-               RankingReservation.created_at)
-        .where(RankingReservation.annotator_id == annotator_id).order_by(RankingReservation.id.desc())).all()
-    for task_id, token, expires_at, created_at in own:
-        if _aware(expires_at) > now:
-            return _assignment(task_id, annotator_id, token, expires_at, created_at, session=session)
-    if own:
-        session.execute(delete(RankingReservation).where(RankingReservation.annotator_id == annotator_id))
-    for _attempt in range(1 if sqlite else 5):
-        candidates = session.execute(_open_tasks(annotator_id, now)).scalars().all()
-        if not candidates:
-            break
-        for task_id in candidates:
-            if not sqlite:
-                state = _lock_task(task_id, session=session, skip_locked=True)
-                if state is None or not _has_capacity(task_id, state[0], state[1], annotator_id, now,
-                                                      session=session):
-                    continue
-            token, expires_at = f"r-{secrets.token_hex(24)}", now + timedelta(minutes=reservation_minutes)
-            session.add(RankingReservation(task_id=task_id, annotator_id=annotator_id, token=token,
-                                           expires_at=expires_at, created_at=now))
-            session.flush()
-            return _assignment(task_id, annotator_id, token, expires_at, now, session=session)
-    return None
-
-
-def _gone() -> RankingNotReserved:
-    return RankingNotReserved("this ranking is no longer reserved for you; here is the next one")
+    lock_annotator(annotator_id, session=session)
+    held = RANKINGS.held(annotator_id, now, session=session)
+    if held is not None:
+        task_id, token, expires_at, reserved_at = held
+        return _assignment(task_id, annotator_id, token, expires_at, reserved_at, session=session)
+    taken = RANKINGS.take_next(_OPEN_TASKS, annotator_id, now, session=session, prefix=lambda: "r",
+                               minutes=reservation_minutes)
+    if taken is None:
+        return None
+    task_id, token, expires_at = taken
+    return _assignment(task_id, annotator_id, token, expires_at, now, session=session)
 
 
 def submit_ranking(
@@ -339,20 +268,12 @@ def submit_ranking(
     """
     now = now or utcnow()
     key = idempotency_key or token
-    reservation = session.execute(
-        select(RankingReservation.id, RankingReservation.task_id, RankingReservation.annotator_id,
-               RankingReservation.expires_at, RankingReservation.created_at)
-        .where(RankingReservation.token == token)).first()
+    reservation, previous = RANKINGS.claim(token, session=session, annotator_id=annotator_id, key=key)
     if reservation is None:
         # Already submitted (the reservation is consumed in the same transaction): a retry.
-        previous = session.execute(select(Ranking).where(Ranking.idempotency_key == key)).scalars().first()
-        if previous is None or previous.annotator_id != annotator_id:
-            raise _gone()
         return previous, False
-    reservation_id, task_id, owner, expires_at, reserved_at = reservation
-    if owner != annotator_id:
-        raise _gone()
-    count, required, response_ids, prompt_id = _lock_task(task_id, session=session)
+    reservation_id, task_id, _owner, expires_at, reserved_at = reservation
+    count, required, response_ids, prompt_id = RANKINGS.lock(task_id, session=session)
     previous = session.execute(select(Ranking).where(
         (Ranking.idempotency_key == key) | ((Ranking.task_id == task_id) & (Ranking.annotator_id == annotator_id))
     )).scalars().first()
@@ -361,15 +282,12 @@ def submit_ranking(
     k = len(response_ids)
     screen_tiers = check_tiers(order, k)
     screen_flags = _check_flags(flags, k)
-    live = _aware(expires_at) > now
-    if count >= required or (not live and not _has_capacity(task_id, count, required, annotator_id, now,
-                                                            session=session)):
-        raise RankingTaskFull("other clinicians completed this ranking first; here is the next one")
-    if not _is_sqlite(session):
+    RANKINGS.check_room(task_id, count, required, expires_at, annotator_id, now, session=session)
+    if not is_sqlite(session):
         # Rankings of different tasks on one prompt may create the same comparison: take turns.
         session.execute(select(Prompt.id).where(Prompt.id == prompt_id).with_for_update(key_share=True))
     if ms_spent is None and reserved_at is not None:
-        ms_spent = int((now - _aware(reserved_at)).total_seconds() * 1000)
+        ms_spent = int((now - aware(reserved_at)).total_seconds() * 1000)
     shown = shown_order_for(task_id, annotator_id, response_ids)
     tiers = screen_to_response_tiers(screen_tiers, shown)
     flags_by_id = {shown[position - 1]: values for position, values in screen_flags.items()}
@@ -385,7 +303,7 @@ def submit_ranking(
     _expand(ranking, session=session, flags_by_id=flags_by_id, now=now)
     session.execute(update(RankingTask).where(RankingTask.id == task_id)
                     .values(judgments_count=RankingTask.judgments_count + 1))
-    session.execute(delete(RankingReservation).where(RankingReservation.id == reservation_id))
+    RANKINGS.consume(reservation_id, session=session)
     return ranking, True
 
 
@@ -417,42 +335,17 @@ def _expand(ranking: Ranking, *, session: Session, flags_by_id: dict[int, list[s
 def skip_ranking(token: str, *, session: Session, annotator_id: int, reason: str,
                  now: datetime | None = None) -> RankingSkip:
     """Hand the task back with a reason; it is never offered to this clinician again."""
-    reason = (reason or "").strip()
-    if not reason:
-        raise AssignmentError("say why you skip this ranking")
-    reservation = session.execute(select(RankingReservation).where(RankingReservation.token == token)).scalars().first()
-    if reservation is None or reservation.annotator_id != annotator_id:
-        raise _gone()
-    existing = session.execute(select(RankingSkip).where(
-        RankingSkip.task_id == reservation.task_id, RankingSkip.annotator_id == annotator_id)).scalars().first()
-    if existing is None:
-        existing = RankingSkip(task_id=reservation.task_id, annotator_id=annotator_id, reason=reason[:500],
-                               created_at=now or utcnow())
-        session.add(existing)
-    # Expire instead of deleting, so that a retried skip finds the same row and changes nothing.
-    reservation.expires_at = now or utcnow()
-    session.add(reservation)
-    session.flush()
-    return existing
-
-
-def release_rankings(annotator_id: int, *, session: Session) -> int:
-    """Drop the clinician's ranking reservations (logout): their tasks go back to the queue at once."""
-    return session.execute(
-        delete(RankingReservation).where(RankingReservation.annotator_id == annotator_id)).rowcount or 0
+    return RANKINGS.skip(token, session=session, annotator_id=annotator_id, reason=reason, now=now)
 
 
 def remaining_rankings_for(annotator_id: int, *, session: Session) -> int:
     """Open ranking tasks this clinician could still be given (not ranked, not skipped, not full)."""
-    ranked = exists().where(Ranking.task_id == RankingTask.id, Ranking.annotator_id == annotator_id)
-    skipped = exists().where(RankingSkip.task_id == RankingTask.id, RankingSkip.annotator_id == annotator_id)
-    return session.execute(select(func.count(RankingTask.id)).where(
-        RankingTask.judgments_count < RankingTask.judgments_required, ~ranked, ~skipped)).scalar_one()
+    return RANKINGS.remaining(annotator_id, session=session)
 
 
 __all__ = [
     "MIN_K", "MAX_K", "RankingAssignment", "RankingNotReserved", "RankingTaskFull", "add_ranking_task",
-    "check_tiers", "describe_tiers", "expand_to_pairs", "next_ranking", "release_rankings",
+    "check_tiers", "describe_tiers", "expand_to_pairs", "next_ranking",
     "remaining_rankings_for", "response_key", "screen_to_response_tiers", "shown_order_for", "skip_ranking",
     "submit_ranking",
 ]
