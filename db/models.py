@@ -212,7 +212,8 @@ class SkipColumns(SQLModel):
 
 
 class Reservation(ReservationColumns, table=True):
-    """A comparison held for one annotator while it is on their screen (expires)."""
+    """A comparison held for one annotator while it is on their screen (expires). The token starts
+    with the side shown on the left (``a-…``/``b-…``): the screen order needs no column of its own."""
 
     comparison_id: int = Field(foreign_key="comparison.id", index=True)
 
@@ -380,7 +381,7 @@ class Ranking(SQLModel, table=True):
 
 
 class RankingReservation(ReservationColumns, table=True):
-    """A ranking task held for one annotator while it is on their screen (expires)."""
+    """A ranking task held for one annotator while it is on their screen (expires); token ``r-…``."""
 
     task_id: int = Field(foreign_key="rankingtask.id", index=True)
 
@@ -388,7 +389,8 @@ class RankingReservation(ReservationColumns, table=True):
 
 
 class RankingSkip(SkipColumns, table=True):
-    """A ranking task a clinician skipped."""
+    """A ranking task a clinician skipped: the ranking queue never offers it to them again (the pair
+    queue still may offer its pairs)."""
 
     task_id: int = Field(foreign_key="rankingtask.id", index=True)
 

@@ -1,31 +1,24 @@
-"""Keyboard shortcuts for the compare page: a small static script (never any untrusted text).
+"""Keyboard shortcuts of the labeling pages: each page's key map, its help line, and the one static
+script that acts on them (``labeling_app/static/keyboard.js``; never any untrusted text).
 
-Keys: 1 A better, 2 B better, 3 tie, 4 both bad, q/w/e strength slightly/clearly/much, s skip, u undo;
-criteria (``criteria_script``): z A better, x tie, c B better on the current row, j/k next/previous row.
-Ignored while typing in a text field or with a modifier key held.
+Compare page: 1 A better, 2 B better, 3 tie, 4 both bad, q/w/e strength slightly/clearly/much, s skip,
+u undo; per-criterion rows: z A better, x tie, c B better on the current row, j/k next/previous row.
+Ranking page: the replies' numbers 1..K in order of preference (best first), ``=`` then a number ties
+that reply with the previous one, Backspace takes back the last step, Enter submits, ``s`` skips.
+Keys are ignored while typing in a text field or with a modifier key held, and wherever their page's
+widgets are absent (both pages' listeners may live in one window after navigating: the compare
+page's widget keys are ``choice-…``/``skip-…``, the ranking page's ``rank_…``).
 """
 
-# Shared by every page's shortcut script (``script(body, mapping)`` puts it first): a key counts only
-# when no text field has the focus and no modifier is held. No angle brackets anywhere in a script:
-# Streamlit's sanitizer (DOMPurify) silently drops a script whose text looks like it holds a tag.
-IGNORED_JS = """
-  function ignored(event) {
-    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) { return true; }
-    const target = event.target;
-    const tag = target && target.tagName ? target.tagName.toLowerCase() : '';
-    return tag === 'textarea' || tag === 'select' || (target && target.isContentEditable) ||
-      (tag === 'input' && !['radio', 'checkbox', 'button', 'submit'].includes((target.type || '').toLowerCase()));
-  }
-"""
+from __future__ import annotations
 
+import json
+from functools import cache
+from pathlib import Path
 
-def script(template: str, mapping: dict) -> str:
-    """A page's ``<script>`` from its template: the key map and the shared guard filled in."""
-    import json
+ASSET = Path(__file__).resolve().parent / "static" / "keyboard.js"
 
-    return template.replace("%MAP%", json.dumps(mapping)).replace("%IGNORED%", IGNORED_JS)
-
-
+#: Compare page: key (as ``event.key.toLowerCase()``) → ("click", widget key) or ("radio", widget key, option).
 SHORTCUTS = {
     "1": ("click", "choice-left"),
     "2": ("click", "choice-right"),
@@ -41,61 +34,8 @@ SHORTCUTS = {
 HELP = "Keys: **1** A better · **2** B better · **3** tie · **4** both bad · " \
        "**q/w/e** slightly/clearly/much · **s** skip · **u** undo"
 
-SCRIPT = """
-<script>
-(function () {
-  if (window.__therapref_keys) { return; }
-  window.__therapref_keys = true;
-  const map = %MAP%;
-%IGNORED%
-  function keyed(prefix) {
-    // Widget containers carry the class "st-key-" + key; keys here are prefix + "-" + token, or prefix.
-    // (No angle brackets in this script: the sanitizer drops scripts whose text contains tags.)
-    const all = document.querySelectorAll('[class*="st-key-' + prefix + '"]');
-    for (const el of all) {
-      for (const cls of el.classList) {
-        if (cls === 'st-key-' + prefix || cls.startsWith('st-key-' + prefix + '-')) { return el; }
-      }
-    }
-    return null;
-  }
-  document.addEventListener('keydown', function (event) {
-    if (ignored(event)) { return; }
-    const action = map[event.key.toLowerCase()];
-    if (!action) { return; }
-    const el = keyed(action[1]);
-    if (!el) { return; }
-    if (action[0] === 'click') {
-      const button = el.querySelector('button');
-      if (button && !button.disabled) { event.preventDefault(); button.click(); }
-    } else {
-      const options = el.querySelectorAll('input[type="radio"]');
-      if (options[action[2]]) { event.preventDefault(); options[action[2]].click(); options[action[2]].blur(); }
-    }
-  });
-})();
-</script>
-"""
-
-
-def shortcut_script() -> str:
-    """The ``<script>`` for ``st.html(..., unsafe_allow_javascript=True)``.
-
-    Streamlit's sanitizer (DOMPurify) silently drops a script whose text contains anything that
-    looks like a tag, so the body must stay free of angle brackets:
-
-    >>> body = shortcut_script().split("<script>")[1].split("</script>")[0]
-    >>> "<" in body or ">" in body
-    False
-    """
-    return script(SCRIPT, SHORTCUTS)
-
-
-# --- Per-criterion verdicts (compare page) -----------------------------------------------------
-# A second, separate script: the pair shortcuts above stay as they are (other pages reuse them), and
-# these keys act only where criterion rows exist (widget keys "crit-<row>-<screen id>").
-
-#: Key → ("verdict", option index of the row's radio: 0 A better, 1 B better, 2 tie) or ("move", ±1).
+#: Compare page, criterion rows (widget keys "crit-<row>-<screen id>"): key → ("verdict", option index
+#: of the row's radio: 0 A better, 1 B better, 2 tie) or ("move", ±1).
 CRITERION_KEYS = {
     "z": ("verdict", 0),
     "x": ("verdict", 2),
@@ -107,70 +47,57 @@ CRITERION_KEYS = {
 CRITERIA_HELP = ("Criteria: the outlined row is the current one · **z** A better · **x** tie · **c** B better "
                  "(then the next row) · **j/k** next/previous row without judging")
 
-CRITERIA_SCRIPT = """
-<script>
-(function () {
-  if (window.__therapref_criteria_keys) { return; }
-  window.__therapref_criteria_keys = true;
-  const map = %MAP%;
-%IGNORED%
-  const pattern = new RegExp('^st-key-crit-([0-9]+)-(.+)$');
-  let current = 0;
-  let screen = null;
-  function rows() {
-    // Criterion radios carry the class "st-key-crit-ROW-SCREEN" (no angle brackets in this script:
-    // the sanitizer drops scripts whose text contains tags).
-    const found = [];
-    for (const el of document.querySelectorAll('[class*="st-key-crit-"]')) {
-      for (const cls of el.classList) {
-        const m = pattern.exec(cls);
-        if (m) { found.push({index: Number(m[1]), screen: m[2], el: el}); }
-      }
-    }
-    found.sort(function (a, b) { return a.index - b.index; });
-    return found;
-  }
-  function mark() {
-    const all = rows();
-    if (all.length && all[0].screen !== screen) { screen = all[0].screen; current = 0; }
-    current = Math.min(current, Math.max(0, all.length - 1));
-    all.forEach(function (row, i) {
-      row.el.style.outline = i === current ? '2px solid #ff4b4b' : '';
-      row.el.style.outlineOffset = i === current ? '3px' : '';
-      row.el.dataset.current = i === current ? 'true' : 'false';
-    });
-    return all;
-  }
-  setInterval(mark, 300);  // the fragment redraws rows after each judgment
-  document.addEventListener('keydown', function (event) {
-    if (ignored(event)) { return; }
-    const action = map[event.key.toLowerCase()];
-    if (!action) { return; }
-    const all = mark();
-    if (!all.length) { return; }
-    event.preventDefault();
-    if (action[0] === 'move') {
-      current = Math.min(all.length - 1, Math.max(0, current + action[1]));
-    } else {
-      const options = all[current].el.querySelectorAll('input[type="radio"]');
-      if (options[action[1]]) { options[action[1]].click(); options[action[1]].blur(); }
-      current = Math.min(all.length - 1, current + 1);
-    }
-    mark();
-  });
-})();
-</script>
-"""
+#: Ranking page: key → ("click", widget key of the button).
+RANK_SHORTCUTS = {
+    **{str(n): ("click", f"rank_pick_{n}") for n in range(1, 10)},
+    "=": ("click", "rank_tie"),
+    "backspace": ("click", "rank_back"),
+    "enter": ("click", "rank_submit"),
+    "s": ("click", "rank_skip"),
+}
+
+RANK_HELP = ("Keys: press the replies' numbers best first · **=** then a number: tie with the previous · "
+             "**Backspace** undo the last step · **Enter** submit · **s** skip")
 
 
-def criteria_script() -> str:
-    """The ``<script>`` of the criterion keys, for ``st.html(..., unsafe_allow_javascript=True)``;
-    like :func:`shortcut_script`, static and free of angle brackets inside:
+@cache
+def _asset() -> str:
+    return ASSET.read_text(encoding="utf-8")
 
-    >>> body = criteria_script().split("<script>")[1].split("</script>")[0]
-    >>> "<" in body or ">" in body
-    False
+
+def script(name: str, keys: dict, rows: dict | None = None) -> str:
+    """A page's ``<script>`` for ``st.html(..., unsafe_allow_javascript=True)``: the static asset and
+    one call with the page's key map (``rows``: criterion-style rows, ``{"prefix", "keys"}``).
+
+    Streamlit's sanitizer (DOMPurify) silently drops a script whose text contains anything that
+    looks like a tag, so the body must stay free of angle brackets:
+
+    >>> body = script("demo", {"1": ("click", "go")}).split("<script>")[1].split("</script>")[0]
+    >>> "<" in body or ">" in body, 'theraprefKeys({"name": "demo"' in body
+    (False, True)
+    """
+    config = json.dumps({"name": name, "keys": keys, **({"rows": rows} if rows else {})})
+    body = f"{_asset()}\ntheraprefKeys({config});\n"
+    if "<" in body or ">" in body:
+        raise ValueError("a shortcut script must hold no angle brackets (the sanitizer would drop it)")
+    return f"<script>\n{body}</script>\n"
+
+
+def compare_script() -> str:
+    """The compare page's shortcuts and its criterion rows.
+
     >>> set(CRITERION_KEYS) & set(SHORTCUTS)
     set()
+    >>> '"u": ["click", "undo"]' in compare_script() and '"prefix": "crit"' in compare_script()
+    True
     """
-    return script(CRITERIA_SCRIPT, CRITERION_KEYS)
+    return script("compare", SHORTCUTS, {"prefix": "crit", "keys": CRITERION_KEYS})
+
+
+def rank_script() -> str:
+    """The ranking page's shortcuts.
+
+    >>> '"=": ["click", "rank_tie"]' in rank_script() and '"3": ["click", "rank_pick_3"]' in rank_script()
+    True
+    """
+    return script("rank", RANK_SHORTCUTS)

@@ -2,47 +2,26 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import streamlit as st
 
-from db.assignment import (
-    SKIP_REASONS,
-    AssignmentError,
-    ComparisonFull,
-    ReservationNotFound,
-    next_comparison,
-    skip,
-    submit_judgment,
-    undo_last,
-)
+from db.assignment import ComparisonFull, ReservationNotFound, next_comparison, skip, submit_judgment, undo_last
 from db.criteria import current_criteria
 from db.models import SAFETY_FLAGS
 from labeling_app import state
 from labeling_app.conversation import show_conversation
-from labeling_app.keyboard import CRITERIA_HELP, HELP, criteria_script, shortcut_script
+from labeling_app.keyboard import CRITERIA_HELP, HELP, compare_script
+from labeling_app.queue_page import QueuePage, start_panel
 
 STRENGTHS = {1: "Slightly better", 2: "Clearly better", 3: "Much better"}
 CHOICES = (("left", "A is better", "1"), ("right", "B is better", "2"),
            ("tie", "Tie", "3"), ("both_bad", "Both bad", "4"))
 #: Per-criterion verdicts in screen terms (stored as the comparison's own a/b by submit_judgment).
 VERDICTS = {"left": "A better", "right": "B better", "tie": "Tie"}
-SHOWN_AT = "_compare_shown_at"
 LAST_AT = "_compare_last_judgment_at"
-
-
-def _screen_id(token: str) -> str:
-    """An opaque id for the pair on screen, used in widget keys (and so in the page's DOM).
-
-    The assignment token stays on the server: it starts with the side shown on the left, and a key
-    in the page must not tell which reply is the comparison's canonical ``a``.
-    """
-    ids = st.session_state.setdefault(state.SCREEN_IDS_KEY, {})
-    if token not in ids:
-        ids.clear()  # one pair on screen at a time; earlier ids are never needed again
-        ids[token] = secrets.token_hex(8)
-    return ids[token]
+PAGE = QueuePage(noun="pair", prefix="", screen_ids_key=state.SCREEN_IDS_KEY, shown_at_key="_compare_shown_at",
+                 skip=skip, moved_on=(ComparisonFull, ReservationNotFound))
 
 
 def _values(screen: str, criteria: tuple[str, ...] = ()) -> dict:
@@ -55,39 +34,10 @@ def _values(screen: str, criteria: tuple[str, ...] = ()) -> dict:
 
 
 def _on_submit(token: str, screen: str, choice: str, criteria: tuple[str, ...] = ()) -> None:
-    user = state.callback_user()
-    if user is None:
-        return
     values = _values(screen, criteria)
-    shown_at = st.session_state.get(SHOWN_AT, {}).get(token)
-    ms_spent = int((time.time() - shown_at) * 1000) if shown_at else None
-    try:
-        with state.write_session() as session:
-            _judgment, created = submit_judgment(token, session=session, annotator_id=user.id, preferred=choice,
-                                                 ms_spent=ms_spent, **values)
-    except (ComparisonFull, ReservationNotFound) as exc:
-        state.flash("info", f"Moved on: {exc}.")
-        return
-    except AssignmentError as exc:
-        state.flash("warning", str(exc).capitalize() + ".")
-        return
-    st.session_state.get(SHOWN_AT, {}).pop(token, None)
-    st.session_state[LAST_AT] = time.time()
-    state.flash("success", "Saved." if created else "Already saved (nothing duplicated).")
-
-
-def _on_skip(token: str, screen: str) -> None:
-    user = state.callback_user()
-    if user is None:
-        return
-    reason = st.session_state.get(f"skip_reason-{screen}") or SKIP_REASONS[0]
-    try:
-        with state.write_session() as session:
-            skip(token, session=session, annotator_id=user.id, reason=reason)
-    except AssignmentError as exc:
-        state.flash("info", f"Moved on: {exc}.")
-        return
-    state.flash("info", "Skipped; you will not see this pair again.")
+    if PAGE.submit(token, screen, lambda session, user, ms_spent: submit_judgment(
+            token, session=session, annotator_id=user.id, preferred=choice, ms_spent=ms_spent, **values)):
+        st.session_state[LAST_AT] = time.time()
 
 
 def _on_undo() -> None:
@@ -139,11 +89,7 @@ def _undo_button() -> None:
 def judging_panel() -> None:
     """The pair and its controls. A judgment reruns only this fragment: the title, the sidebar and
     the navigation are not rebuilt, which is most of what a full rerun costs per key press."""
-    settings = state.settings()
-    if not state.touch_session(settings.session_timeout_minutes):
-        st.rerun()  # signed out for idleness: the whole app redraws as the login page
-    user = state.current_user()
-    state.show_flash()
+    user, settings = start_panel()
     with state.write_session() as session:
         assignment = next_comparison(user.id, session=session, reservation_minutes=settings.reservation_minutes,
                                      gold_rate=settings.gold_rate)
@@ -154,8 +100,8 @@ def judging_panel() -> None:
         _undo_button()
         return
     token = assignment.token
-    screen = _screen_id(token)
-    st.session_state.setdefault(SHOWN_AT, {}).setdefault(token, time.time())
+    screen = PAGE.screen_id(token)
+    PAGE.shown(token)
     show_conversation(assignment.messages, assignment.system_prompt)
     with st.form(f"judge-{screen}", border=False, enter_to_submit=False):
         left, right = st.columns(2)
@@ -176,12 +122,7 @@ def judging_panel() -> None:
                                       args=(token, screen, choice, tuple(name for name, _d, _r in criteria)),
                                       width="stretch",
                                       type="primary" if choice in ("left", "right") else "secondary")
-        reason_column, skip_column = st.columns([3, 1], vertical_alignment="bottom")
-        with reason_column:
-            st.selectbox("Skip reason", SKIP_REASONS, key=f"skip_reason-{screen}")
-        with skip_column:
-            st.form_submit_button("Skip (s)", key=f"skip-{screen}", on_click=_on_skip, args=(token, screen),
-                                  width="stretch")
+        PAGE.skip_row(token, screen)
     if criteria:
         st.caption(CRITERIA_HELP)
     _undo_button()
@@ -191,5 +132,4 @@ state.require_user()
 st.title("Which reply is better?")
 st.caption(HELP)
 judging_panel()
-st.html(shortcut_script(), unsafe_allow_javascript=True)
-st.html(criteria_script(), unsafe_allow_javascript=True)
+st.html(compare_script(), unsafe_allow_javascript=True)

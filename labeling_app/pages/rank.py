@@ -7,31 +7,24 @@ The ranking being built lives in this browser session (screen numbers only); the
 
 from __future__ import annotations
 
-import secrets
-import time
-
 import streamlit as st
 
-from db.assignment import SKIP_REASONS, AssignmentError, ReservationNotFound
 from db.models import SAFETY_FLAGS
-from db.rankings import RankingTaskFull, describe_tiers, next_ranking, skip_ranking, submit_ranking
+from db.rankings import (
+    RankingNotReserved,
+    RankingTaskFull,
+    describe_tiers,
+    next_ranking,
+    skip_ranking,
+    submit_ranking,
+)
 from labeling_app import state
 from labeling_app.conversation import show_conversation
-from labeling_app.rank_keys import HELP, shortcut_script
+from labeling_app.keyboard import RANK_HELP, rank_script
+from labeling_app.queue_page import QueuePage, start_panel
 
-SCREEN_IDS = "_rank_screen_ids"  # token -> opaque screen id (the token never reaches the page)
-SHOWN_AT = "_rank_shown_at"
 ORDINALS = ("1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th", "9th")
 COLUMNS = 4  # replies side by side; more than this wrap onto a second row
-
-
-def _screen_id(token: str) -> str:
-    """An opaque id for the task on screen, used in widget keys (and so in the page's DOM)."""
-    ids = st.session_state.setdefault(SCREEN_IDS, {})
-    if token not in ids:
-        ids.clear()  # one task on screen at a time
-        ids[token] = secrets.token_hex(8)
-    return ids[token]
 
 
 def _tiers(screen: str) -> list[list[int]]:
@@ -83,52 +76,26 @@ def _on_back(screen: str) -> None:
             tiers.pop()
 
 
-def _forget(screen: str, token: str) -> None:
+def _clear(screen: str) -> None:
     for key in (f"_rank_tiers-{screen}", f"_rank_tie-{screen}"):
         st.session_state.pop(key, None)
-    st.session_state.get(SHOWN_AT, {}).pop(token, None)
+
+
+PAGE = QueuePage(noun="ranking", prefix="rank_", screen_ids_key="_rank_screen_ids", shown_at_key="_rank_shown_at",
+                 skip=skip_ranking, moved_on=(RankingTaskFull, RankingNotReserved), clear=_clear)
 
 
 def _on_submit(token: str, screen: str, k: int) -> None:
-    user = state.callback_user()
-    if user is None:
+    if state.callback_user() is None:
         return
-    tiers = [list(t) for t in _tiers(screen)]
     if len(_placed(screen)) < k:
         state.flash("warning", f"Rank all {k} replies first.")
         return
+    tiers = [list(t) for t in _tiers(screen)]
     flags = {n: st.session_state.get(f"rank_flags_{n}-{screen}") or [] for n in range(1, k + 1)}
-    shown_at = st.session_state.get(SHOWN_AT, {}).get(token)
-    try:
-        with state.write_session() as session:
-            _ranking, created = submit_ranking(
-                token, tiers, session=session, annotator_id=user.id, flags=flags,
-                rationale=st.session_state.get(f"rank_rationale-{screen}") or "",
-                ms_spent=int((time.time() - shown_at) * 1000) if shown_at else None)
-    except (RankingTaskFull, ReservationNotFound) as exc:
-        _forget(screen, token)
-        state.flash("info", f"Moved on: {exc}.")
-        return
-    except AssignmentError as exc:
-        state.flash("warning", str(exc).capitalize() + ".")
-        return
-    _forget(screen, token)
-    state.flash("success", "Saved." if created else "Already saved (nothing duplicated).")
-
-
-def _on_skip(token: str, screen: str) -> None:
-    user = state.callback_user()
-    if user is None:
-        return
-    reason = st.session_state.get(f"rank_skip_reason-{screen}") or SKIP_REASONS[0]
-    try:
-        with state.write_session() as session:
-            skip_ranking(token, session=session, annotator_id=user.id, reason=reason)
-    except AssignmentError as exc:
-        state.flash("info", f"Moved on: {exc}.")
-        return
-    _forget(screen, token)
-    state.flash("info", "Skipped; you will not see this ranking again.")
+    rationale = st.session_state.get(f"rank_rationale-{screen}") or ""
+    PAGE.submit(token, screen, lambda session, user, ms_spent: submit_ranking(
+        token, tiers, session=session, annotator_id=user.id, flags=flags, rationale=rationale, ms_spent=ms_spent))
 
 
 def _place_of(screen: str, number: int) -> str | None:
@@ -158,11 +125,7 @@ def _reply(number: int, text: str, screen: str) -> None:
 @st.fragment
 def ranking_panel() -> None:
     """The task and its controls; each step reruns only this fragment (as on the compare page)."""
-    settings = state.settings()
-    if not state.touch_session(settings.session_timeout_minutes):
-        st.rerun()  # signed out for idleness: the whole app redraws as the login page
-    user = state.current_user()
-    state.show_flash()
+    user, settings = start_panel()
     with state.write_session() as session:
         assignment = next_ranking(user.id, session=session, reservation_minutes=settings.reservation_minutes)
     if assignment is None:
@@ -170,8 +133,8 @@ def ranking_panel() -> None:
         st.write("New ranking tasks appear here when they are added (`therapref pairs --k 3`).")
         return
     token, k = assignment.token, assignment.k
-    screen = _screen_id(token)
-    st.session_state.setdefault(SHOWN_AT, {}).setdefault(token, time.time())
+    screen = PAGE.screen_id(token)
+    PAGE.shown(token)
     show_conversation(assignment.messages, assignment.system_prompt)
     with st.form(f"rank-{screen}", border=False, enter_to_submit=False):
         for start in range(0, k, COLUMNS):
@@ -196,16 +159,11 @@ def ranking_panel() -> None:
                                   disabled=len(_placed(screen)) < k)
         st.text_area("Rationale (optional)", key=f"rank_rationale-{screen}", height=68,
                      placeholder="Why this order? A sentence helps when clinicians disagree.")
-        reason_column, skip_column = st.columns([3, 1], vertical_alignment="bottom")
-        with reason_column:
-            st.selectbox("Skip reason", SKIP_REASONS, key=f"rank_skip_reason-{screen}")
-        with skip_column:
-            st.form_submit_button("Skip (s)", key=f"rank_skip-{screen}", on_click=_on_skip, args=(token, screen),
-                                  width="stretch")
+        PAGE.skip_row(token, screen)
 
 
 state.require_user()
 st.title("Rank the replies, best first")
-st.caption(HELP)
+st.caption(RANK_HELP)
 ranking_panel()
-st.html(shortcut_script(), unsafe_allow_javascript=True)
+st.html(rank_script(), unsafe_allow_javascript=True)
