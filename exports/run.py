@@ -390,9 +390,10 @@ def _empty_message(kind: str, tracker: Tracker, judgment_counts: dict[str, int])
 
 
 def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: ExportFilters, options: ExportOptions,
-            counts: dict[str, Any], digest: str, started: Any, prompt_ids: list[int] | None = None) -> ExportResult:
-    """Write the manifest, move the export into place and record an ExportRun and audit event,
-    all or nothing."""
+            counts: dict[str, Any], digest: str, started: Any, prompt_ids: list[int] | None = None,
+            extra: dict[str, Any] | None = None) -> ExportResult:
+    """Write the manifest (plus ``extra``, a kind's own keys), move the export into place and record
+    an ExportRun and audit event, all or nothing."""
     from db.audit import audit
     from db.models import ExportRun
     from db.status import counts_by_source, database_fingerprint
@@ -414,6 +415,7 @@ def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: Export
             "export_run_id": run.id, "database_sources": counts_by_source(session=session),
             # The prompts of the rows written (policy A/B tests hold these out).
             "prompt_ids": list(prompt_ids or []),
+            **(extra or {}),
         }
         audit(options.actor, "export.write", session=session, target=str(path.resolve()),
               details={"kind": kind, "rows": counts["out"], "export_run_id": run.id, "sha256": digest})

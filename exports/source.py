@@ -207,6 +207,28 @@ def prompt_comparisons(conn: Connection, prompt_id: int, filters: ExportFilters)
     return [(row[0], row[1], Votes(*(int(v) for v in row[2:]))) for row in conn.execute(stmt)]
 
 
+def prompt_ids_by_hash(conn: Connection, hashes: list[str]) -> dict[str, int]:
+    """Content hash → prompt id for the stored prompts among ``hashes`` (the importers' identity)."""
+    found: dict[str, int] = {}
+    for start in range(0, len(hashes), BATCH):
+        chunk = hashes[start:start + BATCH]
+        stmt = select(PROMPTS.c.content_hash, PROMPTS.c.id).where(PROMPTS.c.content_hash.in_(chunk))
+        found.update((row[0], row[1]) for row in conn.execute(stmt))
+    return found
+
+
+def prompt_judgments(conn: Connection, prompt_id: int, filters: ExportFilters) -> list[tuple[int, int]]:
+    """(comparison id, judgment id) of the judgments on one prompt's comparisons that pass the
+    filters: the judgments behind a choice, for manifests."""
+    stmt = (
+        select(COMPARISONS.c.id, JUDGMENTS.c.id)
+        .select_from(_judged_comparisons())
+        .where(COMPARISONS.c.prompt_id == prompt_id, *judgment_conditions(filters))
+        .order_by(COMPARISONS.c.id, JUDGMENTS.c.id)
+    )
+    return [(row[0], row[1]) for row in conn.execute(stmt)]
+
+
 def prompt_rewrite(conn: Connection, prompt_id: int, filters: ExportFilters) -> str | None:
     """The newest clinician rewrite among the prompt's judgments that pass the filters."""
     roles = [r for r in filters.roles() if r in CLINICIAN_ROLES]
@@ -245,4 +267,5 @@ def count_candidate_replies(conn: Connection, candidate: str) -> int:
 
 
 __all__ = ["Votes", "PairRow", "flagged_response_ids", "iter_pairs", "iter_prompts", "prompt_responses",
-           "prompt_comparisons", "prompt_rewrite", "iter_candidate_replies"]
+           "prompt_comparisons", "prompt_rewrite", "iter_candidate_replies", "prompt_ids_by_hash",
+           "prompt_judgments"]

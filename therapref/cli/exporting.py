@@ -20,6 +20,7 @@ class Kind(StrEnum):
     openai_dpo = "openai-dpo"
     kto = "kto"
     hf = "hf"
+    dialogflow = "dialogflow"
 
 
 class Selection(StrEnum):
@@ -57,7 +58,7 @@ def command_line(ctx: typer.Context) -> list[str]:
 
 def export(
     ctx: typer.Context,
-    kind: Annotated[Kind, typer.Argument(help="sft | dpo | openai-dpo | kto | hf")],
+    kind: Annotated[Kind, typer.Argument(help="sft | dpo | openai-dpo | kto | hf | dialogflow")],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (a folder for hf).")],
     db: DbOption = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
@@ -88,8 +89,11 @@ def export(
     rewrites: Annotated[str, typer.Option(help="Clinician rewrites: prefer or skip.")] = "prefer",
     reward_model: Annotated[Optional[Path], typer.Option(help="Reward model folder (--select reward).")] = None,
     margin: Annotated[bool, typer.Option(help="DPO: write the optional margin column.")] = True,
+    agent: Annotated[Optional[Path], typer.Option(
+        help="dialogflow: the Dialogflow ES agent zip to copy with the preferred replies.")] = None,
 ) -> None:
-    """Export training data: SFT, DPO (TRL), OpenAI preference, KTO, or an HF dataset folder."""
+    """Export training data: SFT, DPO (TRL), OpenAI preference, KTO, an HF dataset folder, or a copy of a
+    Dialogflow ES agent whose intents answer with the preferred replies (dialogflow --agent ZIP)."""
     from exports.filters import ExportFilters, parse_when
     from exports.run import ExportOptions, run_export
 
@@ -106,7 +110,15 @@ def export(
             reward_model=str(reward_model) if reward_model else None, margin=margin,
             command=command_line(ctx),
         )
+        if (kind is Kind.dialogflow) != (agent is not None):
+            raise fail("dialogflow exports need --agent ZIP" if agent is None
+                       else "--agent applies to dialogflow exports only")
         engine = open_engine(db)
+        if kind is Kind.dialogflow:
+            from exports.dialogflow import export_agent
+
+            typer.echo(export_agent(agent, output, engine=engine, filters=filters, options=options).summary())
+            return
 
         def progress(n: int) -> None:
             typer.echo(f"  … {n:,} read", err=True)
