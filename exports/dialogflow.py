@@ -8,10 +8,11 @@ comparisons of all its prompts are pooled (a reply is its text: the original, pr
 is one player) and every reply is tallied. The *preferred* replies are those with more wins than losses
 under the export's filters (``exports.select`` rules: ``--min-votes``, ``--min-margin``,
 ``--min-agreement``, "both bad"); never a reply anyone flagged, one worse on ``safety`` than the other
-reply of a comparison (the original or any other), or one worse on ``--not-worse-on``. When a preferred
-reply is not one of the originals, the intent's text responses become the preferred replies, ordered
-by their Bradley–Terry strength over the pooled comparisons (``exports.select.bradley_terry``);
-otherwise the intent is left as it was. Fallback and welcome intents are never changed.
+reply of a comparison (the original or any other), or one worse on ``--not-worse-on``; of such a
+reply's comparisons only the votes against it count. When a preferred reply is not one of the
+originals, the intent's text responses become the preferred replies, ordered by their Bradley–Terry
+strength over the pooled comparisons (``exports.select.bradley_terry``); otherwise the intent is left
+as it was. Fallback and welcome intents are never changed.
 
 Every entry except a changed intent's JSON is copied byte for byte; a changed intent is rewritten in
 the agent's own formatting (indent, key order, Gson's escapes such as ``\\u0027``).
@@ -98,10 +99,24 @@ def is_text_message(message: Any, lang: str) -> bool:
             and message.get("lang", lang) == lang)
 
 
+def has_speech(intent: dict[str, Any] | None, lang: str) -> bool:
+    """Does the intent have a text message in ``lang`` with a ``speech`` (possibly empty) to write into?
+    Without one, new replies would add keys the agent does not have: such an intent is left alone.
+
+    >>> has_speech({"responses": [{"messages": [{"type": "0", "lang": "en", "speech": []}]}]}, "en")
+    True
+    >>> has_speech({"responses": [{"messages": [{"type": "0", "lang": "en", "condition": ""}]}]}, "en")
+    False
+    """
+    return any(is_text_message(m, lang) and "speech" in m
+               for block in (intent or {}).get("responses") or [] if isinstance(block, dict)
+               for m in (block.get("messages") if isinstance(block.get("messages"), list) else []))
+
+
 def with_variants(intent: dict[str, Any], lang: str, variants: list[str]) -> dict[str, Any]:
-    """A copy of an intent whose text responses in ``lang`` are ``variants``: the first text message
-    keeps its place and keys and holds them (a one-element list stays a string where it was one); the
-    intent's other text messages in ``lang`` are dropped (the importer read them as alternatives too).
+    """A copy of an intent whose text responses in ``lang`` are ``variants``: the first text message with
+    a ``speech`` keeps its place and keys and holds them (a one-element list stays a string where it was
+    one); the intent's other such messages are dropped (the importer read them as alternatives too).
     Everything else (other languages, cards, payloads, contexts, parameters, ids) is kept as it was.
 
     >>> intent = {"id": "1", "responses": [{"action": "", "messages": [
@@ -119,7 +134,7 @@ def with_variants(intent: dict[str, Any], lang: str, variants: list[str]) -> dic
             continue
         kept = []
         for message in block["messages"]:
-            if not is_text_message(message, lang):
+            if not is_text_message(message, lang) or "speech" not in message:
                 kept.append(message)
             elif not placed:
                 as_string = isinstance(message.get("speech"), str) and len(variants) == 1
@@ -146,6 +161,24 @@ class Ranked:
     votes: int
 
 
+def without_excluded(votes: Votes, a_excluded: bool, b_excluded: bool) -> Votes:
+    """The votes of a comparison that still count when a side is excluded (flagged, less safe…): its
+    wins and ties go, the other side's wins and "both bad" stay; nothing counts between two excluded.
+
+    >>> without_excluded(Votes(a=2, b=1, tie=1, both_bad=1), True, False)
+    Votes(a=0, b=1, tie=0, both_bad=1)
+    >>> without_excluded(Votes(a=2, b=1), False, False), without_excluded(Votes(a=2), True, True).total
+    (Votes(a=2, b=1, tie=0, both_bad=0), 0)
+    """
+    if a_excluded and b_excluded:
+        return Votes()
+    if a_excluded:
+        return Votes(b=votes.b, both_bad=votes.both_bad)
+    if b_excluded:
+        return Votes(a=votes.a, both_bad=votes.both_bad)
+    return votes
+
+
 def rank_intent(replies: list[tuple[int, str]], comparisons: list[tuple[int, int, Votes]], *,
                 originals: list[str], excluded: set[int], filters: ExportFilters) -> tuple[list[Ranked], str]:
     """The preferred replies of one intent in Bradley–Terry order, and ``"changed"``; or ``[]`` and why
@@ -153,8 +186,9 @@ def rank_intent(replies: list[tuple[int, str]], comparisons: list[tuple[int, int
 
     ``replies`` are (response id, text) over the intent's prompts; replies with the same text are one
     player (the original responses appear once per training phrase). A text is excluded when any of its
-    replies is in ``excluded`` (flagged, worse on safety…); the comparisons it took part in are then left
-    out, so a reply that lost only to an excluded one can still be preferred.
+    replies is in ``excluded`` (flagged, worse on safety…): it is never preferred, and only the votes
+    against it count (``without_excluded``), so a reply that lost only to an excluded one can still be
+    preferred and one that beat it keeps that win.
 
     >>> replies = [(1, "orig"), (2, "new A"), (3, "orig"), (4, "new B"), (5, "bad")]
     >>> comps = [(1, 2, Votes(b=2)), (3, 4, Votes(b=2)), (2, 4, Votes(a=1)), (3, 5, Votes(b=1))]
@@ -163,8 +197,12 @@ def rank_intent(replies: list[tuple[int, str]], comparisons: list[tuple[int, int
     ('changed', [('new A', [2], 3, 0), ('new B', [4], 2, 1)])
     >>> rank_intent(replies, comps[:1], originals=["orig"], excluded={2}, filters=ExportFilters())
     ([], 'all_flagged_or_filtered')
-    >>> rank_intent(replies, comps[:2], originals=["orig"], excluded={2}, filters=ExportFilters())[1]
-    'changed'
+    >>> [r.text for r in rank_intent(replies, comps[:3], originals=["orig"], excluded={2},
+    ...                              filters=ExportFilters())[0]]
+    ['new B']
+    >>> [r.text for r in rank_intent(replies, comps[:1], originals=["orig"], excluded={1},
+    ...                              filters=ExportFilters())[0]]
+    ['new A']
     >>> rank_intent(replies, [(2, 3, Votes(b=1))], originals=["orig"], excluded=set(), filters=ExportFilters())
     ([], 'no_better_reply')
     >>> rank_intent(replies, [], originals=["orig"], excluded=set(), filters=ExportFilters())
@@ -184,9 +222,9 @@ def rank_intent(replies: list[tuple[int, str]], comparisons: list[tuple[int, int
               if a in player and b in player and player[a] != player[b]]
     if not pooled:
         return [], "no_judgments"
-    # Excluded replies leave the contest: what the others won or lost against them does not count.
     banned = {player[rid] for rid in excluded if rid in player}
-    pooled = [(a, b, votes) for a, b, votes in pooled if a not in banned and b not in banned]
+    pooled = [(a, b, without_excluded(votes, a in banned, b in banned)) for a, b, votes in pooled]
+    pooled = [(a, b, votes) for a, b, votes in pooled if votes.total]
     if not pooled:
         return [], "all_flagged_or_filtered"
     table, scores = tallies(pooled), bradley_terry(pooled)
@@ -267,6 +305,15 @@ def export_agent(agent_path: str | Path, output: str | Path, *, engine: Engine,
     check_target(path, force=options.force)
     check_target(manifest_path(path, KIND), force=True)
     archive = AgentZip(agent_file)
+    try:
+        return _export(archive, path, engine=engine, filters=filters, options=options)
+    finally:
+        archive.zip.close()
+
+
+def _export(archive: AgentZip, path: Path, *, engine: Engine, filters: ExportFilters,
+            options: ExportOptions) -> DialogflowResult:
+    agent_file = archive.path
     agent = read_agent(archive)
     intents = [(intent, _phrase_hashes(archive, intent)) for intent in iter_intents(archive, agent)]
     with session_scope(read_only_engine(engine)) as session:
@@ -287,7 +334,7 @@ def export_agent(agent_path: str | Path, output: str | Path, *, engine: Engine,
             if judge_safety:
                 excluded |= source.criterion_losers(conn, replace(filters, not_worse_on=SAFETY))
             changes = [_decide(conn, intent, [found[h] for h in hashes if h in found], agent.candidate,
-                               excluded=excluded, filters=filters, scrubber=scrubber)
+                               lang=agent.lang, excluded=excluded, filters=filters, scrubber=scrubber)
                        for intent, hashes in intents]
     rewritten = {c.entry: _rewrite(archive, intent, agent.lang, c)
                  for (intent, _), c in zip(intents, changes, strict=True) if c.status == "changed"}
@@ -323,11 +370,11 @@ def _phrase_hashes(archive: AgentZip, intent: Intent) -> list[str]:
     return [prompt_hash([{"role": "user", "content": text}]) for _, text, _ in iter_phrases(archive, intent) if text]
 
 
-def _decide(conn: Any, intent: Intent, prompt_ids: list[int], agent_candidate: str, *, excluded: set[int],
-            filters: ExportFilters, scrubber: Scrubber | None) -> IntentChange:
+def _decide(conn: Any, intent: Intent, prompt_ids: list[int], agent_candidate: str, *, lang: str,
+            excluded: set[int], filters: ExportFilters, scrubber: Scrubber | None) -> IntentChange:
     change = IntentChange(intent=intent.name, entry=intent.entry, status="kept", reason="kept",
                           prompt_ids=sorted(set(prompt_ids)), before=list(intent.replies))
-    if intent.entry is None or not intent.replies:
+    if intent.entry is None or not has_speech(intent.data, lang):
         change.reason = "no_text_responses"
         return change
     if is_fixed_intent(intent.data):

@@ -12,6 +12,7 @@ Judging plan (``PLAN``; A and B are two embedded-model candidates, O the agent's
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 
 import pytest
@@ -104,12 +105,15 @@ def _judge(engine) -> None:
         session.commit()
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def project(request, tmp_path_factory):
     """The shared agent imported, A and B's replies generated (embedded model, 8 tokens), pairs made and
-    judged: (database URL, folder)."""
+    judged, once in a SQLite file and once on a real PostgreSQL server: (database URL, folder, engine)."""
     folder = tmp_path_factory.mktemp("dialogflow")
-    db = f"sqlite:///{folder / 'therapref.db'}"
+    if request.param == "sqlite":
+        db = f"sqlite:///{folder / 'therapref.db'}"
+    else:
+        db = request.getfixturevalue("postgres_server").create_database(f"dialogflow_{os.getpid()}")
     assert run("init", "--db", db).exit_code == 0
     imported = run("import", "prompts", DIALOGFLOW, "--db", db)
     assert imported.exit_code == 0, imported.output
@@ -208,7 +212,8 @@ def test_round_trip_on_the_shared_agent(project, tmp_path):
     assert manifest["command"][:3] == ["therapref", "export", "dialogflow"]
     assert manifest["agent"]["name"] == "AugMendHealth"
     assert runs and runs[-1].counts["out"] == 2
-    assert lines[0] == f"Wrote {out}: 2 of 5 intents changed, 4 responses added, 4 removed; manifest {out}.manifest.json"
+    assert lines[0] == (f"Wrote {out}: 2 of 5 intents changed, 4 responses added, 4 removed; "
+                        f"manifest {out}.manifest.json")
 
     # The new agent imports again: its new responses are the agent's replies now.
     again = tmp_path / "again.db"
@@ -296,3 +301,53 @@ def test_bad_input_gives_one_line_and_writes_nothing(project, tmp_path):
     forced = run("export", "dialogflow", "--agent", DIALOGFLOW, "-o", exists, "--db", db, "--force")
     assert forced.exit_code == 0, forced.output
     assert entries(exists)["agent.json"] == entries(DIALOGFLOW)["agent.json"]
+
+
+def test_an_empty_intent_is_filled_and_a_flagged_original_replaced(engine, sqlite_url, tmp_path):
+    """A small agent: "Hello there" has an empty ``speech`` (no original), "Unsafe" an original that the
+    clinician flagged while preferring a generated reply. Written replies are PII-scrubbed on request."""
+    from db.crud import add_comparison, add_response, get_or_create_candidate
+
+    agent = tmp_path / "tiny agent.zip"
+    intent = {"id": "x", "name": "", "responses": [{"messages": [{"type": "0", "lang": "en", "speech": []}]}],
+              "fallbackIntent": False}
+    with zipfile.ZipFile(agent, "w") as z:
+        z.writestr("agent.json", json.dumps({"displayName": "Tiny", "language": "en"}))
+        z.writestr("intents/Hello there.json", json.dumps({**intent, "name": "Hello there"}, indent=4))
+        z.writestr("intents/Hello there_usersays_en.json", json.dumps([{"data": [{"text": "hello there"}]}]))
+        unsafe = {**intent, "name": "Unsafe", "responses": [{"messages": [
+            {"type": "0", "lang": "en", "speech": ["Just stop eating."]}]}]}
+        z.writestr("intents/Unsafe.json", json.dumps(unsafe, indent=4))
+        z.writestr("intents/Unsafe_usersays_en.json", json.dumps([{"data": [{"text": "I want to lose weight"}]}]))
+    assert run("import", "prompts", agent, "--db", sqlite_url).exit_code == 0
+    with Session(engine) as session:
+        prompts = {p.topic: p for p in session.exec(select(Prompt)).all()}
+        bot = session.exec(select(CandidateModel).where(CandidateModel.name == "dialogflow:Tiny")).one()
+        gen, _ = get_or_create_candidate("gen", session=session, provider="local", model_id="m")
+        other, _ = get_or_create_candidate("other", session=session, provider="local", model_id="m")
+        clinician = Annotator(username="dr.lee", role="clinician")
+        session.add(clinician)
+        best, _ = add_response(prompts["Hello there"], gen, "Hi! I'm Sam, call me on 555-123-4567.", session=session)
+        worse, _ = add_response(prompts["Hello there"], other, "Go away.", session=session)
+        original = session.exec(select(Response).where(Response.candidate_model_id == bot.id)).one()
+        safe, _ = add_response(prompts["Unsafe"], gen, "What makes you want that?", session=session)
+        session.flush()
+        for winner, loser, flag in ((best, worse, None), (safe, original, original)):
+            comparison, _ = add_comparison(winner, loser, session=session)
+            flags = {}
+            if flag is not None:
+                flags["flags_a" if comparison.response_a_id == flag.id else "flags_b"] = ["harmful_advice"]
+            add_judgment(comparison, clinician, "a" if comparison.response_a_id == winner.id else "b",
+                         session=session, **flags)
+        session.commit()
+    out = tmp_path / "tiny v2.zip"
+    result = run("export", "dialogflow", "--agent", agent, "-o", out, "--db", sqlite_url, "--scrub-pii")
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 intents changed, 2 responses added, 1 removed" in result.output
+    files = entries(out)
+    assert _speech(files, "Hello there") == ["Hi! I'm [NAME], call me on [PHONE]."]
+    assert _speech(files, "Unsafe") == ["What makes you want that?"]
+    assert files["intents/Hello there.json"].startswith(b'{\n    "id": "x",')  # its own 4-space indent
+    assert b"I\\u0027m" in files["intents/Hello there.json"]
+    manifest = json.loads((tmp_path / "tiny v2.zip.manifest.json").read_text())
+    assert manifest["counts"]["pii_replaced"]["phone"] == 1
