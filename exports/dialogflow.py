@@ -392,10 +392,12 @@ def _decide(conn: Any, intent: Intent, prompt_ids: list[int], agent_candidate: s
             replies.append((rid, text))
             models[rid] = model
         comparisons += source.prompt_comparisons(conn, prompt_id, filters)
-    skip = set(excluded)
-    if wanted:
-        skip |= {rid for rid, model in models.items() if model not in wanted and model != agent_candidate}
-    ranked, reason = rank_intent(replies, comparisons, originals=intent.replies, excluded=skip, filters=filters)
+    if wanted:  # --candidate: only comparisons between those candidates' replies (and the agent's own)
+        allowed = {rid for rid, model in models.items() if model in wanted or model == agent_candidate}
+        replies = [(rid, text) for rid, text in replies if rid in allowed]
+        comparisons = [c for c in comparisons if c[0] in allowed and c[1] in allowed]
+    ranked, reason = rank_intent(replies, comparisons, originals=intent.replies, excluded=excluded,
+                                 filters=filters)
     if not ranked:
         change.reason = reason
         return change

@@ -253,6 +253,11 @@ def test_an_unsafe_flagged_winner_is_left_out(project, tmp_path):
     result = run("export", "dialogflow", "--agent", DIALOGFLOW, "-o", tmp_path / "five.zip", "--db", db,
                  "--min-votes", "5")
     assert "0 of 5 intents changed" in result.output
+    # --candidate B: only B's comparisons with the agent's own responses count.
+    result = run("export", "dialogflow", "--agent", DIALOGFLOW, "-o", tmp_path / "b.zip", "--db", db,
+                 "--candidate", "B")
+    assert "2 of 5 intents changed" in result.output, result.output
+    assert _speech(entries(tmp_path / "b.zip"), "Sad") == _replies(engine, "Sad", "B")
     # --scrub-pii applies to the written replies; --not-worse-on takes a criterion.
     result = run("export", "dialogflow", "--agent", DIALOGFLOW, "-o", tmp_path / "s.zip", "--db", db,
                  "--scrub-pii", "--not-worse-on", "empathy")
