@@ -21,11 +21,25 @@ from sqlmodel import Session
 from analytics.agreement import AgreementBlock, agreement_block, agreement_report
 from analytics.config import AnalyticsConfig
 from analytics.errors import AnalyticsError
-from analytics.gate import DEFAULT_MIN_CONFIDENCE, JudgeStanding, check_min_confidence, may_stand_in, qualifies
+from analytics.gate import (
+    DEFAULT_ALPHA,
+    DEFAULT_MIN_CALIBRATION,
+    Guarantee,
+    JudgeStanding,
+    bound_at,
+    calibration_item,
+    check_alpha,
+    check_min_confidence,
+    check_target,
+    choose_threshold,
+    clinician_agreement,
+    may_stand_in,
+    qualifies,
+)
 from analytics.records import JudgmentRecord, by_comparison, load_judgments
 from analytics.render import Paragraph, Section, Table
 from analytics.stats import Estimate
-from db.judges import find_judge, flagged_comparison_ids, judge_counts, judge_verdicts, set_stands_in
+from db.judges import VerdictRow, find_judge, flagged_comparison_ids, judge_counts, judge_verdicts, set_stands_in
 from db.models import PREFERENCES, SAFETY_FLAGS
 from db.rules import CLINICIAN_ROLES, is_judge
 
@@ -221,6 +235,24 @@ class GateResult:
     unsafe: int = 0
     unconfident: int = 0
     full: int = 0
+    guarantee: Guarantee | None = None
+    covered: int = 0
+    safe: int = 0
+
+    @property
+    def coverage(self) -> float:
+        """Share of the judge's safe verdicts (no one flagged the comparison, no concern of its own)
+        confident enough to stand in; 0 when the judge does not qualify."""
+        return self.covered / self.safe if self.safe and self.qualifies else 0.0
+
+    def as_dict(self) -> dict:
+        g = self.guarantee
+        return {"judge": self.judge, "qualifies": self.qualifies, "reason": self.reason,
+                "threshold": self.min_confidence if self.qualifies else None, "coverage": self.coverage,
+                "covered": self.covered, "safe_verdicts": self.safe, "verdicts": self.verdicts,
+                "stands_in": self.stands_in, "bound": None if g is None or not math.isfinite(g.bound) else g.bound,
+                "target": None if g is None or not math.isfinite(g.target) else g.target,
+                "alpha": None if g is None else g.alpha, "n_calibration": None if g is None else g.n_calibration}
 
     def __str__(self) -> str:
         """>>> print(GateResult("judge:m", False, "kappa 0.10 ... is below their own 0.60", 0.8, verdicts=5))
@@ -229,45 +261,123 @@ class GateResult:
         if not self.qualifies:
             withdrawn = f" ({self.withdrawn} withdrawn)" if self.withdrawn else ""
             return f"Gate {self.judge}: {self.reason}: none of its {self.verdicts} verdicts stand in{withdrawn}."
-        return (f"Gate {self.judge}: {self.reason}; {self.stands_in} of {self.verdicts} verdicts stand in for a "
+        return (f"Gate {self.judge}: {self.reason}; coverage {self.coverage:.0%} ({self.covered} of {self.safe} safe "
+                f"verdicts); {self.stands_in} of {self.verdicts} verdicts stand in for a "
                 f"clinician ({self.started} new, {self.withdrawn} withdrawn; {self.unsafe} flagged or unsafe and "
                 f"{self.unconfident} below confidence {self.min_confidence:g} go to clinicians; {self.full} "
                 "comparisons had no place left).")
 
 
-def apply_gate(name: str, *, session: Session, config: AnalyticsConfig | None = None,
-               min_confidence: float = DEFAULT_MIN_CONFIDENCE, min_shared: int | None = None,
-               revoke: bool = False, progress: Callable[[str], None] | None = None) -> GateResult:
-    """Measure the judge against the clinicians and set each verdict's stand-in marker by the gate's
-    rules (``analytics.gate``), withdrawing those that no longer qualify. ``revoke`` withdraws all."""
+def calibration(verdicts: Sequence[VerdictRow], unsafe: Iterable[int],
+                clinicians: Mapping[int, Sequence[str]]) -> tuple[list[tuple[float, bool]], tuple[int, int]]:
+    """The calibration items (confidence, agrees with the clinicians' majority) of a judge and the
+    clinicians' agreement with each other, both on the same comparisons: the judge's safe verdicts
+    (``unsafe`` left out) on comparisons at least two clinicians judged. Only clinicians' judgments
+    count, never a verdict standing in.
+
+    >>> rows = [VerdictRow(1, 1, "a", 0.9, False, False), VerdictRow(2, 2, "b", 0.7, False, False),
+    ...         VerdictRow(3, 3, "a", 0.9, False, False), VerdictRow(4, 4, "a", 0.9, True, False)]
+    >>> calibration(rows, {3}, {1: ["a", "a"], 2: ["a", "b"], 3: ["a", "a"], 4: ["a", "a"]})
+    ([(0.9, True)], (2, 4))
+    """
+    unsafe = set(unsafe)
+    items: list[tuple[float, bool]] = []
+    pool: list[Sequence[str]] = []
+    for verdict in verdicts:
+        labels = clinicians.get(verdict.comparison_id, ())
+        if verdict.comparison_id in unsafe or verdict.safety_concern or len(labels) < 2:
+            continue
+        pool.append(labels)
+        agrees = calibration_item(verdict.preferred, labels)
+        if agrees is not None:
+            items.append((verdict.confidence, agrees))
+    return items, clinician_agreement(pool)
+
+
+def guarantee_for(verdicts: Sequence[VerdictRow], unsafe: Iterable[int], *, session: Session,
+                  target: float | None = None) -> tuple[list[tuple[float, bool]], float]:
+    """Calibration items and the target (given, or the clinicians' agreement with each other) from the database."""
+    records = load_judgments(session=session, roles=CLINICIAN_ROLES,
+                             comparison_ids={v.comparison_id for v in verdicts})
+    labels = {cid: [r.preferred for r in rs] for cid, rs in by_comparison(records).items()}
+    items, (agreeing, n_items) = calibration(verdicts, unsafe, labels)
+    if target is None:
+        target = agreeing / n_items if n_items else math.nan
+    return items, target
+
+
+def check_gate_options(*, alpha: float, target: float | None, min_confidence: float | None,
+                       min_calibration: int) -> tuple[float, float | None, float | None]:
+    """The gate's options checked before anything runs (the command checks them before judging).
+
+    >>> check_gate_options(alpha=1.5, target=None, min_confidence=None, min_calibration=30)
+    Traceback (most recent call last):
+    ...
+    analytics.errors.AnalyticsError: --alpha must lie strictly between 0 and 1, not 1.5
+    """
     try:
-        min_confidence = check_min_confidence(min_confidence)
+        if min_calibration < 1:
+            raise ValueError(f"--min-calibration must be at least 1, not {min_calibration}")
+        return (check_alpha(alpha), None if target is None else check_target(target),
+                None if min_confidence is None else check_min_confidence(min_confidence))
     except ValueError as exc:
         raise AnalyticsError(str(exc)) from None
+
+
+def apply_gate(name: str, *, session: Session, config: AnalyticsConfig | None = None,
+               min_confidence: float | None = None, min_shared: int | None = None,
+               alpha: float = DEFAULT_ALPHA, target: float | None = None,
+               min_calibration: int = DEFAULT_MIN_CALIBRATION,
+               revoke: bool = False, progress: Callable[[str], None] | None = None) -> GateResult:
+    """Decide which of the judge's verdicts stand in and set each one's marker by the gate's rules
+    (``analytics.gate``), withdrawing those that no longer qualify. ``revoke`` withdraws all.
+
+    By default the threshold is chosen with a guarantee (:func:`analytics.gate.choose_threshold`):
+    at confidence ≥ it, the judge's agreement with the clinicians' majority is at least ``target``
+    (default: the clinicians' agreement with each other) with probability ≥ 1 - ``alpha``. A
+    ``min_confidence`` given by hand overrides it, with the older kappa rule, and reports the bound."""
+    alpha, target, min_confidence = check_gate_options(alpha=alpha, target=target, min_confidence=min_confidence,
+                                                       min_calibration=min_calibration)
     config = config or AnalyticsConfig()
     annotator = find_judge(name, session=session)
     if annotator is None:
         raise AnalyticsError(f"no judge named {name!r} has judged anything yet (run `therapref judge --judge …`)")
     username = annotator.username
     verdicts = judge_verdicts(annotator.id, session=session)
+    flagged = flagged_comparison_ids([v.comparison_id for v in verdicts], session=session)
     if revoke:
-        result = GateResult(username, False, "stand-ins revoked", min_confidence, verdicts=len(verdicts))
+        result = GateResult(username, False, "stand-ins revoked", min_confidence or 1.0, verdicts=len(verdicts))
     else:
         if progress:
             progress(f"Measuring {username} against the clinicians")
-        report = load_judges_report(session=session, config=config, min_shared=min_shared)
-        mine = next((j for j in report.judges if j.judge == username), None)
-        ok, reason = (mine.qualifies, mine.reason) if mine else (False, "no verdicts to measure")
-        result = GateResult(username, ok, reason, min_confidence, verdicts=len(verdicts))
-    flagged = flagged_comparison_ids([v.comparison_id for v in verdicts], session=session)
+        items, bar = guarantee_for(verdicts, flagged, session=session, target=target)
+        if min_confidence is None:
+            chosen = choose_threshold(items, target=bar, alpha=alpha, min_calibration=min_calibration)
+            threshold = 1.0 if chosen.threshold is None else chosen.threshold
+            result = GateResult(username, chosen.passed, chosen.reason, threshold, verdicts=len(verdicts),
+                                guarantee=chosen)
+        else:
+            report = load_judges_report(session=session, config=config, min_shared=min_shared)
+            mine = next((j for j in report.judges if j.judge == username), None)
+            ok, reason = (mine.qualifies, mine.reason) if mine else (False, "no verdicts to measure")
+            bound, agreeing, n = bound_at(items, min_confidence, alpha)
+            measured = (f"at confidence ≥ {min_confidence:g} (set by hand) the agreement with the clinicians' majority "
+                        f"is at least {bound:.2f} ({agreeing} of {n} calibration comparisons; {1 - alpha:.0%} "
+                        f"confidence) against their own {_f(bar)}") if n else \
+                f"no calibration comparisons at confidence ≥ {min_confidence:g} (set by hand): no bound"
+            chosen = Guarantee(min_confidence, bound, agreeing, n, len(items), bar, alpha, measured)
+            result = GateResult(username, ok, f"{reason}; {measured}", min_confidence, verdicts=len(verdicts),
+                                guarantee=chosen)
     for verdict in verdicts:
         unsafe = verdict.comparison_id in flagged or bool(verdict.safety_concern)
         wanted = not revoke and may_stand_in(confidence=verdict.confidence, judge_qualifies=result.qualifies,
                                              flagged=unsafe, safety_concern=verdict.safety_concern,
-                                             min_confidence=min_confidence)
+                                             min_confidence=result.min_confidence)
+        result.safe += not unsafe
+        result.covered += wanted
         if result.qualifies and not revoke:
             result.unsafe += unsafe
-            result.unconfident += (not unsafe and verdict.confidence < min_confidence)
+            result.unconfident += (not unsafe and verdict.confidence < result.min_confidence)
         changed = set_stands_in(verdict.verdict_id, wanted, session=session)
         if changed:
             result.started += wanted
@@ -327,4 +437,4 @@ def judges_section(report: JudgesReport) -> Section:
 
 
 __all__ = ["JudgeAgreement", "JudgesReport", "judge_agreement", "judges_report", "load_judges_report", "GateResult",
-           "apply_gate", "judges_section", "standing"]
+           "apply_gate", "calibration", "check_gate_options", "guarantee_for", "judges_section", "standing"]

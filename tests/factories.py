@@ -7,6 +7,8 @@
   with a hostile HTML reply), for the labeling-app tests.
 - ``build_rich_project``: ``build_project`` plus everything a report shows (hostile names, ties, flags…).
 - ``build_scenario``: a hand-specified database for the export tests (every vote chosen by hand).
+- ``build_judged_pool``: comparisons with chosen clinicians' labels and a judge's verdicts (the gate's
+  tests and ``bench/gate.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from db.crud import (
 )
 from db.engine import make_engine
 from db.guidelines import add_guideline_version
+from db.judges import judge_annotator, record_verdict
 from db.migrate import upgrade
 from db.models import Annotator, CandidateModel, Comparison, Prompt, Response
 
@@ -262,3 +265,38 @@ def untrained_reward_model(folder):
     AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1).save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
     return folder
+
+
+# --- A judged pool: clinicians' labels and a judge's verdicts, chosen per comparison ----------------
+
+
+def build_judged_pool(session: Session, clinicians: list[list[str]], verdicts: list[tuple[str, float]], *,
+                      judge: str = "sim", judgments_required: int = 3, flagged: set[int] = frozenset(),
+                      concerns: set[int] = frozenset()) -> list[int]:
+    """One comparison per entry (committed; its ids returned): ``clinicians[i]`` are the labels of
+    clinicians clin0, clin1, … on comparison i (possibly none), ``verdicts[i]`` the judge's (preferred,
+    confidence). Comparisons in ``flagged`` get a clinician's safety flag on reply a (or the judge's,
+    where no clinician judged); in ``concerns`` the judge reports a safety concern."""
+    warm, _ = get_or_create_candidate("warm", session=session, provider="local", model_id="warm-model")
+    terse, _ = get_or_create_candidate("terse", session=session, provider="local", model_id="terse-model")
+    width = max((len(labels) for labels in clinicians), default=0)
+    people = [Annotator(username=f"clin{k}", role="clinician", credential="LCSW") for k in range(width)]
+    session.add_all(people)
+    session.flush()
+    model = judge_annotator(judge, session=session)
+    ids = []
+    for i, (labels, (preferred, confidence)) in enumerate(zip(clinicians, verdicts, strict=True)):
+        prompt, _ = get_or_create_prompt(user(f"Patient message {i}: I feel stuck."), session=session,
+                                         source="test")
+        a, _ = add_response(prompt, warm, f"That sounds hard ({i}). What has helped before?", session=session)
+        b, _ = add_response(prompt, terse, f"Okay ({i}).", session=session)
+        comparison, _ = add_comparison(a, b, session=session, judgments_required=judgments_required)
+        for k, label in enumerate(labels):
+            add_judgment(comparison, people[k], label, session=session,
+                         flags_a=["misses_risk"] if i in flagged and k == 0 else [])
+        record_verdict(comparison.id, model.id, preferred, session=session, confidence=confidence,
+                       safety_concern=i in concerns,
+                       flags_a=["misses_risk"] if i in flagged and not labels else ())
+        ids.append(comparison.id)
+    session.commit()
+    return ids

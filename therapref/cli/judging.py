@@ -1,5 +1,6 @@
 """``therapref judge``: a model judge pre-annotates comparisons; ``--gate`` lets the verdicts of a judge
-that agrees with clinicians as well as they agree with each other stand in for a clinician."""
+stand in for a clinician above a confidence threshold at which its agreement with the clinicians'
+majority is shown, with a stated confidence, to reach the clinicians' agreement with each other."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from therapref.cli.common import DbOption, errors, fail, open_engine, settings_for, sigterm_as_interrupt
+from therapref.cli.common import DbOption, errors, open_engine, settings_for, sigterm_as_interrupt
 
 
 def judge(
@@ -21,12 +22,21 @@ def judge(
         help="Which comparisons: all (default), open (those that still need judgments) or ids like 1,4,10-20. "
              "Comparisons this judge already judged are skipped.")] = None,
     gate: Annotated[bool, typer.Option(
-        help="Afterwards, let confident verdicts stand in for a clinician where the judge's kappa with clinicians "
-             "reaches theirs; never on a comparison anyone flagged or the judge finds unsafe.")] = False,
-    min_confidence: Annotated[float, typer.Option(
-        help="--gate: least confidence (0..1) of a verdict that stands in.")] = 0.8,
+        help="Afterwards, let verdicts stand in for a clinician above the confidence threshold at which the judge's "
+             "agreement with the clinicians' majority is at least theirs with each other (Clopper-Pearson, fixed "
+             "sequence); never on a comparison anyone flagged or the judge finds unsafe.")] = False,
+    alpha: Annotated[float, typer.Option(
+        help="--gate: the guarantee holds with probability at least 1 - alpha.")] = 0.1,
+    target: Annotated[Optional[float], typer.Option(
+        help="--gate: the agreement to guarantee (default: the clinicians' agreement with each other).")] = None,
+    min_calibration: Annotated[int, typer.Option(
+        help="--gate: refuse below this many calibration comparisons (judged by the judge and by at least two "
+             "clinicians with a majority).")] = 30,
+    min_confidence: Annotated[Optional[float], typer.Option(
+        help="--gate: a fixed threshold (0..1) instead of the guaranteed one; the judge must then reach the "
+             "clinicians' kappa, and the line reports the bound this threshold gives.")] = None,
     min_shared: Annotated[int, typer.Option(
-        help="--gate: least comparisons the judge must share with clinicians before it can qualify.")] = 10,
+        help="--gate with --min-confidence: least comparisons the judge must share with clinicians.")] = 10,
     revoke: Annotated[bool, typer.Option(
         help="Withdraw every stand-in of this judge (its verdicts stay stored) and ask nothing.")] = False,
     config: Annotated[Optional[Path], typer.Option(
@@ -36,15 +46,14 @@ def judge(
     db: DbOption = None,
 ) -> None:
     """Ask a model judge for verdicts on comparisons (malformed answers are recorded and retried next run)."""
-    from analytics.judges import apply_gate
+    from analytics.judges import apply_gate, check_gate_options
     from candidates.judge import parse_comparisons, resolve_judge, run_judge
     from candidates.registry import secret_names
     from db.engine import session_scope
 
     with errors():
         selection = parse_comparisons(comparisons)
-        if not 0.0 <= min_confidence <= 1.0:
-            raise fail(f"--min-confidence must lie between 0 and 1, not {min_confidence}")
+        check_gate_options(alpha=alpha, target=target, min_confidence=min_confidence, min_calibration=min_calibration)
         registry = config or Path(settings_for(db).candidates_file)
         spec = resolve_judge(judge_name, registry=registry if (config or registry.is_file()) else None)
         engine = open_engine(db)
@@ -69,7 +78,8 @@ def judge(
             typer.secho(f"  first error: {summary.first_error}", err=True, fg=typer.colors.YELLOW)
         if gate:
             with session_scope(engine) as session:
-                result = apply_gate(spec.name, session=session, min_confidence=min_confidence, min_shared=min_shared)
+                result = apply_gate(spec.name, session=session, min_confidence=min_confidence, min_shared=min_shared,
+                                    alpha=alpha, target=target, min_calibration=min_calibration)
             typer.echo(str(result))
     if summary.failed:
         raise typer.Exit(1)
