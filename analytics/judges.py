@@ -1,6 +1,6 @@
 """Judges vs clinicians: how well each model judge (``judge:<name>``) agrees with the clinicians, next
-to the clinicians' agreement with each other, and the gate that lets confident verdicts of a judge
-that has earned it stand in for a clinician (``therapref judge --gate``).
+to the clinicians' agreement with each other, and the gate that lets a judge's verdicts stand in for
+a clinician above a confidence threshold chosen with a guarantee (``therapref judge --gate``).
 
 Agreement of a judge with clinicians is pooled over (comparison, clinician) pairs: every clinician
 judgment of a comparison the judge also judged is one item with two ratings, the judge's and that
@@ -65,6 +65,7 @@ class JudgeAgreement:
     failures: int = 0
     qualifies: bool = False
     reason: str = ""
+    guarantee: Guarantee | None = None
 
     @property
     def kappa(self) -> Estimate:
@@ -76,12 +77,21 @@ class JudgeAgreement:
 
     def as_dict(self) -> dict:
         return {"judge": self.judge, "n_verdicts": self.n_verdicts, "n_shared": self.n_shared,
-                "n_gold": self.n_gold, "stands_in": self.stands_in,
+                "n_gold": self.n_gold, "stands_in": self.stands_in, "gate": self.guarantee_dict(),
                 "failures": self.failures, "safety_opinion": self.safety_opinion, "qualifies": self.qualifies,
                 "reason": self.reason, "kappa": self.kappa.as_dict(), "gold_kappa": self.gold_kappa.as_dict(),
                 "preference": self.preference.as_dict(), "unflagged": self.unflagged.as_dict(),
                 "flagged": self.flagged.as_dict(), "gold": self.gold.as_dict(),
                 "flags": [f.as_dict() for f in self.flags]}
+
+    def guarantee_dict(self) -> dict | None:
+        """What ``--gate`` would choose at its defaults (threshold None: it would not stand the judge in)."""
+        g = self.guarantee
+        if g is None:
+            return None
+        return {"threshold": g.threshold, "bound": g.bound if math.isfinite(g.bound) else None,
+                "target": g.target if math.isfinite(g.target) else None, "alpha": g.alpha, "n": g.n,
+                "n_calibration": g.n_calibration, "reason": g.reason}
 
 
 @dataclass
@@ -164,8 +174,10 @@ def judge_agreement(
 
 def judges_report(records: Sequence[JudgmentRecord], *, config: AnalyticsConfig,
                   verdict_counts: Mapping[str, Mapping[str, int]] | None = None,
-                  safety_opinions: Mapping[str, bool] | None = None, min_shared: int | None = None) -> JudgesReport:
-    """Every judge in ``records`` (``judge:*`` annotators) against the clinicians in them."""
+                  safety_opinions: Mapping[str, bool] | None = None, min_shared: int | None = None,
+                  guarantees: Mapping[str, Guarantee] | None = None) -> JudgesReport:
+    """Every judge in ``records`` (``judge:*`` annotators) against the clinicians in them; ``guarantees``:
+    what the gate would choose for each at its defaults."""
     min_shared = config.min_shared_items if min_shared is None else min_shared
     clinicians = [r for r in records if r.role in CLINICIAN_ROLES]
     reference = agreement_report(clinicians, min_shared_items=config.min_shared_items, n_bootstrap=config.n_bootstrap,
@@ -190,6 +202,7 @@ def judges_report(records: Sequence[JudgmentRecord], *, config: AnalyticsConfig,
         agreement.stands_in = int(counts.get(name, {}).get("stands_in", 0))
         agreement.failures = int(counts.get(name, {}).get("failures", 0))
         agreement.qualifies, agreement.reason = qualifies(standing(agreement, report), min_shared=min_shared)
+        agreement.guarantee = (guarantees or {}).get(name)
         report.judges.append(agreement)
     return report
 
@@ -207,15 +220,19 @@ def load_judges_report(*, session: Session, config: AnalyticsConfig | None = Non
     config = config or AnalyticsConfig()
     records = [r for r in load_judgments(session=session, roles=(*CLINICIAN_ROLES, "source"), with_judges=True)
                if r.role in CLINICIAN_ROLES or is_judge(r.annotator)]
-    counts, opinions = {}, {}
+    counts, opinions, guarantees = {}, {}, {}
     for name in {r.annotator for r in records if is_judge(r.annotator)}:
         annotator = find_judge(name, session=session)
         if annotator is None:
             continue
         counts[name] = judge_counts(annotator.id, session=session)
-        opinions[name] = any(v.safety_concern is not None for v in judge_verdicts(annotator.id, session=session))
+        verdicts = judge_verdicts(annotator.id, session=session)
+        opinions[name] = any(v.safety_concern is not None for v in verdicts)
+        items, bar = guarantee_for(verdicts, flagged_comparison_ids([v.comparison_id for v in verdicts],
+                                                                    session=session), session=session)
+        guarantees[name] = choose_threshold(items, target=bar)
     return judges_report(records, config=config, verdict_counts=counts, safety_opinions=opinions,
-                         min_shared=min_shared)
+                         min_shared=min_shared, guarantees=guarantees)
 
 
 # --- The gate ----------------------------------------------------------------------------------------
@@ -416,12 +433,14 @@ def judges_section(report: JudgesReport) -> Section:
                            ("someone flagged", j.flagged), ("gold answers", j.gold)):
             rows.append([j.judge, label, _fmt(_kappa(blk)), _fmt(blk.alpha), _fmt(blk.percent)])
     status = [[j.judge, str(j.n_verdicts), str(j.stands_in), str(j.failures),
-               "yes" if j.qualifies else "no", j.reason] for j in report.judges]
+               "n/a" if j.guarantee is None else j.guarantee.reason,
+               ("yes, " if j.qualifies else "no, ") + j.reason] for j in report.judges]
     blocks: list = [intro,
                     Table(["judge", "comparisons", "kappa [95% CI] (n items)", "alpha", "percent agreement"], rows,
                           "Preferred reply: judge vs clinicians"),
                     Table(["judge", "verdicts", "standing in for a clinician", "failed (retried next run)",
-                           "reaches the clinicians' agreement", "why"], status,
+                           f"the gate's guarantee (--gate at {1 - DEFAULT_ALPHA:.0%} confidence)",
+                           "kappa reaches the clinicians' (--min-confidence)"], status,
                           "Verdicts standing in (therapref judge --gate; reversible with --revoke)")]
     flag_rows = []
     for j in report.judges:

@@ -16,8 +16,9 @@ import pytest
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
+from analytics.config import AnalyticsConfig
 from analytics.gate import choose_threshold, clopper_pearson_lower
-from analytics.judges import apply_gate
+from analytics.judges import apply_gate, judges_section, load_judges_report
 from candidates.fake_server import FakeOpenAIServer
 from db.models import Comparison, JudgeVerdict
 from tests.factories import build_judged_pool
@@ -143,6 +144,12 @@ def test_judge_right_ninety_five_percent_gets_coverage_never_where_unsafe(any_en
         assert "38 calibration comparisons" in line and f"vs their own {76 / 96:.2f}" in line
         counts = {c.id: c.judgments_count for c in session.exec(select(Comparison))}
         assert all(counts[cid] == (3 if cid in eligible and cid in ids[:N_CAL] else 2) for cid in ids[:N_CAL])
+        # The report shows what the gate chose, beside the kappa rule.
+        report = load_judges_report(session=session, config=AnalyticsConfig(n_bootstrap=20))
+        shown = report.as_dict()["judges"][0]["gate"]
+        assert (shown["threshold"], shown["n_calibration"], shown["reason"]) == (g.threshold, 38, g.reason)
+        status = next(b for b in judges_section(report).blocks if getattr(b, "caption", "").startswith("Verdicts"))
+        assert status.rows[0][4] == g.reason and "guarantee" in status.header[4]
         # A target set by hand above what the data can show: everything is withdrawn again.
         strict = apply_gate("sim", session=session, target=0.99)
         session.commit()
