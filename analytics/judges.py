@@ -314,9 +314,9 @@ def calibration(verdicts: Sequence[VerdictRow], unsafe: Iterable[int],
 def guarantee_for(verdicts: Sequence[VerdictRow], unsafe: Iterable[int], *, session: Session,
                   target: float | None = None) -> tuple[list[tuple[float, bool]], float]:
     """Calibration items and the target (given, or the clinicians' agreement with each other) from the database."""
-    records = load_judgments(session=session, roles=CLINICIAN_ROLES,
-                             comparison_ids={v.comparison_id for v in verdicts})
-    labels = {cid: [r.preferred for r in rs] for cid, rs in by_comparison(records).items()}
+    wanted = {v.comparison_id for v in verdicts}
+    records = [r for r in load_judgments(session=session, roles=CLINICIAN_ROLES) if r.comparison_id in wanted]
+    labels = {cid: [r.preferred for r in rs] for cid, rs in by_comparison(records).items()}  # no unbounded IN list
     items, (agreeing, n_items) = calibration(verdicts, unsafe, labels)
     if target is None:
         target = agreeing / n_items if n_items else math.nan
