@@ -11,8 +11,11 @@ clinician fewer) only when all three hold:
 By default (b) and (a) are one test with a guarantee (:func:`choose_threshold`, fixed-sequence
 testing as in Trust or Escalate, Jung et al., ICLR 2025): the threshold is the lowest confidence at
 which, on calibration comparisons (judged by the judge and by at least two clinicians), an exact
-one-sided Clopper–Pearson lower bound on the judge's agreement with the clinicians' majority still
-reaches the clinicians' agreement with each other (:func:`clinician_agreement`). With a threshold
+one-sided Clopper–Pearson lower bound on the judge's agreement with clinicians still reaches the
+clinicians' agreement with each other. Both are measured the same way: a clinician against the
+majority of the other clinicians on the comparison (:func:`clinician_agreement`), the judge against
+the majority of the clinicians less one drawn at random, the one it would stand in for
+(:func:`calibration_item`). With a threshold
 given by hand (``--min-confidence``), (b) is the older rule: the judge's Cohen's kappa with
 clinicians reaches their own mean pairwise kappa (:func:`qualifies`), and the bound is only reported.
 
@@ -23,6 +26,7 @@ writes (and reverses) the marker.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -145,16 +149,29 @@ def clinician_agreement(votes: Iterable[Sequence[str]]) -> tuple[int, int]:
     return agreeing, items
 
 
-def calibration_item(verdict: str, clinicians: Sequence[str]) -> bool | None:
-    """Does the judge agree with the clinicians' majority? None where fewer than two clinicians judged
-    or their majority is level (the judge cannot be checked there).
+def left_out(comparison_id: int, k: int) -> int:
+    """Which of a comparison's k clinicians (in judging order) the judge stands in for when it is
+    checked: drawn at random, seeded by the comparison, never by anyone's label.
 
-    >>> calibration_item("a", ["a", "a", "b"]), calibration_item("a", ["a", "b"]), calibration_item("a", ["a"])
-    (True, None, None)
+    >>> left_out(7, 3) == left_out(7, 3), 0 <= left_out(8, 2) < 2
+    (True, True)
+    """
+    return random.Random(comparison_id).randrange(k)
+
+
+def calibration_item(verdict: str, clinicians: Sequence[str], leave_out: int) -> bool | None:
+    """Does the judge agree with the majority of the clinicians other than the one it stands in for
+    (``clinicians[leave_out]``)? — the same reference a clinician is measured against in
+    :func:`clinician_agreement`. None where fewer than two clinicians judged or that majority is
+    level (the judge cannot be checked there).
+
+    >>> calibration_item("a", ["b", "a", "a"], 0), calibration_item("a", ["a", "b"], 0), calibration_item("a", ["a"], 0)
+    (True, False, None)
+    >>> calibration_item("a", ["a", "a", "b"], 0)   # the other two are level
     """
     if len(clinicians) < 2:
         return None
-    majority = majority_label(clinicians)
+    majority = majority_label([label for i, label in enumerate(clinicians) if i != leave_out])
     return None if majority is None else verdict == majority
 
 
@@ -204,10 +221,10 @@ def bound_at(calibration: Sequence[tuple[float, bool]], threshold: float, alpha:
 
 def choose_threshold(calibration: Sequence[tuple[float, bool]], *, target: float, alpha: float = DEFAULT_ALPHA,
                      min_calibration: int = DEFAULT_MIN_CALIBRATION) -> Guarantee:
-    """The lowest confidence threshold whose agreement with the clinicians' majority is guaranteed to
+    """The lowest confidence threshold at which the judge's agreement with clinicians is guaranteed to
     reach ``target`` with probability ≥ 1 - alpha, by fixed-sequence testing.
 
-    ``calibration`` holds one (confidence, agrees with the clinicians' majority) per calibration
+    ``calibration`` holds one (confidence, agrees: :func:`calibration_item`) per calibration
     comparison; fewer than ``min_calibration`` of them are refused. Candidate thresholds are the
     distinct confidences, highest first; those with fewer than ``min_calibration`` items at or above
     them (or fewer than :func:`least_calibration`, where no record could pass) are skipped — a choice
@@ -222,12 +239,12 @@ def choose_threshold(calibration: Sequence[tuple[float, bool]], *, target: float
     >>> g.threshold, round(g.bound, 3), g.agreeing, g.n
     (0.9, 0.819, 19, 20)
     >>> print(g.reason)
-    threshold 0.9: agreement with the clinicians' majority ≥ 0.82 at 90% confidence (19 of 20 agree; 22 calibration
-    comparisons) vs their own 0.80
+    threshold 0.9: its agreement with clinicians ≥ 0.82 at 90% confidence (19 of 20 agree; 22 calibration
+    comparisons) vs theirs with each other 0.80
     >>> choose_threshold(items, target=0.85, alpha=0.1, min_calibration=20).threshold is None
     True
     >>> print(choose_threshold(items[:5], target=0.8, min_calibration=20).reason)
-    only 5 calibration comparisons (needs 20: judged by it and by at least two clinicians with a majority)
+    only 5 calibration comparisons (needs 20: judged by it and by at least two clinicians)
     """
     n_all = len(calibration)
     if not math.isfinite(target):
@@ -236,7 +253,7 @@ def choose_threshold(calibration: Sequence[tuple[float, bool]], *, target: float
     if n_all < max(min_calibration, 1):
         return Guarantee(None, math.nan, 0, 0, n_all, target, alpha,
                          f"only {n_all} calibration comparisons (needs {min_calibration}: judged by it and by at "
-                         "least two clinicians with a majority)")
+                         "least two clinicians)")
     if target >= 1.0:
         return Guarantee(None, math.nan, 0, 0, n_all, target, alpha,
                          f"a target of {target:.2f} cannot be shown by any bound ({n_all} calibration comparisons)")
@@ -260,8 +277,8 @@ def choose_threshold(calibration: Sequence[tuple[float, bool]], *, target: float
                     "comparisons)"))
             break
         chosen = Guarantee(threshold, bound, agreeing, i, n_all, target, alpha, (
-            f"threshold {threshold:g}: agreement with the clinicians' majority ≥ {bound:.2f} at {1 - alpha:.0%} "
-            f"confidence ({agreeing} of {i} agree; {n_all} calibration comparisons) vs their own {target:.2f}"))
+            f"threshold {threshold:g}: its agreement with clinicians ≥ {bound:.2f} at {1 - alpha:.0%} confidence "
+            f"({agreeing} of {i} agree; {n_all} calibration comparisons) vs theirs with each other {target:.2f}"))
     if chosen is None:
         return Guarantee(None, math.nan, agreeing, n_all, n_all, target, alpha, (
             f"{n_all} calibration comparisons cannot show {target:.2f} at {1 - alpha:.0%} confidence (needs "

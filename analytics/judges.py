@@ -33,6 +33,7 @@ from analytics.gate import (
     check_target,
     choose_threshold,
     clinician_agreement,
+    left_out,
     may_stand_in,
     qualifies,
 )
@@ -287,15 +288,16 @@ class GateResult:
 
 def calibration(verdicts: Sequence[VerdictRow], unsafe: Iterable[int],
                 clinicians: Mapping[int, Sequence[str]]) -> tuple[list[tuple[float, bool]], tuple[int, int]]:
-    """The calibration items (confidence, agrees with the clinicians' majority) of a judge and the
-    clinicians' agreement with each other, both on the same comparisons: the judge's safe verdicts
-    (``unsafe`` left out) on comparisons at least two clinicians judged. Only clinicians' judgments
-    count, never a verdict standing in.
+    """The calibration items (confidence, agrees with the clinicians less the one it stands in for:
+    ``analytics.gate.calibration_item``) of a judge and the clinicians' agreement with each other, both
+    on the same comparisons: the judge's safe verdicts (``unsafe`` left out) on comparisons at least
+    two clinicians judged. Only clinicians' judgments count, never a verdict standing in.
 
     >>> rows = [VerdictRow(1, 1, "a", 0.9, False, False), VerdictRow(2, 2, "b", 0.7, False, False),
     ...         VerdictRow(3, 3, "a", 0.9, False, False), VerdictRow(4, 4, "a", 0.9, True, False)]
-    >>> calibration(rows, {3}, {1: ["a", "a"], 2: ["a", "b"], 3: ["a", "a"], 4: ["a", "a"]})
-    ([(0.9, True)], (2, 4))
+    >>> items, clinicians = calibration(rows, {3}, {1: ["a", "a"], 2: ["a", "b"], 3: ["a", "a"], 4: ["a", "a"]})
+    >>> items[0], len(items), clinicians
+    ((0.9, True), 2, (2, 4))
     """
     unsafe = set(unsafe)
     items: list[tuple[float, bool]] = []
@@ -305,7 +307,7 @@ def calibration(verdicts: Sequence[VerdictRow], unsafe: Iterable[int],
         if verdict.comparison_id in unsafe or verdict.safety_concern or len(labels) < 2:
             continue
         pool.append(labels)
-        agrees = calibration_item(verdict.preferred, labels)
+        agrees = calibration_item(verdict.preferred, labels, left_out(verdict.comparison_id, len(labels)))
         if agrees is not None:
             items.append((verdict.confidence, agrees))
     return items, clinician_agreement(pool)
@@ -350,7 +352,7 @@ def apply_gate(name: str, *, session: Session, config: AnalyticsConfig | None = 
     (``analytics.gate``), withdrawing those that no longer qualify. ``revoke`` withdraws all.
 
     By default the threshold is chosen with a guarantee (:func:`analytics.gate.choose_threshold`):
-    at confidence ≥ it, the judge's agreement with the clinicians' majority is at least ``target``
+    at confidence ≥ it, the judge's agreement with clinicians is at least ``target``
     (default: the clinicians' agreement with each other) with probability ≥ 1 - ``alpha``. A
     ``min_confidence`` given by hand overrides it, with the older kappa rule, and reports the bound."""
     alpha, target, min_confidence = check_gate_options(alpha=alpha, target=target, min_confidence=min_confidence,
@@ -378,9 +380,9 @@ def apply_gate(name: str, *, session: Session, config: AnalyticsConfig | None = 
             mine = next((j for j in report.judges if j.judge == username), None)
             ok, reason = (mine.qualifies, mine.reason) if mine else (False, "no verdicts to measure")
             bound, agreeing, n = bound_at(items, min_confidence, alpha)
-            measured = (f"at confidence ≥ {min_confidence:g} (set by hand) the agreement with the clinicians' majority "
-                        f"is at least {bound:.2f} ({agreeing} of {n} calibration comparisons; {1 - alpha:.0%} "
-                        f"confidence) against their own {_f(bar)}") if n else \
+            measured = (f"at confidence ≥ {min_confidence:g} (set by hand) its agreement with clinicians is at "
+                        f"least {bound:.2f} ({agreeing} of {n} calibration comparisons; {1 - alpha:.0%} confidence) "
+                        f"vs theirs with each other {_f(bar)}") if n else \
                 f"no calibration comparisons at confidence ≥ {min_confidence:g} (set by hand): no bound"
             chosen = Guarantee(min_confidence, bound, agreeing, n, len(items), bar, alpha, measured)
             result = GateResult(username, ok, f"{reason}; {measured}", min_confidence, verdicts=len(verdicts),

@@ -12,10 +12,11 @@ Per judge, seed 0 is built as a real SQLite database (``tests.factories.build_ju
 by ``analytics.judges.apply_gate``, the code ``therapref judge --gate`` runs: its line is printed.
 Then ``--seeds`` fresh pools run the same pure steps (``analytics.judges.calibration`` →
 ``analytics.gate.choose_threshold``) to give coverage as mean ± sd, and check the guarantee: on the
-open comparisons the judge would stand in on, its expected agreement with the majority of
-``--clinicians`` clinicians (computed exactly from the simulation's probabilities, where that
-majority is decided) is compared with the target the gate used; the share of seeds where it falls
-below is the realised error, which the guarantee holds at or below alpha (for the target as measured).
+open comparisons the judge would stand in on, its expected agreement with clinicians as the gate
+measures it — with the majority of ``--clinicians`` − 1 clinicians, the others beside the one it
+stands in for, where that majority is decided — computed exactly from the simulation's
+probabilities, is compared with the target the gate used; the share of seeds where it falls below
+is the realised error, which the guarantee holds at or below alpha (for the target as measured).
 
     .venv/bin/python bench/gate.py                     # 3 judges × alpha 0.1 and 0.05, 200 seeds
     .venv/bin/python bench/gate.py --calibration 100 --clinicians 2 --seeds 50
@@ -67,7 +68,7 @@ def simulate(rng: np.random.Generator, judge: str, args: argparse.Namespace) -> 
         right = 0.6 if judge == "coin60" else 1 - float(judge) * difficulty[i]
         confidence = float(np.clip(1 - difficulty[i] / 2 + rng.normal(0, args.noise), 0.5, 1.0))
         verdicts.append((label(i, right), round(confidence, 3)))
-        expected.append(majority_agreement(right, 1 - CLINICIAN_SLOPE * difficulty[i], args.clinicians))
+        expected.append(majority_agreement(right, 1 - CLINICIAN_SLOPE * difficulty[i], args.clinicians - 1))
     return {"clinicians": clinicians, "verdicts": verdicts, "expected": expected}
 
 
@@ -160,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"\njudge {judge_name}, alpha {alpha:g}\n  seed 0: {line}\n  over {len(runs)} seeds: a threshold "
                   f"in {row['passed_share']:.0%}; threshold {row['threshold']}; coverage {row['coverage']} "
                   f"(open comparisons {row['open_coverage']}); "
-                  f"target {row['target']}; bound {row['bound']}; expected agreement with the clinicians' majority "
+                  f"target {row['target']}; bound {row['bound']}; expected agreement with clinicians "
                   f"on the open comparisons taken {row['realised']}; below the target in "
                   f"{row['below_target_share']:.1%} of seeds")
     if args.json:

@@ -62,7 +62,7 @@ def test_fixed_sequence_walks_down_and_stops_at_the_first_failure():
     assert (g.threshold, g.agreeing, g.n, g.n_calibration) == (0.85, 24, 25, 75)
     assert g.bound == pytest.approx(_lower_by_hand(24, 25, 0.1), abs=1e-9)
     assert g.bound == pytest.approx(0.853, abs=5e-4)
-    assert "threshold 0.85: agreement with the clinicians' majority ≥ 0.85 at 90% confidence" in g.reason
+    assert "threshold 0.85: its agreement with clinicians ≥ 0.85 at 90% confidence" in g.reason
     # A stricter confidence level: 24/25 at alpha 0.05 gives 0.828, still ≥ 0.8; a higher target fails at once.
     assert choose_threshold(items, target=0.8, alpha=0.05, min_calibration=10).threshold == 0.85
     strict = choose_threshold(items, target=0.9, alpha=0.1, min_calibration=10)
@@ -88,8 +88,9 @@ N_CAL, N_OPEN = 50, 30
 
 def _pool(session: Session, right: int) -> list[int]:
     """50 calibration comparisons judged by two clinicians, who agree on 40 (their agreement: 0.80);
-    the judge agrees with their majority on ``right`` of those 40. 30 more comparisons one clinician
-    judged, where the judge would stand in. Comparison 0 is flagged; on 1 the judge reports a concern."""
+    the judge agrees with them on ``right`` of those 40 (confidence 0.6–0.99, unrelated to being right)
+    and says "tie", unsure (0.55), on the ten they split on. 30 more comparisons one clinician judged,
+    where the judge would stand in. Comparison 0 is flagged; on 1 the judge reports a concern."""
     clinicians: list[list[str]] = []
     verdicts: list[tuple[str, float]] = []
     for i in range(N_CAL):
@@ -100,7 +101,7 @@ def _pool(session: Session, right: int) -> list[int]:
             verdicts.append((majority if i < right else wrong, 0.6 + 0.01 * ((7 * i) % 40)))  # unrelated
         else:
             clinicians.append(["a", "b"])
-            verdicts.append(("a", 0.9))
+            verdicts.append(("tie", 0.55))
     for i in range(N_OPEN):
         clinicians.append(["a"])
         verdicts.append(("a", 0.5 + 0.015 * i))
@@ -125,9 +126,11 @@ def test_judge_right_ninety_five_percent_gets_coverage_never_where_unsafe(any_en
         result = apply_gate("sim", session=session)
         session.commit()
         g = result.guarantee
-        # Calibration: the 40 decided comparisons less the flagged one and the judge's concern: 36 of 38
-        # agree; the split ten are left out. Clinicians' agreement on the 48 safe ones: 76 of 96 items.
-        assert (g.n_calibration, g.target) == (38, pytest.approx(76 / 96))
+        # Calibration: the 48 safe ones (less the flagged one and the judge's concern). Clinicians' agreement
+        # there: 76 of 96 items. The judge: 36 of the 38 they agree on, none of the ten split ones ("tie").
+        # At ≥ 0.61 (the least confidence on the 38): 36/38, bound 0.87, passes; at ≥ 0.55: 36/48, fails.
+        assert (g.n_calibration, g.target) == (48, pytest.approx(76 / 96))
+        assert (g.threshold, g.agreeing, g.n) == (0.61, 36, 38)
         assert result.qualifies, result.reason
         assert g.bound >= g.target and g.bound == pytest.approx(_lower_by_hand(g.agreeing, g.n, 0.1), abs=1e-9)
         assert result.min_confidence == g.threshold
@@ -140,14 +143,14 @@ def test_judge_right_ninety_five_percent_gets_coverage_never_where_unsafe(any_en
         assert result.safe == N_CAL + N_OPEN - 4 and result.coverage >= 0.3
         line = str(result)
         assert f"coverage {result.coverage:.0%} ({len(eligible)} of {N_CAL + N_OPEN - 4} safe verdicts)" in line
-        assert f"threshold {g.threshold:g}: agreement with the clinicians' majority ≥ {g.bound:.2f}" in line
-        assert "38 calibration comparisons" in line and f"vs their own {76 / 96:.2f}" in line
+        assert f"threshold 0.61: its agreement with clinicians ≥ {g.bound:.2f} at 90% confidence (36 of 38" in line
+        assert "48 calibration comparisons" in line and f"vs theirs with each other {76 / 96:.2f}" in line
         counts = {c.id: c.judgments_count for c in session.exec(select(Comparison))}
         assert all(counts[cid] == (3 if cid in eligible and cid in ids[:N_CAL] else 2) for cid in ids[:N_CAL])
         # The report shows what the gate chose, beside the kappa rule.
         report = load_judges_report(session=session, config=AnalyticsConfig(n_bootstrap=20))
         shown = report.as_dict()["judges"][0]["gate"]
-        assert (shown["threshold"], shown["n_calibration"], shown["reason"]) == (g.threshold, 38, g.reason)
+        assert (shown["threshold"], shown["n_calibration"], shown["reason"]) == (g.threshold, 48, g.reason)
         status = next(b for b in judges_section(report).blocks if getattr(b, "caption", "").startswith("Verdicts"))
         assert status.rows[0][4] == g.reason and "guarantee" in status.header[4]
         # A target set by hand above what the data can show: everything is withdrawn again.
@@ -165,7 +168,7 @@ def test_too_few_clinician_judgments_are_refused(any_engine):
         session.commit()
         assert not result.qualifies and result.stands_in == 0
         assert str(result) == ("Gate judge:sim: only 12 calibration comparisons (needs 30: judged by it and by at "
-                               "least two clinicians with a majority): none of its 32 verdicts stand in.")
+                               "least two clinicians): none of its 32 verdicts stand in.")
         # With fewer asked for, twelve perfect ones still cannot show the clinicians' own 1.00 (they agree on
         # all twelve); a target of 0.8 they can: 0.1^(1/12) = 0.825.
         unreachable = apply_gate("sim", session=session, min_calibration=10)
@@ -195,7 +198,7 @@ def test_command_reports_the_guarantee_and_the_override(tmp_path, engine):
         assert "safe verdicts)" in guaranteed.stdout
         override = runner.invoke(app, [*base, "--gate", "--min-confidence", "0.95", "--alpha", "0.05"])
         assert override.exit_code == 0, override.output
-        assert "at confidence ≥ 0.95 (set by hand) the agreement with the clinicians' majority is at least" \
+        assert "at confidence ≥ 0.95 (set by hand) its agreement with clinicians is at least" \
             in override.stdout and "95% confidence" in override.stdout
         with Session(engine) as session:
             before = sorted((v.id, v.stands_in) for v in session.exec(select(JudgeVerdict)))
