@@ -220,7 +220,7 @@ def bound_at(calibration: Sequence[tuple[float, bool]], threshold: float, alpha:
 
 
 def choose_threshold(calibration: Sequence[tuple[float, bool]], *, target: float, alpha: float = DEFAULT_ALPHA,
-                     min_calibration: int = DEFAULT_MIN_CALIBRATION) -> Guarantee:
+                     min_calibration: int = DEFAULT_MIN_CALIBRATION, by_hand: bool = False) -> Guarantee:
     """The lowest confidence threshold at which the judge's agreement with clinicians is guaranteed to
     reach ``target`` with probability ≥ 1 - alpha, by fixed-sequence testing.
 
@@ -230,7 +230,8 @@ def choose_threshold(calibration: Sequence[tuple[float, bool]], *, target: float
     them (or fewer than :func:`least_calibration`, where no record could pass) are skipped — a choice
     that reads confidences only, never the labels, so it costs no validity. Each is tested in turn
     (Clopper–Pearson lower bound ≥ target) and the walk stops at the first failure, so the
-    family-wise error stays ≤ alpha without correction.
+    family-wise error stays ≤ alpha without correction. ``by_hand``: the target was set by hand (not
+    the clinicians' agreement), as the reason then says.
 
     Twenty items at 0.9 of which 19 agree (bound 0.819), then two wrong ones at 0.6:
 
@@ -258,6 +259,7 @@ def choose_threshold(calibration: Sequence[tuple[float, bool]], *, target: float
         return Guarantee(None, math.nan, 0, 0, n_all, target, alpha,
                          f"a target of {target:.2f} cannot be shown by any bound ({n_all} calibration comparisons)")
     smallest = max(least_calibration(target, alpha), min_calibration)
+    bar, theirs = ("the target", "the target set by hand") if by_hand else ("the clinicians'", "theirs with each other")
     ordered = sorted(calibration, key=lambda item: -item[0])
     chosen: Guarantee | None = None
     agreeing = i = 0
@@ -272,13 +274,13 @@ def choose_threshold(calibration: Sequence[tuple[float, bool]], *, target: float
         if bound < target:
             if chosen is None:
                 return Guarantee(None, bound, agreeing, i, n_all, target, alpha, (
-                    f"no confidence threshold reaches the clinicians' {target:.2f} at {1 - alpha:.0%} confidence "
+                    f"no confidence threshold reaches {bar} {target:.2f} at {1 - alpha:.0%} confidence "
                     f"(at ≥ {threshold:g}: {agreeing} of {i} agree, bound {bound:.2f}; {n_all} calibration "
                     "comparisons)"))
             break
         chosen = Guarantee(threshold, bound, agreeing, i, n_all, target, alpha, (
             f"threshold {threshold:g}: its agreement with clinicians ≥ {bound:.2f} at {1 - alpha:.0%} confidence "
-            f"({agreeing} of {i} agree; {n_all} calibration comparisons) vs theirs with each other {target:.2f}"))
+            f"({agreeing} of {i} agree; {n_all} calibration comparisons) vs {theirs} {target:.2f}"))
     if chosen is None:
         return Guarantee(None, math.nan, agreeing, n_all, n_all, target, alpha, (
             f"{n_all} calibration comparisons cannot show {target:.2f} at {1 - alpha:.0%} confidence (needs "

@@ -371,7 +371,8 @@ def apply_gate(name: str, *, session: Session, config: AnalyticsConfig | None = 
             progress(f"Measuring {username} against the clinicians")
         items, bar = guarantee_for(verdicts, flagged, session=session, target=target)
         if min_confidence is None:
-            chosen = choose_threshold(items, target=bar, alpha=alpha, min_calibration=min_calibration)
+            chosen = choose_threshold(items, target=bar, alpha=alpha, min_calibration=min_calibration,
+                                      by_hand=target is not None)
             threshold = 1.0 if chosen.threshold is None else chosen.threshold
             result = GateResult(username, chosen.passed, chosen.reason, threshold, verdicts=len(verdicts),
                                 guarantee=chosen)
@@ -382,7 +383,8 @@ def apply_gate(name: str, *, session: Session, config: AnalyticsConfig | None = 
             bound, agreeing, n = bound_at(items, min_confidence, alpha)
             measured = (f"at confidence ≥ {min_confidence:g} (set by hand) its agreement with clinicians is at "
                         f"least {bound:.2f} ({agreeing} of {n} calibration comparisons; {1 - alpha:.0%} confidence) "
-                        f"vs theirs with each other {_f(bar)}") if n else \
+                        f"vs {'the target set by hand' if target is not None else 'theirs with each other'} "
+                        f"{_f(bar)}") if n else \
                 f"no calibration comparisons at confidence ≥ {min_confidence:g} (set by hand): no bound"
             chosen = Guarantee(min_confidence, bound, agreeing, n, len(items), bar, alpha, measured)
             result = GateResult(username, ok, f"{reason}; {measured}", min_confidence, verdicts=len(verdicts),

@@ -157,6 +157,7 @@ def test_judge_right_ninety_five_percent_gets_coverage_never_where_unsafe(any_en
         strict = apply_gate("sim", session=session, target=0.99)
         session.commit()
         assert not strict.qualifies and strict.withdrawn == len(eligible) and strict.stands_in == 0
+        assert "cannot show 0.99" in strict.reason or "reaches the target 0.99" in strict.reason
 
 
 def test_too_few_clinician_judgments_are_refused(any_engine):
@@ -175,6 +176,7 @@ def test_too_few_clinician_judgments_are_refused(any_engine):
         assert not unreachable.qualifies and "a target of 1.00 cannot be shown" in unreachable.reason
         lower = apply_gate("sim", session=session, min_calibration=10, target=0.8)
         assert lower.qualifies and lower.guarantee.bound == pytest.approx(0.1 ** (1 / 12))
+        assert "vs the target set by hand 0.80" in str(lower)
 
 
 # --- The command ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """``therapref judge``: a model judge pre-annotates comparisons; ``--gate`` lets the verdicts of a judge
-stand in for a clinician above a confidence threshold at which its agreement with the clinicians'
-majority is shown, with a stated confidence, to reach the clinicians' agreement with each other."""
+stand in for a clinician above a confidence threshold at which its agreement with clinicians is shown,
+with a stated confidence, to reach the clinicians' agreement with each other."""
 
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ def judge(
              "Comparisons this judge already judged are skipped.")] = None,
     gate: Annotated[bool, typer.Option(
         help="Afterwards, let verdicts stand in for a clinician above the confidence threshold at which the judge's "
-             "agreement with the clinicians' majority is at least theirs with each other (Clopper-Pearson, fixed "
-             "sequence); never on a comparison anyone flagged or the judge finds unsafe.")] = False,
+             "agreement with clinicians is at least theirs with each other (Clopper-Pearson, fixed sequence); "
+             "never on a comparison anyone flagged or the judge finds unsafe.")] = False,
     alpha: Annotated[float, typer.Option(
         help="--gate: the guarantee holds with probability at least 1 - alpha.")] = 0.1,
     target: Annotated[Optional[float], typer.Option(
         help="--gate: the agreement to guarantee (default: the clinicians' agreement with each other).")] = None,
     min_calibration: Annotated[int, typer.Option(
         help="--gate: refuse below this many calibration comparisons (judged by the judge and by at least two "
-             "clinicians with a majority).")] = 30,
+             "clinicians).")] = 30,
     min_confidence: Annotated[Optional[float], typer.Option(
         help="--gate: a fixed threshold (0..1) instead of the guaranteed one; the judge must then reach the "
              "clinicians' kappa, and the line reports the bound this threshold gives.")] = None,
