@@ -261,6 +261,34 @@ def test_report_and_results_show_the_head_to_head_table(engine, sqlite_url, tmp_
     assert "judged by clinicians" in shown.output and "0.667 [0.391, 0.862] (n=12)" in shown.output
 
 
+
+def test_ab_table_counts_model_judges_only_when_asked_for(any_engine, tmp_path):
+    """A model judge (``judge:*``, role source) is not "imported": ``--results --sources imported|both``
+    leaves its verdicts out; ``judges``, ``judge:NAME`` and ``all`` count them (db.rules.Sources)."""
+    _known_answer_db(any_engine)
+    with Session(any_engine) as session:
+        judge = get_or_create_source_annotator("judge:m", session=session)
+        new_id = session.exec(select(CandidateModel.id).where(CandidateModel.name == "policy <b>new</b>")).one()
+        for comparison in session.exec(select(Comparison)).all():
+            a_is_new = session.get(Response, comparison.response_a_id).candidate_model_id == new_id
+            add_judgment(comparison, judge, "a" if a_is_new else "b", session=session, strength=1)
+        session.commit()
+    url = any_engine.url.render_as_string(hide_password=False)
+
+    def table(sources: str) -> str:
+        shown = runner.invoke(app, ["abtest", "policy <b>new</b>", "--against", "base", "--results", "--db", url,
+                                    "--bootstrap", "0", "--sources", sources])
+        assert shown.exit_code == 0, shown.output
+        return shown.output
+
+    assert "0 / 12 / 0 / 0" in table("imported")  # the dataset's votes, never the judge's wins
+    assert "7 / 15 / 2 / 0" in table("both")  # clinician and dataset
+    assert "12 / 0 / 0 / 0" in table("judges") and "12 / 0 / 0 / 0" in table("judge:m")
+    assert "19 / 15 / 2 / 0" in table("all")
+    bad = runner.invoke(app, ["abtest", "policy <b>new</b>", "--against", "base", "--results", "--db", url,
+                              "--sources", "clinician"])
+    assert bad.exit_code == 1 and "--sources 'clinician'" in bad.output and "Traceback" not in bad.output
+
 # --- The command line -------------------------------------------------------------------------------------
 
 
