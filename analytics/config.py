@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from db.rules import CLINICIAN_ROLES
+from db.rules import Sources
 
+#: The choices the admin dashboard offers (``judges`` takes any ``--sources`` value).
 JUDGES = ("clinicians", "imported", "all")
 
 
 @dataclass
 class AnalyticsConfig:
     judges: str = field(default="clinicians", metadata={
-        "help": "whose judgments count: clinicians (role clinician/admin), imported (dataset sources) or all "
-                "(model judges judge:* too)"})
+        "help": "whose judgments count, as --sources elsewhere: clinicians (role clinician/admin), imported "
+                "(datasets import:*), both, judges (model judges judge:*), all (everyone), or names "
+                "(judge:NAME, import:DATASET); model judges count only under all, judges or by name"})
     n_bootstrap: int = field(default=500, metadata={"help": "bootstrap resamples behind every 95% CI"})
     confidence: float = field(default=0.95, metadata={"help": "confidence level of the intervals"})
     seed: int = field(default=0, metadata={"help": "random seed: the same data and seed give the same report"})
@@ -38,31 +40,23 @@ class AnalyticsConfig:
     def __post_init__(self) -> None:
         from analytics.errors import AnalyticsError
 
-        if self.judges not in JUDGES:
-            raise AnalyticsError(f"judges must be one of {', '.join(JUDGES)}, not {self.judges!r}")
+        try:
+            Sources.parse(self.judges, option="--judges")
+        except ValueError as exc:
+            raise AnalyticsError(str(exc)) from None
         if self.n_bootstrap < 0:
             raise AnalyticsError("n_bootstrap must be 0 or more")
         if not 0 < self.confidence < 1:
             raise AnalyticsError("confidence must be between 0 and 1")
 
     @property
-    def roles(self) -> tuple[str, ...]:
-        """Annotator roles whose judgments count.
+    def sources(self) -> Sources:
+        """``judges`` parsed: the one rule of whose judgments count (``db.rules.Sources``); model judges
+        (``judge:*``) count only under ``all``, ``judges`` or by name, never as "imported" data.
 
-        >>> AnalyticsConfig().roles
-        ('clinician', 'admin')
-        >>> AnalyticsConfig(judges="all").roles
-        ('clinician', 'admin', 'source')
+        >>> AnalyticsConfig(judges="imported").sources.includes("source", "judge:m")
+        False
+        >>> AnalyticsConfig(judges="all").sources.includes("source", "judge:m")
+        True
         """
-        return {"clinicians": CLINICIAN_ROLES, "imported": ("source",),
-                "all": (*CLINICIAN_ROLES, "source")}[self.judges]
-
-    @property
-    def with_judges(self) -> bool:
-        """Whether model judges (``judge:*`` sources) count: only under ``all``, as ``db.rules.source_selected``
-        has it; "imported" means datasets, never judges.
-
-        >>> AnalyticsConfig(judges="imported").with_judges, AnalyticsConfig(judges="all").with_judges
-        (False, True)
-        """
-        return self.judges == "all"
+        return Sources.parse(self.judges)

@@ -180,7 +180,7 @@ def criteria_report(records: Sequence[JudgmentRecord], verdicts: Verdicts, *, co
 def build_criteria_report(*, session: Session, config: AnalyticsConfig | None = None) -> CriteriaReport:
     """Load the judgments of ``config.judges`` and their verdicts, and compute the report."""
     config = config or AnalyticsConfig()
-    records = load_judgments(session=session, roles=config.roles, with_judges=config.with_judges)
+    records = load_judgments(session=session, sources=config.sources)
     verdicts = verdicts_by_judgment(session=session)
     order = [c.name for c in current_criteria(session=session)]
     return criteria_report(records, verdicts, config=config, order=order)

@@ -48,12 +48,10 @@ from analytics.leaderboard import normalized_length_difference
 from analytics.render import Paragraph, Section, Table
 from analytics.stats import Estimate, percentile_interval
 from db.models import AbTest, Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
-from db.rules import CLINICIAN_ROLES, prompt_conversation, reply_length
+from db.rules import CLINICIANS, Sources, prompt_conversation, reply_length
 
 OUTCOMES = ("win", "loss", "tie", "both_bad")
 POINTS = {"win": 1.0, "loss": 0.0, "tie": 0.5, "both_bad": 0.5}
-SOURCES = {"clinicians": CLINICIAN_ROLES, "imported": ("source",), "both": (*CLINICIAN_ROLES, "source"),
-           "all": (*CLINICIAN_ROLES, "source")}
 Z95 = 1.959963984540054
 # A small ridge keeps an unbeaten side finite without visibly moving the estimate (see the module doc).
 RIDGE = 0.01
@@ -382,10 +380,9 @@ def pair_items(new: str, base: str, *, session: Session,
 
 
 def judged_outcomes(items: Sequence[PairItem], *, session: Session,
-                    sources: str = "clinicians") -> list[Outcome]:
-    """The judgments on ``items`` by annotators of ``sources``, as outcomes for the new side."""
-    if sources not in SOURCES:
-        raise AnalyticsError(f"sources must be one of clinicians, imported, both, not {sources!r}")
+                    sources: Sources = CLINICIANS) -> list[Outcome]:
+    """The judgments on ``items`` by annotators of ``sources`` (``db.rules.Sources``), as outcomes for the
+    new side."""
     by_id = {item.comparison_id: item for item in items}
     outcomes = []
     ids = sorted(by_id)
@@ -393,7 +390,7 @@ def judged_outcomes(items: Sequence[PairItem], *, session: Session,
         rows = session.exec(
             select(Judgment.comparison_id, Judgment.preferred, Judgment.flags_a, Judgment.flags_b)
             .join(Annotator, Annotator.id == Judgment.annotator_id)
-            .where(Judgment.comparison_id.in_(ids[start:start + 500]), Annotator.role.in_(list(SOURCES[sources])))
+            .where(Judgment.comparison_id.in_(ids[start:start + 500]), sources.condition())
             .order_by(Judgment.comparison_id, Judgment.id))
         for cid, preferred, flags_a, flags_b in rows:
             item = by_id[cid]
@@ -404,13 +401,15 @@ def judged_outcomes(items: Sequence[PairItem], *, session: Session,
     return outcomes
 
 
-def head_to_head(new: str, base: str, *, session: Session, sources: str = "clinicians",
+def head_to_head(new: str, base: str, *, session: Session, sources: str | Sources = CLINICIANS,
                  prompt_ids: Iterable[int] | None = None, n_bootstrap: int = 500, seed: int = 0) -> HeadToHead:
     """The judges' head-to-head of ``new`` against ``base`` over all comparisons between their
-    replies (on ``prompt_ids`` only when given: an A/B test's held-out prompts)."""
+    replies (on ``prompt_ids`` only when given: an A/B test's held-out prompts); the judges are
+    ``sources`` (a ``--sources`` value: model judges count only under ``judges``, ``judge:NAME`` or ``all``)."""
+    sources = Sources.parse(sources)
     items = pair_items(new, base, session=session, prompt_ids=prompt_ids)
     outcomes = judged_outcomes(items, session=session, sources=sources)
-    h = summarise(outcomes, new=new, base=base, judged_by=sources, n_bootstrap=n_bootstrap, seed=seed)
+    h = summarise(outcomes, new=new, base=base, judged_by=str(sources), n_bootstrap=n_bootstrap, seed=seed)
     _item_lengths(h, items)
     waiting = len(items) - h.comparisons
     if items and waiting:
@@ -487,7 +486,7 @@ class AbTestTable:
                 "head_to_head": self.result.as_dict()}
 
 
-def abtest_tables(*, session: Session, sources: str = "clinicians", n_bootstrap: int = 500,
+def abtest_tables(*, session: Session, sources: str | Sources = CLINICIANS, n_bootstrap: int = 500,
                   seed: int = 0) -> list[AbTestTable]:
     """One head-to-head per recorded A/B test, on that test's prompts, oldest test first."""
     new_c, base_c = aliased(CandidateModel), aliased(CandidateModel)

@@ -42,7 +42,7 @@ from analytics.render import Paragraph, Section, Table
 from analytics.stats import Estimate
 from db.judges import VerdictRow, find_judge, flagged_comparison_ids, judge_counts, judge_verdicts, set_stands_in
 from db.models import PREFERENCES, SAFETY_FLAGS
-from db.rules import CLINICIAN_ROLES, is_judge
+from db.rules import CLINICIAN_ROLES, Sources, is_judge
 
 ANY_FLAG = "any"
 JUDGE, CLINICIAN, GOLD = "judge", "clinician", "gold"
@@ -219,8 +219,7 @@ def load_judges_report(*, session: Session, config: AnalyticsConfig | None = Non
                        min_shared: int | None = None) -> JudgesReport:
     """The report's "Judges vs clinicians" section, from the database."""
     config = config or AnalyticsConfig()
-    records = [r for r in load_judgments(session=session, roles=(*CLINICIAN_ROLES, "source"), with_judges=True)
-               if r.role in CLINICIAN_ROLES or is_judge(r.annotator)]
+    records = load_judgments(session=session, sources=Sources.parse("clinicians,judges"))
     counts, opinions, guarantees = {}, {}, {}
     for name in {r.annotator for r in records if is_judge(r.annotator)}:
         annotator = find_judge(name, session=session)
@@ -317,7 +316,7 @@ def guarantee_for(verdicts: Sequence[VerdictRow], unsafe: Iterable[int], *, sess
                   target: float | None = None) -> tuple[list[tuple[float, bool]], float]:
     """Calibration items and the target (given, or the clinicians' agreement with each other) from the database."""
     wanted = {v.comparison_id for v in verdicts}
-    records = [r for r in load_judgments(session=session, roles=CLINICIAN_ROLES) if r.comparison_id in wanted]
+    records = [r for r in load_judgments(session=session) if r.comparison_id in wanted]
     labels = {cid: [r.preferred for r in rs] for cid, rs in by_comparison(records).items()}  # no unbounded IN list
     items, (agreeing, n_items) = calibration(verdicts, unsafe, labels)
     if target is None:

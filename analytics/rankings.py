@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from analytics.plackett_luce import plackett_luce_strengths
 from analytics.render import Paragraph, Section, Table
 from db.models import Annotator, CandidateModel, Ranking, Response
-from db.rules import CLINICIAN_ROLES
+from db.rules import CLINICIANS, Sources
 
 ELO_SCALE = 400 / math.log(10)  # the leaderboard's points per logit
 
@@ -84,11 +84,11 @@ def ranking_board(tier_lists: list[list[list[str]]], *, n_bootstrap: int = 200, 
     return board
 
 
-def load_ranking_board(*, session: Session, roles: tuple[str, ...] = CLINICIAN_ROLES, n_bootstrap: int = 200,
+def load_ranking_board(*, session: Session, sources: Sources = CLINICIANS, n_bootstrap: int = 200,
                        seed: int = 0) -> RankingBoard:
-    """The board over every ranking by annotators of ``roles``."""
+    """The board over every ranking by annotators of ``sources`` (``db.rules.Sources``)."""
     rankings = session.exec(select(Ranking.order).join(Annotator, Annotator.id == Ranking.annotator_id)
-                            .where(Annotator.role.in_(list(roles))).order_by(Ranking.id)).all()
+                            .where(sources.condition()).order_by(Ranking.id)).all()
     ids = {r for order in rankings for tier in order for r in tier}
     rows = session.exec(select(Response.id, CandidateModel.name)
                         .join(CandidateModel, CandidateModel.id == Response.candidate_model_id)

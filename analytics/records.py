@@ -6,7 +6,7 @@ data without a database.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -15,7 +15,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from db.models import Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
-from db.rules import CLINICIAN_ROLES, JUDGE_PREFIX
+from db.rules import CLINICIANS, Sources
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,10 @@ class JudgmentRecord:
 
 
 def load_judgments(
-    *, session: Session, roles: Sequence[str] = CLINICIAN_ROLES,
-    comparison_ids: Iterable[int] | None = None, with_judges: bool = False,
+    *, session: Session, sources: Sources = CLINICIANS, comparison_ids: Iterable[int] | None = None,
 ) -> list[JudgmentRecord]:
-    """All judgments by annotators of the given roles, oldest first; model judges' (``judge:*``)
-    only ``with_judges``."""
+    """All judgments by annotators of ``sources`` (``db.rules.Sources``: model judges' only when asked
+    for), oldest first."""
     resp_a, resp_b = aliased(Response), aliased(Response)
     cand_a, cand_b = aliased(CandidateModel), aliased(CandidateModel)
     query = (
@@ -101,13 +100,11 @@ def load_judgments(
         .join(resp_b, resp_b.id == Comparison.response_b_id)
         .join(cand_a, cand_a.id == resp_a.candidate_model_id)
         .join(cand_b, cand_b.id == resp_b.candidate_model_id)
-        .where(Annotator.role.in_(list(roles)))
+        .where(sources.condition())
         .order_by(Judgment.created_at, Judgment.id)
     )
     if comparison_ids is not None:
         query = query.where(Judgment.comparison_id.in_(list(comparison_ids)))
-    if not with_judges:
-        query = query.where(Annotator.username.not_like(f"{JUDGE_PREFIX}%"))
     records = []
     for (j, username, role, gold, prompt_id, ra, rb, topic, name_a, name_b, len_a, len_b) in session.exec(query):
         records.append(JudgmentRecord(

@@ -335,8 +335,8 @@ def generate_report(
     criteria = build_criteria_report(session=session, config=summary.config)
     judge_report = load_judges_report(session=session, config=summary.config)
     c = summary.config
-    abtests = abtest_tables(session=session, sources=c.judges, n_bootstrap=c.n_bootstrap, seed=c.seed)
-    rankings = load_ranking_board(session=session, roles=c.roles, n_bootstrap=min(c.n_bootstrap, 200), seed=c.seed)
+    abtests = abtest_tables(session=session, sources=c.sources, n_bootstrap=c.n_bootstrap, seed=c.seed)
+    rankings = load_ranking_board(session=session, sources=c.sources, n_bootstrap=min(c.n_bootstrap, 200), seed=c.seed)
     if progress:
         progress("Rendering charts and writing files")
     return summary, write_report(summary, output, criteria, judge_report, abtests=abtests, rankings=rankings)

@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 
 from analytics.stats import Estimate, bootstrap_estimate
 from db.models import Annotator, CandidateModel, Comparison, Judgment, Prompt, Response
-from db.rules import CLINICIAN_ROLES, JUDGE_PREFIX, longer_side, majority_label, prompt_conversation, reply_length
+from db.rules import CLINICIANS, Sources, longer_side, majority_label, prompt_conversation, reply_length
 
 Scorer = Callable[[list[dict[str, str]], str], float]
 
@@ -39,17 +39,14 @@ class MajorityItem:
 
 
 def majority_items(
-    *, session: Session, roles: Sequence[str] = CLINICIAN_ROLES, comparison_ids: Iterable[int] | None = None,
-    with_judges: bool = False,
+    *, session: Session, sources: Sources = CLINICIANS, comparison_ids: Iterable[int] | None = None,
 ) -> list[MajorityItem]:
     """Comparisons whose judges' plurality preferred a or b (ties and both_bad majorities are left out)."""
     votes: dict[int, list[str]] = {}
     query = (select(Judgment.comparison_id, Judgment.preferred).join(Annotator, Annotator.id == Judgment.annotator_id)
-             .where(Annotator.role.in_(list(roles))))
+             .where(sources.condition()))
     if comparison_ids is not None:
         query = query.where(Judgment.comparison_id.in_(list(comparison_ids)))
-    if not with_judges:
-        query = query.where(Annotator.username.not_like(f"{JUDGE_PREFIX}%"))
     for comparison_id, preferred in session.exec(query):
         votes.setdefault(comparison_id, []).append(preferred)
     majorities = {c: m for c, v in votes.items() if (m := majority_label(v)) in ("a", "b")}

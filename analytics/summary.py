@@ -78,7 +78,7 @@ def build_summary(
     config = config or AnalyticsConfig()
     say = progress or (lambda _message: None)
     say("Loading judgments")
-    records = load_judgments(session=session, roles=config.roles, with_judges=config.with_judges)
+    records = load_judgments(session=session, sources=config.sources)
     say(f"Analysing {len(records)} judgments ({config.n_bootstrap} bootstrap resamples)")
     parts = summarize_records(records, config)
     notes = []
@@ -91,8 +91,7 @@ def build_summary(
     reward = None
     if scorer is not None:
         ids = None if held_out_ids is None else list(held_out_ids)
-        items = majority_items(session=session, roles=config.roles, comparison_ids=ids,
-                               with_judges=config.with_judges)
+        items = majority_items(session=session, sources=config.sources, comparison_ids=ids)
         say(f"Scoring {len(items)} comparisons with the reward model")
         reward = reward_vs_clinicians(items, scorer, n_bootstrap=config.n_bootstrap, confidence=config.confidence,
                                       seed=config.seed, max_disagreements=config.max_disagreements,

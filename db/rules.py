@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from db.errors import SourcesError
 
 #: Roles whose judgments are clinicians' (admins are lead clinicians); ``source`` rows are imported
 #: datasets and ``judge:<name>`` annotators are models, never counted as clinicians unless asked.
@@ -30,30 +33,118 @@ def is_judge(username: str) -> bool:
     return username.startswith(JUDGE_PREFIX)
 
 
-def source_selected(role: str, username: str, sources: str) -> bool:
-    """Whether one annotator's judgments count under a ``--sources`` choice (comma-separated items):
-    ``clinicians`` (roles clinician/admin), ``imported`` (datasets ``import:*``), ``judges`` (all
-    ``judge:*``), ``both`` (clinicians and imported), ``all`` (everyone), or one annotator's name
-    (``judge:NAME``, ``import:DATASET``). Judges count only when asked for by name, ``judges`` or ``all``.
+#: The role of non-login annotators: imported datasets (``import:<dataset>``) and model judges (``judge:<name>``).
+SOURCE_ROLE = "source"
+#: Name prefixes of the non-login annotators a ``--sources`` item may name one by one.
+SOURCE_NAME_PREFIXES = (JUDGE_PREFIX, "import:")
+_KEYWORDS = {"clinicians": ("clinicians",), "imported": ("imported",), "both": ("clinicians", "imported"),
+             "judges": ("judges",), "all": ("clinicians", "imported", "judges", "all")}
 
-    >>> source_selected("clinician", "dr.lee", "clinicians"), source_selected("source", "judge:m", "both")
-    (True, False)
-    >>> source_selected("source", "judge:m", "judges"), source_selected("source", "judge:m", "clinicians,judge:m")
-    (True, True)
-    >>> source_selected("source", "import:hh", "imported"), source_selected("source", "judge:m", "imported")
-    (True, False)
+
+@dataclass(frozen=True)
+class Sources:
+    """Whose judgments count: a ``--sources`` value parsed once (comma-separated items).
+
+    ``clinicians`` (roles clinician/admin), ``imported`` (datasets ``import:*``), ``judges`` (every model
+    judge ``judge:*``), ``both`` (clinicians and imported), ``all`` (everyone), or one annotator's name
+    (``judge:NAME``, ``import:DATASET``). Model judges count only when asked for: by name, ``judges`` or
+    ``all``; never as clinicians or imported data. ``includes`` is the rule in Python, ``condition`` the
+    same rule as a SQL ``WHERE`` term on ``annotator``: every area filters with one or the other.
+
+    >>> Sources.parse("both")
+    Sources('both')
+    >>> s = Sources.parse("clinicians, judge:m")
+    >>> s.includes("admin", "dr.lee"), s.includes("source", "judge:m"), s.includes("source", "judge:x")
+    (True, True, False)
+    >>> Sources.parse("imported").includes("source", "judge:m"), Sources.parse("judges").includes("source", "judge:m")
+    (False, True)
+    >>> try:
+    ...     Sources.parse("clinician")
+    ... except ValueError as exc:  # db.errors.SourcesError, a TheraPrefError: one line on the command line
+    ...     print(exc)
+    --sources 'clinician': not clinicians, imported, both, judges, all, judge:NAME or import:DATASET
     """
-    person = role in CLINICIAN_ROLES
-    for item in (s.strip() for s in sources.split(",")):
-        if item == "all" or item == username:
+
+    text: str
+    clinicians: bool = False
+    imported: bool = False
+    judges: bool = False
+    everyone: bool = False
+    names: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, value: str | Sequence[str] | Sources, *, option: str = "--sources") -> Sources:
+        """The parsed value of ``--sources`` (a string, a list of items, or an already parsed one);
+        ``option`` names the setting in the error message."""
+        if isinstance(value, Sources):
+            return value
+        text = value if isinstance(value, str) else ",".join(value)
+        items = [item.strip() for item in text.split(",")]
+        kinds: set[str] = set()
+        names: set[str] = set()
+        for item in items:
+            if item in _KEYWORDS:
+                kinds.update(_KEYWORDS[item])
+            elif any(item.startswith(p) and len(item) > len(p) for p in SOURCE_NAME_PREFIXES):
+                names.add(item)
+            else:
+                raise SourcesError(f"{option} {text.strip()!r}: not clinicians, imported, both, judges, all, "
+                                   "judge:NAME or import:DATASET")
+        return cls(", ".join(items), "clinicians" in kinds, "imported" in kinds, "judges" in kinds,
+                   "all" in kinds, frozenset(names))
+
+    def __repr__(self) -> str:
+        return f"Sources({self.text!r})"
+
+    def __str__(self) -> str:
+        return self.text
+
+    def includes(self, role: str, username: str) -> bool:
+        """Whether one annotator's judgments count (``role`` and ``username`` of its ``Annotator`` row)."""
+        if self.everyone or username in self.names:
             return True
-        if item in ("clinicians", "both") and person:
-            return True
-        if item in ("imported", "both") and not person and not is_judge(username):
-            return True
-        if item == "judges" and not person and is_judge(username):
-            return True
-    return False
+        if role in CLINICIAN_ROLES:
+            return self.clinicians
+        return role == SOURCE_ROLE and (self.judges if is_judge(username) else self.imported)
+
+    def condition(self, role: Any = None, username: Any = None) -> Any:
+        """``includes`` as a SQL ``WHERE`` term (a SQLAlchemy expression) on the ``annotator`` table's
+        ``role`` and ``username`` columns (or the columns given, e.g. an alias's).
+
+        >>> sql = lambda term: str(term.compile(compile_kwargs={"literal_binds": True}))
+        >>> sql(Sources.parse("imported").condition())
+        "annotator.role = 'source' AND (annotator.username NOT LIKE 'judge:' || '%')"
+        >>> sql(Sources.parse("clinicians,judge:m").condition())
+        "annotator.role IN ('clinician', 'admin') OR annotator.username IN ('judge:m')"
+        >>> sql(Sources.parse("judges").condition()), sql(Sources.parse("all").condition())
+        ("annotator.role = 'source' AND (annotator.username LIKE 'judge:' || '%')", 'true')
+        """
+        from sqlalchemy import and_, false, or_, true
+
+        if role is None or username is None:
+            from db.models import Annotator
+
+            columns = Annotator.__table__.c
+            role, username = columns.role, columns.username
+        if self.everyone:
+            return true()
+        judge = username.startswith(JUDGE_PREFIX)
+        terms = []
+        if self.clinicians:
+            terms.append(role.in_(CLINICIAN_ROLES))
+        if self.imported and self.judges:
+            terms.append(role == SOURCE_ROLE)
+        elif self.imported:
+            terms.append(and_(role == SOURCE_ROLE, ~judge))
+        elif self.judges:
+            terms.append(and_(role == SOURCE_ROLE, judge))
+        if self.names:
+            terms.append(username.in_(sorted(self.names)))
+        return or_(*terms) if terms else false()
+
+
+#: Clinicians' judgments only: the default of every ``--sources``.
+CLINICIANS = Sources.parse("clinicians")
 
 
 def conversation(messages: Sequence[dict[str, Any]] | None, system: str | None,

@@ -14,11 +14,8 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Session
 
 from db.models import Annotator, CandidateModel, GuidelineVersion, Judgment
-from db.rules import CLINICIAN_ROLES, JUDGE_PREFIX
+from db.rules import JUDGE_PREFIX, Sources
 from exports.errors import ExportError
-
-SOURCES = ("clinicians", "imported", "both", "judges")  # or one judge: judge:<name>
-SOURCE_ROLES = ("source",)
 
 
 @dataclass
@@ -26,8 +23,9 @@ class ExportFilters:
     """Which judgments and replies an export may use (TRL-style config; every field has help)."""
 
     sources: str = field(default="clinicians", metadata={
-        "help": "whose judgments count: clinicians (roles clinician/admin), imported (source annotators "
-                "import:<dataset>), both, judges (model judges judge:<name>) or one judge judge:<name>"})
+        "help": "whose judgments count: clinicians (roles clinician/admin), imported (datasets import:<dataset>), "
+                "both, judges (every model judge), all, or annotators by name (judge:NAME, import:DATASET), "
+                "comma-separated"})
     min_votes: int = field(default=1, metadata={
         "help": "least number of judgments (after filtering) a comparison or reply needs"})
     min_margin: int = field(default=1, metadata={
@@ -59,27 +57,14 @@ class ExportFilters:
             data[key] = data[key].isoformat() if data[key] else None
         return data
 
-    def roles(self) -> tuple[str, ...]:
-        """Annotator roles whose judgments count.
+    @property
+    def parsed_sources(self) -> Sources:
+        """``sources`` parsed (``db.rules.Sources``: the one rule of whose judgments count, with its SQL term).
 
-        >>> ExportFilters(sources="both").roles()
-        ('clinician', 'admin', 'source')
+        >>> ExportFilters(sources="both").parsed_sources.includes("source", "judge:m")
+        False
         """
-        if self.sources.startswith(JUDGE_PREFIX):
-            return SOURCE_ROLES
-        return {"clinicians": CLINICIAN_ROLES, "imported": SOURCE_ROLES, "judges": SOURCE_ROLES,
-                "both": CLINICIAN_ROLES + SOURCE_ROLES}[self.sources]
-
-    def source_condition(self) -> ColumnElement[bool]:
-        """The ``WHERE`` term on ``annotator`` for ``sources``: model judges (``judge:*``) count only
-        under ``judges`` or their own name, never as clinicians or imported data."""
-        a = Annotator.__table__.c
-        judge = a.username.startswith(JUDGE_PREFIX)
-        if self.sources.startswith(JUDGE_PREFIX):
-            return and_(a.role.in_(SOURCE_ROLES), a.username == self.sources)
-        if self.sources == "judges":
-            return and_(a.role.in_(SOURCE_ROLES), judge)
-        return and_(a.role.in_(self.roles()), ~judge)
+        return Sources.parse(self.sources)
 
 
 def parse_when(text: str | None, *, name: str = "date") -> datetime | None:
@@ -103,14 +88,13 @@ def parse_when(text: str | None, *, name: str = "date") -> datetime | None:
 
 def check_filters(filters: ExportFilters, *, session: Session) -> None:
     """Reject impossible or unknown filter values with one clear line."""
-    if filters.sources.startswith(JUDGE_PREFIX):
+    for name in sorted(filters.parsed_sources.names):  # a bad --sources value fails here, in one line
+        prefix = name.split(":")[0] + ":"
         known = session.exec(sqlmodel.select(Annotator.username).where(
-            Annotator.username.startswith(JUDGE_PREFIX))).all()  # type: ignore[attr-defined]
-        if filters.sources not in known:
-            shown = ", ".join(sorted(known)) or "none"
-            raise ExportError(f"--sources: no judge named {filters.sources!r} (known: {shown})")
-    elif filters.sources not in SOURCES:
-        raise ExportError(f"--sources {filters.sources!r} is not one of {', '.join(SOURCES)}, or judge:<name>")
+            Annotator.username.startswith(prefix))).all()  # type: ignore[attr-defined]
+        if name not in known:
+            kind = "judge" if prefix == JUDGE_PREFIX else "dataset"
+            raise ExportError(f"--sources: no {kind} named {name!r} (known: {', '.join(sorted(known)) or 'none'})")
     if filters.min_votes < 1:
         raise ExportError("--min-votes must be at least 1")
     if filters.min_margin < 0:
@@ -142,7 +126,7 @@ def check_filters(filters: ExportFilters, *, session: Session) -> None:
 def judgment_conditions(filters: ExportFilters) -> list[ColumnElement[bool]]:
     """``WHERE`` terms on ``judgment`` joined with ``annotator`` for the judgment-level filters."""
     j = Judgment.__table__.c
-    terms: list[ColumnElement[bool]] = [filters.source_condition()]
+    terms: list[ColumnElement[bool]] = [filters.parsed_sources.condition()]
     if filters.guideline_version is not None:
         terms.append(j.guideline_version == filters.guideline_version)
     if filters.since is not None:
@@ -159,7 +143,7 @@ def judgment_filter_counts(conn: Connection, filters: ExportFilters) -> dict[str
     A judgment removed by several filters is counted under the first: source, guideline, date.
     """
     j, a = Judgment.__table__.c, Annotator.__table__.c
-    source_ok = filters.source_condition()
+    source_ok = filters.parsed_sources.condition()
     guide_ok = (j.guideline_version == filters.guideline_version) if filters.guideline_version is not None else None
     date_terms = [t for t in (j.created_at >= filters.since if filters.since else None,
                               j.created_at < filters.until if filters.until else None) if t is not None]

@@ -231,15 +231,13 @@ def prompt_judgments(conn: Connection, prompt_id: int, filters: ExportFilters) -
 
 def prompt_rewrite(conn: Connection, prompt_id: int, filters: ExportFilters) -> str | None:
     """The newest clinician rewrite among the prompt's judgments that pass the filters."""
-    roles = [r for r in filters.roles() if r in CLINICIAN_ROLES]
-    if not roles:
+    if not filters.parsed_sources.clinicians:  # rewrites are clinicians' only
         return None
-    terms = [t for t in judgment_conditions(filters)[1:]]
     stmt = (
         select(JUDGMENTS.c.rewrite)
         .select_from(_judged_comparisons())
-        .where(COMPARISONS.c.prompt_id == prompt_id, ANNOTATORS.c.role.in_(roles), JUDGMENTS.c.rewrite.isnot(None),
-               JUDGMENTS.c.rewrite != "", *terms)
+        .where(COMPARISONS.c.prompt_id == prompt_id, ANNOTATORS.c.role.in_(CLINICIAN_ROLES),
+               JUDGMENTS.c.rewrite.isnot(None), JUDGMENTS.c.rewrite != "", *judgment_conditions(filters))
         .order_by(JUDGMENTS.c.created_at.desc(), JUDGMENTS.c.id.desc())
         .limit(1)
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from trl import RewardConfig
 
+from db.rules import Sources
 from reward.errors import RewardError
 from reward.resources import EMBEDDED_BASE, accelerator_present, cpu_supports_bf16, gpu_supports_bf16
 
@@ -45,7 +46,7 @@ class TheraRewardConfig(RewardConfig):
     sources: str = field(default="clinicians", metadata={
         "help": "Whose judgments become pairs: 'clinicians' (role clinician/admin), 'imported' (source annotators "
                 "import:<dataset>), 'both', 'judges' (model judges judge:<name>; never included unless asked), "
-                "'all', or a comma-separated list of names (datasets, judge:<name>)."})
+                "'all', or annotators by name (import:DATASET, judge:NAME); comma-separated (db.rules.Sources)."})
     aggregation: str = field(default="judgment", metadata={
         "help": "'judgment': one pair per A/B vote; 'majority': one pair per comparison with a strict majority."})
     margin_mapping: str | None = field(default=None, metadata={
@@ -120,6 +121,7 @@ class TheraRewardConfig(RewardConfig):
     def __post_init__(self):
         if self.output_dir is None:
             raise RewardError("an output folder is required (--output DIR)")
+        Sources.parse(self.sources)  # a bad value fails here, before any data is read
         if self.aggregation not in ("judgment", "majority"):
             raise RewardError(f"aggregation must be 'judgment' or 'majority', not {self.aggregation!r}")
         if not 1 <= self.ensemble <= 64:

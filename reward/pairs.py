@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from db.rules import CLINICIAN_ROLES, majority_label, reply_length, source_selected
+from db.rules import CLINICIAN_ROLES, Sources, majority_label, reply_length
 from reward.errors import RewardError
 
 CLINICIANS = "clinicians"
@@ -144,30 +144,6 @@ def margin_for(strength: int | None, mapping: Mapping[int, float] | None) -> flo
     return float(mapping.get(int(strength), 0.0))
 
 
-def source_allowed(source: str, sources: str | Sequence[str]) -> bool:
-    """Filter by source: ``clinicians``, ``imported``, ``both`` (those two), ``judges`` (every
-    ``judge:*``), ``all``, or names such as ``import:hh`` and ``judge:gpt-4o`` (``db.rules.source_selected``:
-    model judges count only when asked for).
-
-    >>> source_allowed("clinicians", "clinicians"), source_allowed("import:hh", "clinicians")
-    (True, False)
-    >>> source_allowed("import:hh", "imported"), source_allowed("import:hh", "both")
-    (True, True)
-    >>> source_allowed("import:hh", ["import:other", "import:hh"])
-    True
-    >>> source_allowed("judge:m", "both"), source_allowed("judge:m", "judges"), source_allowed("judge:m", "judge:m")
-    (False, True, True)
-    """
-    wanted = [s.strip() for s in sources.split(",")] if isinstance(sources, str) else list(sources)
-    role = CLINICIAN_ROLES[0] if source == CLINICIANS else "source"
-    for item in wanted:
-        if source_selected(role, source, item):
-            return True
-        if item.startswith("import:") is False and source == f"import:{item}":
-            return True
-    return False
-
-
 def unsafe_responses(votes: Iterable[Vote]) -> set[Any]:
     """Replies that any clinician flagged (any safety flag) in any judgment: never ``chosen``.
 
@@ -238,7 +214,7 @@ def build_pairs(
     *,
     aggregation: str = "judgment",
     margin_mapping: Mapping[int, float] | None = None,
-    sources: str | Sequence[str] = "both",
+    sources: str | Sequence[str] | Sources = "both",
     guideline_versions: Sequence[int] | None = None,
     criterion: str | None = None,
 ) -> tuple[list[PreferencePair], PairStats]:
@@ -249,7 +225,7 @@ def build_pairs(
     - ``aggregation="judgment"``: one pair per A/B vote; ``"majority"``: one pair per comparison
       whose winner has strictly more votes than any other answer (tie/both_bad included), with the
       mean margin of the winning votes;
-    - ``sources`` and ``guideline_versions`` filter votes before anything else;
+    - ``sources`` (``db.rules.Sources``) and ``guideline_versions`` filter votes before anything else;
     - ``criterion``: pairs from that criterion's verdicts instead of the overall preference
       (``criterion_votes``; votes without a verdict on it are counted as ``no_criterion_verdict``); the
       safety rule above still holds, flags being read from every vote.
@@ -268,6 +244,7 @@ def build_pairs(
     """
     if aggregation not in ("judgment", "majority"):
         raise RewardError(f"aggregation must be 'judgment' or 'majority', not {aggregation!r}")
+    wanted = Sources.parse(sources)
     votes = list(votes)
     stats = PairStats()
     unsafe = unsafe_responses(votes)
@@ -277,7 +254,7 @@ def build_pairs(
     kept: list[Vote] = []
     for vote in votes:
         stats.votes += 1
-        if not source_allowed(vote.source, sources):
+        if not wanted.includes(vote.role, vote.annotator):
             stats.filtered_source += 1
         elif guideline_versions is not None and vote.guideline_version not in guideline_versions:
             stats.filtered_guideline += 1

@@ -19,6 +19,7 @@ from analytics.reward_eval import length_scorer, majority_items
 from analytics.summary import build_summary
 from db.crud import add_judgment, get_or_create_source_annotator
 from db.models import AuditEvent, Comparison
+from db.rules import Sources
 from tests.factories import build_project
 
 
@@ -121,10 +122,10 @@ def test_load_judgments_and_completion_on_sqlite_and_postgres(any_engine):
                      flags_a=["dismissive"])
         session.commit()
         clinicians = load_judgments(session=session)
-        everyone = load_judgments(session=session, roles=("clinician", "admin", "source"))
+        everyone = load_judgments(session=session, sources=Sources.parse("both"))
         done = completion(session=session)
         summary = build_summary(session=session, config=AnalyticsConfig(n_bootstrap=20), scorer=length_scorer)
-        imported = majority_items(session=session, roles=("source",))
+        imported = majority_items(session=session, sources=Sources.parse("imported"))
     assert len(clinicians) == 7
     assert len(everyone) == 8
     assert {r.role for r in clinicians} == {"clinician", "admin"}

@@ -14,6 +14,7 @@ from analytics.reward_eval import (
 from db.crud import add_judgment
 from db.engine import make_engine
 from db.migrate import upgrade
+from db.rules import Sources
 from tests.factories import PATIENT_MESSAGES, build_project
 
 
@@ -53,7 +54,7 @@ def test_majority_items_skip_ties_and_split_votes(module_session, panel):
     assert {items[0].model_a, items[0].model_b} == {"warm", "terse"}
     assert items[0].votes == 3
     # Only source annotators: none here.
-    assert majority_items(session=module_session, roles=("source",)) == []
+    assert majority_items(session=module_session, sources=Sources.parse("imported")) == []
     subset = majority_items(session=module_session, comparison_ids=[panel.comparisons[3].id])
     assert [i.comparison_id for i in subset] == [panel.comparisons[3].id]
 

@@ -25,6 +25,7 @@ from candidates.fake_server import FakeOpenAIServer
 from db.crud import add_judgment
 from db.judges import judge_annotator, record_verdict
 from db.models import PREFERENCES, Annotator, Comparison, JudgeFailure, JudgeVerdict, Judgment
+from db.rules import Sources
 from tests.candidates_helpers import llama_server
 from tests.factories import PATIENT_MESSAGES, build_project
 from therapref.cli import app
@@ -394,11 +395,12 @@ def test_analytics_count_judges_only_under_all(engine):
         add_judgment(project.comparisons[0], dataset, "a", session=session)
         add_judgment(project.comparisons[1], judge, "b", session=session)
         session.commit()
-        roles = AnalyticsConfig(judges="imported").roles
-        assert [r.annotator for r in load_judgments(session=session, roles=roles)] == ["import:hh"]
-        assert {r.annotator for r in load_judgments(session=session, roles=roles, with_judges=True)} == \
+        imported = AnalyticsConfig(judges="imported").sources
+        assert [r.annotator for r in load_judgments(session=session, sources=imported)] == ["import:hh"]
+        assert {r.annotator for r in load_judgments(session=session, sources=Sources.parse("imported,judges"))} == \
             {"import:hh", "judge:m"}
-        assert [i.comparison_id for i in majority_items(session=session, roles=roles)] == \
+        assert [r.annotator for r in load_judgments(session=session, sources=Sources.parse("judge:m"))] == ["judge:m"]
+        assert [i.comparison_id for i in majority_items(session=session, sources=imported)] == \
             [project.comparisons[0].id]
 
 

@@ -49,7 +49,8 @@ def abtest(
         "--results", help="Print the clinicians' head-to-head of NEW vs BASE on their A/B prompts; create nothing.")]
     = False,
     sources: Annotated[str, typer.Option(
-        help="--results: whose judgments count: clinicians, imported or both.")] = "clinicians",
+        help="--results: whose judgments count: clinicians, imported, both, judges, all, or names judge:NAME, "
+             "import:DATASET (model judges count only under judges, all or by name).")] = "clinicians",
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="Candidate registry TOML for generation (default: the candidates_file setting when it "
                          "exists, else each candidate as registered in the database).")] = None,
