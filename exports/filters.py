@@ -33,17 +33,30 @@ class ExportFilters:
     min_agreement: float = field(default=0.0, metadata={
         "help": "least share of all votes (ties and both-bad included) that went to the winner, 0..1"})
     guideline_version: int | None = field(default=None, metadata={
-        "help": "only judgments made under this guideline version"})
+        "help": "only judgments made under this guideline version", "metavar": "V"})
     candidate_models: tuple[str, ...] = field(default=(), metadata={
-        "help": "only replies of these candidate models (names); a pair needs both replies in the set"})
-    since: datetime | None = field(default=None, metadata={"help": "only judgments made at or after this time"})
-    until: datetime | None = field(default=None, metadata={"help": "only judgments made before this time"})
+        "help": "only replies of these candidate models (names; repeat the flag for several); a pair needs both "
+                "replies in the set", "metavar": "NAME"})
+    since: datetime | None = field(default=None, metadata={
+        "help": "only judgments made at or after this time (ISO date or date-time; UTC without an offset)",
+        "metavar": "DATE"})
+    until: datetime | None = field(default=None, metadata={
+        "help": "only judgments made before this time (ISO date or date-time; UTC without an offset)",
+        "metavar": "DATE"})
     exclude_flagged: bool = field(default=False, metadata={
         "help": "drop every item that involves a reply a clinician flagged (flagged replies are never "
                 "exported as targets, whatever this says)"})
     not_worse_on: str | None = field(default=None, metadata={
         "help": "a criterion (e.g. safety): never export as the target a reply that the majority of this "
-                "criterion's verdicts, among the judgments used, found worse than the other reply of a comparison"})
+                "criterion's verdicts, among the judgments used, found worse than the other reply of a comparison",
+        "metavar": "CRITERION"})
+
+    def __post_init__(self) -> None:
+        # Dates may come as ISO text (flags, a manifest's filters); the models as any sequence.
+        self.since = parse_when(self.since, name="since") if isinstance(self.since, str) else self.since
+        self.until = parse_when(self.until, name="until") if isinstance(self.until, str) else self.until
+        self.candidate_models = tuple(self.candidate_models or ())
+        Sources.parse(self.sources)  # a bad value fails here, in one line
 
     def to_json(self) -> dict[str, Any]:
         """The filters as plain JSON values (for manifests and ExportRun.filters).

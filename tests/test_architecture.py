@@ -34,7 +34,7 @@ SHARED_OWNERS = {"reward.scoring", "analytics.bradley_terry", "candidates.embedd
                  # (policy training too)
                  "reward.resources"}
 # The core of ``therapref`` that every layer may read; everything else under it is the CLI.
-CORE = {"therapref", "therapref.settings"}
+CORE = {"therapref", "therapref.settings", "therapref.config_cli"}
 # ``db`` reads no other package, and neither db nor the areas reach for the edges' frameworks.
 FORBIDDEN_THIRD_PARTY = {"db": {"streamlit", "typer", "torch"}, **{area: {"streamlit", "typer"} for area in AREAS}}
 
@@ -92,5 +92,16 @@ def test_imports_point_down(package):
 
 def test_the_core_of_therapref_holds_no_commands():
     core_files = {p.name for p in (ROOT / "therapref").glob("*.py")}
-    assert core_files <= {"__init__.py", "settings.py"}, "commands live in therapref/cli/"
+    assert core_files <= {"__init__.py", "settings.py", "config_cli.py"}, "commands live in therapref/cli/"
     assert (ROOT / "therapref" / "cli" / "__main__.py").is_file(), "`python -m therapref.cli` (accelerate launch)"
+
+
+def test_the_core_config_helper_imports_only_the_standard_library_at_import_time():
+    """Areas read ``therapref.config_cli`` (TOML loading); typer, click and rich are imported only inside
+    the functions that build command-line options."""
+    import sys
+
+    tree = ast.parse((ROOT / "therapref" / "config_cli.py").read_text(encoding="utf-8"))
+    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    assert top <= set(sys.stdlib_module_names) | {"__future__"}

@@ -145,7 +145,7 @@ def test_a_finished_round_is_a_no_op(finished):
     assert len(lines) == 5
     assert all("done earlier" in line for line in lines[:4])
     assert lines[4].startswith(f"Round {output} finished")
-    assert "no clinician judgments yet" in lines[4]
+    assert "no judgments by clinicians yet" in lines[4]
     assert _counts(finished["engine"]) == finished["counts_before"]
 
 
@@ -208,6 +208,10 @@ def small(tmp_path):
     (["--min-votes", "5"], "Error: nothing to export: 0 of "),
     (["--base-model", "/no/such/folder"], "Error: --base-model /no/such/folder: no such folder"),
     (["--prompts", "0"], "Error: --prompts must be at least 1, not 0"),
+    # the export filters are `therapref export`'s own (declared once): judges by name, criteria
+    (["--sources", "judge:nobody"], "Error: --sources: no judge named 'judge:nobody' (known: none)"),
+    (["--not-worse-on", "kindness"], "Error: --not-worse-on: unknown criterion 'kindness'"),
+    (["--sources", "judge"], "Error: --sources 'judge': not clinicians, imported, both, judges, all"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(small, tmp_path, extra, message):
     engine, url = small

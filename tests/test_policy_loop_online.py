@@ -7,6 +7,7 @@ one line and writes nothing."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from sqlalchemy import func, select
@@ -16,7 +17,17 @@ from typer.testing import CliRunner
 from bench.loop import tiny_base
 from db.engine import make_engine
 from db.migrate import upgrade
-from db.models import AbTest, Annotator, BestOfNSample, CandidateModel, Comparison, Judgment, PolicyRun, Response
+from db.models import (
+    AbTest,
+    Annotator,
+    BestOfNSample,
+    CandidateModel,
+    Comparison,
+    ExportRun,
+    Judgment,
+    PolicyRun,
+    Response,
+)
 from tests.factories import add_prompts, untrained_reward_model
 from therapref.cli import app
 
@@ -92,10 +103,15 @@ def test_loop_run_iterates_dpo_on_the_policys_own_samples_judged_by_the_reward_m
     config.write_text(TRAINING)
     args = ["loop", "run", "--output", str(tmp_path / "loop"), "--rounds", "2", "--reward-model", str(reward_dir),
             "--train-prompts", "source:train", "--prompts", "source:heldout", "--base-model", str(tiny),
-            "--config", str(config), "--max-tokens", "6", "--name", "gaby", "--no-progress", "--db", url]
+            "--config", str(config), "--max-tokens", "6", "--name", "gaby", "--no-progress", "--db", url,
+            "--min-agreement", "0.5"]  # an export filter, as `therapref export` takes it (one vote: agreement 1)
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     with Session(engine) as session:
+        exports = session.execute(select(ExportRun).order_by(ExportRun.id)).scalars().all()
+        assert [(e.filters["sources"], e.filters["min_agreement"]) for e in exports] == \
+            [(f"judge:reward:{reward_dir.name}", 0.5)] * 2
+        assert [len(e.filters["candidate_models"]) for e in exports] == [2, 2]  # each round's two samplers
         runs = session.execute(select(PolicyRun).order_by(PolicyRun.id)).scalars().all()
         assert [r.method for r in runs] == ["dpo", "dpo"]
         # Round 2 starts from round 1's policy (on-policy), and each trained only on its prompts.
@@ -136,6 +152,33 @@ def test_loop_run_without_a_reward_model_waits_for_clinicians(tmp_path, tiny):
         queued = session.execute(select(func.count()).select_from(Comparison)).scalar_one()
         assert queued == len(train)  # one pair per prompt: the two samples, in the clinicians' queue
         assert session.execute(select(func.count()).select_from(PolicyRun)).scalar_one() == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--not-worse-on", "kindness"], "Error: --not-worse-on: unknown criterion 'kindness' (known: "),
+    (["--sources", "judge:nobody"], "Error: --sources: no judge named 'judge:nobody' (known: none)"),
+    (["--sources", "judges,clinician"], "Error: --sources 'judges,clinician': not clinicians, imported, both"),
+])
+def test_loop_run_takes_the_export_filters_and_refuses_bad_ones_before_sampling(tmp_path, extra, message):
+    engine, url, _, _ = _project(tmp_path)
+    before = _counts(engine)
+    out = runner.invoke(app, ["loop", "run", "--output", str(tmp_path / "loop"), "--train-prompts", "source:train",
+                              "--no-progress", "--db", url, *extra])
+    assert out.exit_code == 1, out.output
+    assert out.output.strip().startswith(message) and len(out.output.strip().splitlines()) == 1, out.output
+    assert not (tmp_path / "loop").exists() and _counts(engine) == before
+
+
+def test_loop_commands_offer_the_export_filters_of_export():
+    shown = {}
+    for command in (["export", "dpo"], ["loop", "round"], ["loop", "run"]):
+        result = runner.invoke(app, [*command, "--help"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        shown[command[-1]] = set(re.findall(r"--[a-z][a-z-]+", result.output.split("Export filters")[1]))
+    assert {"--sources", "--not-worse-on", "--min-votes", "--since", "--exclude-flagged"} <= shown["round"]
+    assert shown["round"] == shown["dpo"]  # the same declaration
+    assert shown["run"] == shown["dpo"] - {"--candidate"}  # loop run sets each round's candidates itself
+    assert "judge:NAME" in runner.invoke(app, ["loop", "round", "--help"], terminal_width=200).output
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -16,6 +16,26 @@ from db.engine import make_engine
 from db.errors import TheraPrefError
 from therapref.settings import Settings
 
+
+def _flags_show_no_type() -> None:
+    """typer 0.29's rich help prints a type after every option, flags included (``--json <bool>``), which
+    reads as if they took a value; its plain help prints none for them. Flags and counters show none here
+    either (once, for every command: each imports this module)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "flags_show_no_type", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    display_type_rich.flags_show_no_type = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
+
 DbOption = Annotated[
     Optional[str],
     typer.Option("--db", help="SQLAlchemy URL or SQLite file (env THERAPREF_DATABASE_URL; default therapref.db)",

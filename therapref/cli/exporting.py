@@ -10,8 +10,26 @@ from typing import Annotated, Optional
 import typer
 
 from therapref.cli.common import DbOption, errors, fail, open_engine
+from therapref.config_cli import ConfigFlags, Flag, config_command
 
-finetune_app = typer.Typer(help="Fine-tune hosted models on exported files.", no_args_is_help=True)
+finetune_app = typer.Typer(help="Fine-tune a chatbot policy on exported or sampled data: locally with TRL (local: "
+                                "SFT, DPO, KTO, rejection sampling, GRPO, RLOO) or as a hosted OpenAI job (openai).",
+                           no_args_is_help=True)
+
+#: The export filters (``exports.filters.ExportFilters``'s fields and help), declared once: every command
+#: that exports (``export …``, ``loop round``, ``loop run``) takes them.
+EXPORT_FILTERS = ConfigFlags(
+    "exports.filters:ExportFilters",
+    ("sources", "min_votes", "min_margin", "min_agreement", "guideline_version", Flag("candidate_models", "candidate"),
+     "since", "until", "exclude_flagged", "not_worse_on"),
+    panel="Export filters", show_defaults=True)
+
+
+def export_filters(ctx: typer.Context, flags: ConfigFlags = EXPORT_FILTERS, **fixed: object) -> object:
+    """The ``ExportFilters`` the command's filter flags say (``fixed`` values on top)."""
+    from exports.filters import ExportFilters
+
+    return flags.build(ctx, ExportFilters, **fixed)
 
 
 class Kind(StrEnum):
@@ -63,21 +81,6 @@ def export(
     db: DbOption = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
     scrub_pii: Annotated[bool, typer.Option(help="Replace e-mails, phones, URLs and names with placeholders.")] = False,
-    sources: Annotated[str, typer.Option(
-        help="Whose judgments count: clinicians, imported, both, judges, or one judge judge:NAME.")] = "clinicians",
-    min_votes: Annotated[int, typer.Option(help="Least judgments per comparison / reply.")] = 1,
-    min_margin: Annotated[int, typer.Option(help="Least vote difference between winner and loser.")] = 1,
-    min_agreement: Annotated[float, typer.Option(help="Least share of votes for the winner (0..1).")] = 0.0,
-    guideline_version: Annotated[Optional[int], typer.Option(
-        help="Only judgments under this guideline version.")] = None,
-    candidate: Annotated[Optional[list[str]], typer.Option(
-        "--candidate", help="Only replies of this candidate model (repeat for several).")] = None,
-    since: Annotated[Optional[str], typer.Option(help="Only judgments at/after this ISO date(-time), UTC.")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Only judgments before this ISO date(-time), UTC.")] = None,
-    exclude_flagged: Annotated[bool, typer.Option(help="Drop every item involving a flagged reply.")] = False,
-    not_worse_on: Annotated[Optional[str], typer.Option(
-        metavar="CRITERION", help="Never export as the target a reply the majority of this criterion's verdicts "
-        "found worse (e.g. safety; docs/exports.md).")] = None,
     system_prompt: Annotated[Optional[str], typer.Option(
         help="System message for every row (default: each prompt's own).")] = None,
     select: Annotated[Selection, typer.Option(
@@ -94,16 +97,10 @@ def export(
 ) -> None:
     """Export training data: SFT, DPO (TRL), OpenAI preference, KTO, an HF dataset folder, or a copy of a
     Dialogflow ES agent whose intents answer with the preferred replies (dialogflow --agent ZIP)."""
-    from exports.filters import ExportFilters, parse_when
     from exports.run import ExportOptions, run_export
 
     with errors():
-        filters = ExportFilters(
-            sources=sources, min_votes=min_votes, min_margin=min_margin, min_agreement=min_agreement,
-            guideline_version=guideline_version, candidate_models=tuple(candidate or ()),
-            since=parse_when(since, name="since"), until=parse_when(until, name="until"),
-            exclude_flagged=exclude_flagged, not_worse_on=not_worse_on,
-        )
+        filters = export_filters(ctx)
         options = ExportOptions(
             force=force, scrub_pii=scrub_pii, system_prompt=system_prompt, selection=select.value,
             reference_candidate=reference_candidate, prefer_source=prefer_source, rewrites=rewrites,
@@ -173,6 +170,6 @@ def finetune_openai(
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    app.command("export")(export)
+    app.command("export", cls=config_command(EXPORT_FILTERS))(export)
     finetune_app.command("openai")(finetune_openai)
     app.add_typer(finetune_app, name="finetune")

@@ -3,6 +3,7 @@ command, kept in one folder and resumable (library: ``policy.loop.run_round``)."
 
 from __future__ import annotations
 
+import dataclasses
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,6 +11,12 @@ from typing import Annotated, Optional
 import typer
 
 from therapref.cli.common import DbOption, errors, fail, open_engine, sigterm_as_interrupt
+from therapref.cli.exporting import EXPORT_FILTERS, export_filters
+from therapref.config_cli import config_command
+
+#: ``loop run`` exports each round's pairs between that round's samplers (it sets the candidates itself);
+#: no defaults shown, since ``--sources`` defaults to the reward model's judge when there is one.
+RUN_FILTERS = dataclasses.replace(EXPORT_FILTERS.without("candidate_models"), show_defaults=False)
 
 loop_app = typer.Typer(help="Close the loop: train the chatbot on clinicians' preferences and A/B test it.",
                        no_args_is_help=True)
@@ -25,13 +32,8 @@ class Method(StrEnum):
     grpo = "grpo"
 
 
-class Sources(StrEnum):
-    clinicians = "clinicians"
-    imported = "imported"
-    both = "both"
-
-
 def round_(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the round (created; a second run "
                                                                  "resumes or reports it).", show_default=False)],
     method: Annotated[Method, typer.Option(
@@ -63,17 +65,6 @@ def round_(
              "prompt's own, else the persona).")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Most tokens per generated A/B reply.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the A/B prompt draw.")] = 0,
-    sources: Annotated[Sources, typer.Option(help="Export: whose judgments count.")] = Sources.clinicians,
-    min_votes: Annotated[int, typer.Option(help="Export: least judgments per comparison / reply.")] = 1,
-    min_margin: Annotated[int, typer.Option(help="Export: least vote difference between winner and loser.")] = 1,
-    min_agreement: Annotated[float, typer.Option(help="Export: least share of votes for the winner (0..1).")] = 0.0,
-    guideline_version: Annotated[Optional[int], typer.Option(
-        help="Export: only judgments under this guideline version.")] = None,
-    candidate: Annotated[Optional[list[str]], typer.Option(
-        "--candidate", help="Export: only replies of this candidate model (repeat for several).")] = None,
-    since: Annotated[Optional[str], typer.Option(help="Export: only judgments at/after this ISO date(-time).")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Export: only judgments before this ISO date(-time).")] = None,
-    exclude_flagged: Annotated[bool, typer.Option(help="Export: drop every item with a flagged reply.")] = False,
     scrub_pii: Annotated[bool, typer.Option(help="Export: replace e-mails, phones, URLs and names.")] = False,
     progress: Annotated[bool, typer.Option(help="Show generation progress on stderr.")] = True,
     db: DbOption = None,
@@ -82,17 +73,11 @@ def round_(
     held-out prompts; each step's artifacts and figures stay in --output (round.json)."""
     from analytics.head_to_head import head_to_head
     from db.engine import read_only_engine, session_scope
-    from exports.filters import ExportFilters, parse_when
     from exports.run import ExportOptions, run_export
     from policy.loop import RoundConfig, run_round
 
     with errors():
-        filters = ExportFilters(
-            sources=sources.value, min_votes=min_votes, min_margin=min_margin, min_agreement=min_agreement,
-            guideline_version=guideline_version, candidate_models=tuple(candidate or ()),
-            since=parse_when(since, name="since"), until=parse_when(until, name="until"),
-            exclude_flagged=exclude_flagged,
-        )
+        filters = export_filters(ctx)
         command = ["therapref", "loop", "round", "--output", str(output), "--method", method.value]
         options = ExportOptions(scrub_pii=scrub_pii, system_prompt=system_prompt, actor="loop", command=command)
         settings = RoundConfig(
@@ -111,10 +96,10 @@ def round_(
 
         def results(new: str, base: str) -> str | None:
             with session_scope(read_only_engine(engine)) as session:
-                table = head_to_head(new, base, session=session, sources=sources.value, n_bootstrap=200)
+                table = head_to_head(new, base, session=session, sources=filters.sources, n_bootstrap=200)
             if not table.n:
-                return "no clinician judgments yet: judge the A/B pairs in the app, then `therapref report`"
-            return f"clinicians so far: win rate {table.win_rate.fmt()}, {table.n} judgments"
+                return f"no judgments by {filters.sources} yet: judge the A/B pairs in the app, then `therapref report`"
+            return f"{filters.sources} so far: win rate {table.win_rate.fmt()}, {table.n} judgments"
 
         try:
             with sigterm_as_interrupt():
@@ -129,6 +114,7 @@ def round_(
 
 
 def run(
+    ctx: typer.Context,
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder of the loop: round-1 … round-R inside "
                                                                  "(a second run resumes it).", show_default=False)],
     rounds: Annotated[int, typer.Option(help="Rounds of sampling, judging and training.")] = 2,
@@ -158,21 +144,29 @@ def run(
     """Iterated (on-policy) DPO: each round samples pairs from the current policy, has them judged (by
     --reward-model, or by clinicians in the app), trains on them, registers and A/B tests the policy."""
     from db.engine import read_only_engine, session_scope
+    from exports.filters import check_filters
     from policy.iterate import run_loop
     from policy.loop import RoundConfig
     from policy.prompts import training_prompt_ids
 
     with errors():
-        sources = judge_source(reward_model)
+        given = RUN_FILTERS.values(ctx)
+        sources = given["sources"] or judge_source(reward_model)
+        filters = export_filters(ctx, RUN_FILTERS, sources=sources)
+        others = {k: v for k, v in given.items() if v is not None and k != "sources"}
         settings = RoundConfig(method=method, against=against, prompts=prompts, base_model=base_model, epochs=epochs,
                                lora=lora, name=name, training_file=str(config) if config else None,
                                system_prompt=system_prompt, seed=seed, max_tokens=max_tokens,
-                               export={"sources": sources})
+                               export={"sources": sources, **({"filters": filters.to_json()} if others else {})})
         engine = open_engine(db)
         with session_scope(read_only_engine(engine)) as session:
             train_ids = training_prompt_ids(train_prompts, session=session, seed=seed)
+            # Bad filters fail now, not after a round of sampling (the reward model's judge, the default
+            # source, appears with its first verdict).
+            check_filters(filters if given["sources"] else dataclasses.replace(filters, sources="clinicians"),
+                          session=session)
 
-        pair, judge, make_export = online_steps(engine, reward_model=reward_model, seed=seed,
+        pair, judge, make_export = online_steps(engine, reward_model=reward_model, seed=seed, filters=filters,
                                                 system_prompt=system_prompt, command=["therapref", "loop", "run",
                                                                                       "--output", str(output)])
         try:
@@ -196,10 +190,11 @@ def judge_source(reward_model: Path | None) -> str:
 
 
 def online_steps(engine: object, *, reward_model: Path | None, seed: int, system_prompt: str | None,
-                 command: list[str]) -> tuple:
+                 command: list[str], filters: object | None = None) -> tuple:
     """The three steps ``policy.iterate.run_loop`` takes from the edge: pairing the samplers' replies
     (``candidates.pairing``), judging them with the reward model (``candidates.judge``; None without one:
-    clinicians judge) and the export restricted to the samplers (``exports.run``)."""
+    clinicians judge) and the export restricted to the samplers (``exports.run``) under ``filters`` (the
+    ``loop run`` filter flags; default: the judge's or clinicians' judgments, nothing else)."""
     from candidates.judge import resolve_judge, run_judge
     from candidates.pairing import make_pairs
     from db.engine import read_only_engine, session_scope
@@ -208,7 +203,8 @@ def online_steps(engine: object, *, reward_model: Path | None, seed: int, system
     from policy.iterate import comparisons_between
 
     judge_spec = resolve_judge(f"reward:{reward_model}") if reward_model else None
-    sources = f"judge:{judge_spec.name}" if judge_spec else "clinicians"  # as judge_source says
+    if filters is None:
+        filters = ExportFilters(sources=f"judge:{judge_spec.name}" if judge_spec else "clinicians")  # as judge_source
 
     def pair(prompt_ids, names) -> list[int]:  # noqa: ANN001
         with session_scope(engine) as session:  # type: ignore[arg-type]
@@ -221,12 +217,12 @@ def online_steps(engine: object, *, reward_model: Path | None, seed: int, system
         return str(run_judge(engine, judge_spec, comparisons=list(comparison_ids), seed=seed))  # type: ignore[arg-type]
 
     def make_export(names):  # noqa: ANN001, ANN202
-        filters = ExportFilters(sources=sources, candidate_models=tuple(names))
+        among = dataclasses.replace(filters, candidate_models=tuple(names))  # type: ignore[type-var]
         options = ExportOptions(system_prompt=system_prompt, actor="loop", command=command)
 
         def export(kind: str, path: Path, *, force: bool) -> object:
             options.force = force
-            return run_export(kind, path, engine=engine, filters=filters, options=options)  # type: ignore[arg-type]
+            return run_export(kind, path, engine=engine, filters=among, options=options)  # type: ignore[arg-type]
 
         return export
 
@@ -235,6 +231,6 @@ def online_steps(engine: object, *, reward_model: Path | None, seed: int, system
 
 def register(app: typer.Typer) -> None:
     """Add the ``loop`` group (``loop round``, ``loop run``) to the root app."""
-    loop_app.command("round")(round_)
-    loop_app.command("run")(run)
+    loop_app.command("round", cls=config_command(EXPORT_FILTERS))(round_)
+    loop_app.command("run", cls=config_command(RUN_FILTERS))(run)
     app.add_typer(loop_app, name="loop")
