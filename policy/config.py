@@ -11,8 +11,6 @@ best samples, so its config is ``SFTConfig``'s plus the sampling settings.
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from trl import DPOConfig, GRPOConfig, KTOConfig, RLOOConfig, SFTConfig
 
 from policy.errors import PolicyError
 from reward.resources import accelerator_present, bf16_available
+from therapref.config_cli import load_config as load_dataclass
 
 METHODS = ("sft", "dpo", "kto", "rs", "grpo", "rloo")
 #: Methods that train on a file `therapref export` wrote.
@@ -168,17 +167,18 @@ class RewardFields:
 
     reward_model: str | None = field(default=None, metadata={
         "help": "Reward model folder (`therapref train`, or an ensemble) that scores the policy's replies, with its "
-                "own tokenizer. Required for rs, grpo and rloo."})
+                "own tokenizer. Required for rs, grpo and rloo.", "metavar": "DIR"})
     safety_model: str | None = field(default=None, metadata={
         "help": "Safety reward model folder (`therapref train --criterion safety`): a reply it scores below "
                 "safety_threshold is unsafe: never kept by rs, and given the lowest reward of its batch by grpo/rloo "
-                "whatever the reward model says."})
+                "whatever the reward model says.", "metavar": "DIR"})
     safety_threshold: float = field(default=0.0, metadata={
         "help": "Safety-model score below which a reply counts as unsafe (as a best-of-n candidate's)."})
     prompts: str | None = field(default=None, metadata={
         "help": "Training prompts: a SPEC over the database's prompts (N at random, ids and ranges '3,7-9', "
                 "'source:NAME', 'topic:NAME'; as `therapref abtest --prompts`) or a JSONL FILE of chat rows "
-                "('messages' or 'prompt'). Prompts of any A/B test are always left out. Default: every other prompt."})
+                "('messages' or 'prompt'). Prompts of any A/B test are always left out. Default: every other prompt.",
+        "metavar": "SPEC|FILE"})
     system_prompt: str | None = field(default=None, metadata={
         "help": "System message the policy sees (and is registered with): unset = the prompt's own, else the "
                 "TheraPref persona, as candidates do; '' = none."})
@@ -239,9 +239,10 @@ class PolicyRSConfig(RewardFields, PolicySFTConfig):
         "help": "SFT epochs over each round's kept replies (TRL: 3; each round brings fresh samples)."})
     best_of: int = field(default=8, metadata={
         "help": "Replies sampled per training prompt and round; the reward model's best safe one is kept "
-                "(a prompt whose replies are all unsafe is left out of that round)."})
+                "(a prompt whose replies are all unsafe is left out of that round).", "metavar": "N"})
     rounds: int = field(default=1, metadata={
-        "help": "Rounds of sample → keep the best → SFT; each round samples from the previous round's policy."})
+        "help": "Rounds of sample → keep the best → SFT; each round samples from the previous round's policy.",
+        "metavar": "R"})
     temperature: float = field(default=1.0, metadata={
         "help": "Sampling temperature of the best-of-n replies (1.0: the policy's own distribution, as RL samples)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass of the best-of-n replies."})
@@ -332,54 +333,10 @@ def check_method(method: str) -> str:
     return name
 
 
-def config_fields(method: str) -> dict[str, dataclasses.Field]:
-    """Every setting a TOML file or a flag may set for ``method``, by name."""
-    return {f.name: f for f in dataclasses.fields(CONFIG_CLASSES[check_method(method)]) if f.init}
-
-
-def field_help(name: str, method: str | None = "dpo") -> str:
-    """A setting's help text, written once on its field (``therapref finetune local --help`` shows it);
-    a setting that ``method`` lacks (or ``method=None``) takes the first method that has it.
-
-    >>> field_help("lora_r")
-    'LoRA rank.'
-    >>> field_help("best_of").startswith("Replies sampled per training prompt")
-    True
-    """
-    methods = ([method] if method else []) + list(METHODS)
-    for name_of_method in methods:
-        fields_of = config_fields(name_of_method)
-        if name in fields_of:
-            return str(fields_of[name].metadata.get("help", ""))
-    raise KeyError(name)
-
-
 def load_config(method: str, path: str | Path | None = None, **overrides: Any) -> PolicyFields:
     """Build ``method``'s config from a TOML file (a ``[finetune]`` table or the top level) and
-    overrides. Overrides that are ``None`` are ignored, so CLI flags left unset keep the file's values."""
+    overrides (``therapref.config_cli.load_config``: an unknown key fails with the file, line and key).
+    Overrides that are ``None`` are ignored, so CLI flags left unset keep the file's values."""
     method = check_method(method)
-    names = config_fields(method)
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise PolicyError(f"{path}: no such config file")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"{path}: invalid TOML ({exc})") from None
-        data = data.get("finetune", data)
-        if not isinstance(data, dict):
-            raise PolicyError(f"{path}: [finetune] must be a table of settings")
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise PolicyError(f"{path}: unknown setting(s) for {method}: {', '.join(unknown)}")
-        values.update(data)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise PolicyError(f"unknown setting(s) for {method}: {', '.join(unknown)}")
-    try:
-        return CONFIG_CLASSES[method](**values)
-    except (TypeError, ValueError) as exc:
-        raise PolicyError(f"invalid {method} training settings: {str(exc).splitlines()[0]}") from None
+    return load_dataclass(CONFIG_CLASSES[method], path, table="finetune", overrides=overrides, error=PolicyError,
+                          what=f" for {method}")

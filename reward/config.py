@@ -3,8 +3,6 @@ LoRA, encoding), each field with help text; loadable from TOML, CLI flags overri
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from trl import RewardConfig
 from db.rules import Sources
 from reward.errors import RewardError
 from reward.resources import EMBEDDED_BASE, accelerator_present, cpu_supports_bf16, gpu_supports_bf16
+from therapref.config_cli import load_config as load_dataclass
 
 #: Our own fields (also written to the model folder and the RewardModelRun row).
 THERAPREF_FIELDS = (
@@ -54,7 +53,7 @@ class TheraRewardConfig(RewardConfig):
     criterion: str | None = field(default=None, metadata={
         "help": "Train on one criterion's verdicts (e.g. 'safety': pairs where clinicians judged one reply better "
                 "on safety) instead of the overall preference; criteria are set per guideline version. A reply "
-                "a clinician flagged is still never chosen."})
+                "a clinician flagged is still never chosen.", "metavar": "NAME"})
     guideline_versions: str | None = field(default=None, metadata={
         "help": "Only judgments made under these guideline versions (comma-separated, or 'latest'); all by default."})
     eval_fraction: float = field(default=0.2, metadata={
@@ -93,7 +92,8 @@ class TheraRewardConfig(RewardConfig):
     ensemble: int = field(default=1, metadata={
         "help": "Train K members (same data and held-out split, seeds seed, seed+1, …) into DIR/member-0…K-1; "
                 "scoring uses their mean reward, and their disagreement on a pair is its uncertainty "
-                "(`therapref score --comparisons`, `therapref prioritize --strategy uncertainty`). 1: one model."})
+                "(`therapref score --comparisons`, `therapref prioritize --strategy uncertainty`). 1: one model.",
+        "metavar": "K"})
     num_threads: int | None = field(default=None, metadata={
         "help": "CPU threads for torch (default on a CPU: the cores no other process is running on, shared "
                 "among this machine's training processes; on a busy machine this beats torch's all-cores "
@@ -150,48 +150,13 @@ class TheraRewardConfig(RewardConfig):
         return {name: getattr(self, name) for name in THERAPREF_FIELDS + RECORDED_TRAINING_FIELDS}
 
 
-def config_fields() -> dict[str, dataclasses.Field]:
-    """Every setting a TOML file or a flag may set, by name."""
-    return {f.name: f for f in dataclasses.fields(TheraRewardConfig) if f.init}
-
-
-def field_help(name: str) -> str:
-    """A setting's help text, written once on its field here (``therapref train --help`` shows it).
-
-    >>> field_help("lora_r")
-    'LoRA rank.'
-    """
-    return str(config_fields()[name].metadata.get("help", ""))
-
-
 def load_config(path: str | Path | None = None, **overrides: Any) -> TheraRewardConfig:
-    """Build the config from a TOML file (``[train]`` table or top level) and overrides.
+    """Build the config from a TOML file (``[train]`` table or top level) and overrides
+    (``therapref.config_cli.load_config``: an unknown key fails with the file, line and key).
 
     Overrides that are ``None`` are ignored, so CLI flags left unset keep the file's values.
     """
-    values: dict[str, Any] = {}
-    names = config_fields()
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise RewardError(f"{path}: no such config file")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise RewardError(f"{path}: invalid TOML ({exc})") from None
-        data = data.get("train", data)
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise RewardError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-        values.update(data)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise RewardError(f"unknown setting(s) {', '.join(unknown)}")
-    try:
-        return TheraRewardConfig(**values)
-    except (TypeError, ValueError) as exc:
-        raise RewardError(f"invalid training settings: {exc}") from None
+    return load_dataclass(TheraRewardConfig, path, table="train", overrides=overrides, error=RewardError)
 
 
 def parse_guideline_versions(spec: str | None, latest: int | None) -> list[int] | None:

@@ -124,3 +124,29 @@ def test_unreachable_database_is_one_line(tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith("Error: database error:")
     assert "Traceback" not in result.output
+
+
+def test_help_shows_no_type_after_a_flag_and_every_option_with_its_help():
+    """``--version``, ``--json``, ``--lora/--no-lora`` take no value: their help row shows no ``<bool>``;
+    options that take one still show their type, and every option is listed with its help."""
+    root = runner.invoke(app, ["--help"], terminal_width=200)
+    assert root.exit_code == 0 and "--version" in root.output and "<bool>" not in root.output
+    status = runner.invoke(app, ["status", "--help"], terminal_width=200)
+    json_row = next(line for line in status.output.splitlines() if "--json" in line)
+    assert "<bool>" not in json_row and "Print one JSON object." in json_row
+    assert "<str>" in next(line for line in status.output.splitlines() if "--db" in line)
+    from typer.main import get_command
+
+    from tests.test_docs import COMMANDS
+
+    for words in COMMANDS:
+        shown = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "400"})
+        assert shown.exit_code == 0 and "<bool>" not in shown.output, words
+        command = get_command(app)
+        for word in words:
+            command = command.commands[word]
+        ctx = command.make_context(" ".join(words), ["--help"], resilient_parsing=True)
+        for param in command.get_params(ctx):
+            if param.param_type_name == "option" and not param.hidden:
+                assert param.opts[0] in shown.output, (words, param.opts[0])
+                assert (param.help or "").strip(), (words, param.opts[0], "has no help")

@@ -44,7 +44,7 @@ def read_toml(path: str | Path, *, table: str, names: Sequence[str], error: type
     >>> read_toml(f.name, table="train", names=["seed"], error=ValueError)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: ...toml:3: unknown setting 'lerning_rate' (a [train] key)
+    ValueError: ...toml:3: unknown setting: lerning_rate (not a [train] setting)
     >>> os.unlink(f.name)
     """
     path = Path(path)
@@ -62,7 +62,7 @@ def read_toml(path: str | Path, *, table: str, names: Sequence[str], error: type
     if unknown:
         key = unknown[0]
         more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
-        raise error(f"{path}{_line_of(text, key)}: unknown setting {key!r}{what}{more} (a [{table}] key)")
+        raise error(f"{path}{_line_of(text, key)}: unknown setting{what}: {key}{more} (not a [{table}] setting)")
     return data
 
 

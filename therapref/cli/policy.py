@@ -7,22 +7,23 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
-from typer.core import TyperCommand
 
 from therapref.cli.common import DbOption, errors, open_engine
+from therapref.config_cli import ConfigFlags, Flag, config_command
 
-#: Options that set a training setting → that setting (a field of ``policy.config``'s classes).
-CONFIG_FLAGS = {
-    "base_model": "base_model", "lora": "use_lora", "epochs": "num_train_epochs", "seed": "seed",
-    "max_length": "max_length", "max_steps": "max_steps", "batch_size": "per_device_train_batch_size",
-    "learning_rate": "learning_rate", "lora_r": "lora_r", "beta": "beta", "bf16": "bf16",
-    "num_threads": "num_threads", "reward_model": "reward_model", "safety_model": "safety_model",
-    "safety_threshold": "safety_threshold", "prompts": "prompts", "best_of": "best_of", "rounds": "rounds",
-    "num_generations": "num_generations", "max_completion_length": "max_completion_length",
-    "system_prompt": "system_prompt",
-}
+#: ``finetune local``'s training settings: fields of ``policy.config``'s classes (type and help from the first
+#: method that has the field), the same names as in a ``--config`` file's ``[finetune]`` table but the short
+#: flags named here.
+FINETUNE_FLAGS = ConfigFlags(
+    "policy.config:CONFIG_CLASSES",
+    ("base_model", Flag("use_lora", "lora"), Flag("num_train_epochs", "epochs"), "seed", "max_length", "max_steps",
+     Flag("per_device_train_batch_size", "batch_size"), "learning_rate", "lora_r",
+     Flag("beta", help="DPO/KTO: deviation from the reference; GRPO/RLOO: the KL coefficient to the base (TRL's "
+                       "beta)."),
+     "bf16", "num_threads", "reward_model", "safety_model", "safety_threshold", "prompts", "best_of", "rounds",
+     "num_generations", "max_completion_length", "system_prompt"),
+    panel="Training settings (also in --config FILE)")
 #: The methods that sample their own replies (policy.config.ONLINE_METHODS; the CLI reads no TRL at import).
 ONLINE = ("rs", "grpo", "rloo")
 
@@ -36,21 +37,6 @@ class Method(StrEnum):
     rloo = "rloo"
 
 
-class FinetuneCommand(TyperCommand):
-    """Options for training settings show the help written once on the setting's field
-    (``policy.config``), read only when help is shown (it imports TRL)."""
-
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from rich.markup import escape
-
-        from policy.config import field_help
-
-        for param in self.params:
-            if param.name in CONFIG_FLAGS and not getattr(param, "help", None):
-                param.help = escape(field_help(CONFIG_FLAGS[param.name], None))
-        super().format_help(ctx, formatter)
-
-
 def finetune_local(
     ctx: typer.Context,
     file: Annotated[Optional[Path], typer.Argument(
@@ -61,34 +47,12 @@ def finetune_local(
         "samples, SFT) | grpo | rloo (TRL's RL trainers against --reward-model)."), show_default=False)] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Model folder to write (checkpoints go "
                                                                              "inside).", show_default=False)] = None,
-    base_model: Annotated[Optional[str], typer.Option()] = None,
-    lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora")] = None,
-    epochs: Annotated[Optional[float], typer.Option()] = None,
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="TOML file of training settings (a \\[finetune] table or top level); flags override it.")
     ] = None,
     register: Annotated[Optional[str], typer.Option(
         "--register", metavar="NAME", help="Register the trained policy as this candidate model.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output.")] = False,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    max_length: Annotated[Optional[int], typer.Option()] = None,
-    max_steps: Annotated[Optional[int], typer.Option()] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    learning_rate: Annotated[Optional[float], typer.Option()] = None,
-    lora_r: Annotated[Optional[int], typer.Option()] = None,
-    beta: Annotated[Optional[float], typer.Option(
-        help="DPO/KTO: deviation from the reference; GRPO/RLOO: the KL coefficient to the base (TRL's beta).")] = None,
-    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16")] = None,
-    num_threads: Annotated[Optional[int], typer.Option()] = None,
-    reward_model: Annotated[Optional[Path], typer.Option(metavar="DIR")] = None,
-    safety_model: Annotated[Optional[Path], typer.Option(metavar="DIR")] = None,
-    safety_threshold: Annotated[Optional[float], typer.Option()] = None,
-    prompts: Annotated[Optional[str], typer.Option(metavar="SPEC|FILE")] = None,
-    best_of: Annotated[Optional[int], typer.Option(metavar="N")] = None,
-    rounds: Annotated[Optional[int], typer.Option(metavar="R")] = None,
-    num_generations: Annotated[Optional[int], typer.Option()] = None,
-    max_completion_length: Annotated[Optional[int], typer.Option()] = None,
-    system_prompt: Annotated[Optional[str], typer.Option()] = None,
     db: DbOption = None,
 ) -> None:
     """Fine-tune a chatbot policy locally with TRL: SFT, DPO or KTO on an exported file, or rejection sampling,
@@ -96,9 +60,7 @@ def finetune_local(
     from policy.config import load_config
     from policy.errors import PolicyError
 
-    settings = {field: ctx.params[flag] for flag, field in CONFIG_FLAGS.items()}
-    for name in ("reward_model", "safety_model"):
-        settings[name] = str(settings[name]) if settings[name] is not None else None
+    settings = FINETUNE_FLAGS.values(ctx)
     settings.update(output_dir=str(output) if output is not None else None,
                     resume_from_checkpoint=True if resume else None)
     with errors():
@@ -106,7 +68,7 @@ def finetune_local(
             raise PolicyError(f"--method is required ({', '.join(m.value for m in Method)})")
         online = method.value in ONLINE
         if online and file is not None:
-            if prompts is not None:
+            if settings["prompts"] is not None:
                 raise PolicyError(f"--method {method.value}: give the prompts as FILE or as --prompts, not both")
             settings["prompts"] = str(file)  # a JSONL file of prompts
         elif not online and file is None:
@@ -138,4 +100,4 @@ def register(app: typer.Typer) -> None:
     """Add ``finetune local`` to the ``finetune`` group (defined with the exports' commands)."""
     from therapref.cli.exporting import finetune_app
 
-    finetune_app.command("local", cls=FinetuneCommand)(finetune_local)
+    finetune_app.command("local", cls=config_command(FINETUNE_FLAGS))(finetune_local)

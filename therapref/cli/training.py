@@ -6,74 +6,37 @@ import json
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
-from typer.core import TyperCommand
 
 from therapref.cli.common import DbOption, errors, open_engine
+from therapref.config_cli import ConfigFlags, Flag, config_command
 
-#: ``therapref train`` options that set a training setting → that setting (a ``TheraRewardConfig`` field).
-CONFIG_FLAGS = {
-    "base_model": "base_model", "epochs": "num_train_epochs", "max_length": "max_length", "sources": "sources",
-    "aggregation": "aggregation", "margin_mapping": "margin_mapping", "guideline_versions": "guideline_versions",
-    "eval_fraction": "eval_fraction", "seed": "seed", "learning_rate": "learning_rate",
-    "batch_size": "per_device_train_batch_size", "max_steps": "max_steps", "lora": "use_lora", "lora_r": "lora_r",
-    "length_feature": "length_feature", "temperature": "temperature", "head_only": "head_only", "packing": "packing",
-    "ensemble": "ensemble", "criterion": "criterion",
-}
-
-
-class TrainCommand(TyperCommand):
-    """``therapref train``, whose options for training settings show the help written once on the
-    setting's field (``reward.config``). It is filled in only when help is shown: reading it imports
-    TRL, seconds that every other command would pay at start."""
-
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from rich.markup import escape
-
-        from reward.config import field_help
-
-        for param in self.params:
-            if param.name in CONFIG_FLAGS and not getattr(param, "help", None):
-                param.help = escape(field_help(CONFIG_FLAGS[param.name]))
-        super().format_help(ctx, formatter)
+#: ``therapref train``'s training settings: ``reward.config.TheraRewardConfig``'s fields (their type and help),
+#: the same names as in a ``--config`` file's ``[train]`` table except for the short flags named here.
+TRAIN_FLAGS = ConfigFlags(
+    "reward.config:TheraRewardConfig",
+    ("base_model", Flag("num_train_epochs", "epochs"), "max_length", "sources", "aggregation", "margin_mapping",
+     "guideline_versions", "eval_fraction", "seed", "learning_rate", Flag("per_device_train_batch_size", "batch_size"),
+     "max_steps", Flag("use_lora", "lora"), "lora_r", "length_feature", "temperature", "head_only", "packing",
+     "ensemble", "criterion"),
+    panel="Training settings (also in --config FILE)")
 
 
 def _train(
     ctx: typer.Context,
     output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write (checkpoints go inside).")],
     db: DbOption = None,
-    base_model: Annotated[Optional[str], typer.Option()] = None,
-    epochs: Annotated[Optional[float], typer.Option()] = None,
-    max_length: Annotated[Optional[int], typer.Option()] = None,
     config: Annotated[Optional[Path], typer.Option(
         "--config", help="TOML file of training settings (a \\[train] table or top level); flags override it.")] = None,
     data: Annotated[str, typer.Option(help="'db' (judgments) or a preference file to train on "
                                            "(TRL JSONL, HH-RLHF, Counsel Chat CSV).")] = "db",
-    sources: Annotated[Optional[str], typer.Option()] = None,
-    aggregation: Annotated[Optional[str], typer.Option()] = None,
-    margin_mapping: Annotated[Optional[str], typer.Option()] = None,
-    guideline_versions: Annotated[Optional[str], typer.Option()] = None,
-    eval_fraction: Annotated[Optional[float], typer.Option()] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    learning_rate: Annotated[Optional[float], typer.Option()] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    max_steps: Annotated[Optional[int], typer.Option()] = None,
-    lora: Annotated[Optional[bool], typer.Option("--lora/--no-lora")] = None,
-    lora_r: Annotated[Optional[int], typer.Option()] = None,
-    length_feature: Annotated[Optional[bool], typer.Option("--length-feature/--no-length-feature")] = None,
-    temperature: Annotated[Optional[bool], typer.Option("--temperature/--no-temperature")] = None,
-    head_only: Annotated[Optional[bool], typer.Option("--head-only/--no-head-only")] = None,
-    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing")] = None,
-    ensemble: Annotated[Optional[int], typer.Option(metavar="K")] = None,
-    criterion: Annotated[Optional[str], typer.Option(metavar="NAME")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the newest checkpoint in --output.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a non-empty --output folder.")] = False,
 ) -> None:
     """Train a reward model on preference pairs with TRL's RewardTrainer."""
     from reward.run import train_and_record
 
-    settings = {field: ctx.params[flag] for flag, field in CONFIG_FLAGS.items()}
+    settings = TRAIN_FLAGS.values(ctx)
     settings.update(output_dir=str(output), resume_from_checkpoint=True if resume else None)
     with errors():
         trained = train_and_record(settings, open_database=lambda: open_engine(db), config_file=config, data=data,
@@ -189,6 +152,6 @@ def _score_comparisons(model_dir: Path, *, db: str | None, rescore: bool, batch_
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the root app."""
-    app.command("train", cls=TrainCommand)(_train)
+    app.command("train", cls=config_command(TRAIN_FLAGS))(_train)
     app.command("evaluate")(_evaluate)
     app.command("score")(_score)
