@@ -135,6 +135,8 @@ def test_help_shows_no_type_after_a_flag_and_every_option_with_its_help():
     json_row = next(line for line in status.output.splitlines() if "--json" in line)
     assert "<bool>" not in json_row and "Print one JSON object." in json_row
     assert "<str>" in next(line for line in status.output.splitlines() if "--db" in line)
+    group = runner.invoke(app, ["finetune", "--help"], env={"COLUMNS": "200"})
+    assert "locally with TRL" in group.output and "hosted OpenAI job" in group.output  # `finetune local` trains here
     from typer.main import get_command
 
     from tests.test_docs import COMMANDS
