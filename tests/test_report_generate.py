@@ -146,7 +146,7 @@ def test_cli_errors_are_one_line(tmp_path, rich_db):
     (tmp_path / "file").write_text("x")
     cases = [
         (["report", "--output", str(tmp_path / "file"), "--db", db], "exists and is not a folder"),
-        (["report", "--output", str(tmp_path / "o"), "--db", db, "--judges", "robots"], "--judges 'robots': not clinicians"),
+        (["report", "--output", str(tmp_path / "o"), "--db", db, "--judges", "robots"], "--judges 'robots': not"),
         (["report", "--output", str(tmp_path / "o"), "--db", db, "--reward-model", str(tmp_path)], "no config.json"),
         (["report", "--output", str(tmp_path / "o"), "--db", db, "--bootstrap", "-1"], "n_bootstrap"),
         (["gold", "99999", "a", "--db", db], "comparison 99999 does not exist"),
