@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from db.assignment import release
 from db.audit import audit
-from db.auth import create_annotator, list_annotators, require_login_account, set_password
-from db.models import Annotator
+from db.auth import AccountError, create_annotator, list_annotators, require_login_account, set_password
+from db.models import Annotator, AnnotatorIdentity
+from db.sso import identity_of
 
 
 def add_account(username: str, password: str, *, session: Session, actor: str, role: str = "clinician",
@@ -44,16 +45,20 @@ def set_account_active(username: str, active: bool, *, session: Session, actor: 
 
 
 def reset_account_password(username: str, password: str, *, session: Session, actor: str) -> Annotator:
-    """Set a new password; lifts any lockout."""
+    """Set a new password; lifts any lockout. Single sign-on accounts have none and get none."""
+    if identity_of(require_login_account(username, session=session).id, session=session) is not None:
+        raise AccountError(f"{username!r} signs in through single sign-on and has no password here")
     annotator = set_password(username, password, session=session)
     audit(actor, "annotator.reset_password", session=session, target=annotator.username)
     return annotator
 
 
 def account_rows(*, session: Session) -> list[dict[str, Any]]:
-    """Login accounts for the admin table (never the password hash)."""
+    """Login accounts for the admin table (never the password hash); ``sign_in``: password or sso."""
+    sso = set(session.exec(select(AnnotatorIdentity.annotator_id)))
     return [
         {"username": a.username, "display_name": a.display_name, "role": a.role, "credential": a.credential,
+         "sign_in": "sso" if a.id in sso else "password",
          "active": a.is_active, "locked_until": a.locked_until, "last_login_at": a.last_login_at,
          "created_at": a.created_at}
         for a in list_annotators(session=session)

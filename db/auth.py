@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 
 from db.errors import TheraPrefError
 from db.models import Annotator, utcnow
+from db.rules import LOGIN_ROLES
 
 _hasher = PasswordHasher()
 MIN_PASSWORD_LENGTH = 8
@@ -56,8 +57,8 @@ def create_annotator(
     username = username.strip()
     if not username or username.startswith("import:"):
         raise AccountError(f"invalid username {username!r}")
-    if role not in ("clinician", "admin"):
-        raise AccountError(f"role must be clinician or admin, not {role!r}")
+    if role not in LOGIN_ROLES:
+        raise AccountError(f"role must be {' or '.join(LOGIN_ROLES)}, not {role!r}")
     if get_annotator(username, session=session) is not None:
         raise AccountError(f"annotator {username!r} already exists")
     annotator = Annotator(

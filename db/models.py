@@ -65,6 +65,22 @@ class Annotator(SQLModel, table=True):
     )
 
 
+class AnnotatorIdentity(SQLModel, table=True):
+    """An account's identity at an OpenID Connect provider (issuer + subject), for single sign-on.
+
+    Such an account has no password: it signs in only through its provider (``db/sso.py``).
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    issuer: str = Field(max_length=500)
+    subject: str = Field(max_length=255)
+    created_at: datetime = Field(default_factory=utcnow)
+    last_login_at: Optional[datetime] = None
+
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_annotator_identity"),)
+
+
 class GuidelineVersion(SQLModel, table=True):
     """One version of the rating rubric; the newest is in force and stamped on each judgment."""
 

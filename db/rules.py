@@ -18,6 +18,9 @@ from db.errors import SourcesError
 #: Roles whose judgments are clinicians' (admins are lead clinicians); ``source`` rows are imported
 #: datasets and ``judge:<name>`` annotators are models, never counted as clinicians unless asked.
 CLINICIAN_ROLES: tuple[str, ...] = ("clinician", "admin")
+#: Roles of accounts that sign in, least to most privileged (single sign-on maps claims onto these and
+#: a person in several mapped groups gets the most privileged one). A new role is one entry here.
+LOGIN_ROLES: tuple[str, ...] = ("clinician", "admin")
 #: Usernames of model judges' source annotators (``judge:<name>``; role ``source``).
 JUDGE_PREFIX = "judge:"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from labeling_app import state
+from labeling_app import sso, state
 
 PAGES = Path(__file__).resolve().parent / "pages"
 # The login page (signed out) and the compare page (signed in) share one address, so that a
@@ -30,6 +30,7 @@ ADMIN_PAGES = [
     ("admin_annotators", "Annotators", ":material/group:"),
     ("admin_data", "Data", ":material/database:"),
     ("admin_dashboard", "Analytics", ":material/insights:"),  # agreement, quality, leaderboard
+    ("admin_audit", "Audit log", ":material/history:"),  # who did what, when (db.audit)
 ]
 
 
@@ -61,6 +62,7 @@ def main() -> None:
     st.set_page_config(page_title="TheraPref labeling", page_icon="🩺", layout="wide")
     settings = state.load_settings(sys.argv[1:])
     state.touch_session(settings.session_timeout_minutes)
+    sso.sign_in_from_provider(settings)  # single sign-on: the provider's verified identity, if any
     pages, position = pages_for(state.current_user())
     # Each page draws the account box (signed-in user, log out) through state.require_user().
     st.navigation(pages, position=position).run()

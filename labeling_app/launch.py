@@ -20,6 +20,8 @@ from pathlib import Path
 from db.errors import TheraPrefError
 
 APP_SCRIPT = Path(__file__).resolve().parent / "app.py"
+#: The same app served through ``st.App`` with the OIDC provider in memory (``[auth]`` configured).
+SSO_SCRIPT = APP_SCRIPT.with_name("sso_app.py")
 ROOT = APP_SCRIPT.parent.parent
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -28,15 +30,18 @@ class AppStartError(TheraPrefError):
     """The app did not come up (port taken, bad database URL, crash)."""
 
 
-def streamlit_command(*, host: str = "127.0.0.1", port: int = 8501, headless: bool = True) -> list[str]:
+def streamlit_command(*, host: str = "127.0.0.1", port: int = 8501, headless: bool = True,
+                      sso: bool = False) -> list[str]:
     """The ``streamlit run`` command line (no secrets in it).
 
     >>> cmd = streamlit_command(port=9000)
     >>> cmd[1:4], "--server.address=127.0.0.1" in cmd, "--server.port=9000" in cmd
     (['-m', 'streamlit', 'run'], True, True)
+    >>> streamlit_command(sso=True)[4].endswith("sso_app.py")
+    True
     """
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
+        sys.executable, "-m", "streamlit", "run", str(SSO_SCRIPT if sso else APP_SCRIPT),
         f"--server.address={host}", f"--server.port={port}", f"--server.headless={str(headless).lower()}",
         "--server.fileWatcherType=none", "--server.runOnSave=false", "--browser.gatherUsageStats=false",
         "--global.developmentMode=false", "--client.toolbarMode=minimal", "--server.enableStaticServing=false",
@@ -48,20 +53,25 @@ def streamlit_command(*, host: str = "127.0.0.1", port: int = 8501, headless: bo
 
 
 def start_app(database_url: str, *, host: str = "127.0.0.1", port: int = 8501, headless: bool = True,
-              env: dict[str, str] | None = None, log_path: str | Path | None = None) -> subprocess.Popen:
-    """Start ``streamlit run labeling_app/app.py`` bound to ``host:port`` on ``database_url``.
+              env: dict[str, str] | None = None, log_path: str | Path | None = None,
+              sso: bool = False) -> subprocess.Popen:
+    """Start ``streamlit run labeling_app/app.py`` bound to ``host:port`` on ``database_url``
+    (``sso``: ``labeling_app/sso_app.py``, for an ``[auth]`` in ``therapref.toml``; the client secret
+    stays in the environment the child inherits).
 
     Returns the process at once; call ``wait_until_ready(app_url(host, port), timeout)`` next.
     Output goes to ``log_path`` when given (else it is inherited).
     """
     child_env = dict(os.environ if env is None else env)
     child_env["THERAPREF_DATABASE_URL"] = absolute_sqlite(database_url)
+    # The app's own settings then know where it listens (the SSO redirect address is built from them).
+    child_env["THERAPREF_APP_HOST"], child_env["THERAPREF_APP_PORT"] = host, str(port)
     child_env.setdefault("STREAMLIT_BROWSER_GATHER_USAGE_STATS", "false")
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), child_env.get("PYTHONPATH", "")]))
     output = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child
     try:
         # The child keeps the caller's working directory (therapref.toml, relative paths).
-        return subprocess.Popen(streamlit_command(host=host, port=port, headless=headless), env=child_env,
+        return subprocess.Popen(streamlit_command(host=host, port=port, headless=headless, sso=sso), env=child_env,
                                 stdout=output, stderr=subprocess.STDOUT if output else None,
                                 stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent(os.getpid()))
     finally:

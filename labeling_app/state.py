@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from db.engine import make_engine, read_only_engine, session_scope
-from therapref.settings import Settings
+from therapref.settings import Settings, SettingsError
 
 SETTINGS_KEY = "_therapref_settings"
 USER_KEY = "_therapref_user"
@@ -33,6 +33,7 @@ class User:
     username: str
     display_name: str
     role: str
+    via_sso: bool = False  # signed in through the OIDC provider (logging out signs out there too)
 
     @property
     def is_admin(self) -> bool:
@@ -58,7 +59,11 @@ def load_settings(argv: list[str]) -> Settings:
         database_url = None
         if "--db" in argv and argv.index("--db") + 1 < len(argv):
             database_url = argv[argv.index("--db") + 1]
-        st.session_state[SETTINGS_KEY] = Settings.load({"database_url": database_url})
+        try:
+            st.session_state[SETTINGS_KEY] = Settings.load({"database_url": database_url})
+        except SettingsError as exc:
+            st.error(md_escape(str(exc)))
+            st.stop()
     return st.session_state[SETTINGS_KEY]
 
 
@@ -119,6 +124,8 @@ def touch_session(timeout_minutes: float) -> bool:
         with write_session() as session:
             release(user.id, session=session)
         sign_out("Your session timed out. Please log in again.")
+        if user.via_sso:  # else the provider's identity cookie would sign the browser straight back in
+            st.logout()
         return False
     st.session_state[SEEN_KEY] = now
     return True
@@ -134,6 +141,8 @@ def _logout() -> None:
             release(user.id, session=session)
             audit(user.username, "auth.logout", session=session, target=user.username)
     sign_out("You are logged out.")
+    if user is not None and user.via_sso:
+        st.logout()
 
 
 def callback_user() -> User | None:

@@ -1,4 +1,6 @@
-"""Log in (username + password, argon2). One generic error for every failure; lockout in db.auth."""
+"""Log in: "Sign in with SSO" (``st.login``, when ``[auth]`` is configured) and/or username +
+password (argon2; unless ``[auth] local_accounts = false``). One generic error for every password
+failure; lockout in db.auth; single sign-on refusals say why (db.sso)."""
 
 from __future__ import annotations
 
@@ -6,17 +8,36 @@ import streamlit as st
 
 from db.audit import audit
 from db.auth import authenticate
-from labeling_app import state
+from labeling_app import sso, state
 from labeling_app.throttle import LoginThrottle
 
+settings = state.settings()
+auth = settings.auth
 st.title("TheraPref labeling")
-st.write("Compare therapy-assistant replies. Log in with the account your admin created for you.")
 state.show_flash()
 
-with st.form("login", border=True):
-    username = st.text_input("Username", key="login_username", autocomplete="username")
-    password = st.text_input("Password", type="password", key="login_password", autocomplete="current-password")
-    submitted = st.form_submit_button("Log in", type="primary", key="login_submit")
+if auth is not None:
+    refused = st.session_state.get(sso.REFUSED_KEY)
+    if refused and sso.provider_claims() is not None:
+        st.error(state.md_escape(refused))
+        st.button("Sign out of the identity provider", key="sso_logout", on_click=sso.sign_out_of_provider,
+                  icon=":material/logout:")
+    else:
+        st.write("Compare therapy-assistant replies. Sign in with your organisation's account.")
+        st.button("Sign in with SSO", type="primary", key="sso_login", on_click=st.login,
+                  icon=":material/key:")
+if auth is None or auth.local_accounts:
+    if auth is None:
+        st.write("Compare therapy-assistant replies. Log in with the account your admin created for you.")
+    else:
+        st.caption("Or log in with a TheraPref password account:")
+    with st.form("login", border=True):
+        username = st.text_input("Username", key="login_username", autocomplete="username")
+        password = st.text_input("Password", type="password", key="login_password",
+                                 autocomplete="current-password")
+        submitted = st.form_submit_button("Log in", type="primary", key="login_submit")
+else:
+    submitted = False
 
 throttle: LoginThrottle = st.session_state.setdefault("login_throttle", LoginThrottle())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -28,6 +29,9 @@ def serve(settings: Settings, *, timeout: float = 60) -> None:
     from db.engine import session_scope
     from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
 
+    if settings.auth is not None:  # a missing client secret stops here, before anything is written
+        with errors():
+            settings.auth.client_secret(os.environ)
     engine = open_engine(settings.database_url)
     with session_scope(engine) as session:
         ensure_guidelines(session=session)
@@ -38,7 +42,8 @@ def serve(settings: Settings, *, timeout: float = 60) -> None:
     # wait (under load, a test terminating as soon as the banner shows) used to kill this process
     # and orphan the app. Every exit path below stops the app (SIGTERM, then SIGKILL).
     with errors(), sigterm_as_interrupt():
-        process = start_app(settings.database_url, host=settings.app_host, port=settings.app_port)
+        process = start_app(settings.database_url, host=settings.app_host, port=settings.app_port,
+                            sso=settings.auth is not None)
         try:
             wait_until_ready(url, timeout, process=process)
             if not has_accounts:

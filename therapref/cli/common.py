@@ -14,7 +14,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError
 
 from db.engine import make_engine
 from db.errors import TheraPrefError
-from therapref.settings import Settings
+from therapref.settings import Settings, SettingsError
 
 
 def _flags_show_no_type() -> None:
@@ -44,7 +44,19 @@ DbOption = Annotated[
 
 
 def settings_for(db: str | None, **overrides) -> Settings:
-    return Settings.load({"database_url": db, **overrides})
+    """The settings of this command; a bad ``therapref.toml`` (``[auth]`` included) is one line, exit 1."""
+    from db.sso import RoleMapping
+
+    try:
+        settings = Settings.load({"database_url": db, **overrides})
+        if settings.auth is not None:
+            try:
+                RoleMapping(settings.auth.role_claim, settings.auth.roles)
+            except TheraPrefError as exc:
+                raise SettingsError(f"{settings.config_file}: [auth] {exc}") from None
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    return settings
 
 
 def open_engine(db: str | None, *, migrate: bool = True) -> Engine:
@@ -69,7 +81,7 @@ def errors() -> Iterator[None]:
     """Turn user-facing errors into one line on stderr and exit status 1 (no traceback)."""
     try:
         yield
-    except TheraPrefError as exc:
+    except (TheraPrefError, SettingsError) as exc:
         raise fail(str(exc)) from None
     except IntegrityError as exc:
         raise fail(f"database constraint violated: {str(exc.orig).splitlines()[0]}") from None
