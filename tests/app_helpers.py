@@ -22,12 +22,17 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 
 @contextlib.contextmanager
-def running_app(database_url: str, log_path: Path) -> Iterator[str]:
-    """``streamlit run`` on 127.0.0.1 and a free port; yields its base URL; stops it afterwards."""
+def running_app(database_url: str, log_path: Path, *, sso: bool = False, env: dict[str, str] | None = None,
+                process_out: list | None = None) -> Iterator[str]:
+    """``streamlit run`` on 127.0.0.1 and a free port; yields its base URL; stops it afterwards
+    (``sso``: the single sign-on entry, ``env`` naming its ``THERAPREF_CONFIG`` and client secret;
+    ``process_out`` receives the process)."""
     from labeling_app.launch import app_url, start_app, stop_app, wait_until_ready
 
     port = free_port()
-    process = start_app(database_url, port=port, log_path=log_path)
+    process = start_app(database_url, port=port, log_path=log_path, sso=sso, env=env)
+    if process_out is not None:
+        process_out.append(process)
     try:
         wait_until_ready(app_url(port=port), 90, process=process)
         yield app_url(port=port)
@@ -44,6 +49,30 @@ def login(page, base_url: str, username: str, password: str, *, shown_as: str | 
     page.get_by_role("textbox", name="Password").fill(password)
     page.get_by_role("button", name="Log in").click()
     page.get_by_text(f"Signed in as {shown_as or username}").wait_for(timeout=timeout_ms)
+
+
+def sso_login(page, base_url: str, subject: str, *, expect: str | None = None, timeout_ms: int = 60_000) -> None:
+    """Sign in through the OIDC provider by keyboard only: Tab to "Sign in with SSO", Enter; at the
+    provider's form (subject field focused) type ``subject``, Enter. Waits for ``expect`` on the app."""
+    page.goto(base_url + "/")
+    button = page.get_by_role("button", name="Sign in with SSO")
+    button.wait_for(timeout=timeout_ms)
+    for _ in range(30):
+        if page.evaluate("document.activeElement && document.activeElement.innerText || ''").strip().endswith(
+                "Sign in with SSO"):
+            break
+        page.keyboard.press("Tab")
+    else:
+        raise AssertionError("Tab never reached the SSO button")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/oauth2/authorize**", timeout=timeout_ms)
+    page.wait_for_function("() => document.activeElement && document.activeElement.name === 'sub'",
+                           timeout=timeout_ms)  # the provider's form focuses its subject field itself
+    page.keyboard.type(subject)
+    page.keyboard.press("Enter")
+    page.wait_for_url(lambda url: url.startswith(base_url), timeout=timeout_ms)
+    if expect:
+        page.get_by_text(expect).first.wait_for(timeout=timeout_ms)
 
 
 def app_login(at: AppTest, username: str, password: str) -> AppTest:
