@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import distinct, func
+from sqlalchemy import func
 from sqlmodel import Session, select
 
 from db.models import AuditEvent
@@ -77,8 +77,8 @@ def audit_events(filters: AuditFilter = AuditFilter(), *, session: Session) -> l
 
 def audit_choices(*, session: Session) -> tuple[list[str], list[str]]:
     """Everyone who appears as an actor, and every action, for the page's filters."""
-    actors = sorted(session.exec(select(distinct(AuditEvent.actor))))
-    actions = sorted(session.exec(select(distinct(AuditEvent.action))))
+    actors = sorted(session.exec(select(AuditEvent.actor).distinct()))
+    actions = sorted(session.exec(select(AuditEvent.action).distinct()))
     return actors, actions
 
 
