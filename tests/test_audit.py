@@ -12,8 +12,7 @@ from sqlmodel import Session, select
 from streamlit.testing.v1 import AppTest
 
 from db.accounts import add_account, reset_account_password
-from db.audit import AuditFilter, audit_choices, audit_csv, audit_events
-from db.crud import audit
+from db.audit import AuditFilter, audit, audit_choices, audit_csv, audit_events
 from db.models import AuditEvent
 from labeling_app.state import USER_KEY, User
 from tests.app_helpers import APP
