@@ -1,8 +1,8 @@
 """Single sign-on end to end: Chromium (Playwright) → the app (``labeling_app/sso_app.py``, st.login)
 → a real OIDC provider (oidc-provider-mock) on 127.0.0.1, and the admins' audit page.
 
-One provider, one app and one browser for the module; the tests run in order and build on each
-other's accounts. Screenshots go to /work/screens/ (outside the repository) and test-output/app/.
+One provider, one app and one browser per database (SQLite, then PostgreSQL); the tests run in
+order and build on each other's accounts. Screenshots go to /work/screens/ (outside the repository) and test-output/app/.
 """
 
 from __future__ import annotations
@@ -38,10 +38,13 @@ USERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def sso(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def sso(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser-sso")
-    url = f"sqlite:///{folder / 'therapref.db'}"
+    if request.param == "sqlite":
+        url = f"sqlite:///{folder / 'therapref.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server").create_database(f"sso{os.getpid()}")
     engine, _project = make_database(url, n_prompts=2, n_clinicians=1)
     client_secret = "client-secret-" + secrets.token_hex(12)
     with MockProvider(USERS) as provider:
