@@ -2,7 +2,8 @@
 → a real OIDC provider (oidc-provider-mock) on 127.0.0.1, and the admins' audit page.
 
 One provider, one app and one browser per database (SQLite, then PostgreSQL); the tests run in
-order and build on each other's accounts. Screenshots go to /work/screens/ (outside the repository) and test-output/app/.
+order and build on each other's accounts. Screenshots go to test-output/app/ (login-sso.png,
+sso-refused.png, audit.png, audit-filtered.png).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tests.oidc_helpers import MockProvider
 from tests.reliability_helpers import dump_tables
 
 pytestmark = pytest.mark.browser
-SCREENS = Path("/work/screens")
+SCREENS = OUTPUT
 HOSTILE = '<img src=x onerror="window.__xss = 1">'
 USERS = {
     "dana": {"preferred_username": "dana", "name": f"Dana {HOSTILE}", "groups": ["therapists"]},
