@@ -57,7 +57,7 @@ def say(message: str) -> None:
 
 def bench_prompts(n: int) -> list[dict[str, Any]]:
     """The first ``n`` distinct user turns of the Gaby file, each with the file's system message."""
-    from policy.abtest import row_conversation
+    from exports.formats import row_conversation
 
     rows, seen = [], set()
     for line in GABY.read_text(encoding="utf-8").splitlines():

@@ -17,7 +17,6 @@ from exports import formats, source
 from exports.atomic import check_target, discard, publish, temp_dir, temp_file
 from exports.errors import ExportError
 from exports.filters import ExportFilters, check_filters, judgment_filter_counts
-from exports.manifest import manifest_path, write_manifest
 from exports.pii import Scrubber
 from exports.select import (
     bt_choice,
@@ -101,7 +100,7 @@ def run_export(kind: str, output: str | Path, *, engine: Engine, filters: Export
     path = Path(output)
     check_target(path, force=options.force, is_dir=(kind == "hf"))
     if kind != "hf":
-        check_target(manifest_path(path, kind), force=True)
+        check_target(formats.manifest_path(path, kind), force=True)
     with session_scope(read_only_engine(engine)) as session:
         check_filters(filters, session=session)
         if options.selection == "reference" or options.prefer_source:
@@ -399,7 +398,7 @@ def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: Export
     from db.status import counts_by_source, database_fingerprint
     from therapref import __version__
 
-    mpath = manifest_path(path, kind)
+    mpath = formats.manifest_path(path, kind)
     with session_scope(engine) as session:
         fingerprint = database_fingerprint(session=session)
         run = ExportRun(kind=kind, path=str(path.resolve()), filters=filters.to_json(), counts=counts,
@@ -420,7 +419,7 @@ def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: Export
         audit(options.actor, "export.write", session=session, target=str(path.resolve()),
               details={"kind": kind, "rows": counts["out"], "export_run_id": run.id, "sha256": digest})
         if kind == "hf":
-            write_manifest(manifest, tmp / "manifest.json")
+            formats.write_manifest(manifest, tmp / "manifest.json")
             from exports.hf import write_card
 
             write_card(tmp, manifest)
@@ -428,7 +427,7 @@ def _record(kind: str, path: Path, tmp: Path, *, engine: Engine, filters: Export
         else:
             mtmp = temp_file(mpath)
             try:
-                write_manifest(manifest, mtmp)
+                formats.write_manifest(manifest, mtmp)
                 publish(tmp, path, force=options.force)
                 publish(mtmp, mpath, force=True)
             finally:

@@ -32,11 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from exports.errors import ExportError
+from exports.formats import SIGNATURES, parse_jsonl_line
 
 ROLES = {"system", "user", "assistant", "tool", "function"}
 MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id", "refusal"}
-SFT_KEYS = {"messages", "tools", "functions", "parallel_tool_calls"}
-DPO_KEYS = {"input", "preferred_output", "non_preferred_output"}
+# The keys our sft and openai-dpo rows carry (exports.formats) and the optional ones OpenAI also accepts.
+SFT_KEYS = {*SIGNATURES["sft"], "tools", "functions", "parallel_tool_calls"}
+DPO_KEYS = set(SIGNATURES["openai-dpo"])
 DPO_INPUT_KEYS = {"messages", "tools", "parallel_tool_calls"}
 MIN_EXAMPLES = 10
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -177,14 +179,7 @@ def validate_file(path: str | Path, method: str = "sft", *, max_tokens: int = DE
                 problems.append(f"{path} line {number}: empty line")
                 continue
             try:
-                example = json.loads(raw.decode("utf-8"))
-                messages = check_example(example, method)
-            except UnicodeDecodeError:
-                problems.append(f"{path} line {number}: not UTF-8 text")
-                continue
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path} line {number}: not valid JSON ({exc.msg})")
-                continue
+                messages = check_example(parse_jsonl_line(raw), method)
             except ValueError as exc:
                 problems.append(f"{path} line {number}: {exc}")
                 continue

@@ -39,7 +39,7 @@ import json
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -57,6 +57,7 @@ from db.hashing import prompt_hash
 from db.models import AbTest, CandidateModel, Comparison, PolicyRun, Prompt, Response
 from db.rules import id_range
 from db.scores import set_priorities
+from exports.formats import read_jsonl, row_conversation
 
 # Keys under which a PolicyRun may name its training file when the manifest lacks prompt_ids.
 TRAINING_FILE_KEYS = ("path", "data", "train_file", "dataset", "file")
@@ -145,38 +146,6 @@ def parse_prompt_spec(spec: int | str | None) -> PromptSpec:
                       topics=tuple(dict.fromkeys(topics)))
 
 
-def row_conversation(row: Any) -> list[dict[str, str]] | None:
-    """The prompt conversation of one training-file row (SFT ``messages``, TRL ``prompt`` as chat or
-    text, OpenAI-DPO ``input.messages``): user/assistant turns up to the last user turn, the system
-    message left out (exports may replace it). ``None`` for a row of another shape.
-
-    >>> row_conversation({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "hi"},
-    ...                                {"role": "assistant", "content": "hello"}]})
-    [{'role': 'user', 'content': 'hi'}]
-    >>> row_conversation({"prompt": "hi", "completion": "x", "label": True})
-    [{'role': 'user', 'content': 'hi'}]
-    >>> row_conversation({"input": {"messages": [{"role": "user", "content": "hi"}]}})
-    [{'role': 'user', 'content': 'hi'}]
-    >>> row_conversation({"text": "plain"}) is None
-    True
-    """
-    if not isinstance(row, dict):
-        return None
-    messages: Any = row.get("messages")
-    if messages is None and isinstance(row.get("input"), dict):
-        messages = row["input"].get("messages")
-    if messages is None:
-        messages = row.get("prompt")
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        return None
-    turns = [{"role": str(m.get("role")), "content": str(m.get("content", ""))} for m in messages
-             if m.get("role") in ("user", "assistant")]
-    last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
-    return None if last_user is None else turns[:last_user + 1]
-
-
 def conversation_key(messages: Sequence[Mapping[str, Any]]) -> str:
     """The content hash of a conversation without its system message (``db.hashing.prompt_hash``).
 
@@ -227,28 +196,12 @@ def _training_file(run: PolicyRun) -> Path | None:
     return None
 
 
-def _file_rows(path: Path) -> Iterator[Any]:
-    """The JSON rows of a JSONL training file (one clear error naming file and line)."""
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise AbTestError(f"{path}: cannot read the policy's training file ({exc.strerror or exc})") from None
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise AbTestError(f"{path}:{number}: not a JSON line ({exc.msg})") from None
-
-
 def prompts_in_file(path: Path, *, session: Session) -> set[int]:
     """Prompt ids whose conversation (system message aside) appears in the training file ``path``."""
     if path.is_dir():
         raise AbTestError(f"{path}: a dataset folder without prompt_ids in its manifest; re-export it "
                           "(exports now list prompt_ids) or pass the prompts explicitly")
-    keys = {conversation_key(c) for row in _file_rows(path) if (c := row_conversation(row))}
+    keys = {conversation_key(c) for _, row in read_jsonl(path, error=AbTestError) if (c := row_conversation(row))}
     seen = set()
     for prompt_id, messages in session.exec(select(Prompt.id, Prompt.messages)):
         if keys and conversation_key(messages or []) in keys:
@@ -931,5 +884,5 @@ def abtests_of(new: str, base: str, *, session: Session) -> list[AbTest]:
 
 
 __all__ = ["AbTestError", "AbTestResult", "GenerationSettings", "PromptSpec", "SETTING_FIELDS", "Seen",
-           "parse_prompt_spec", "row_conversation", "conversation_key", "choose_prompts", "prompts_in_file",
+           "parse_prompt_spec", "conversation_key", "choose_prompts", "prompts_in_file",
            "trained_prompt_ids", "seen_prompts", "spec_for", "create_abtest", "key_variables", "abtests_of"]

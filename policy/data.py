@@ -1,6 +1,7 @@
 """Reading a file that ``therapref export sft|dpo|kto`` wrote, for the method that trains on it.
 
-Rows (exports/formats.py): SFT ``{"messages": [...]}`` (OpenAI chat, the reply last), DPO
+Rows (``exports.formats``, the one owner of the export row format, its reader and the manifest's
+name): SFT ``{"messages": [...]}`` (OpenAI chat, the reply last), DPO
 ``{"prompt": [...], "chosen": [assistant], "rejected": [assistant], "margin"?}``, KTO
 ``{"prompt": [...], "completion": [assistant], "label": bool}``. Every line is checked before any
 model is loaded; the first bad one is reported as ``FILE line N: problem``. The manifest beside the
@@ -13,26 +14,23 @@ that message), so that the loss is on the reply only, as in DPO and KTO.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exports.formats import SIGNATURES, manifest_path, read_jsonl, read_manifest, row_kind
 from policy.errors import PolicyError
 
 ROLES = ("system", "user", "assistant")
-#: The keys that identify each export kind (also those of kinds no method trains on, to name them).
-SIGNATURES = {
-    "sft": ("messages",),
-    "dpo": ("prompt", "chosen", "rejected"),
-    "kto": ("prompt", "completion", "label"),
-    "openai-dpo": ("input", "preferred_output", "non_preferred_output"),
-}
 #: "an sft export", "a dpo export" (as the letters are read).
 ARTICLE = {"sft": "an", "dpo": "a", "kto": "a", "openai-dpo": "an"}
-COLUMNS = {"sft": "messages", "dpo": "prompt/chosen/rejected", "kto": "prompt/completion/label",
-           "openai-dpo": "input/preferred_output/non_preferred_output"}
+
+
+def _columns(kind: str) -> str:
+    """>>> _columns("dpo")
+    'prompt/chosen/rejected'
+    """
+    return "/".join(SIGNATURES[kind])
 
 
 @dataclass
@@ -54,22 +52,6 @@ class PolicyData:
                 "manifest_matches": bool(manifest) and manifest.get("sha256") == self.sha256,
                 "export_run_id": manifest.get("export_run_id"),
                 "database_fingerprint": manifest.get("database_fingerprint")}
-
-
-def row_kind(row: Any) -> str | None:
-    """Which export wrote a row, by its keys.
-
-    >>> row_kind({"messages": []}), row_kind({"prompt": "p", "chosen": "a", "rejected": "b"})
-    ('sft', 'dpo')
-    >>> row_kind({"prompt": "p", "completion": "a", "label": True}), row_kind({"text": "x"})
-    ('kto', None)
-    """
-    if not isinstance(row, dict):
-        return None
-    for kind, keys in SIGNATURES.items():
-        if all(k in row for k in keys):
-            return kind
-    return None
 
 
 def _messages(value: Any, what: str) -> list[dict[str, str]]:
@@ -124,53 +106,17 @@ def convert_row(row: dict[str, Any], method: str) -> dict[str, Any]:
             "label": row["label"]}
 
 
-def manifest_path(path: Path) -> Path:
-    """The export's manifest beside it (the name ``exports.manifest`` gives it).
-
-    >>> manifest_path(Path("out/dpo.jsonl")).as_posix()
-    'out/dpo.jsonl.manifest.json'
-    """
-    return path.with_name(path.name + ".manifest.json")
-
-
-def read_manifest(path: Path, method: str) -> dict[str, Any] | None:
+def _export_manifest(path: Path, method: str) -> dict[str, Any] | None:
     """The manifest beside ``path`` (None when there is none); one saying another kind is an error."""
-    mpath = manifest_path(path)
+    mpath = manifest_path(path, method)
     if not mpath.is_file():
         return None
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PolicyError(f"{mpath}: not a readable export manifest ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise PolicyError(f"{mpath}: not a readable export manifest (not a JSON object)")
+    manifest = read_manifest(mpath, error=PolicyError)
     kind = manifest.get("kind")
     if kind is not None and kind != method:
         raise PolicyError(f"{path}: its manifest says it is {ARTICLE.get(kind, 'a')} {kind} export, but --method "
-                          f"{method} needs {ARTICLE[method]} {method} export ({COLUMNS[method]})")
+                          f"{method} needs {ARTICLE[method]} {method} export ({_columns(method)})")
     return manifest
-
-
-def json_lines(path: Path, digest: Any) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed value) of every non-blank line of the JSONL file ``path``, each raw line fed to
-    ``digest`` (its sha256 as provenance); the first unreadable line is one clear error naming it."""
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with handle:
-        for number, raw in enumerate(handle, start=1):
-            digest.update(raw)
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise PolicyError(f"{path} line {number}: not UTF-8 text") from None
-            if not line:
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise PolicyError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
 
 
 def read_export(path: str | Path, method: str) -> PolicyData:
@@ -178,16 +124,16 @@ def read_export(path: str | Path, method: str) -> PolicyData:
     path = Path(path)
     if not path.is_file():
         raise PolicyError(f"{path}: no such file")
-    manifest = read_manifest(path, method)
+    manifest = _export_manifest(path, method)
     digest = hashlib.sha256()
     rows: list[dict[str, Any]] = []
-    for number, row in json_lines(path, digest):
+    for number, row in read_jsonl(path, digest=digest, error=PolicyError):
         kind = row_kind(row)
         if kind != method:
-            found = (f"{ARTICLE[kind]} {kind} row ({COLUMNS[kind]})" if kind
+            found = (f"{ARTICLE[kind]} {kind} row ({_columns(kind)})" if kind
                      else "a row that no export kind writes")
             raise PolicyError(f"{path} line {number}: {found}, but --method {method} needs "
-                              f"{ARTICLE[method]} {method} export ({COLUMNS[method]})")
+                              f"{ARTICLE[method]} {method} export ({_columns(method)})")
         try:
             rows.append(convert_row(row, method))
         except ValueError as exc:

@@ -2,7 +2,7 @@
 
 ``--prompts`` is a SPEC over the database's prompts (``policy.abtest.parse_prompt_spec``: N at random,
 ids and ranges, ``source:NAME``, ``topic:NAME``) or a JSONL FILE of chat rows (``messages`` as an SFT
-export writes them, or ``prompt`` as chat or text; ``policy.abtest.row_conversation``). A path that
+export writes them, or ``prompt`` as chat or text; ``exports.formats.row_conversation``). A path that
 exists is read as a file.
 
 Prompts listed in any ``AbTest.prompt_ids`` are never trained on: they are the held-out prompts on
@@ -30,8 +30,9 @@ from sqlmodel import Session, select
 
 from db.models import AbTest, Prompt
 from db.rules import conversation, prompt_conversation
-from policy.abtest import AbTestError, choose_prompts, conversation_key, parse_prompt_spec, row_conversation
-from policy.data import PolicyData, json_lines
+from exports.formats import read_jsonl, row_conversation, row_messages
+from policy.abtest import AbTestError, choose_prompts, conversation_key, parse_prompt_spec
+from policy.data import PolicyData
 from policy.errors import PolicyError
 
 
@@ -189,11 +190,7 @@ def _row_system(row: dict[str, Any]) -> str | None:
     >>> _row_system({"prompt": "hi"}) is None
     True
     """
-    messages = row.get("messages")
-    if messages is None and isinstance(row.get("input"), dict):
-        messages = row["input"].get("messages")
-    if messages is None:
-        messages = row.get("prompt")
+    messages = row_messages(row)
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict) and message.get("role") == "system":
@@ -210,7 +207,7 @@ def _file_prompts(path: Path, *, session: Session, held: set[int], system_prompt
     prompts: list[TrainingPrompt] = []
     seen: set[str] = set()
     excluded = 0
-    for number, row in json_lines(path, digest):
+    for number, row in read_jsonl(path, digest=digest, error=PolicyError):
         turns = row_conversation(row)
         if not turns:
             raise PolicyError(f"{path} line {number}: not a chat row (expected 'messages' or 'prompt' with a "

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exports.formats import jsonl_line
 from policy.data import PolicyData
 from policy.errors import PolicyError
 from policy.prompts import TrainingPrompts
@@ -186,8 +187,7 @@ def train_rs(config: Any, prompts: TrainingPrompts, *, callbacks: Sequence[Any] 
                 f"{len(prompts.prompts)} prompts ({provider}) …")
             sampled = sample_round(prompts, spec, round_number=number, seed=config.seed)
             with (folder / "samples.jsonl").open("w", encoding="utf-8") as handle:
-                for record in sampled.records:
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                handle.writelines(jsonl_line(record) for record in sampled.records)
             (folder / "sampler.gguf").unlink(missing_ok=True)
             figures = {"round": number, "sampler": provider, **sampled.figures()}
             if not sampled.rows:

@@ -32,7 +32,10 @@ SHARED_OWNERS = {"reward.scoring", "analytics.bradley_terry", "candidates.embedd
                  "candidates.llama_compat",
                  # the machine: accelerators, native bf16, free CPU cores, base models and their LoRA config
                  # (policy training too)
-                 "reward.resources"}
+                 "reward.resources",
+                 # the export row format (writer, reader, kinds' signatures, manifest): policy training reads
+                 # the exports it trains on through it
+                 "exports.formats"}
 # The core of ``therapref`` that every layer may read; everything else under it is the CLI.
 CORE = {"therapref", "therapref.settings", "therapref.config_cli"}
 # ``db`` reads no other package, and neither db nor the areas reach for the edges' frameworks.

@@ -12,7 +12,7 @@ from db.models import AuditEvent, ExportRun
 from db.status import database_fingerprint
 from exports.errors import ExportError
 from exports.filters import ExportFilters, parse_when
-from exports.manifest import read_manifest
+from exports.formats import read_manifest
 from exports.run import ExportOptions, run_export
 from tests.conftest import GABY
 from tests.export_helpers import asst, conv
