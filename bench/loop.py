@@ -277,27 +277,6 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def tiny_base(folder: Path) -> Path:
-    """A 2-layer, 32-wide random Llama with SmolLM2's tokenizer and chat template (the smoke mode's base;
-    ``policy.gguf`` converts it, so llama.cpp runs it like the real one)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, set_seed
-
-    from candidates.embedded import smollm2_hf_path
-
-    if (folder / "config.json").is_file():
-        return folder
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_path())
-    set_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    config.architectures = ["LlamaForCausalLM"]
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -892,10 +871,12 @@ def run_bench(plan: Plan, work: Path) -> tuple[list[Row], dict[str, Any]]:
     from db.migrate import upgrade
     from policy.loop import ensure_default_base
 
-    base_model = str(tiny_base(work / "tiny-llama")) if plan.smoke else "embedded"
+    base_model = "embedded"
     if plan.smoke:
         from policy.gguf import convert_to_gguf
+        from tests.tiny_models import tiny_llama
 
+        base_model = str(tiny_llama(work / "tiny-llama"))
         base_gguf = str(convert_to_gguf(Path(base_model), outtype="f16").path)
     else:
         base_gguf = "embedded"

@@ -346,14 +346,12 @@ class TransformersProvider(_LocalProvider):
     tokenizer: Any = None
 
     def load(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from reward.resources import load_pretrained  # the one loader of causal LMs (pad token, errors)
 
         path = hf_path(self.spec)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.model, self.tokenizer = load_pretrained(path, "causal-lm", what=f"model of {self.spec.name!r}",
+                                                     error=ValueError, padding_side="left")
+        self.model.eval()
         self.model_name = path.name
 
     def batches(self, jobs: list[Job]) -> list[list[Job]]:

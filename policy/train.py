@@ -24,7 +24,7 @@ from typing import Any
 from policy.config import EMBEDDED, PolicyFields
 from policy.data import PolicyData
 from policy.errors import PolicyError
-from reward.resources import default_threads, peft_config
+from reward.resources import default_threads, load_pretrained, peft_config
 
 META_FILE = "therapref_policy.json"
 CARD_FILE = "README.md"
@@ -211,23 +211,12 @@ def prepare(config: PolicyFields, data: PolicyData) -> TrainingPlan:
 
 def _load(base: str, config: PolicyFields) -> tuple[Any, Any]:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     # A frozen base under LoRA is held in bf16 itself: under autocast, fp32 weights are cast to bf16
     # again by every matmul of every step (see docs/policy.md); trained weights stay fp32 (autocast).
     dtype = torch.bfloat16 if (config.bf16 and config.use_lora) else torch.float32
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, **(config.model_init_kwargs or {}))
-    except (OSError, ValueError) as exc:
-        raise PolicyError(f"base model {base}: cannot load as a causal LM ({str(exc).splitlines()[0]})") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model, tokenizer = load_pretrained(base, "causal-lm", dtype=dtype, error=PolicyError,
+                                       **(config.model_init_kwargs or {}))
     if getattr(tokenizer, "chat_template", None) is None:
         raise PolicyError(f"base model {base}: its tokenizer has no chat template (the exports are conversations)")
     return model, tokenizer
@@ -487,15 +476,12 @@ def finish(config: PolicyFields, plan: TrainingPlan, fitted: FittedPolicy, data:
 def _merged_model(trainer: Any, config: PolicyFields, base: str) -> Any:
     """The trained network as a plain causal LM. LoRA adapters are merged into a fresh fp32 copy of the
     base: merged into bf16 weights, updates smaller than bf16's resolution would be rounded away."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     network = trainer.accelerator.unwrap_model(trainer.model)
     if config.use_lora:
         from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
         adapters = get_peft_model_state_dict(network)
-        fresh = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        fresh, _ = load_pretrained(base, "causal-lm", error=PolicyError)
         merged = get_peft_model(fresh, peft_config(config, task_type="CAUSAL_LM"))
         set_peft_model_state_dict(merged, {k: v.float() for k, v in adapters.items()})
         network = merged.merge_and_unload()

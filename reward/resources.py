@@ -1,4 +1,5 @@
-"""What a reward model is trained and scored with: the base model's files and the machine (an
+"""What a reward model is trained and scored with: the base model's files, loading a model
+(``load_pretrained``: causal LMs and sequence classifiers, for every area) and the machine (an
 accelerator or not, native bf16, free CPU cores).
 
 One owner for these questions, so that the config (bf16, ``use_cpu``), training (threads, packing)
@@ -53,22 +54,77 @@ def resolve_base_model(spec: str | None) -> str:
     return spec  # a hub id (needs network or a warm cache)
 
 
-def load_kwargs(path: str) -> dict[str, Any]:
+#: What ``load_pretrained`` loads, and how its error names it.
+TASKS = {"causal-lm": "a causal LM", "sequence-classification": "a sequence classifier"}
+
+
+def load_kwargs(path: str, task: str = "sequence-classification") -> dict[str, Any]:
     """Extra ``from_pretrained`` arguments: a folder materialised from a GGUF file may still list the
-    GGUF ``quantization_config`` although its weights are plain floats; drop it so it can be trained."""
+    GGUF ``quantization_config`` although its weights are plain floats; drop it so it can be trained.
+    A sequence classifier (a reward model) has one label."""
     from transformers import AutoConfig
 
+    single = {"num_labels": 1} if task == "sequence-classification" else {}
     try:
         cfg = AutoConfig.from_pretrained(path)
     except (OSError, ValueError):
-        return {}
+        return single
     quant = getattr(cfg, "quantization_config", None)
     method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
     if str(method).lower().endswith("gguf"):
         del cfg.quantization_config
-        cfg.num_labels = 1
+        for key, value in single.items():
+            setattr(cfg, key, value)
         return {"config": cfg}
-    return {}
+    return single
+
+
+def load_pretrained(path: str | Path, task: str, *, what: str = "base model", dtype: Any = None,
+                    error: type[Exception] = RewardError, new_head: bool = False, padding_side: str | None = None,
+                    **kwargs: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of the Hugging Face folder (or hub id) ``path`` as ``task`` (a key of
+    ``TASKS``): the one way a causal LM (a policy, the transformers provider) or a sequence classifier
+    (a reward model, a reward base) is loaded. The same for every caller:
+
+    - transformers' logging is quiet while loading (``new_head``: a reward head is "missing" from
+      its base by design, and TRL's cross-architecture warning about it is silenced too);
+    - a tokenizer without a pad token pads with its EOS (else its UNK) token, and the model's config
+      pads with the tokenizer's token (a sequence classifier finds each row's last token by it);
+    - a folder that cannot load is one ``error`` (the caller's area's error class):
+      ``PATH: cannot load the WHAT as a causal LM (first line of the reason)``.
+
+    ``dtype`` defaults to float32; ``kwargs`` go to the model's ``from_pretrained`` (over ``load_kwargs``).
+    """
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, not {task!r}")
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    path = str(path)
+    quiet: Any = contextlib.nullcontext()
+    if new_head:
+        from trl.trainer.reward_trainer import suppress_seqcls_warning
+
+        quiet = suppress_seqcls_warning()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **({"padding_side": padding_side} if padding_side else {}))
+        with quiet:
+            model = auto.from_pretrained(path, dtype=dtype or torch.float32, **{**load_kwargs(path, task), **kwargs})
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise error(f"{path}: cannot load the {what} as {TASKS[task]} ({reason})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
 
 
 def accelerator_present() -> bool:

@@ -19,7 +19,7 @@ from db.rules import reply_length
 from reward.encoding import padded_batches
 from reward.errors import RewardError
 from reward.pairs import PreferencePair, messages_key
-from reward.resources import load_kwargs
+from reward.resources import load_pretrained
 
 META_FILE = "therapref_reward.json"
 #: The manifest of an ensemble folder: its members' sub-folders, in order, and how they were trained.
@@ -57,7 +57,6 @@ class RewardModel:
         with ``num_labels=1``); an ensemble folder (``--ensemble K``) loads as a :class:`RewardEnsemble`,
         which scores like a model (the members' mean)."""
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from reward.encoding import Encoder
 
@@ -67,16 +66,13 @@ class RewardModel:
         if not (path / "config.json").is_file():
             raise RewardError(f"{path}: not a model folder (no config.json)")
         meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        extra = load_kwargs(str(path)) or {"num_labels": 1}
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), dtype=dtype or torch.float32, **extra)
+        model, tokenizer = load_pretrained(path, "sequence-classification", what="reward model", dtype=dtype)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device).eval()
         enc = meta.get("encoder", {})
         encoder = Encoder(tokenizer, max_length=int(enc.get("max_length", 512)),
                           min_context_tokens=int(enc.get("min_context_tokens", 64)), layout=enc.get("layout", ""))
-        _ensure_pad(model, tokenizer)
         return cls(model=model, tokenizer=tokenizer, encoder=encoder,
                    network_scale=float(meta.get("network_scale", 1.0)),
                    length_weight=float(meta.get("length_weight", 0.0)), meta=meta, path=str(path))
@@ -252,13 +248,6 @@ def pair_scores(model: RewardModel | RewardEnsemble, pairs: Sequence[tuple[Any, 
     per_member = model.member_scores(items, batch_size=batch_size)
     n = len(pairs)
     return [pair_probability([scores[i] - scores[n + i] for scores in per_member]) for i in range(n)]
-
-
-def _ensure_pad(model: Any, tokenizer: Any) -> None:
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from reward.packing import (
     supports_packing,
 )
 from reward.pairs import PairStats, PreferencePair, log_length_gap, split_by_prompt
-from reward.resources import accelerator_present, default_threads, load_kwargs, peft_config, resolve_base_model
+from reward.resources import accelerator_present, default_threads, load_pretrained, peft_config, resolve_base_model
 from reward.scoring import META_FILE, RewardModel
 
 
@@ -63,28 +63,12 @@ class TrainResult:
 
 
 def _load_model(base: str, config: TheraRewardConfig) -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
-    from transformers.utils import logging as hf_logging
-    from trl.trainer.reward_trainer import suppress_seqcls_warning
+    """The base as a sequence classifier with a new reward head drawn under ``config.seed``."""
+    from transformers import set_seed
 
     set_seed(config.seed)  # the new reward head is drawn here, before the Trainer seeds: same seed, same model
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the new head is "missing" from the base checkpoint by design
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        with suppress_seqcls_warning():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                base, dtype=torch.float32, **(load_kwargs(base) or {"num_labels": 1}),
-                **(config.model_init_kwargs or {}))
-    except (OSError, ValueError) as exc:
-        raise RewardError(f"base model {base}: cannot load ({str(exc).splitlines()[0]})") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return load_pretrained(base, "sequence-classification", error=RewardError, new_head=True,
+                           **(config.model_init_kwargs or {}))
 
 
 LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")

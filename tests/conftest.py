@@ -1,4 +1,4 @@
-"""Shared fixtures: real SQLite files, a real PostgreSQL server, small real databases."""
+"""Shared fixtures: real SQLite files, a real PostgreSQL server, small real databases, a tiny Llama."""
 
 from __future__ import annotations
 
@@ -84,3 +84,12 @@ def any_engine(any_db_url):
 def session(engine):
     with Session(engine, expire_on_commit=False) as session:
         yield session
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """``tests.tiny_models.tiny_llama``, built once per session (a policy base and a decoder reward base)."""
+    from tests.tiny_models import tiny_llama as build
+
+    return build(tmp_path_factory.mktemp("tiny-llama"))
+

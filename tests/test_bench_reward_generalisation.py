@@ -15,7 +15,8 @@ import sys
 
 import pytest
 
-from tests.reliability_helpers import PYTHON, ROOT, tiny_reward_base
+from tests.reliability_helpers import PYTHON, ROOT
+from tests.tiny_models import tiny_reward_base
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

@@ -14,7 +14,8 @@ from candidates.registry import CandidateSpec, RegistryError, registered_policy_
 from db.models import AuditEvent, BestOfNSample, CandidateModel, Prompt, Response
 from db.rules import prompt_conversation
 from reward.scoring import load_reward_model
-from tests.factories import add_prompts, untrained_reward_model
+from tests.factories import add_prompts
+from tests.tiny_models import untrained_reward_model
 from therapref.cli import app
 
 runner = CliRunner()

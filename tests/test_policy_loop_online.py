@@ -14,7 +14,6 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 from typer.testing import CliRunner
 
-from bench.loop import tiny_base
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import (
@@ -28,7 +27,8 @@ from db.models import (
     PolicyRun,
     Response,
 )
-from tests.factories import add_prompts, untrained_reward_model
+from tests.factories import add_prompts
+from tests.tiny_models import untrained_reward_model
 from therapref.cli import app
 
 pytestmark = pytest.mark.slow
@@ -49,11 +49,6 @@ def reward_dir(tmp_path_factory):
     return untrained_reward_model(tmp_path_factory.mktemp("rm") / "model")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return tiny_base(tmp_path_factory.mktemp("tiny") / "llama")
-
-
 def _project(tmp_path):
     url = f"sqlite:///{tmp_path / 'loop.db'}"
     engine = make_engine(url)
@@ -71,10 +66,10 @@ def _counts(engine) -> dict[str, int]:
         return {t.__name__: session.execute(select(func.count()).select_from(t)).scalar_one() for t in tables}
 
 
-def test_loop_round_best_of_n_ab_tests_the_reward_models_pick_against_the_base(tmp_path, tiny, reward_dir):
+def test_loop_round_best_of_n_ab_tests_the_reward_models_pick_against_the_base(tmp_path, tiny_llama, reward_dir):
     engine, url, _, heldout = _project(tmp_path)
     args = ["loop", "round", "--output", str(tmp_path / "bo"), "--method", "best-of-n", "--best-of", "2",
-            "--reward-model", str(reward_dir), "--base-model", str(tiny), "--prompts", "source:heldout",
+            "--reward-model", str(reward_dir), "--base-model", str(tiny_llama), "--prompts", "source:heldout",
             "--max-tokens", "6", "--no-progress", "--db", url]
     first = runner.invoke(app, args)
     assert first.exit_code == 0, first.output
@@ -97,12 +92,12 @@ def test_loop_round_best_of_n_ab_tests_the_reward_models_pick_against_the_base(t
     assert "done earlier" in again.output and _counts(engine) == counts
 
 
-def test_loop_run_iterates_dpo_on_the_policys_own_samples_judged_by_the_reward_model(tmp_path, tiny, reward_dir):
+def test_loop_run_iterates_dpo_on_the_policys_own_samples_judged_by_the_reward_model(tmp_path, tiny_llama, reward_dir):
     engine, url, train, heldout = _project(tmp_path)
     config = tmp_path / "train.toml"
     config.write_text(TRAINING)
     args = ["loop", "run", "--output", str(tmp_path / "loop"), "--rounds", "2", "--reward-model", str(reward_dir),
-            "--train-prompts", "source:train", "--prompts", "source:heldout", "--base-model", str(tiny),
+            "--train-prompts", "source:train", "--prompts", "source:heldout", "--base-model", str(tiny_llama),
             "--config", str(config), "--max-tokens", "6", "--name", "gaby", "--no-progress", "--db", url,
             "--min-agreement", "0.5"]  # an export filter, as `therapref export` takes it (one vote: agreement 1)
     result = runner.invoke(app, args)
@@ -115,7 +110,7 @@ def test_loop_run_iterates_dpo_on_the_policys_own_samples_judged_by_the_reward_m
         runs = session.execute(select(PolicyRun).order_by(PolicyRun.id)).scalars().all()
         assert [r.method for r in runs] == ["dpo", "dpo"]
         # Round 2 starts from round 1's policy (on-policy), and each trained only on its prompts.
-        assert runs[0].base_model == str(tiny)
+        assert runs[0].base_model == str(tiny_llama)
         assert runs[1].base_model == str(tmp_path / "loop" / "round-1" / "policy")
         for run in runs:
             assert set(run.provenance["prompt_ids"]) <= set(train)
@@ -139,12 +134,12 @@ def test_loop_run_iterates_dpo_on_the_policys_own_samples_judged_by_the_reward_m
     assert again.output.count("done earlier") == 2 and _counts(engine) == counts
 
 
-def test_loop_run_without_a_reward_model_waits_for_clinicians(tmp_path, tiny):
+def test_loop_run_without_a_reward_model_waits_for_clinicians(tmp_path, tiny_llama):
     engine, url, train, _ = _project(tmp_path)
     result = runner.invoke(app, ["loop", "run", "--output", str(tmp_path / "loop"), "--rounds", "1",
                                  "--train-prompts", "source:train", "--prompts", "source:heldout",
-                                 "--base-model", str(tiny), "--max-tokens", "6", "--name", "gaby", "--no-progress",
-                                 "--db", url])
+                                 "--base-model", str(tiny_llama), "--max-tokens", "6", "--name", "gaby",
+                                 "--no-progress", "--db", url])
     assert result.exit_code == 3, result.output
     line = result.output.strip().splitlines()[-1]
     assert line.startswith("Round 1 of") and "wait for clinicians" in line
@@ -199,7 +194,7 @@ def test_loop_round_refuses_bad_reward_settings_and_writes_nothing(tmp_path, rew
     assert not (tmp_path / "r").exists() and _counts(engine) == before
 
 
-def test_loop_run_refuses_training_prompts_that_are_all_in_ab_tests(tmp_path, tiny, reward_dir):
+def test_loop_run_refuses_training_prompts_that_are_all_in_ab_tests(tmp_path, tiny_llama, reward_dir):
     engine, url, train, _ = _project(tmp_path)
     with Session(engine) as session:
         base = CandidateModel(name="x", provider="llamacpp")
@@ -210,7 +205,7 @@ def test_loop_run_refuses_training_prompts_that_are_all_in_ab_tests(tmp_path, ti
         session.commit()
     before = _counts(engine)
     out = runner.invoke(app, ["loop", "run", "--output", str(tmp_path / "loop"), "--reward-model", str(reward_dir),
-                              "--train-prompts", "source:train", "--base-model", str(tiny), "--db", url])
+                              "--train-prompts", "source:train", "--base-model", str(tiny_llama), "--db", url])
     assert out.exit_code == 1, out.output
     assert "--prompts leave no training prompt" in out.output
     assert not (tmp_path / "loop").exists() and _counts(engine) == before

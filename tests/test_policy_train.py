@@ -63,14 +63,6 @@ FILES = {"sft": sft_file, "dpo": dpo_file, "kto": kto_file}
 RATES = {"sft": 3e-3, "dpo": 1e-3, "kto": 1e-3}
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    """A 2-layer, 32-wide random Llama with SmolLM2's tokenizer and chat template (the loop bench's)."""
-    from bench.loop import tiny_base as build_tiny_base
-
-    return build_tiny_base(tmp_path_factory.mktemp("tiny-llama"))
-
-
 def settings(base, out, method, **extra):
     values = dict(output_dir=str(out), base_model=str(base), per_device_train_batch_size=4, max_length=128,
                   learning_rate=RATES[method], logging_steps=1, save_strategy="no", num_threads=1, seed=3)
@@ -79,12 +71,12 @@ def settings(base, out, method, **extra):
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "kto"])
-def test_each_method_lowers_loss_and_saves_a_model_that_generates(method, tiny_base, tmp_path):
+def test_each_method_lowers_loss_and_saves_a_model_that_generates(method, tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     data = read_export(FILES[method](tmp_path / f"{method}.jsonl"), method)
     out = tmp_path / "policy"
-    result = train_policy(settings(tiny_base, out, method, max_steps=6), data)
+    result = train_policy(settings(tiny_llama, out, method, max_steps=6), data)
     assert result.global_step == 6
     assert len(result.losses) == 6
     assert result.losses[-1] < result.losses[0], result.losses
@@ -104,7 +96,7 @@ def test_each_method_lowers_loss_and_saves_a_model_that_generates(method, tiny_b
     assert generated.shape[1] == ids["input_ids"].shape[1] + 5
 
 
-def test_padding_free_batches_give_the_padded_results(tiny_base):
+def test_padding_free_batches_give_the_padded_results(tiny_llama):
     """The backbone on real tokens only (rows laid end to end) gives the padded path's logits and
     gradients at every real position, through the registered attention."""
     import torch
@@ -112,7 +104,7 @@ def test_padding_free_batches_give_the_padded_results(tiny_base):
 
     from policy.train import PACKED_ATTENTION, padding_free
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     ids = torch.randint(0, 5000, (3, 11))
     mask = torch.ones(3, 11, dtype=torch.long)
     mask[0, 6:] = 0
@@ -134,7 +126,7 @@ def test_padding_free_batches_give_the_padded_results(tiny_base):
     torch.testing.assert_close(packed[1], padded[1], atol=1e-5, rtol=1e-4)
 
 
-def test_lora_is_merged_into_a_full_model(tiny_base, tmp_path):
+def test_lora_is_merged_into_a_full_model(tiny_llama, tmp_path):
     from safetensors.torch import load_file
 
     path = dpo_file(tmp_path / "dpo.jsonl")
@@ -142,23 +134,23 @@ def test_lora_is_merged_into_a_full_model(tiny_base, tmp_path):
     path.write_text(path.read_text() + formats.jsonl_line(formats.dpo_row(long_prompt, "Oh no.", "Ok.")))
     data = read_export(path, "dpo")
     out = tmp_path / "lora"
-    result = train_policy(settings(tiny_base, out, "dpo", max_steps=4, use_lora=True, lora_r=4,
+    result = train_policy(settings(tiny_llama, out, "dpo", max_steps=4, use_lora=True, lora_r=4,
                                    learning_rate=5e-3), data)
     assert result.losses[-1] < result.losses[0], result.losses
     meta = json.loads((out / "therapref_policy.json").read_text())
     assert (meta["metrics"]["n_rows"], meta["metrics"]["n_dropped"]) == (13, 1), "TRL's drop is reported"
     assert "1 of 13 rows dropped by TRL" in (out / "README.md").read_text()
     assert not (out / "adapter_config.json").exists()
-    trained, base = load_file(out / "model.safetensors"), load_file(tiny_base / "model.safetensors")
+    trained, base = load_file(out / "model.safetensors"), load_file(tiny_llama / "model.safetensors")
     key = "model.layers.0.self_attn.q_proj.weight"
     assert trained[key].dtype == base[key].dtype
     assert not (trained[key] == base[key]).all(), "the adapters' update is in the saved weights"
 
 
-def test_resume_continues_from_the_checkpoint(tiny_base, tmp_path):
+def test_resume_continues_from_the_checkpoint(tiny_llama, tmp_path):
     path = sft_file(tmp_path / "sft.jsonl")
     out = tmp_path / "policy"
-    common = ["finetune", "local", path, "--method", "sft", "--output", out, "--base-model", tiny_base,
+    common = ["finetune", "local", path, "--method", "sft", "--output", out, "--base-model", tiny_llama,
               "--batch-size", "4", "--max-length", "128", "--num-threads", "1", "--db", tmp_path / "t.db"]
     toml = tmp_path / "ft.toml"
     toml.write_text('[finetune]\nsave_strategy = "steps"\nsave_steps = 2\nlogging_steps = 1\nlearning_rate = 0.003\n')
@@ -181,7 +173,7 @@ def test_resume_continues_from_the_checkpoint(tiny_base, tmp_path):
         assert len(session.exec(select(PolicyRun)).all()) == 2
 
 
-def test_cli_records_the_policy_run_with_the_export_manifest(tiny_base, engine, sqlite_url, tmp_path):
+def test_cli_records_the_policy_run_with_the_export_manifest(tiny_llama, engine, sqlite_url, tmp_path):
     with Session(engine, expire_on_commit=False) as session:
         build_scenario(session)
     export = tmp_path / "dpo.jsonl"
@@ -189,7 +181,7 @@ def test_cli_records_the_policy_run_with_the_export_manifest(tiny_base, engine, 
     manifest = json.loads((tmp_path / "dpo.jsonl.manifest.json").read_text())
     out = tmp_path / "policy"
     result = runner.invoke(app, ["finetune", "local", str(export), "--method", "dpo", "--output", str(out),
-                                 "--base-model", str(tiny_base), "--max-steps", "2", "--batch-size", "2",
+                                 "--base-model", str(tiny_llama), "--max-steps", "2", "--batch-size", "2",
                                  "--num-threads", "1", "--db", sqlite_url])
     assert result.exit_code == 0, result.output
     line = result.stdout.strip().splitlines()[-1]
@@ -203,7 +195,7 @@ def test_cli_records_the_policy_run_with_the_export_manifest(tiny_base, engine, 
         assert run.data_fingerprint == manifest["sha256"]
         assert run.n_train == manifest["rows"]
         assert run.metrics["global_step"] == 2
-        assert run.config["base_model"] == str(tiny_base)
+        assert run.config["base_model"] == str(tiny_llama)
         assert run.candidate_model_id is None
         event = session.exec(select(AuditEvent).where(AuditEvent.action == "policy.train")).one()
         assert event.details["run_id"] == run.id
@@ -213,8 +205,8 @@ def test_cli_records_the_policy_run_with_the_export_manifest(tiny_base, engine, 
     assert "matches" in card
 
 
-def bad_cases(tmp_path, tiny_base):
-    from tests.reliability_helpers import tiny_reward_base
+def bad_cases(tmp_path, tiny_llama):
+    from tests.tiny_models import tiny_reward_base
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -235,13 +227,13 @@ def bad_cases(tmp_path, tiny_base):
     ]
 
 
-def test_bad_input_is_one_line_and_writes_nothing(tiny_base, tmp_path, sqlite_url, engine):
-    for args, expected in bad_cases(tmp_path, tiny_base):
+def test_bad_input_is_one_line_and_writes_nothing(tiny_llama, tmp_path, sqlite_url, engine):
+    for args, expected in bad_cases(tmp_path, tiny_llama):
         out = tmp_path / "out"
         if "--output" not in args:
             args = [*args, "--output", out]
         if "--base-model" not in args:
-            args = [*args, "--base-model", tiny_base]
+            args = [*args, "--base-model", tiny_llama]
         result = runner.invoke(app, ["finetune", "local", *map(str, args), "--max-steps", "1", "--db", sqlite_url])
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 1, (args, result.output)
@@ -254,7 +246,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_base, tmp_path, sqlite_ur
         assert session.exec(select(PolicyRun)).all() == []
 
 
-def test_a_failure_during_training_leaves_nothing(tiny_base, tmp_path):
+def test_a_failure_during_training_leaves_nothing(tiny_llama, tmp_path):
     from transformers import TrainerCallback
 
     class Boom(TrainerCallback):
@@ -263,7 +255,7 @@ def test_a_failure_during_training_leaves_nothing(tiny_base, tmp_path):
 
     data = read_export(dpo_file(tmp_path / "dpo.jsonl"), "dpo")
     with pytest.raises(RuntimeError, match="boom"):
-        train_policy(settings(tiny_base, tmp_path / "p", "dpo", max_steps=3), data, callbacks=[Boom()])
+        train_policy(settings(tiny_llama, tmp_path / "p", "dpo", max_steps=3), data, callbacks=[Boom()])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dpo.jsonl"]
 
 
@@ -283,7 +275,7 @@ def test_config_toml_flags_and_wrong_settings(tmp_path):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes_train_one_model(tiny_base, tmp_path):
+def test_accelerate_launch_two_cpu_processes_train_one_model(tiny_llama, tmp_path):
     """Two processes (gloo on CPU) share each epoch: 12 rows at 2 per process and step are 3 steps (6 on
     one process); only the main process writes the folder, the row and the line."""
     from candidates.fake_server import free_port
@@ -297,7 +289,7 @@ def test_accelerate_launch_two_cpu_processes_train_one_model(tiny_base, tmp_path
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--num_cpu_threads_per_process", "1", "--main_process_port", str(free_port()),
                "-m", "therapref.cli", "finetune", "local", str(path), "--method", "sft", "--output", str(out),
-               "--base-model", str(tiny_base), "--epochs", "1", "--batch-size", "2", "--max-length", "128",
+               "--base-model", str(tiny_llama), "--epochs", "1", "--batch-size", "2", "--max-length", "128",
                "--no-bf16", "--db", url]
     # PYTHONPATH: the checkout's packages, whatever the editable install lists
     result = subprocess.run(command, cwd=tmp_path, env=cli_env(CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT)),
@@ -314,7 +306,7 @@ def test_accelerate_launch_two_cpu_processes_train_one_model(tiny_base, tmp_path
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo", "kto"])
-def test_register_makes_each_method_a_candidate_that_generates(method, tiny_base, tmp_path, monkeypatch):
+def test_register_makes_each_method_a_candidate_that_generates(method, tiny_llama, tmp_path, monkeypatch):
     """`finetune local … --register NAME`: the PolicyRun points at a new llama.cpp candidate (a GGUF of the
     trained weights) and `therapref generate` stores its replies."""
     from db.crud import get_or_create_prompt
@@ -329,7 +321,7 @@ def test_register_makes_each_method_a_candidate_that_generates(method, tiny_base
         session.commit()
     out = tmp_path / "policy"
     result = runner.invoke(app, ["finetune", "local", str(FILES[method](tmp_path / f"{method}.jsonl")),
-                                 "--method", method, "--output", str(out), "--base-model", str(tiny_base),
+                                 "--method", method, "--output", str(out), "--base-model", str(tiny_llama),
                                  "--max-steps", "1", "--batch-size", "4", "--num-threads", "1",
                                  "--register", f"tiny-{method}", "--db", url])
     assert result.exit_code == 0, result.output

@@ -212,7 +212,7 @@ def test_kill_during_training_then_resume(tmp_path):
 
     from db.models import RewardModelRun
     from tests.factories import build_project
-    from tests.reliability_helpers import tiny_reward_base
+    from tests.tiny_models import tiny_reward_base
 
     url = f"sqlite:///{tmp_path / 'train.db'}"
     engine = make_engine(url)

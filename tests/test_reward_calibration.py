@@ -47,7 +47,7 @@ def test_without_calibration_every_training_prompt_trains(tmp_path):
 def test_fine_tuning_on_many_prompts_fits_a_temperature_by_default(tmp_path):
     """``temperature = None``: on when fine-tuning on 100+ training prompts, and the choice is recorded."""
     from reward.pairs import PreferencePair
-    from tests.reliability_helpers import tiny_reward_base
+    from tests.tiny_models import tiny_reward_base
 
     base = tiny_reward_base(tmp_path / "tiny-bert")
     pairs = [PreferencePair((("user", f"Question {i}: I feel low."),), f"That sounds hard ({i}). Tell me more?",

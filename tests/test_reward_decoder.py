@@ -14,26 +14,6 @@ from reward.train import train_reward_model
 from tests.test_reward_train import make_pairs
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from candidates.embedded import smollm2_hf_path
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_hf_path())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         architectures=["LlamaForCausalLM"])
-    import torch
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module", params=["full", "lora"])
 def trained(request, tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp(f"rm-{request.param}") / "model"

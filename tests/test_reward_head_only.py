@@ -1,6 +1,6 @@
 """Head-only training (``reward/probe.py``): the reward head fitted on the frozen base's features.
 
-On a tiny random Llama (SmolLM2's tokenizer, built in ``test_reward_decoder``) and the embedded BERT
+On a tiny random Llama (SmolLM2's tokenizer, the ``tiny_llama`` fixture) and the embedded BERT
 encoder: the saved model scores exactly as the head was fitted, only the head changed, reload works,
 and the settings that cannot go with it fail before any work."""
 
@@ -16,7 +16,6 @@ from reward.config import load_config
 from reward.errors import RewardError
 from reward.probe import fit_head, head_features, pair_feature_diffs
 from reward.train import train_reward_model
-from tests.test_reward_decoder import tiny_llama  # noqa: F401  (fixture)
 from tests.test_reward_train import make_pairs
 
 
@@ -27,7 +26,7 @@ def train_head_only(base: str, out, **overrides):
 
 
 @pytest.fixture(scope="module", params=["llama", "bert"])
-def fitted(request, tiny_llama, tmp_path_factory):  # noqa: F811
+def fitted(request, tiny_llama, tmp_path_factory):
     base = str(tiny_llama) if request.param == "llama" else "embedded"
     out = tmp_path_factory.mktemp(f"head-{request.param}") / "model"
     return base, train_head_only(base, out), out
@@ -64,7 +63,7 @@ def test_the_run_is_recorded_as_head_only(fitted):
     assert len(result.train_loss) == 1 and 0 < result.train_loss[0] < 0.6931  # below chance's log 2
 
 
-def test_the_decoder_head_reads_the_last_real_token(tiny_llama):  # noqa: F811
+def test_the_decoder_head_reads_the_last_real_token(tiny_llama):
     """The features are the head's input where the model pools: a padded batch gives each sequence the
     same row as scoring it alone."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

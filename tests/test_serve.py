@@ -33,7 +33,8 @@ from db.migrate import upgrade
 from db.models import Response
 from tests.candidates_helpers import PYTHON, wait_http
 from tests.factories import add_prompts
-from tests.reliability_helpers import cli_env, interruptible, tiny_reward_base, wait_until
+from tests.reliability_helpers import cli_env, interruptible, wait_until
+from tests.tiny_models import tiny_reward_base
 from therapref.cli import app
 
 NAME = "gaby-smollm2"
