@@ -71,6 +71,8 @@ class LoadConfig:
     criteria: bool = field(default=False, metadata={
         "help": "the guideline in force has the five default criteria (safety required) and every submit sends "
                 "a verdict on each (written in the judgment's transaction)"})
+    no_writer_queue: bool = field(default=False, metadata={
+        "help": "SQLite writers wait in SQLite's busy handler alone, without the writer queue (to compare)"})
 
 
 @dataclass
@@ -120,7 +122,7 @@ def setup_database(url: str, config: LoadConfig) -> list[int]:
     from db.migrate import upgrade
     from db.models import Annotator, CandidateModel, Comparison, Prompt, Response
 
-    engine = make_engine(url)
+    engine = make_engine(url, writer_queue=not config.no_writer_queue)
     upgrade(engine)
     needed = config.annotators * config.judgments
     # Enough for everyone, and enough for one annotator to judge ``judgments`` distinct pairs.
@@ -166,7 +168,7 @@ def _worker(url: str, annotator_id: int, config: LoadConfig, index: int, barrier
     from db.assignment import next_comparison, skip, submit_judgment, undo_last
 
     rng = random.Random(config.seed * 1000 + index)
-    engine = make_engine(url)
+    engine = make_engine(url, writer_queue=not config.no_writer_queue)
     latencies: list[float] = []
     created: dict[str, int] = {}  # token -> judgment id, for submits that said created=True
     undone: list[str] = []

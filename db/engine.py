@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
-from db.writer_queue import WriterQueueConnection, writer_queue_enabled
+from db.writer_queue import WriterQueueConnection
 
 __all__ = ["make_engine", "read_only_engine", "session_scope", "is_sqlite", "normalize_url"]
 
@@ -70,11 +70,12 @@ def _sqlite_begin(conn) -> None:  # noqa: ANN001
         raise
 
 
-def make_engine(url_or_path: str | Path | None = None, *, echo: bool = False) -> Engine:
+def make_engine(url_or_path: str | Path | None = None, *, echo: bool = False, writer_queue: bool = True) -> Engine:
     """Create an engine for a SQLAlchemy URL or a SQLite file path.
 
     SQLite gets WAL, foreign keys, a busy timeout and ``BEGIN IMMEDIATE`` transactions; on a file,
-    writers of all processes queue on ``<file>-writer.lock`` (see ``WriterQueueConnection``).
+    writers of all processes queue on ``<file>-writer.lock`` (see ``WriterQueueConnection``) unless
+    ``writer_queue`` is off (``Settings.sqlite_writer_queue``), which leaves them to SQLite's busy handler.
     """
     url = normalize_url(url_or_path)
     parsed = make_url(url)
@@ -82,7 +83,7 @@ def make_engine(url_or_path: str | Path | None = None, *, echo: bool = False) ->
         database = parsed.database or ""
         in_memory = database in ("", ":memory:")
         connect_args: dict = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        if not in_memory and not parsed.query.get("uri") and writer_queue_enabled():
+        if not in_memory and not parsed.query.get("uri") and writer_queue:
             connect_args["factory"] = WriterQueueConnection
         kwargs: dict = {"connect_args": connect_args}
         if in_memory:

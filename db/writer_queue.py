@@ -10,6 +10,9 @@ that dies (kill -9 leaves nothing stale).
 Bounded: a writer waits at most ``WriterQueueConnection.wait_seconds`` for the queue, then goes on
 to SQLite's busy timeout as before (so a process that hangs inside a write transaction produces the
 same "database is locked" error as without the queue, not a hang).
+
+On by default for every SQLite file (``db.engine.make_engine(..., writer_queue=True)``); the edges
+take the switch from ``Settings.sqlite_writer_queue`` (``THERAPREF_SQLITE_WRITER_QUEUE=off``).
 """
 
 from __future__ import annotations
@@ -32,11 +35,6 @@ def writer_lock_path(database: str) -> Path:
     'therapref.db-writer.lock'
     """
     return Path(f"{database}-writer.lock")
-
-
-def writer_queue_enabled() -> bool:
-    """``THERAPREF_SQLITE_WRITER_QUEUE=off`` leaves writers to SQLite's busy handler alone (to compare)."""
-    return os.environ.get("THERAPREF_SQLITE_WRITER_QUEUE", "on").strip().lower() not in ("off", "0", "false", "no")
 
 
 class _FlockWaiter:

@@ -41,12 +41,12 @@ class User:
 
 
 @st.cache_resource(show_spinner=False)
-def get_engine(database_url: str) -> Engine:
+def get_engine(database_url: str, writer_queue: bool = True) -> Engine:
     """One engine per database URL and process, migrated to the newest schema, rubric in place."""
     from db.assignment import ensure_guidelines
     from db.migrate import upgrade
 
-    engine = make_engine(database_url)
+    engine = make_engine(database_url, writer_queue=writer_queue)
     upgrade(engine)
     with session_scope(engine) as session:
         ensure_guidelines(session=session)
@@ -74,7 +74,8 @@ def settings() -> Settings:
 
 
 def engine() -> Engine:
-    return get_engine(settings().database_url)
+    current = settings()
+    return get_engine(current.database_url, current.sqlite_writer_queue)
 
 
 @contextmanager

@@ -54,11 +54,28 @@ def test_file_databases_queue_writers_and_memory_ones_do_not(tmp_path):
     engine.dispose()
 
 
-def test_switch_turns_the_queue_off(tmp_path, monkeypatch):
-    monkeypatch.setenv("THERAPREF_SQLITE_WRITER_QUEUE", "off")
-    engine = make_engine(tmp_path / "off.db")
+def test_switch_turns_the_queue_off(tmp_path):
+    engine = make_engine(tmp_path / "off.db", writer_queue=False)
     assert not isinstance(_raw(engine), WriterQueueConnection)
+    assert not writer_lock_path(str(tmp_path / "off.db")).exists()
     engine.dispose()
+
+
+def test_the_switch_comes_from_the_settings_not_from_the_library(tmp_path, monkeypatch):
+    """``THERAPREF_SQLITE_WRITER_QUEUE=off`` reaches the engine through ``Settings`` at the edge (the CLI's
+    ``open_engine``); ``make_engine`` itself reads no environment."""
+    from therapref.cli.common import open_engine
+    from therapref.settings import Settings
+
+    assert Settings.load(environ={}).sqlite_writer_queue is True
+    assert Settings.load(environ={"THERAPREF_SQLITE_WRITER_QUEUE": "off"}).sqlite_writer_queue is False
+    monkeypatch.setenv("THERAPREF_SQLITE_WRITER_QUEUE", "off")
+    library = make_engine(tmp_path / "library.db")
+    assert isinstance(_raw(library), WriterQueueConnection)
+    edge = open_engine(str(tmp_path / "edge.db"), migrate=False)
+    assert not isinstance(_raw(edge), WriterQueueConnection)
+    library.dispose()
+    edge.dispose()
 
 
 def test_second_writer_waits_for_the_first_to_commit(tmp_path):

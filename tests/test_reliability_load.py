@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -38,12 +39,11 @@ def test_concurrent_annotators(any_db_url):
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_concurrent_annotators_without_the_writer_queue(sqlite_url, monkeypatch):
+def test_concurrent_annotators_without_the_writer_queue(sqlite_url):
     # The fallback (read-only folder for the lock file, or the switch off): SQLite's own
-    # BEGIN IMMEDIATE + busy timeout must keep every judgment on its own. The forked annotator
-    # processes inherit the switch.
-    monkeypatch.setenv("THERAPREF_SQLITE_WRITER_QUEUE", "off")
-    result = run_load(sqlite_url, CONFIG)
+    # BEGIN IMMEDIATE + busy timeout must keep every judgment on its own. Every annotator
+    # process's engine is made with the queue off (its LoadConfig).
+    result = run_load(sqlite_url, replace(CONFIG, no_writer_queue=True))
     assert result.error_samples == [], result.error_samples
     assert (result.lost, result.duplicated, result.errors) == (0, 0, 0)
     assert result.judgments == CONFIG.annotators * CONFIG.judgments

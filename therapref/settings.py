@@ -23,6 +23,9 @@ class Settings:
     undo_seconds: int = field(default=60, metadata={"help": "window in which the last judgment can be undone"})
     gold_rate: float = field(default=0.0, metadata={"help": "share of queue items drawn from gold comparisons"})
     candidates_file: str = field(default="candidates.toml", metadata={"help": "candidate-model registry"})
+    sqlite_writer_queue: bool = field(default=True, metadata={
+        "help": "SQLite writers of all processes queue on <file>-writer.lock; off leaves them to SQLite's busy "
+                "handler alone (to compare)"})
     config_file: str | None = field(default=None, metadata={"help": "the TOML file these came from"})
     auth: AuthSettings | None = field(default=None, metadata={
         "help": "single sign-on (OIDC): the [auth] table of therapref.toml; None: password accounts only"})
@@ -59,7 +62,14 @@ class Settings:
 
 
 def _coerce(raw: str, type_name: Any) -> Any:
+    """An environment variable's text as the field's type.
+
+    >>> _coerce("off", "bool"), _coerce("yes", "bool"), _coerce("3", "int")
+    (False, True, 3)
+    """
     text = str(type_name)
+    if text.startswith("bool"):
+        return raw.strip().lower() not in ("off", "0", "false", "no")
     if text.startswith("int"):
         return int(raw)
     if text.startswith("float"):

@@ -64,7 +64,7 @@ def open_engine(db: str | None, *, migrate: bool = True) -> Engine:
     from db.migrate import upgrade
 
     settings = settings_for(db)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, writer_queue=settings.sqlite_writer_queue)
     if migrate:
         with errors():
             upgrade(engine)

@@ -47,7 +47,8 @@ def db_upgrade(
     from db.migrate import current_revision, upgrade
     from therapref.cli.common import settings_for
 
-    engine = make_engine(settings_for(db).database_url)
+    settings = settings_for(db)
+    engine = make_engine(settings.database_url, writer_queue=settings.sqlite_writer_queue)
     before = current_revision(engine)
     with errors():
         after = upgrade(engine, revision)
