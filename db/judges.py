@@ -1,5 +1,6 @@
 """Model judges' verdicts in the database: their source annotators (``judge:<name>``), verdicts
 stored as judgments that do not count, failed attempts, and the reversible stand-in marker.
+Queries are ``session.exec(select(...))``; the stand-in's counter moves are single Core UPDATEs.
 
 A judge's verdict is written through ``db.crud.insert_judgment`` (the one judgment writer) with
 ``counts=False``: it never fills a clinician's place. Only :func:`set_stands_in` moves
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, exists, func, select, update
-from sqlmodel import Session
+from sqlalchemy import and_, bindparam, case, delete, exists, func, update
+from sqlmodel import Session, select
 
 from db.crud import existing_judgment_id, get_or_create_source_annotator, insert_judgment
 from db.models import Annotator, Comparison, JudgeFailure, JudgeVerdict, Judgment, Reservation, utcnow
@@ -41,18 +42,18 @@ def judge_annotator(name: str, *, session: Session) -> Annotator:
 
 
 def find_judge(name: str, *, session: Session) -> Annotator | None:
-    return session.execute(select(Annotator).where(Annotator.username == judge_username(name))).scalars().first()
+    return session.exec(select(Annotator).where(Annotator.username == judge_username(name))).first()
 
 
 def judged_comparison_ids(annotator_id: int, *, session: Session) -> set[int]:
     """Comparisons this judge has a stored verdict on (skipped by the next run)."""
-    return set(session.execute(select(Judgment.comparison_id).where(Judgment.annotator_id == annotator_id)).scalars())
+    return set(session.exec(select(Judgment.comparison_id).where(Judgment.annotator_id == annotator_id)))
 
 
 def failure_attempts(annotator_id: int, *, session: Session) -> dict[int, int]:
     """Comparison id → failed attempts so far, for this judge."""
-    return dict(session.execute(select(JudgeFailure.comparison_id, JudgeFailure.attempts)
-                                .where(JudgeFailure.annotator_id == annotator_id)).all())
+    return dict(session.exec(select(JudgeFailure.comparison_id, JudgeFailure.attempts)
+                             .where(JudgeFailure.annotator_id == annotator_id)).all())
 
 
 def record_verdict(
@@ -80,8 +81,8 @@ def record_verdict(
 def record_failure(comparison_id: int, annotator_id: int, error: str, *, session: Session,
                    answer: str = "") -> JudgeFailure:
     """Record (or update, counting the attempt) a malformed, refused or failed answer; never a judgment."""
-    row = session.execute(select(JudgeFailure).where(JudgeFailure.comparison_id == comparison_id,
-                                                     JudgeFailure.annotator_id == annotator_id)).scalars().first()
+    row = session.exec(select(JudgeFailure).where(JudgeFailure.comparison_id == comparison_id,
+                                                  JudgeFailure.annotator_id == annotator_id)).first()
     if row is None:
         row = JudgeFailure(comparison_id=comparison_id, annotator_id=annotator_id, attempts=0)
     row.error, row.answer = error[:MAX_ERROR], (answer or "")[:MAX_ANSWER]
@@ -106,7 +107,7 @@ class VerdictRow:
 
 
 def judge_verdicts(annotator_id: int, *, session: Session) -> list[VerdictRow]:
-    rows = session.execute(
+    rows = session.exec(
         select(JudgeVerdict.id, JudgeVerdict.comparison_id, Judgment.preferred, JudgeVerdict.confidence,
                JudgeVerdict.safety_concern, JudgeVerdict.stands_in, Judgment.flags_a, Judgment.flags_b)
         .join(Judgment, Judgment.id == JudgeVerdict.judgment_id)
@@ -122,7 +123,7 @@ def flagged_comparison_ids(comparison_ids: Iterable[int], *, session: Session) -
     flagged: set[int] = set()
     for start in range(0, len(wanted), 500):  # bounded IN lists
         chunk = wanted[start:start + 500]
-        for cid, flags_a, flags_b in session.execute(
+        for cid, flags_a, flags_b in session.exec(
                 select(Judgment.comparison_id, Judgment.flags_a, Judgment.flags_b)
                 .where(Judgment.comparison_id.in_(chunk))):
             if flags_a or flags_b:
@@ -173,12 +174,12 @@ def set_stands_in(verdict_id: int, stands_in: bool, *, session: Session, now: da
 
 def judge_counts(annotator_id: int, *, session: Session) -> dict[str, int]:
     """Verdicts, verdicts standing in, and failures of one judge."""
-    verdicts, standing = session.execute(
+    verdicts, standing = session.exec(
         select(func.count(JudgeVerdict.id),
                func.coalesce(func.sum(case((JudgeVerdict.stands_in.is_(True), 1), else_=0)), 0))
         .where(JudgeVerdict.annotator_id == annotator_id)).one()
-    failures = session.execute(select(func.count(JudgeFailure.id))
-                               .where(JudgeFailure.annotator_id == annotator_id)).scalar_one()
+    failures = session.exec(select(func.count(JudgeFailure.id))
+                            .where(JudgeFailure.annotator_id == annotator_id)).one()
     return {"verdicts": int(verdicts), "stands_in": int(standing or 0), "failures": int(failures)}
 
 
