@@ -41,15 +41,15 @@ def row_kind(row: Any) -> str | None:
     return None
 
 
-def conversation(messages: Messages, system: str | None) -> Messages:
+def checked_conversation(messages: Messages, system: str | None) -> Messages:
     """The prompt as chat messages, led by the system message when there is one (``db.rules.conversation``),
     after checking that the stored messages are user/assistant turns with text content.
 
-    >>> conversation([{"role": "user", "content": "hi"}], "Be kind.")
+    >>> checked_conversation([{"role": "user", "content": "hi"}], "Be kind.")
     [{'role': 'system', 'content': 'Be kind.'}, {'role': 'user', 'content': 'hi'}]
-    >>> conversation([{"role": "user", "content": "hi"}], None)
+    >>> checked_conversation([{"role": "user", "content": "hi"}], None)
     [{'role': 'user', 'content': 'hi'}]
-    >>> conversation(True, None)
+    >>> checked_conversation(True, None)
     Traceback (most recent call last):
     ...
     exports.errors.ExportError: a stored prompt has malformed messages (expected role/content objects, got bool)

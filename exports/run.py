@@ -216,7 +216,7 @@ def _pair_rows(kind: str, conn: Any, filters: ExportFilters, options: ExportOpti
             tracker.drop("worse_on_criterion")
             continue
         chosen, rejected = (pair.a_text, pair.b_text) if winner == "a" else (pair.b_text, pair.a_text)
-        prompt = formats.conversation(pair.messages, _system(options, pair.system_prompt))
+        prompt = formats.checked_conversation(pair.messages, _system(options, pair.system_prompt))
         tracker.kept(pair.prompt_id)
         if kind == "openai-dpo":
             yield formats.openai_dpo_row(prompt, chosen, rejected)
@@ -241,7 +241,7 @@ def _sft_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged
     scorer = _reward_scorer(options.reward_model) if options.selection == "reward" else None
     for prompt_id, messages, system in source.iter_prompts(conn):
         tracker.step()
-        prompt = formats.conversation(messages, _system(options, system))
+        prompt = formats.checked_conversation(messages, _system(options, system))
         if options.rewrites == "prefer":
             rewrite = source.prompt_rewrite(conn, prompt_id, filters)
             if rewrite:
@@ -290,14 +290,14 @@ def _reference_rows(conn: Any, filters: ExportFilters, options: ExportOptions, f
             tracker.drop("worse_on_criterion")
             continue
         tracker.kept(prompt_id)
-        yield formats.sft_row(formats.conversation(messages, _system(options, system)), text)
+        yield formats.sft_row(formats.checked_conversation(messages, _system(options, system)), text)
 
 
 def _kto_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged: set[int],
               tracker: Tracker, losers: set[int] = frozenset()) -> Iterator[dict[str, Any]]:
     wanted = set(filters.candidate_models)
     for prompt_id, messages, system in source.iter_prompts(conn):
-        prompt = formats.conversation(messages, _system(options, system))
+        prompt = formats.checked_conversation(messages, _system(options, system))
         replies = source.prompt_responses(conn, prompt_id)
         comparisons = source.prompt_comparisons(conn, prompt_id, filters)
         table = tallies(comparisons)

@@ -4,6 +4,7 @@ including imports inside functions, so that a shortcut through the CLI or the ap
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,102 @@ def test_the_core_config_helper_imports_only_the_standard_library_at_import_time
     top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     assert top <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+# --- The owner table of docs/architecture.md against the code --------------------------------------------------------
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+# Where a second definition of an owned name would be a second home: the product's packages and the benchmarks.
+SCANNED = (*PACKAGES, "bench")
+TOKEN = re.compile(r"`([^`]+)`|(\()|(\))")
+MODULE = re.compile(r"^[a-z_]+(?:/[a-z_0-9]+)*(?:\.py)?$")
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def owner_table(text: str) -> list[tuple[str, list[tuple[str, list[str]]]]]:
+    """The rows of the table under "Where each idea lives": (idea, [(owner module, names it defines)]).
+
+    In the owner cell each backticked path names an owner module; the backticked identifiers in the
+    parentheses after it are names that module defines (prose in the parentheses is skipped).
+
+    >>> text = ("## Where each idea lives\\n\\n| idea | owner | used by |\\n| --- | --- | --- |\\n"
+    ...         "| votes | `db/rules.py` (`majority_label`; pure) | x |\\n"
+    ...         "| loop | `policy/iterate.py` (`run_loop`; the edge's `therapref/cli/loop.py` `online_steps`) | y |\\n"
+    ...         "\\n## Next\\n")
+    >>> owner_table(text)  # doctest: +NORMALIZE_WHITESPACE
+    [('votes', [('db/rules.py', ['majority_label'])]),
+     ('loop', [('policy/iterate.py', ['run_loop']), ('therapref/cli/loop.py', ['online_steps'])])]
+    """
+    section = text.split("## Where each idea lives", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if not line.startswith("|") or len(cells) < 3 or cells[0] in ("idea", "---"):
+            continue
+        owners: list[tuple[str, list[str]]] = []
+        depth = 0
+        for token, opening, closing in TOKEN.findall(cells[1]):
+            if opening or closing:
+                depth += 1 if opening else -1
+            elif MODULE.match(token) and "/" in token:
+                owners.append((token, []))
+            elif depth > 0 and owners and NAME.match(token):
+                owners[-1][1].append(token)
+        rows.append((cells[0], owners))
+    return rows
+
+
+def top_level_names(path: Path) -> set[str]:
+    """Names a module defines at its top level: functions, classes, assigned names (not imports)."""
+    names = set()
+    for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def _definitions() -> dict[str, set[str]]:
+    """Top-level name -> the modules (repository paths) that define it, across SCANNED."""
+    where: dict[str, set[str]] = {}
+    for package in SCANNED:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            for name in top_level_names(path):
+                where.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
+    return where
+
+
+OWNERS = owner_table(ARCHITECTURE.read_text(encoding="utf-8"))
+OWNED = [(idea, module, name) for idea, owners in OWNERS for module, names in owners for name in names]
+
+
+def test_the_owner_table_is_read():
+    assert len(OWNERS) >= 40
+    assert ("who counts as a clinician", "db/rules.py", "CLINICIAN_ROLES") in {
+        (idea.split(" (")[0], module, name) for idea, module, name in OWNED}
+    assert len(OWNED) >= 60
+
+
+@pytest.mark.parametrize("idea, owners", OWNERS, ids=[idea[:40] for idea, _ in OWNERS])
+def test_every_owner_in_the_table_exists(idea, owners):
+    assert owners, f"{idea!r}: the owner cell names no module"
+    for module, _ in owners:
+        assert (ROOT / module).exists(), f"{idea!r}: {module} does not exist"
+
+
+def test_every_owned_name_is_defined_in_its_owner_only():
+    where = _definitions()
+    problems = []
+    for idea, module, name in OWNED:
+        homes = where.get(name, set())
+        if module not in homes:
+            problems.append(f"{idea!r}: {module} does not define {name}")
+        others = sorted(homes - {module})
+        if others:
+            problems.append(f"{idea!r}: {name} is owned by {module} but also defined in {', '.join(others)}")
+    assert not problems, "\n".join(problems)

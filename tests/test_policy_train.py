@@ -30,8 +30,8 @@ SYSTEM = "You are a warm therapy assistant."
 
 
 def prompt(i: int) -> list[dict[str, str]]:
-    return formats.conversation([{"role": "user", "content": f"I am struggling with {TOPICS[i % len(TOPICS)]}."}],
-                                SYSTEM)
+    text = f"I am struggling with {TOPICS[i % len(TOPICS)]}."
+    return formats.checked_conversation([{"role": "user", "content": text}], SYSTEM)
 
 
 def good(i: int) -> str:
