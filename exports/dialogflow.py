@@ -38,7 +38,7 @@ from exports import source
 from exports.atomic import check_target, discard, temp_file
 from exports.errors import ExportError
 from exports.filters import ExportFilters, check_filters, judgment_filter_counts
-from exports.manifest import manifest_path
+from exports.formats import manifest_path
 from exports.pii import Scrubber
 from exports.run import ExportOptions, _check_options, _record
 from exports.select import BT_SCORE_DECIMALS, _checked, bradley_terry, tallies
