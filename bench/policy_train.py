@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
-PAIRS = ROOT.parent / "shared" / "data" / "llmeval2_en_pairs.jsonl"
+PAIRS_FILE = ROOT.parent / "shared" / "data" / "llmeval2_en_pairs.jsonl"
 
 
 def write_dpo_file(path: Path, n: int, max_prompt_chars: int = 600) -> Path:
@@ -38,7 +38,7 @@ def write_dpo_file(path: Path, n: int, max_prompt_chars: int = 600) -> Path:
     from exports import formats
 
     rows = []
-    with PAIRS.open(encoding="utf-8") as handle:
+    with PAIRS_FILE.open(encoding="utf-8") as handle:
         for line in handle:
             pair = json.loads(line)
             if len(pair["prompt"]) > max_prompt_chars:
