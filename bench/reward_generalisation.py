@@ -632,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return combine(args.combine, args.json)
     quiet()
     silence_progress_bars()
-    from reward.train import nan_to_none
+    from db.json_values import nan_to_none
 
     domains = load_domains(args.llmeval, args.counsel_chat, args.domains)
     print(f"{len(domains)} domains: " + ", ".join(f"{name} {len(pairs)} pairs" for name, pairs in domains.items()))

@@ -17,11 +17,12 @@ from sqlalchemy.engine import Engine
 
 from db.audit import audit
 from db.engine import read_only_engine, session_scope
+from db.json_values import nan_to_none
 from db.models import PolicyRun
 from policy.config import ONLINE_METHODS, PolicyFields
 from policy.data import read_export
 from policy.errors import PolicyError
-from policy.train import PolicyTrainResult, nan_to_none, train_policy
+from policy.train import PolicyTrainResult, train_policy
 
 
 @dataclass

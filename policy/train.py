@@ -499,18 +499,3 @@ def publish(work: Path, output: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(work, output)
-
-
-def nan_to_none(value: Any) -> Any:
-    """JSON-safe copy (NaN and infinities → None) for database JSON columns.
-
-    >>> nan_to_none({"a": float("nan"), "b": [1.0, float("inf")]})
-    {'a': None, 'b': [1.0, None]}
-    """
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {k: nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [nan_to_none(v) for v in value]
-    return value

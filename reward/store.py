@@ -9,10 +9,11 @@ from typing import Any
 
 from sqlmodel import Session, select
 
+from db.json_values import nan_to_none
 from db.models import Prompt, Response, ResponseScore, RewardModelRun
 from reward.errors import RewardError
 from reward.scoring import RewardModel, pick_best
-from reward.train import TrainResult, nan_to_none
+from reward.train import TrainResult
 
 
 def record_run(result: TrainResult, *, session: Session, data_fingerprint: str = "") -> RewardModelRun:

@@ -8,7 +8,6 @@ model is loaded; the split by prompt), :func:`fit` (load, tokenise, train) and :
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 import time
@@ -420,18 +419,3 @@ def save_artifacts(rm: RewardModel, config: TheraRewardConfig, meta: dict[str, A
     (out / "README.md").write_text(model_card(meta, report))
     files["model_card"] = str(out / "README.md")
     return files
-
-
-def nan_to_none(value: Any) -> Any:
-    """JSON-safe copy (NaN → None) for database JSON columns.
-
-    >>> nan_to_none({"a": float("nan"), "b": [1.0]})
-    {'a': None, 'b': [1.0]}
-    """
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [nan_to_none(v) for v in value]
-    return value

@@ -68,8 +68,8 @@ def _evaluate(
 ) -> None:
     """Accuracy with a 95% CI, length baseline, shorter-wins accuracy, per source, calibration."""
     from db.engine import read_only_engine, session_scope
+    from db.json_values import nan_to_none
     from reward.evaluate import evaluate_model
-    from reward.train import nan_to_none
 
     with errors():
         if data == "db":
