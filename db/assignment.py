@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from db.audit import audit
+from db.calibration import CALIBRATION_QUEUE, calibration_status, calibration_threshold
 from db.criteria import DEFAULT_CRITERIA, add_criteria, check_verdicts, criteria_in_force, insert_verdicts
 from db.crud import DataError, existing_judgment_id, insert_judgment
 from db.guidelines import add_guideline_version, current_guideline
@@ -55,6 +56,7 @@ from db.queue import (
     lock_annotator,
     release,
 )
+from db.spans import SpanMark, check_spans, flags_with_spans, insert_spans, response_texts
 
 SCREEN_CHOICES = ("left", "right", "tie", "both_bad")
 SKIP_REASONS = (
@@ -192,6 +194,16 @@ def next_comparison(
     held = PAIRS.held(annotator_id, now, session=session)
     if held is not None:
         return _assignment(*held, session=session)
+    # Onboarding (db.calibration): a clinician's open calibration items come before anything else (gold:
+    # no capacity check), and real work waits while the threshold is set and not reached.
+    taken = PAIRS.take_next(CALIBRATION_QUEUE, annotator_id, now, session=session, prefix=lambda: rng.choice("ab"),
+                            minutes=reservation_minutes, capacity=False)
+    if taken is not None:
+        comparison_id, token, expires_at = taken
+        return _assignment(comparison_id, token, expires_at, now, session=session)
+    if calibration_threshold(session=session) is not None and calibration_status(
+            annotator_id, session=session).blocked:
+        return None
     # PostgreSQL: one hashed read of the judged set (index ix_judgment_annotator_comparison).
     # SQLite's row-by-row probes are cheap enough either way (bench/app_queries.py).
     queue = _QUEUE if is_sqlite(session) else _QUEUE_JUDGED_SET
@@ -220,6 +232,7 @@ def submit_judgment(
     ms_spent: int | None = None,
     now: datetime | None = None,
     criteria: Mapping[str, str | None] | None = None,
+    spans: Mapping[str, Iterable[Any]] | None = None,
 ) -> tuple[Judgment, bool]:
     """Store the judgment for the assignment ``token`` (screen terms: ``left``/``right``/``tie``/
     ``both_bad``; flags per screen side) and return ``(judgment, created)``.
@@ -227,6 +240,10 @@ def submit_judgment(
     ``criteria`` are per-criterion verdicts in screen terms (``left``/``right``/``tie``; blank ones
     None), stored in the comparison's own a/b in the same transaction as the judgment. A criterion
     the guideline version in force marks required must be answered, or nothing is written.
+
+    ``spans``: unsafe spans per screen side (``{"left": [(start, end, flag), …]}``, offsets into the
+    reply's stored text; ``db.spans``), checked before anything is written and stored with the
+    judgment; a span's kind also flags its reply.
 
     Idempotent by token: a double click or retry returns the stored judgment with ``created=False``.
     Raises ``ComparisonFull`` when others completed the comparison first (a live reservation is
@@ -269,14 +286,35 @@ def submit_judgment(
     if ms_spent is None and reserved_at is not None:
         ms_spent = int((now - aware(reserved_at)).total_seconds() * 1000)
     flags_a, flags_b = (flags_left, flags_right) if shown_left == "a" else (flags_right, flags_left)
+    marks: dict[int, list[SpanMark]] = {}
+    if spans:  # off the hot path unless spans were marked
+        marks, a_id, b_id = _checked_spans(spans, comparison_id, shown_left, session=session)
+        flags_a = flags_with_spans(flags_a, marks.get(a_id, ()))
+        flags_b = flags_with_spans(flags_b, marks.get(b_id, ()))
     judgment = insert_judgment(
         comparison_id, annotator_id, preferred_ab, session=session, strength=strength, shown_left=shown_left,
         flags_a=flags_a, flags_b=flags_b, rationale=rationale, rewrite=rewrite, ms_spent=ms_spent,
         guideline_version=guideline_version, idempotency_key=token, created_at=now)
     insert_verdicts(judgment.id, verdicts, session=session)
+    insert_spans(marks, judgment_id=judgment.id, session=session)
     PAIRS.consume(reservation_id, session=session)
     # Not attached to the session: what was stored, as the caller reads it.
     return judgment, True
+
+
+def _checked_spans(spans: Mapping[str, Iterable[Any]], comparison_id: int, shown_left: str, *,
+                   session: Session) -> tuple[dict[int, list[SpanMark]], int, int]:
+    """Spans per screen side, checked against the replies' stored texts, per response id (with the
+    comparison's response a and b ids)."""
+    a_id, b_id = session.execute(select(Comparison.response_a_id, Comparison.response_b_id)
+                                 .where(Comparison.id == comparison_id)).one()
+    texts = response_texts((a_id, b_id), session=session)
+    left, right = (a_id, b_id) if shown_left == "a" else (b_id, a_id)
+    try:
+        marks = check_spans(spans, {"left": (left, texts[left]), "right": (right, texts[right])})
+    except DataError as exc:
+        raise AssignmentError(str(exc)) from None
+    return marks, a_id, b_id
 
 
 def skip(token: str, *, session: Session, annotator_id: int, reason: str, now: datetime | None = None) -> Skip:

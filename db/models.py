@@ -537,3 +537,49 @@ class BestOfNSample(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
     __table_args__ = (UniqueConstraint("response_id", "sample_index", name="uq_bestofn_sample"),)
+
+
+# --- Unsafe spans and calibration (issue 26; migration 0012) --------------------------------------
+
+
+class UnsafeSpan(SQLModel, table=True):
+    """Characters ``[start_char, end_char)`` of a reply's stored text (``Response.text``) that a clinician
+    marked as what makes it unsafe, with the flag kind (a key of ``SAFETY_FLAGS``).
+
+    Written with its judgment (compare page) or its ranking (ranking page), exactly one of the two,
+    and deleted with it (an undo removes both); the annotator is the judgment's or ranking's.
+    """
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    judgment_id: Optional[int] = Field(default=None, foreign_key="judgment.id", index=True, ondelete="CASCADE")
+    ranking_id: Optional[int] = Field(default=None, foreign_key="ranking.id", index=True, ondelete="CASCADE")
+    response_id: int = Field(foreign_key="response.id", index=True)
+    start_char: int
+    end_char: int
+    flag: str = Field(max_length=40)
+
+    __table_args__ = (
+        CheckConstraint("(judgment_id IS NULL) <> (ranking_id IS NULL)", name="ck_unsafespan_owner"),
+        CheckConstraint("start_char >= 0 AND end_char > start_char", name="ck_unsafespan_range"),
+    )
+
+
+class CalibrationItem(SQLModel, table=True):
+    """A gold comparison (``Comparison.gold_answer``) that a lead chose for the calibration set: new
+    clinicians judge these first and see the expected answer and ``note`` after each."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparison.id", unique=True)
+    note: str = ""
+    position: int = Field(default=0)
+    added_by: Optional[int] = Field(default=None, foreign_key="annotator.id")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AppSetting(SQLModel, table=True):
+    """A setting an admin changes in the app (persisted, audited): ``value`` is JSON."""
+
+    key: str = Field(primary_key=True, max_length=100)
+    value: dict[str, Any] = _json_column(dict)
+    updated_by: str = Field(default="", max_length=200)
+    updated_at: datetime = Field(default_factory=utcnow)

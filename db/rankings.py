@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,7 @@ from db.models import (
     utcnow,
 )
 from db.queue import RANKINGS, RankingNotReserved, RankingTaskFull, aware, is_sqlite, lock_annotator
+from db.spans import check_spans, flags_with_spans, insert_spans, response_texts
 
 MIN_K, MAX_K = 3, 9  # K replies per task: two is a pair (the compare page); keys 1..9 rank them
 
@@ -256,6 +257,7 @@ def submit_ranking(
     ms_spent: int | None = None,
     idempotency_key: str | None = None,
     now: datetime | None = None,
+    spans: Mapping[int, Iterable[Any]] | None = None,
 ) -> tuple[Ranking, bool]:
     """Store the ranking of the task reserved under ``token`` and its pairwise judgments; return
     ``(ranking, created)``.
@@ -263,8 +265,11 @@ def submit_ranking(
     ``order``: tiers best first of *screen numbers* 1..K (``[[2], [1, 3]]``: reply 2 best, 1 and 3
     tied behind it); ``flags``: safety flags per screen number. Idempotent by ``idempotency_key``
     (default: the token): a double submit returns the stored ranking with ``created=False`` and
-    writes nothing. Raises ``RankingTaskFull`` when others completed the task first (a live
-    reservation is honoured while there is room) and ``RankingNotReserved`` for an unknown token.
+    writes nothing. ``spans``: unsafe spans per screen number (``{2: [(start, end, flag), …]}``, offsets
+    into the reply's stored text; ``db.spans``), checked before anything is written and stored with the
+    ranking (a span's kind also flags its reply). Raises ``RankingTaskFull`` when others completed the
+    task first (a live reservation is honoured while there is room) and ``RankingNotReserved`` for an
+    unknown token.
     """
     now = now or utcnow()
     key = idempotency_key or token
@@ -291,6 +296,12 @@ def submit_ranking(
     shown = shown_order_for(task_id, annotator_id, response_ids)
     tiers = screen_to_response_tiers(screen_tiers, shown)
     flags_by_id = {shown[position - 1]: values for position, values in screen_flags.items()}
+    marks = {}
+    if spans:
+        texts = response_texts(shown, session=session)
+        marks = check_spans(spans, {n: (rid, texts[rid]) for n, rid in enumerate(shown, start=1)}, what="reply")
+        for rid, own in marks.items():
+            flags_by_id[rid] = flags_with_spans(flags_by_id.get(rid, ()), own)
     guideline = session.execute(select(func.max(GuidelineVersion.version))).scalar()
     if ms_spent is not None:
         ms_spent = max(0, int(ms_spent))
@@ -301,6 +312,7 @@ def submit_ranking(
     session.add(ranking)
     session.flush()
     _expand(ranking, session=session, flags_by_id=flags_by_id, now=now)
+    insert_spans(marks, ranking_id=ranking.id, session=session)
     session.execute(update(RankingTask).where(RankingTask.id == task_id)
                     .values(judgments_count=RankingTask.judgments_count + 1))
     RANKINGS.consume(reservation_id, session=session)
