@@ -111,6 +111,19 @@ def kto_row(prompt: Messages, reply: str, label: bool) -> dict[str, Any]:
     return {"prompt": prompt, "completion": assistant(reply), "label": bool(label)}
 
 
+def spans_row(response_id: int, prompt: Messages, text: str, spans: list[dict[str, Any]]) -> dict[str, Any]:
+    """Unsafe-span line (``export spans``): the reply's text, its marked spans (``[start, end)`` character
+    offsets into ``text``, flag kind, who marked it), the kinds and the annotators, and the prompt it
+    answers.
+
+    >>> row = spans_row(7, [], "You are lazy.", [{"start": 8, "end": 12, "flag": "toxic", "annotator_id": 3}])
+    >>> row["text"][row["spans"][0]["start"]:row["spans"][0]["end"]], row["flags"], row["annotator_ids"]
+    ('lazy', ['toxic'], [3])
+    """
+    return {"response_id": response_id, "prompt": prompt, "text": text, "spans": spans,
+            "flags": sorted({s["flag"] for s in spans}), "annotator_ids": sorted({s["annotator_id"] for s in spans})}
+
+
 def jsonl_line(row: dict[str, Any]) -> str:
     """One JSONL line: UTF-8 text kept as is (``ensure_ascii=False``), ``", "``/``": "`` separators
     as in the Gaby file.

@@ -64,34 +64,48 @@ class Scrubber:
     counts: Counter = field(default_factory=Counter)
 
     def __call__(self, text: str) -> str:
-        text = self._sub(EMAIL, "email", text)
-        text = self._sub(URL, "url", text)
-        text = self._sub(PHONE, "phone", text)
-        text = self._names(text)
+        return self.scrub(text)
+
+    def scrub(self, text: str, offsets: OffsetMap | None = None) -> str:
+        """The scrubbed text; with ``offsets``, every replacement is recorded there, so that character
+        offsets into ``text`` (unsafe spans) can be carried over to the result."""
+        text = self._sub(EMAIL, "email", text, offsets)
+        text = self._sub(URL, "url", text, offsets)
+        text = self._sub(PHONE, "phone", text, offsets)
+        return self._names(text, offsets)
+
+    def scrub_spans(self, text: str, spans: list[tuple[int, int]]) -> tuple[str, list[tuple[int, int]]]:
+        """Scrub ``text`` and carry ``[start, end)`` offsets over: a span boundary inside a replaced
+        stretch moves to the placeholder's edge, so the span covers the whole placeholder.
+
+        >>> Scrubber().scrub_spans("Mail me at jo@x.org now, loser.", [(0, 4), (11, 13), (25, 30)])
+        ('Mail me at [EMAIL] now, loser.', [(0, 4), (11, 18), (24, 29)])
+        """
+        offsets = OffsetMap()
+        scrubbed = self.scrub(text, offsets)
+        return scrubbed, [(offsets.start(a), offsets.end(b)) for a, b in spans]
+
+    def _sub(self, pattern: re.Pattern[str], kind: str, text: str, offsets: OffsetMap | None) -> str:
+        edits = [(m.start(), m.end(), PLACEHOLDERS[kind]) for m in pattern.finditer(text)]
+        self.counts[kind] += len(edits)
+        return _apply(text, edits, offsets)
+
+    def _names(self, text: str, offsets: OffsetMap | None) -> str:
+        edits = []
+        for match in INTRO.finditer(text):
+            if match.group(1).split()[0].split("-")[0] not in NOT_NAMES:
+                edits.append((match.start(1), match.end(0), PLACEHOLDERS["name"]))
+        text = self._named(text, edits, offsets)
+        for pattern in (SIGN_OFF, DASH_SIGNATURE):
+            # The greeting or dash (group 1) stays; the name and trailing blanks become the placeholder.
+            edits = [(m.end(1), m.end(0), PLACEHOLDERS["name"]) for m in pattern.finditer(text)
+                     if m.group(2).split()[0] not in NOT_NAMES]
+            text = self._named(text, edits, offsets)
         return text
 
-    def _sub(self, pattern: re.Pattern[str], kind: str, text: str) -> str:
-        text, n = pattern.subn(PLACEHOLDERS[kind], text)
-        self.counts[kind] += n
-        return text
-
-    def _names(self, text: str) -> str:
-        def intro(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name.split()[0].split("-")[0] in NOT_NAMES:
-                return match.group(0)
-            self.counts["name"] += 1
-            return match.group(0)[: match.start(1) - match.start(0)] + PLACEHOLDERS["name"]
-
-        def signed(match: re.Match[str]) -> str:
-            if match.group(2).split()[0] in NOT_NAMES:
-                return match.group(0)
-            self.counts["name"] += 1
-            return match.group(1) + PLACEHOLDERS["name"]
-
-        text = INTRO.sub(intro, text)
-        text = SIGN_OFF.sub(signed, text)
-        return DASH_SIGNATURE.sub(signed, text)
+    def _named(self, text: str, edits: list[tuple[int, int, str]], offsets: OffsetMap | None) -> str:
+        self.counts["name"] += len(edits)
+        return _apply(text, edits, offsets)
 
     def messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         """Scrub the ``content`` of each chat message (other keys kept)."""
@@ -104,3 +118,57 @@ class Scrubber:
         {'email': 0, 'phone': 0, 'url': 0, 'name': 0}
         """
         return {kind: int(self.counts.get(kind, 0)) for kind in ("email", "phone", "url", "name")}
+
+
+class OffsetMap:
+    """Where positions of a text land after a sequence of replacement passes (the scrubber's).
+
+    >>> m = OffsetMap()
+    >>> _apply("call 555-1234 ok", [(5, 13, "[PHONE]")], m)
+    'call [PHONE] ok'
+    >>> [m.start(p) for p in (0, 5, 9, 13, 14)], [m.end(p) for p in (5, 9, 13, 16)]
+    ([0, 5, 5, 12, 13], [5, 12, 12, 15])
+    """
+
+    def __init__(self) -> None:
+        self.passes: list[list[tuple[int, int, int]]] = []
+
+    def add(self, edits: list[tuple[int, int, str]]) -> None:
+        if edits:
+            self.passes.append([(a, b, len(new)) for a, b, new in edits])
+
+    def start(self, position: int) -> int:
+        """A start offset: inside a replaced stretch it moves to the placeholder's start."""
+        for edits in self.passes:
+            position = _moved(edits, position, end=False)
+        return position
+
+    def end(self, position: int) -> int:
+        """An end offset: inside a replaced stretch (or at its end) it moves to the placeholder's end."""
+        for edits in self.passes:
+            position = _moved(edits, position, end=True)
+        return position
+
+
+def _moved(edits: list[tuple[int, int, int]], position: int, *, end: bool) -> int:
+    delta = 0
+    for a, b, n in edits:
+        if (position <= a) if end else (position < a):
+            break
+        if (position <= b) if end else (position < b):
+            return a + delta + (n if end else 0)
+        delta += n - (b - a)
+    return position + delta
+
+
+def _apply(text: str, edits: list[tuple[int, int, str]], offsets: OffsetMap | None) -> str:
+    """Replace non-overlapping ``(start, end, new)`` stretches (in order) and record them in ``offsets``."""
+    if not edits:
+        return text
+    if offsets is not None:
+        offsets.add(edits)
+    pieces, last = [], 0
+    for a, b, new in edits:
+        pieces += [text[last:a], new]
+        last = b
+    return "".join(pieces) + text[last:]

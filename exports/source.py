@@ -12,7 +12,17 @@ from sqlalchemy import String, and_, case, cast, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
-from db.models import Annotator, CandidateModel, Comparison, CriterionVerdict, Judgment, Prompt, Response
+from db.models import (
+    Annotator,
+    CandidateModel,
+    Comparison,
+    CriterionVerdict,
+    Judgment,
+    Prompt,
+    Ranking,
+    Response,
+    UnsafeSpan,
+)
 from db.rules import CLINICIAN_ROLES
 from exports.filters import ExportFilters, judgment_conditions
 
@@ -21,6 +31,7 @@ BATCH = 2000
 JUDGMENTS, ANNOTATORS, COMPARISONS = Judgment.__table__, Annotator.__table__, Comparison.__table__
 VERDICTS = CriterionVerdict.__table__
 PROMPTS, RESPONSES, CANDIDATES = Prompt.__table__, Response.__table__, CandidateModel.__table__
+SPANS, RANKINGS = UnsafeSpan.__table__, Ranking.__table__
 
 
 @dataclass(frozen=True)
@@ -264,6 +275,68 @@ def count_candidate_replies(conn: Connection, candidate: str) -> int:
     return int(conn.execute(stmt).scalar_one())
 
 
+@dataclass(frozen=True)
+class SpanRow:
+    """One stored unsafe span with its reply, the prompt it answers, and who marked it."""
+
+    response_id: int
+    start: int
+    end: int
+    flag: str
+    annotator_id: int
+    judgment_id: int | None
+    ranking_id: int | None
+    text: str
+    prompt_id: int
+    messages: list[dict[str, str]]
+    system_prompt: str | None
+    model: str
+
+
+def _span_conditions(filters: ExportFilters, created: Any, guideline: Any) -> list[Any]:
+    """The judgment-level filters, on a span's judgment or ranking (``created``/``guideline``: theirs)."""
+    terms = [filters.source_condition()]
+    if filters.guideline_version is not None:
+        terms.append(guideline == filters.guideline_version)
+    if filters.since is not None:
+        terms.append(created >= filters.since)
+    if filters.until is not None:
+        terms.append(created < filters.until)
+    if filters.candidate_models:
+        terms.append(CANDIDATES.c.name.in_(list(filters.candidate_models)))
+    return terms
+
+
+def count_span_replies(conn: Connection) -> int:
+    """Replies with at least one unsafe span (whoever marked it)."""
+    return int(conn.execute(select(func.count(func.distinct(SPANS.c.response_id)))).scalar_one())
+
+
+def iter_spans(conn: Connection, filters: ExportFilters) -> Iterator[SpanRow]:
+    """Every unsafe span whose judgment or ranking passes the judgment-level filters (sources,
+    guideline version, dates) on a reply of the wanted candidates, by reply then offset."""
+    owner = func.coalesce(JUDGMENTS.c.annotator_id, RANKINGS.c.annotator_id)
+    created = func.coalesce(JUDGMENTS.c.created_at, RANKINGS.c.created_at)
+    guideline = func.coalesce(JUDGMENTS.c.guideline_version, RANKINGS.c.guideline_version)
+    stmt = (
+        select(SPANS.c.response_id, SPANS.c.start_char, SPANS.c.end_char, SPANS.c.flag, owner, SPANS.c.judgment_id,
+               SPANS.c.ranking_id, RESPONSES.c.text, PROMPTS.c.id, PROMPTS.c.messages, PROMPTS.c.system_prompt,
+               CANDIDATES.c.name)
+        .select_from(
+            SPANS.outerjoin(JUDGMENTS, JUDGMENTS.c.id == SPANS.c.judgment_id)
+            .outerjoin(RANKINGS, RANKINGS.c.id == SPANS.c.ranking_id)
+            .join(ANNOTATORS, ANNOTATORS.c.id == owner)
+            .join(RESPONSES, RESPONSES.c.id == SPANS.c.response_id)
+            .join(CANDIDATES, CANDIDATES.c.id == RESPONSES.c.candidate_model_id)
+            .join(PROMPTS, PROMPTS.c.id == RESPONSES.c.prompt_id))
+        .where(*_span_conditions(filters, created, guideline))
+        .order_by(SPANS.c.response_id, SPANS.c.start_char, SPANS.c.end_char, SPANS.c.id)
+    )
+    for row in _stream(conn, stmt):
+        yield SpanRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[8], row[9] or [],
+                      row[10], row[11])
+
+
 __all__ = ["Votes", "PairRow", "flagged_response_ids", "iter_pairs", "iter_prompts", "prompt_responses",
            "prompt_comparisons", "prompt_rewrite", "iter_candidate_replies", "prompt_ids_by_hash",
-           "prompt_judgments"]
+           "prompt_judgments", "SpanRow", "iter_spans", "count_span_replies"]

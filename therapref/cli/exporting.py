@@ -39,6 +39,7 @@ class Kind(StrEnum):
     kto = "kto"
     hf = "hf"
     dialogflow = "dialogflow"
+    spans = "spans"
 
 
 class Selection(StrEnum):
@@ -76,7 +77,7 @@ def command_line(ctx: typer.Context) -> list[str]:
 
 def export(
     ctx: typer.Context,
-    kind: Annotated[Kind, typer.Argument(help="sft | dpo | openai-dpo | kto | hf | dialogflow")],
+    kind: Annotated[Kind, typer.Argument(help="sft | dpo | openai-dpo | kto | hf | dialogflow | spans")],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (a folder for hf).")],
     db: DbOption = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing output.")] = False,
@@ -95,8 +96,9 @@ def export(
     agent: Annotated[Optional[Path], typer.Option(
         help="dialogflow: the Dialogflow ES agent zip to copy with the preferred replies.")] = None,
 ) -> None:
-    """Export training data: SFT, DPO (TRL), OpenAI preference, KTO, an HF dataset folder, or a copy of a
-    Dialogflow ES agent whose intents answer with the preferred replies (dialogflow --agent ZIP)."""
+    """Export training data: SFT, DPO (TRL), OpenAI preference, KTO, an HF dataset folder, a copy of a
+    Dialogflow ES agent whose intents answer with the preferred replies (dialogflow --agent ZIP), or the
+    unsafe spans clinicians marked (spans: JSONL with text, character offsets, flag kinds, annotator ids)."""
     from exports.run import ExportOptions, run_export
 
     with errors():
@@ -120,12 +122,20 @@ def export(
         def progress(n: int) -> None:
             typer.echo(f"  … {n:,} read", err=True)
 
-        result = run_export(kind.value, output, engine=engine, filters=filters, options=options,
-                            progress=progress)
+        if kind is Kind.spans:
+            from exports.spans import export_spans
+
+            result = export_spans(output, engine=engine, filters=filters, options=options, progress=progress)
+        else:
+            result = run_export(kind.value, output, engine=engine, filters=filters, options=options,
+                                progress=progress)
     counts = result.counts
     dropped = ", ".join(f"{reason} {n:,}" for reason, n in counts["dropped"].items()) or "none"
     typer.echo(f"Wrote {result.rows:,} {kind.value} rows to {result.path} "
                f"({counts['in']:,} {counts['unit']} read; dropped: {dropped}).")
+    if "spans" in counts:
+        per_flag = ", ".join(f"{k} {v:,}" for k, v in counts["spans_per_flag"].items())
+        typer.echo(f"Spans: {counts['spans']:,} ({per_flag}).")
     if "pii_replaced" in counts:
         pii = ", ".join(f"{k} {v:,}" for k, v in counts["pii_replaced"].items())
         typer.echo(f"PII replaced: {pii}.")
