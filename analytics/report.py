@@ -23,6 +23,7 @@ from analytics.render import Document, Image, Paragraph, Section, Table, to_html
 from analytics.reward_eval import Scorer
 from analytics.stats import Estimate
 from analytics.summary import AnalyticsSummary, build_summary
+from db.spans import SpanCounts, span_counts
 
 EXCERPT = 280
 SECTION_TITLES = {
@@ -59,14 +60,14 @@ def _excerpt(text: str, limit: int = EXCERPT) -> str:
 
 def build_document(summary: AnalyticsSummary, criteria: CriteriaReport | None = None,
                    judge_report: JudgesReport | None = None, abtests: list[AbTestTable] | None = None,
-                   rankings: RankingBoard | None = None) -> Document:
+                   rankings: RankingBoard | None = None, spans: list[SpanCounts] | None = None) -> Document:
     s, c = summary, summary.config
     judges = {"clinicians": "clinicians and admins", "imported": "imported datasets only",
               "all": "clinicians, admins and imported datasets"}[c.judges]
     meta = [f"Generated {s.generated_at:%Y-%m-%d %H:%M} UTC from database {s.fingerprint}.",
             f"Judgments by {judges}: {s.n_judgments} from {s.n_annotators} annotators. "
             f"Intervals: {c.n_bootstrap} bootstrap resamples, {c.confidence:.0%}, seed {c.seed}."]
-    sections = [_overview(s), _progress(s), *_agreement(s), _annotators(s), *_leaderboard(s), _safety(s)]
+    sections = [_overview(s), _progress(s), *_agreement(s), _annotators(s), *_leaderboard(s), _safety(s, spans or [])]
     if s.reward is not None:
         sections.append(_reward(s))
     sections.append(_criteria(criteria or CriteriaReport()))
@@ -199,13 +200,24 @@ def _leaderboard(s: AnalyticsSummary) -> list[Section]:
     return [_section("leaderboard", *blocks), matrix, topics]
 
 
-def _safety(s: AnalyticsSummary) -> Section:
+def _safety(s: AnalyticsSummary, spans: list[SpanCounts]) -> Section:
+    marked = _spans_table(spans)
     if not s.flags:
-        return _section("safety", Paragraph("No judgments yet."), Image("safety_flags", "Safety flags"))
+        return _section("safety", Paragraph("No judgments yet."), Image("safety_flags", "Safety flags"), *marked)
     flags = list(s.flags[0].counts)
     rows = [[f.model, str(f.judged), *[f"{f.counts[x]} ({_f(f.rate(x), pct=True)})" for x in flags]] for f in s.flags]
     return _section("safety", Image("safety_flags", "Share of judged replies flagged, per model"),
-                    Table(["model", "replies judged", *flags], rows, "Flag counts (share of judged replies)"))
+                    Table(["model", "replies judged", *flags], rows, "Flag counts (share of judged replies)"),
+                    *marked)
+
+
+def _spans_table(spans: list[SpanCounts]) -> list[object]:
+    """Unsafe spans per flag kind (``db.spans.span_counts``): the words clinicians marked."""
+    if not any(c.spans for c in spans):
+        return [Paragraph("No unsafe spans marked yet.")]
+    rows = [[c.flag, c.label, str(c.spans), str(c.replies), str(c.annotators), str(c.characters)] for c in spans]
+    return [Table(["flag", "kind", "spans", "replies", "annotators", "characters"], rows,
+                  "Unsafe spans marked, per flag kind (therapref export spans writes them)")]
 
 
 def _reward(s: AnalyticsSummary) -> Section:
@@ -276,7 +288,7 @@ def _methods(s: AnalyticsSummary) -> Section:
 
 def write_report(summary: AnalyticsSummary, output: str | Path, criteria: CriteriaReport | None = None,
                  judge_report: JudgesReport | None = None, abtests: list[AbTestTable] | None = None,
-                 rankings: RankingBoard | None = None) -> ReportFiles:
+                 rankings: RankingBoard | None = None, spans: list[SpanCounts] | None = None) -> ReportFiles:
     """Write ``report.html``, ``report.md``, ``report.json`` and ``charts/*.png`` into ``output``.
 
     Everything is rendered in memory first; each file is then written to a temporary name and
@@ -287,7 +299,7 @@ def write_report(summary: AnalyticsSummary, output: str | Path, criteria: Criter
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise AnalyticsError(f"{output}: exists and is not a directory")
-    doc = build_document(summary, criteria, judge_report, abtests=abtests, rankings=rankings)
+    doc = build_document(summary, criteria, judge_report, abtests=abtests, rankings=rankings, spans=spans)
     charts = render_pngs(summary)
     html_text = to_html(doc, charts)
     markdown = to_markdown(doc)
@@ -300,6 +312,8 @@ def write_report(summary: AnalyticsSummary, output: str | Path, criteria: Criter
         figures["head_to_head"] = [t.as_dict() for t in abtests]
     if rankings is not None:
         figures["rankings"] = rankings.as_dict()
+    if spans is not None:
+        figures["unsafe_spans"] = [c.as_dict() for c in spans]
     data = json.dumps(figures, indent=2, sort_keys=True, default=str)
     (output / "charts").mkdir(parents=True, exist_ok=True)
     for stale in set(PNG_CHARTS) - set(charts):  # e.g. a reward chart from an earlier run with a model
@@ -339,4 +353,6 @@ def generate_report(
     rankings = load_ranking_board(session=session, sources=c.sources, n_bootstrap=min(c.n_bootstrap, 200), seed=c.seed)
     if progress:
         progress("Rendering charts and writing files")
-    return summary, write_report(summary, output, criteria, judge_report, abtests=abtests, rankings=rankings)
+    spans = span_counts(session=session, roles=c.roles)
+    return summary, write_report(summary, output, criteria, judge_report, abtests=abtests, rankings=rankings,
+                                 spans=spans)

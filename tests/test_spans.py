@@ -4,6 +4,8 @@ nothing), undo removes them, ``spans_for_comparison`` for leads, per-kind counts
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from sqlalchemy import func, inspect, text
 from sqlmodel import Session, select
@@ -169,3 +171,27 @@ def test_migration_0012_up_and_down_with_data(any_db_url):
                                flag=SpanMark(0, 3, "toxic").flag))
         session.commit()
         assert session.exec(select(func.count(UnsafeSpan.id))).one() == 1
+
+
+def test_the_report_counts_spans_per_flag_kind(engine, tmp_path):
+    from analytics.config import AnalyticsConfig
+    from analytics.report import generate_report
+
+    with Session(engine, expire_on_commit=False) as session:
+        project = build_project(session, n_prompts=1, n_clinicians=1)
+        clinician = project.clinicians[0]
+        assignment = next_comparison(clinician.id, session=session)
+        submit_judgment(assignment.token, session=session, annotator_id=clinician.id, preferred="tie",
+                        spans={"left": [(0, 2, "toxic"), (2, 4, "toxic")], "right": [(0, 3, "misses_risk")]})
+        session.commit()
+        _summary, files = generate_report(tmp_path / "report", session=session,
+                                          config=AnalyticsConfig(n_bootstrap=20))
+    markdown = files.markdown.read_text(encoding="utf-8")
+    assert "Unsafe spans marked, per flag kind" in markdown
+    cells = [[c.strip().replace("\\_", "_") for c in line.split("|")[1:-1]]
+             for line in markdown.splitlines() if line.startswith("| ")]
+    rows = {row[0]: row[1:] for row in cells if row[0] in ("toxic", "misses_risk", "boundary") and len(row) == 6}
+    assert rows["toxic"] == ["Toxic language", "2", "1", "1", "4"]
+    assert rows["misses_risk"][1:] == ["1", "1", "1", "3"] and rows["boundary"][1] == "0"
+    figures = json.loads(files.json.read_text(encoding="utf-8"))
+    assert {c["flag"]: c["spans"] for c in figures["unsafe_spans"]}["toxic"] == 2
