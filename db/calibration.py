@@ -22,7 +22,8 @@ from typing import Any
 from sqlalchemy import and_, bindparam, delete, exists, func, select, update
 from sqlmodel import Session
 
-from db.crud import DataError, audit
+from db.audit import audit
+from db.crud import DataError
 from db.models import Annotator, AppSetting, CalibrationItem, Comparison, Judgment, Skip, utcnow
 
 THRESHOLD_KEY = "calibration"
