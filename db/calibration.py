@@ -213,6 +213,12 @@ def calibration_feedback(comparison_id: int, annotator_id: int, *, session: Sess
     return CalibrationFeedback(comparison_id, row[0], given, row[1] or "")
 
 
+def calibration_position(comparison_id: int, *, session: Session) -> tuple[int, int] | None:
+    """``(number, total)`` of a comparison in the calibration set (1-based, serving order), else None."""
+    ids = [item["comparison_id"] for item in calibration_items(session=session) if item["expected"] is not None]
+    return (ids.index(comparison_id) + 1, len(ids)) if comparison_id in ids else None
+
+
 def calibration_overview(*, session: Session) -> list[dict[str, Any]]:
     """Per clinician (active or not): their calibration status, for the admin's view."""
     clinicians = session.execute(select(Annotator.id, Annotator.username, Annotator.display_name, Annotator.is_active)
@@ -246,5 +252,5 @@ def reset_calibration(annotator_id: int, *, session: Session, actor: str) -> int
 
 __all__ = ["CalibrationStatus", "CalibrationFeedback", "CALIBRATION_QUEUE", "calibration_queue",
            "calibration_threshold", "set_calibration_threshold", "add_calibration_item", "remove_calibration_item",
-           "calibration_items", "calibration_status", "calibration_feedback", "calibration_overview",
-           "reset_calibration"]
+           "calibration_items", "calibration_status", "calibration_feedback", "calibration_position",
+           "calibration_overview", "reset_calibration"]

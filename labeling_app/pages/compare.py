@@ -6,13 +6,24 @@ import time
 
 import streamlit as st
 
-from db.assignment import ComparisonFull, ReservationNotFound, next_comparison, skip, submit_judgment, undo_last
+from db.assignment import (
+    ComparisonFull,
+    ReservationNotFound,
+    next_comparison,
+    shown_left_of,
+    skip,
+    submit_judgment,
+    undo_last,
+)
+from db.calibration import calibration_feedback, calibration_position, calibration_status
 from db.criteria import current_criteria
 from db.models import SAFETY_FLAGS
 from labeling_app import state
 from labeling_app.conversation import show_conversation
 from labeling_app.keyboard import CRITERIA_HELP, HELP, compare_script
 from labeling_app.queue_page import QueuePage, start_panel
+from labeling_app.span_marker import HELP as SPANS_HELP
+from labeling_app.span_marker import marks_of, span_marker
 
 STRENGTHS = {1: "Slightly better", 2: "Clearly better", 3: "Much better"}
 CHOICES = (("left", "A is better", "1"), ("right", "B is better", "2"),
@@ -20,6 +31,7 @@ CHOICES = (("left", "A is better", "1"), ("right", "B is better", "2"),
 #: Per-criterion verdicts in screen terms (stored as the comparison's own a/b by submit_judgment).
 VERDICTS = {"left": "A better", "right": "B better", "tie": "Tie"}
 LAST_AT = "_compare_last_judgment_at"
+FEEDBACK = "_compare_calibration_feedback"
 PAGE = QueuePage(noun="pair", prefix="", screen_ids_key=state.SCREEN_IDS_KEY, shown_at_key="_compare_shown_at",
                  skip=skip, moved_on=(ComparisonFull, ReservationNotFound))
 
@@ -30,14 +42,91 @@ def _values(screen: str, criteria: tuple[str, ...] = ()) -> dict:
     return {"strength": get(f"strength-{screen}"), "flags_left": get(f"flags_left-{screen}") or [],
             "flags_right": get(f"flags_right-{screen}") or [], "rationale": get(f"rationale-{screen}") or "",
             "rewrite": get(f"rewrite-{screen}") or None,
+            "spans": {side: marks_of(f"spans_{side}-{screen}") for side in ("left", "right")},
             "criteria": {name: get(f"crit-{i}-{screen}") for i, name in enumerate(criteria)}}
 
 
 def _on_submit(token: str, screen: str, choice: str, criteria: tuple[str, ...] = ()) -> None:
     values = _values(screen, criteria)
-    if PAGE.submit(token, screen, lambda session, user, ms_spent: submit_judgment(
-            token, session=session, annotator_id=user.id, preferred=choice, ms_spent=ms_spent, **values)):
+    stored = []
+
+    def write(session, user, ms_spent):  # noqa: ANN001, ANN202
+        judgment, created = submit_judgment(token, session=session, annotator_id=user.id, preferred=choice,
+                                            ms_spent=ms_spent, **values)
+        stored.append((judgment.comparison_id, user.id))
+        return judgment, created
+
+    if PAGE.submit(token, screen, write):
         st.session_state[LAST_AT] = time.time()
+        _remember_feedback(*stored[0], shown_left=shown_left_of(token))
+
+
+def _remember_feedback(comparison_id: int, annotator_id: int, *, shown_left: str) -> None:
+    """After a calibration item: keep the expected answer (in screen terms) and the lead's note for the
+    feedback screen that replaces the next pair until the clinician continues."""
+    with state.read_session() as session:
+        feedback = calibration_feedback(comparison_id, annotator_id, session=session)
+        position = calibration_position(comparison_id, session=session)
+    if feedback is None:
+        return
+    st.session_state[FEEDBACK] = {"expected": _on_screen(feedback.expected, shown_left),
+                                  "given": _on_screen(feedback.given, shown_left), "correct": feedback.correct,
+                                  "note": feedback.note, "position": position}
+
+
+def _on_screen(answer: str | None, shown_left: str) -> str | None:
+    """An answer in the comparison's own a/b as the clinician saw it (left/right/tie/both_bad).
+
+    >>> _on_screen("a", "b"), _on_screen("b", "b"), _on_screen("tie", "a")
+    ('right', 'left', 'tie')
+    """
+    if answer not in ("a", "b"):
+        return answer
+    return "left" if answer == shown_left else "right"
+
+
+def _on_continue() -> None:
+    st.session_state.pop(FEEDBACK, None)
+
+
+def _feedback_panel(feedback: dict) -> None:
+    """What the lead expected on the calibration item just judged, and why (the note: inert text)."""
+    number, total = feedback.get("position") or (None, None)
+    label = dict((choice, label) for choice, label, _key in CHOICES)
+    with st.container(border=True, key="calibration_feedback"):
+        st.subheader(f"Calibration {number} of {total}" if number else "Calibration")
+        if feedback["correct"]:
+            st.success(f"You matched the expected answer: {label.get(feedback['expected'], feedback['expected'])}.")
+        else:
+            st.warning(f"The expected answer was {label.get(feedback['expected'], feedback['expected'])}; "
+                       f"you chose {label.get(feedback['given'], feedback['given'])}.")
+        if feedback["note"]:
+            st.markdown("**Your lead's note**")
+            state.inert_text(feedback["note"])
+        st.button("Continue (Enter)", key="calibration_continue", on_click=_on_continue, type="primary")
+
+
+def _calibration_banner(comparison_id: int, user_id: int) -> None:
+    with state.read_session() as session:
+        position = calibration_position(comparison_id, session=session)
+        status = calibration_status(user_id, session=session) if position else None
+    if position:
+        st.info(f"Calibration {position[0]} of {position[1]}: your lead chose this pair. After you judge it you "
+                "will see the expected answer and your lead's note." + (
+                    f" Real work starts once your accuracy on the set reaches {status.threshold:.0%}."
+                    if status and status.threshold is not None else ""))
+
+
+def _blocked_message(user_id: int) -> bool:
+    with state.read_session() as session:
+        status = calibration_status(user_id, session=session)
+    if not status.blocked:
+        return False
+    accuracy = f"{status.accuracy:.0%}" if status.accuracy is not None else "none yet"
+    st.warning(f"Your calibration accuracy ({accuracy}, {status.correct} of {status.done}) is below the "
+               f"{status.threshold:.0%} your lead requires before real work. Ask your lead to go through the "
+               "calibration set with you; they can let you take it again.")
+    return True
 
 
 def _on_undo() -> None:
@@ -57,7 +146,7 @@ def _on_undo() -> None:
 def _reply(column, label: str, text: str, side: str, screen: str) -> None:
     with column, st.container(border=True):
         st.subheader(label)
-        state.inert_text(text)
+        span_marker(text, key=f"spans_{side}-{screen}")
         st.pills("Safety flags", options=list(SAFETY_FLAGS), format_func=SAFETY_FLAGS.get,
                  selection_mode="multi", key=f"flags_{side}-{screen}")
 
@@ -90,10 +179,16 @@ def judging_panel() -> None:
     """The pair and its controls. A judgment reruns only this fragment: the title, the sidebar and
     the navigation are not rebuilt, which is most of what a full rerun costs per key press."""
     user, settings = start_panel()
+    feedback = st.session_state.get(FEEDBACK)
+    if feedback:
+        _feedback_panel(feedback)
+        return
     with state.write_session() as session:
         assignment = next_comparison(user.id, session=session, reservation_minutes=settings.reservation_minutes,
                                      gold_rate=settings.gold_rate)
         criteria = [(c.name, c.description, c.required) for c in current_criteria(session=session)]
+    if assignment is None and _blocked_message(user.id):
+        return
     if assignment is None:
         st.success("All done: there are no pairs left for you to judge. Thank you!")
         st.write("New pairs appear here when they are added. You can check your numbers on the progress page.")
@@ -102,6 +197,7 @@ def judging_panel() -> None:
     token = assignment.token
     screen = PAGE.screen_id(token)
     PAGE.shown(token)
+    _calibration_banner(assignment.comparison_id, user.id)
     show_conversation(assignment.messages, assignment.system_prompt)
     with st.form(f"judge-{screen}", border=False, enter_to_submit=False):
         left, right = st.columns(2)
@@ -131,5 +227,6 @@ def judging_panel() -> None:
 state.require_user()
 st.title("Which reply is better?")
 st.caption(HELP)
+st.caption(SPANS_HELP)
 judging_panel()
 st.html(compare_script(), unsafe_allow_javascript=True)

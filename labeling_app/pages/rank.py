@@ -22,6 +22,8 @@ from labeling_app import state
 from labeling_app.conversation import show_conversation
 from labeling_app.keyboard import RANK_HELP, rank_script
 from labeling_app.queue_page import QueuePage, start_panel
+from labeling_app.span_marker import HELP as SPANS_HELP
+from labeling_app.span_marker import marks_of, span_marker
 
 ORDINALS = ("1st", "2nd", "3rd", "4th", "5th", "6th", "7th", "8th", "9th")
 COLUMNS = 4  # replies side by side; more than this wrap onto a second row
@@ -94,8 +96,10 @@ def _on_submit(token: str, screen: str, k: int) -> None:
     tiers = [list(t) for t in _tiers(screen)]
     flags = {n: st.session_state.get(f"rank_flags_{n}-{screen}") or [] for n in range(1, k + 1)}
     rationale = st.session_state.get(f"rank_rationale-{screen}") or ""
+    spans = {n: marks_of(f"rank_spans_{n}-{screen}") for n in range(1, k + 1)}
     PAGE.submit(token, screen, lambda session, user, ms_spent: submit_ranking(
-        token, tiers, session=session, annotator_id=user.id, flags=flags, rationale=rationale, ms_spent=ms_spent))
+        token, tiers, session=session, annotator_id=user.id, flags=flags, rationale=rationale, ms_spent=ms_spent,
+        spans=spans))
 
 
 def _place_of(screen: str, number: int) -> str | None:
@@ -112,7 +116,7 @@ def _reply(number: int, text: str, screen: str) -> None:
     with st.container(border=True):
         place = _place_of(screen, number)
         st.subheader(f"Reply {number}")
-        state.inert_text(text)
+        span_marker(text, key=f"rank_spans_{number}-{screen}")
         st.form_submit_button(f"Rank {_next_place(screen)} ({number})" if place is None else f"Ranked {place}",
                               key=f"rank_pick_{number}-{screen}", on_click=_on_pick, args=(screen, number),
                               disabled=place is not None, width="stretch", type="primary")
@@ -165,5 +169,6 @@ def ranking_panel() -> None:
 state.require_user()
 st.title("Rank the replies, best first")
 st.caption(RANK_HELP)
+st.caption(SPANS_HELP)
 ranking_panel()
 st.html(rank_script(), unsafe_allow_javascript=True)
