@@ -31,6 +31,7 @@ ADMIN_PAGES = [
     ("admin_data", "Data", ":material/database:"),
     ("admin_dashboard", "Analytics", ":material/insights:"),  # agreement, quality, leaderboard
     ("admin_audit", "Audit log", ":material/history:"),  # who did what, when (db.audit)
+    ("admin_calibration", "Calibration", ":material/school:"),  # onboarding (db.calibration)
 ]
 
 

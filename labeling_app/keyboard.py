@@ -29,6 +29,7 @@ SHORTCUTS = {
     "e": ("radio", "strength", 2),
     "s": ("click", "skip"),
     "u": ("click", "undo"),
+    "enter": ("click", "calibration_continue"),  # after a calibration item: the feedback screen
 }
 
 HELP = "Keys: **1** A better · **2** B better · **3** tie · **4** both bad · " \
