@@ -353,6 +353,6 @@ def generate_report(
     rankings = load_ranking_board(session=session, sources=c.sources, n_bootstrap=min(c.n_bootstrap, 200), seed=c.seed)
     if progress:
         progress("Rendering charts and writing files")
-    spans = span_counts(session=session, roles=c.roles)
+    spans = span_counts(session=session, sources=c.sources)
     return summary, write_report(summary, output, criteria, judge_report, abtests=abtests, rankings=rankings,
                                  spans=spans)

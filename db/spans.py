@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from db.crud import DataError
 from db.models import SAFETY_FLAGS, Annotator, Comparison, Judgment, Ranking, Response, UnsafeSpan
-from db.rules import CLINICIAN_ROLES
+from db.rules import Sources
 
 MAX_SPANS_PER_REPLY = 50
 
@@ -226,16 +226,17 @@ class SpanCounts:
                 "annotators": self.annotators, "characters": self.characters}
 
 
-def span_counts(*, session: Session, roles: Sequence[str] = CLINICIAN_ROLES) -> list[SpanCounts]:
-    """Per flag kind (every kind listed, zero included): spans marked by annotators of ``roles``, the
-    replies they are on, the annotators who marked them and the characters they cover."""
+def span_counts(*, session: Session, sources: Sources | None = None) -> list[SpanCounts]:
+    """Per flag kind (every kind listed, zero included): spans marked by the annotators ``sources``
+    includes (default: clinicians), the replies they are on, the annotators who marked them and the
+    characters they cover."""
     who = or_(Annotator.id == Judgment.annotator_id, Annotator.id == Ranking.annotator_id)
     rows = session.execute(
         select(UnsafeSpan.flag, UnsafeSpan.response_id, Annotator.id, UnsafeSpan.start_char, UnsafeSpan.end_char)
         .outerjoin(Judgment, Judgment.id == UnsafeSpan.judgment_id)
         .outerjoin(Ranking, Ranking.id == UnsafeSpan.ranking_id)
         .join(Annotator, who)
-        .where(Annotator.role.in_(list(roles)))
+        .where((sources or Sources.parse("clinicians")).condition())
     ).all()
     spans, chars = Counter(), Counter()
     replies: dict[str, set[int]] = {f: set() for f in SAFETY_FLAGS}

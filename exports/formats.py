@@ -22,6 +22,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "dpo": ("prompt", "chosen", "rejected"),
     "kto": ("prompt", "completion", "label"),
     "openai-dpo": ("input", "preferred_output", "non_preferred_output"),
+    "spans": ("text", "spans"),
 }
 
 

@@ -295,7 +295,7 @@ class SpanRow:
 
 def _span_conditions(filters: ExportFilters, created: Any, guideline: Any) -> list[Any]:
     """The judgment-level filters, on a span's judgment or ranking (``created``/``guideline``: theirs)."""
-    terms = [filters.source_condition()]
+    terms = [filters.parsed_sources.condition()]
     if filters.guideline_version is not None:
         terms.append(guideline == filters.guideline_version)
     if filters.since is not None:

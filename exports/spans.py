@@ -33,7 +33,6 @@ from exports import formats, source
 from exports.atomic import check_target, discard, temp_file
 from exports.errors import ExportError
 from exports.filters import ExportFilters, check_filters
-from exports.manifest import manifest_path
 from exports.pii import Scrubber
 from exports.run import ExportOptions, ExportResult, Tracker, _check_options, _record, _system, _write_jsonl
 
@@ -71,7 +70,7 @@ def export_spans(output: str | Path, *, engine: Engine, filters: ExportFilters |
     _check_options(KIND, options)
     path = Path(output)
     check_target(path, force=options.force)
-    check_target(manifest_path(path, KIND), force=True)
+    check_target(formats.manifest_path(path, KIND), force=True)
     with session_scope(read_only_engine(engine)) as session:
         check_filters(filters, session=session)
     scrubber = Scrubber() if options.scrub_pii else None
@@ -108,7 +107,7 @@ def _rows(conn: Any, filters: ExportFilters, options: ExportOptions, scrubber: S
         spans = list(group)
         first = spans[0]
         tracker.step()
-        prompt = formats.conversation(first.messages, _system(options, first.system_prompt))
+        prompt = formats.checked_conversation(first.messages, _system(options, first.system_prompt))
         text, offsets = first.text, [(s.start, s.end) for s in spans]
         if scrubber is not None:
             prompt = scrubber.messages(prompt)

@@ -2,7 +2,7 @@
 set (gold comparisons a lead chose, with a note) and admin settings (the calibration threshold).
 
 Revision ID: 0012
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-03
 
 New tables only: existing judgments, rankings and gold answers are untouched either way. A downgrade
@@ -16,7 +16,7 @@ import sqlmodel
 from alembic import op
 
 revision = "0012"
-down_revision = "0010"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
