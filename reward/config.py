@@ -11,6 +11,7 @@ from trl import RewardConfig
 
 from db.rules import Sources
 from reward.errors import RewardError
+from reward.pairs import AGGREGATIONS
 from reward.resources import EMBEDDED_BASE, accelerator_present, cpu_supports_bf16, gpu_supports_bf16
 from therapref.config_cli import load_config as load_dataclass
 
@@ -46,8 +47,11 @@ class TheraRewardConfig(RewardConfig):
         "help": "Whose judgments become pairs: 'clinicians' (role clinician/admin), 'imported' (source annotators "
                 "import:<dataset>), 'both', 'judges' (model judges judge:<name>; never included unless asked), "
                 "'all', or annotators by name (import:DATASET, judge:NAME); comma-separated (db.rules.Sources)."})
-    aggregation: str = field(default="judgment", metadata={
-        "help": "'judgment': one pair per A/B vote; 'majority': one pair per comparison with a strict majority."})
+    aggregation: str = field(default="auto", metadata={
+        "help": "'judgment': one pair per A/B vote; 'majority': one pair per comparison with a strict majority; "
+                "'adjudicated': a lead's final label replaces the clinicians' votes on adjudicated comparisons, "
+                "the others by majority; 'auto' (default): 'adjudicated' when the selected data holds an "
+                "adjudication, else 'judgment'."})
     margin_mapping: str | None = field(default=None, metadata={
         "help": "Strength→margin mapping for TRL's margin loss, e.g. '1:0,2:0.5,3:1' or 'linear'; off by default."})
     criterion: str | None = field(default=None, metadata={
@@ -122,8 +126,8 @@ class TheraRewardConfig(RewardConfig):
         if self.output_dir is None:
             raise RewardError("an output folder is required (--output DIR)")
         Sources.parse(self.sources)  # a bad value fails here, before any data is read
-        if self.aggregation not in ("judgment", "majority"):
-            raise RewardError(f"aggregation must be 'judgment' or 'majority', not {self.aggregation!r}")
+        if self.aggregation not in ("auto", *AGGREGATIONS):
+            raise RewardError(f"aggregation must be one of auto, {', '.join(AGGREGATIONS)}, not {self.aggregation!r}")
         if not 1 <= self.ensemble <= 64:
             raise RewardError(f"ensemble must be between 1 and 64 members, not {self.ensemble}")
         if self.head_only and (self.use_lora or self.ensemble > 1):

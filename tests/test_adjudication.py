@@ -180,3 +180,97 @@ def test_cli_adds_a_lead_and_rejects_a_bad_role(tmp_path):
         with pytest.raises(AccountError):
             create_annotator("x", PASSWORD, session=session, role="source")
     engine.dispose()
+
+
+# --- Adjudicated labels win: reward pairs and exports ---------------------------------------------
+
+
+def _texts(project, comparison):
+    """(warm text, terse text) of a build_project comparison (warm is its A: created first)."""
+    prompt_id = comparison.prompt_id
+    return project.responses[(prompt_id, "warm")].text, project.responses[(prompt_id, "terse")].text
+
+
+def test_training_pairs_honour_adjudication(any_engine):
+    from reward.data import pairs_from_db
+
+    with Session(any_engine, expire_on_commit=False) as session:
+        project, lead = disputed_project(session)
+        c0, c1, c2, c3 = project.comparisons
+        _pairs, stats = pairs_from_db(session=session)
+        assert (stats.aggregation, stats.adjudicated) == ("judgment", 0)  # auto, with no adjudication yet
+        record_adjudication(c0.id, session=session, lead_id=lead.id, preferred="b", strength=3)
+        record_adjudication(c2.id, session=session, lead_id=lead.id, preferred="a", flags_a=["harmful_advice"])
+        session.commit()
+        pairs, stats = pairs_from_db(session=session, margin_mapping={1: 0.0, 2: 0.5, 3: 1.0})
+        assert (stats.aggregation, stats.adjudicated, stats.unsafe_chosen) == ("adjudicated", 2, 1)
+        chosen = {p.comparison_id: (p.chosen, p.margin) for p in pairs}
+        warm0, terse0 = _texts(project, c0)
+        assert chosen[c0.id] == (terse0, 1.0)  # the lead overturned the majority (a, a, b): one pair
+        assert c2.id not in chosen  # the lead flagged the reply it preferred: never chosen
+        assert chosen[c1.id][0] == _texts(project, c1)[0] and chosen[c3.id][0] == _texts(project, c3)[0]
+        assert len(pairs) == 3
+        # Asked for, the votes alone: the majority of c0 and both votes of c2 again.
+        pairs, stats = pairs_from_db(session=session, aggregation="majority")
+        assert stats.aggregation == "majority" and {p.comparison_id: p.chosen for p in pairs}[c0.id] == warm0
+        assert c2.id in {p.comparison_id for p in pairs}
+        # Imported data alone: a lead's label does not speak for it.
+        _pairs, stats = pairs_from_db(session=session, sources="imported")
+        assert stats.aggregation == "judgment"
+
+
+def _jsonl(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_exports_honour_adjudication(any_engine, tmp_path):
+    from exports.run import ExportOptions, run_export
+
+    with Session(any_engine, expire_on_commit=False) as session:
+        project, lead = disputed_project(session)
+        c0, _c1, c2, _c3 = project.comparisons
+        record_adjudication(c0.id, session=session, lead_id=lead.id, preferred="b")
+        record_adjudication(c2.id, session=session, lead_id=lead.id, preferred="b")  # and no flag on B
+        session.commit()
+    warm0, terse0 = _texts(project, c0)
+    warm2, terse2 = _texts(project, c2)
+
+    def chosen(rows):
+        return {row["prompt"][-1]["content"]: row["chosen"][0]["content"] for row in rows}
+
+    result = run_export("dpo", tmp_path / "dpo.jsonl", engine=any_engine)
+    assert (result.counts["aggregation"], result.counts["adjudicated"]) == ("adjudicated", 2)
+    rows = chosen(_jsonl(result.path))
+    prompt0 = project.prompts[0].messages[-1]["content"]
+    prompt2 = project.prompts[2].messages[-1]["content"]
+    # c0: the lead's B over the majority's A; c2: the lead's flags replace a clinician's flag on B.
+    assert rows[prompt0] == terse0 and rows[prompt2] == terse2 and len(rows) == 4
+    votes = run_export("dpo", tmp_path / "votes.jsonl", engine=any_engine,
+                       options=ExportOptions(aggregation="majority"))
+    rows = chosen(_jsonl(votes.path))
+    assert rows[prompt0] == warm0 and rows[prompt2] == warm2 and votes.counts["aggregation"] == "majority"
+    sft = run_export("sft", tmp_path / "sft.jsonl", engine=any_engine)
+    replies = {row["messages"][-2]["content"]: row["messages"][-1]["content"] for row in _jsonl(sft.path)}
+    assert replies[prompt0] == terse0 and sft.counts["adjudicated"] >= 2
+
+
+def test_export_command_says_so_and_rejects_a_bad_aggregation(sqlite_url, tmp_path):
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    with Session(engine, expire_on_commit=False) as session:
+        project, lead = disputed_project(session)
+        record_adjudication(project.comparisons[0].id, session=session, lead_id=lead.id, preferred="b")
+        session.commit()
+    runner = CliRunner()
+    out = tmp_path / "dpo.jsonl"
+    ok = runner.invoke(app, ["export", "dpo", "--output", str(out), "--db", sqlite_url])
+    assert ok.exit_code == 0, ok.output
+    assert "Aggregation: adjudicated (1 adjudicated comparisons: the lead's label replaces the votes)." in ok.output
+    bad = runner.invoke(app, ["export", "dpo", "--output", str(tmp_path / "bad.jsonl"), "--aggregation", "lead",
+                              "--db", sqlite_url])
+    assert bad.exit_code != 0
+    assert bad.output.strip().splitlines() == ["Error: --aggregation 'lead' is not one of auto, adjudicated, majority"]
+    assert not (tmp_path / "bad.jsonl").exists()
+    engine.dispose()

@@ -94,6 +94,9 @@ def export(
     margin: Annotated[bool, typer.Option(help="DPO: write the optional margin column.")] = True,
     agent: Annotated[Optional[Path], typer.Option(
         help="dialogflow: the Dialogflow ES agent zip to copy with the preferred replies.")] = None,
+    aggregation: Annotated[str, typer.Option(
+        help="adjudicated: a lead's final label replaces the votes and flags of an adjudicated comparison; "
+             "majority: the votes alone; auto (default): adjudicated when any adjudication exists.")] = "auto",
 ) -> None:
     """Export training data: SFT, DPO (TRL), OpenAI preference, KTO, an HF dataset folder, or a copy of a
     Dialogflow ES agent whose intents answer with the preferred replies (dialogflow --agent ZIP)."""
@@ -104,7 +107,7 @@ def export(
         options = ExportOptions(
             force=force, scrub_pii=scrub_pii, system_prompt=system_prompt, selection=select.value,
             reference_candidate=reference_candidate, prefer_source=prefer_source, rewrites=rewrites,
-            reward_model=str(reward_model) if reward_model else None, margin=margin,
+            reward_model=str(reward_model) if reward_model else None, margin=margin, aggregation=aggregation,
             command=command_line(ctx),
         )
         if (kind is Kind.dialogflow) != (agent is not None):
@@ -126,6 +129,9 @@ def export(
     dropped = ", ".join(f"{reason} {n:,}" for reason, n in counts["dropped"].items()) or "none"
     typer.echo(f"Wrote {result.rows:,} {kind.value} rows to {result.path} "
                f"({counts['in']:,} {counts['unit']} read; dropped: {dropped}).")
+    if counts["aggregation"] == "adjudicated":
+        typer.echo(f"Aggregation: adjudicated ({counts['adjudicated']:,} adjudicated comparisons: the lead's label "
+                   "replaces the votes).")
     if "pii_replaced" in counts:
         pii = ", ".join(f"{k} {v:,}" for k, v in counts["pii_replaced"].items())
         typer.echo(f"PII replaced: {pii}.")

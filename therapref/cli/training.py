@@ -44,6 +44,11 @@ def _train(
     if trained.run_id is None:  # another process of `accelerate launch`: the main one reports
         return
     result = trained.result
+    if trained.pair_stats is not None:
+        stats = trained.pair_stats
+        typer.echo(f"Aggregation: {stats.aggregation}" + (
+            f" ({stats.adjudicated} adjudicated comparisons: the lead's label replaces the votes)"
+            if stats.aggregation == "adjudicated" else "") + ".")
     typer.echo(f"Trained on {result.n_train} pairs ({result.n_truncated} truncated to max_length, none dropped); "
                f"held out {result.n_eval}; {result.pairs_per_second:.1f} pairs/s.")
     if result.report:
