@@ -274,3 +274,25 @@ def test_export_command_says_so_and_rejects_a_bad_aggregation(sqlite_url, tmp_pa
     assert bad.output.strip().splitlines() == ["Error: --aggregation 'lead' is not one of auto, adjudicated, majority"]
     assert not (tmp_path / "bad.jsonl").exists()
     engine.dispose()
+
+
+def test_report_counts_adjudications_apart(engine, tmp_path):
+    from analytics.config import AnalyticsConfig
+    from analytics.report import generate_report
+
+    with Session(engine, expire_on_commit=False) as session:
+        project, lead = disputed_project(session)
+        c0 = project.comparisons[0]
+        config = AnalyticsConfig(n_bootstrap=20)
+        before, _ = generate_report(tmp_path / "before", session=session, config=config)
+        record_adjudication(c0.id, session=session, lead_id=lead.id, preferred="b")
+        session.commit()
+        summary, files = generate_report(tmp_path / "after", session=session, config=config)
+    assert before.adjudication.as_dict() == {"adjudicated": 0, "overturned": 0, "no_majority": 0, "waiting": 2}
+    assert summary.adjudication.as_dict() == {"adjudicated": 1, "overturned": 1, "no_majority": 0, "waiting": 1}
+    # A lead's label is not one more judgment: the agreement over judgments is unchanged.
+    assert summary.n_judgments == before.n_judgments
+    assert summary.agreement.preference.alpha == before.agreement.preference.alpha
+    markdown = (tmp_path / "after" / "report.md").read_text()
+    assert "| Lead overturned the clinicians' majority | 1 |" in markdown
+    assert "| Disputed, waiting for a lead | 1 |" in markdown
