@@ -57,8 +57,9 @@ def _judgments(view: Dispute) -> None:
     columns = st.columns(min(len(view.judgments), 3) or 1)
     for i, judgment in enumerate(view.judgments):
         with columns[i % len(columns)], st.container(border=True):
-            st.markdown(f"**{state.md_escape(judgment.display_name)}** · {state.md_escape(judgment.annotator)} · "
-                        f"{judgment.role}")
+            shown = judgment.display_name != judgment.annotator
+            name = f"**{state.md_escape(judgment.display_name)}** · " if shown else ""
+            st.markdown(f"{name}**{state.md_escape(judgment.annotator)}** · {judgment.role}")
             strength = f" ({STRENGTHS[judgment.strength].lower()})" if judgment.strength in STRENGTHS else ""
             st.text(f"{PREFERRED.get(judgment.preferred, judgment.preferred)}{strength}\n"
                     f"Flags on A: {_flags(judgment.flags_a)}\nFlags on B: {_flags(judgment.flags_b)}")
