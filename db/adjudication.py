@@ -20,7 +20,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from db.crud import audit
+from db.audit import audit
 from db.errors import TheraPrefError
 from db.models import PREFERENCES, SAFETY_FLAGS, Adjudication, Annotator, Comparison, Judgment, Prompt, Response
 from db.rules import CLINICIAN_ROLES, in_disagreement, majority_label

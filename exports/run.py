@@ -179,7 +179,7 @@ def _check_candidates(names: set[str | None], *, session: Any) -> None:
             raise ExportError(f"unknown candidate model {name!r} (known: {', '.join(sorted(known)) or 'none'})")
 
 
-def _rulings(conn: Any, filters: ExportFilters, options: ExportOptions) -> dict[int, source.Ruling]:
+def applied_rulings(conn: Any, filters: ExportFilters, options: ExportOptions) -> dict[int, source.Ruling]:
     """The adjudications the export applies: none under ``majority`` or when no clinician's judgment
     is selected (a lead's label replaces clinicians' votes, not an imported dataset's)."""
     if options.aggregation == "majority" or not filters.parsed_sources().clinicians:
@@ -187,14 +187,16 @@ def _rulings(conn: Any, filters: ExportFilters, options: ExportOptions) -> dict[
     return source.rulings(conn)
 
 
-def _ruled(comparisons: list[tuple[int, int, Any]], by_pair: dict[tuple[int, int], str],
-           tracker: Tracker) -> list[tuple[int, int, Any]]:
-    """A prompt's (a id, b id, votes) with each adjudicated comparison's votes replaced by the ruling."""
+def ruled_comparisons(comparisons: list[tuple[int, int, Any]], by_pair: dict[tuple[int, int], str],
+                      tracker: Tracker | None = None) -> list[tuple[int, int, Any]]:
+    """A prompt's (a id, b id, votes) with each adjudicated comparison's votes replaced by the ruling
+    (``by_pair``: (a id, b id) → the lead's label)."""
     out = []
     for a_id, b_id, votes in comparisons:
         preferred = by_pair.get((a_id, b_id))
         if preferred is not None:
-            tracker.adjudicated += 1
+            if tracker is not None:
+                tracker.adjudicated += 1
             votes = ruled_votes(votes, preferred)
         out.append((a_id, b_id, votes))
     return out
@@ -202,7 +204,7 @@ def _ruled(comparisons: list[tuple[int, int, Any]], by_pair: dict[tuple[int, int
 
 def _rows(kind: str, conn: Any, filters: ExportFilters, options: ExportOptions,
           progress: Callable[[int], None] | None) -> tuple[Iterator[dict[str, Any]], Tracker]:
-    rulings = _rulings(conn, filters, options)
+    rulings = applied_rulings(conn, filters, options)
     by_pair = {(r.a_id, r.b_id): r.preferred for r in rulings.values()}
     flagged = source.flagged_response_ids(conn, adjudicated=bool(rulings))
     # --not-worse-on: replies worse on the criterion in some comparison are never SFT/KTO targets
@@ -303,8 +305,8 @@ def _sft_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged
             choice, reason = _best_of_n(scorer, prompt, [(rid, texts[rid]) for rid in sorted(eligible)])
         else:
             models = {rid: model for rid, _, model in replies}
-            comparisons = [c for c in _ruled(source.prompt_comparisons(conn, prompt_id, filters), by_pair or {},
-                                             tracker)
+            comparisons = [c for c in ruled_comparisons(source.prompt_comparisons(conn, prompt_id, filters),
+                                                        by_pair or {}, tracker)
                            if not wanted or (models.get(c[0]) in wanted and models.get(c[1]) in wanted)]
             if not replies:
                 choice, reason = None, "no_replies"
@@ -342,7 +344,7 @@ def _kto_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged
     for prompt_id, messages, system in source.iter_prompts(conn):
         prompt = formats.checked_conversation(messages, _system(options, system))
         replies = source.prompt_responses(conn, prompt_id)
-        comparisons = _ruled(source.prompt_comparisons(conn, prompt_id, filters), by_pair or {}, tracker)
+        comparisons = ruled_comparisons(source.prompt_comparisons(conn, prompt_id, filters), by_pair or {}, tracker)
         table = tallies(comparisons)
         for rid, text, model in replies:
             tracker.step()

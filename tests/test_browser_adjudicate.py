@@ -51,7 +51,7 @@ def app(tmp_path_factory):
 
 
 def _wait_for_pair(page, comparison_id: int) -> None:
-    page.locator(f".st-key-choice-left-c{comparison_id} button").wait_for(timeout=60_000)
+    page.locator(f".st-key-adj_choice-left-c{comparison_id} button").wait_for(timeout=60_000)
 
 
 def test_lead_adjudicates_by_keyboard_and_hostile_text_is_inert(app):
@@ -70,7 +70,7 @@ def test_lead_adjudicates_by_keyboard_and_hostile_text_is_inert(app):
     # Pair 1 by keys only: "w" (clearly better), then "2" (B is better).
     page.keyboard.press("w")
     page.wait_for_function(f"""() => {{
-        const radios = document.querySelectorAll('.st-key-strength-c{older.id} input[type="radio"]');
+        const radios = document.querySelectorAll('.st-key-adj_strength-c{older.id} input[type="radio"]');
         return radios.length === 3 && radios[1].checked; }}""", timeout=30_000)
     page.keyboard.press("2")
     _wait_for_pair(page, xss.id)
