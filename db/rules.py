@@ -50,7 +50,7 @@ _KEYWORDS = {"clinicians": ("clinicians",), "imported": ("imported",), "both": (
 class Sources:
     """Whose judgments count: a ``--sources`` value parsed once (comma-separated items).
 
-    ``clinicians`` (roles clinician/admin), ``imported`` (datasets ``import:*``), ``judges`` (every model
+    ``clinicians`` (roles clinician/lead/admin), ``imported`` (datasets ``import:*``), ``judges`` (every model
     judge ``judge:*``), ``both`` (clinicians and imported), ``all`` (everyone), or one annotator's name
     (``judge:NAME``, ``import:DATASET``). Model judges count only when asked for: by name, ``judges`` or
     ``all``; never as clinicians or imported data. ``includes`` is the rule in Python, ``condition`` the
