@@ -120,7 +120,7 @@ class Sources:
         >>> sql(Sources.parse("imported").condition())
         "annotator.role = 'source' AND (annotator.username NOT LIKE 'judge:' || '%')"
         >>> sql(Sources.parse("clinicians,judge:m").condition())
-        "annotator.role IN ('clinician', 'admin') OR annotator.username IN ('judge:m')"
+        "annotator.role IN ('clinician', 'lead', 'admin') OR annotator.username IN ('judge:m')"
         >>> sql(Sources.parse("judges").condition()), sql(Sources.parse("all").condition())
         ("annotator.role = 'source' AND (annotator.username LIKE 'judge:' || '%')", 'true')
         """

@@ -182,7 +182,7 @@ def _check_candidates(names: set[str | None], *, session: Any) -> None:
 def applied_rulings(conn: Any, filters: ExportFilters, options: ExportOptions) -> dict[int, source.Ruling]:
     """The adjudications the export applies: none under ``majority`` or when no clinician's judgment
     is selected (a lead's label replaces clinicians' votes, not an imported dataset's)."""
-    if options.aggregation == "majority" or not filters.parsed_sources().clinicians:
+    if options.aggregation == "majority" or not filters.parsed_sources.clinicians:
         return {}
     return source.rulings(conn)
 
