@@ -19,8 +19,8 @@ from therapref.config_cli import load_config as load_dataclass
 THERAPREF_FIELDS = (
     "base_model", "sources", "aggregation", "margin_mapping", "guideline_versions", "eval_fraction",
     "min_context_tokens", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "length_feature", "temperature", "num_threads", "freeze_layers", "head_only", "head_l2", "packing", "ensemble",
-    "criterion",
+    "length_feature", "temperature", "num_threads", "freeze_layers", "head_only", "head_l2", "likelihood", "packing",
+    "ensemble", "criterion",
 )
 #: Training fields worth recording next to ours.
 RECORDED_TRAINING_FIELDS = (
@@ -88,6 +88,11 @@ class TheraRewardConfig(RewardConfig):
                 "best with the smollm2 base (docs/reward.md, 'Generalisation'); it is also the fastest on a CPU."})
     head_l2: float = field(default=1.0, metadata={
         "help": "head_only: L2 penalty on the head's weights (features standardised; larger is simpler)."})
+    likelihood: bool = field(default=False, metadata={
+        "help": "head_only with a decoder base: one more feature, the reply's mean log-probability under the base "
+                "causal LM given the conversation (read in the same forward pass; the LM head is kept with the "
+                "model, so scoring, evaluation, judges and best-of-n compute it alike). docs/reward.md has the "
+                "held-out figures."})
     packing: bool | None = field(default=None, metadata={
         "help": "Padding-free batches for BERT-style bases (the embedded default): the sequences of a batch are "
                 "laid end to end and each attends only to itself; about 2x (256 tokens) to 2.5x (512) the pairs/s "
@@ -133,6 +138,8 @@ class TheraRewardConfig(RewardConfig):
         if self.head_only and (self.use_lora or self.ensemble > 1):
             raise RewardError("head_only fits one deterministic head: it cannot be combined with "
                               + ("use_lora" if self.use_lora else "an ensemble (its members would be identical)"))
+        if self.likelihood and not self.head_only:
+            raise RewardError("likelihood is a feature of head_only training: add head_only (--head-only)")
         if self.head_l2 < 0:
             raise RewardError(f"head_l2 must be 0 or more, not {self.head_l2}")
         if not 0.0 <= self.eval_fraction < 1.0:
