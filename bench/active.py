@@ -7,7 +7,18 @@ pairs (``../shared/data/counsel_chat.csv``, at most ``--cap`` pairs per question
 fixed held-out set (``--test-fraction`` of the prompts, ``reward.pairs.split_by_prompt`` with seed 0; no
 held-out prompt is ever labelled); the rest is the unlabelled pool.
 
-Two learners (``--learner``):
+``--data simulated`` replaces the two pools by one with a learnable signal (``bench/simulated_pool.py``):
+the embedded base's samples (6 per Counsel Chat question, temperature 1) judged by ``bench/loop.py``'s
+simulated clinician; the held-out pairs are the noise-free rubric's. Its learner is ``headonly`` (below);
+``--quick`` runs 5 seeds (the full run 10) and takes about 5 minutes once the pool and the features are
+cached (the first run samples for about 11 minutes).
+
+Learners (``--learner``):
+
+- ``headonly`` (``--data simulated``'s default): the toolkit's head-only reward model, SmolLM2 by default:
+  ``reward.probe.reply_features`` reads every reply once (``--likelihood``: with the likelihood column;
+  cached in ``--cache-dir``), and each round is one ``reward.probe.fit_head`` on the labelled pairs'
+  feature differences (seconds); ``disagreement`` uses bootstrap refits.
 
 - ``finetune`` (the default): each round trains the toolkit's own reward model on all labels so far with
   ``reward.train.train_reward_model`` (``reward.config.load_config``: the base model, all-MiniLM-L6-v2 by
@@ -33,6 +44,9 @@ Strategies (each round adds ``--batch`` pairs from the pool, after ``--initial``
 - ``uncertainty``: the pairs whose P(A better) is closest to 0.5 (1 − |2p − 1| with p = σ(score difference),
   the single-model uncertainty of ``therapref score --comparisons``). With ``finetune`` a seeded sample of
   ``--candidates`` (200) unlabelled pairs is scored each round, not the whole pool (scoring is the costly part).
+- ``diverse`` (feature learners): uncertainty within clusters: the ``--diverse-factor`` × batch most uncertain
+  pairs are clustered by k-means (standardised pair features) into batch clusters, and the most uncertain
+  of each is taken (a batch of different pairs, not near-copies of one).
 - ``disagreement``: the pairs on which ``--members`` models disagree most (std of their P: the ensemble
   uncertainty of ``therapref train --ensemble K``). ``frozen``: bootstrap refits (a logistic fit is
   deterministic); ``finetune``: K − 1 more fine-tunings with other seeds (K times the training cost, so not
@@ -41,7 +55,9 @@ Strategies (each round adds ``--batch`` pairs from the pool, after ``--initial``
 After every round the held-out accuracy of the model fitted on all labels so far is recorded; ``--seeds``
 seeds vary the initial labels and the random draws (the held-out set stays fixed). Printed: the learning
 curves (mean ± sd over seeds), and the labels each strategy needs to reach random's final accuracy (on
-the mean curve, and per seed as mean ± sd), with the saving against random's final label count.
+the mean curve, and per seed as mean ± sd; and 95% of it), with the saving against random's final label
+count; the last line is ``labels saved: <best strategy> <P>% vs random (<n_random> → <n_best> labels, <seeds>
+seeds)`` (n_random: the labels random itself needed on its mean curve).
 
 ``--gate`` also simulates the judge gate: a judge of known accuracy (the same kind of model fitted on
 ``--judge-pairs`` pairs of other prompts, set aside from the pool) labels a pair in place of a clinician
@@ -49,6 +65,7 @@ only where it is confident (max(p, 1 − p) ≥ threshold); clinicians label the
 label set it prints, per threshold: clinician judgments saved, the judge's accuracy on the pairs it took,
 and the held-out accuracy of the model trained on the mixed labels against all-clinician labels.
 
+    .venv/bin/python bench/active.py --data simulated --quick  # head-only SmolLM2 on the simulated pool, 5 seeds
     .venv/bin/python bench/active.py --json a.json             # finetune, LLMEval², 3 seeds one after another
     for k in 0 1 2; do .venv/bin/python bench/active.py --seeds 1 --first-seed $k --json a$k.json & done; wait
     .venv/bin/python bench/active.py --combine a0.json a1.json a2.json --json a.json   # the same, 3 processes
