@@ -73,6 +73,7 @@ def test_reload_scores_as_fitted(trained, base):
     result, out = trained
     meta = json.loads((out / "therapref_reward.json").read_text())
     assert meta["config"]["likelihood"] is True and meta["likelihood_weight"] != 0.0
+    assert "Likelihood feature" in (out / "README.md").read_text()
     tied = "tied" in base.name and "untied" not in base.name
     assert (out / LM_HEAD_FILE).is_file() is (not tied)
     model = RewardModel.load(out)
