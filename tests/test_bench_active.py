@@ -21,7 +21,7 @@ from tests.tiny_models import tiny_reward_base
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.active import POOLS, STRATEGIES, THRESHOLDS, labels_to_reach, main  # noqa: E402
+from bench.active import REAL_POOLS, STRATEGIES, THRESHOLDS, labels_to_reach, main  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def check_curves(report: dict) -> None:
 
 @pytest.mark.timeout(300)
 def test_smoke_frozen_learner_prints_curves_and_the_gate(tmp_path, shared_data):
-    stdout, report = run_smoke(tmp_path, POOLS, "--learner", "frozen", "--gate")
+    stdout, report = run_smoke(tmp_path, REAL_POOLS, "--learner", "frozen", "--gate")
     assert report["settings"]["learner"] == "frozen"
     assert stdout.count("judge gate (") == 2
     for pool in report["pools"]:
