@@ -219,18 +219,14 @@ def head_only_features(items: Sequence[tuple[Any, str]], args: argparse.Namespac
     if path.is_file():
         table = np.load(path)
     else:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         from reward.encoding import Encoder
+        from reward.resources import load_pretrained
 
         threads = args.threads or default_threads()
         if threads:
             torch.set_num_threads(threads)
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1).eval()
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model.config.pad_token_id = tokenizer.pad_token_id
+        model, tokenizer = load_pretrained(base, "sequence-classification", new_head=True)
+        model.eval()
         lm_head = base_lm_head(model, base) if args.likelihood else None
         encoder = Encoder(tokenizer, max_length=args.max_length, min_context_tokens=min(64, args.max_length // 4))
         with progress_bar(len(unique), "Reading replies") as bar:

@@ -36,9 +36,9 @@ def base_lm_head(model: Any, base: str | Path) -> Any:
                           "is not one (use --base-model smollm2 or another causal LM)")
     if ties_embeddings(model):
         return model.get_input_embeddings().weight.detach().float()
-    from transformers import AutoModelForCausalLM
+    from reward.resources import load_pretrained
 
-    causal = AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32)
+    causal, _ = load_pretrained(base, "causal-lm", dtype=torch.float32)
     return causal.get_output_embeddings().weight.detach().float().clone()
 
 
