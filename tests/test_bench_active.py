@@ -121,10 +121,10 @@ def test_smoke_simulated_pool_with_the_head_only_learner(tmp_path, shared_data):
     """--data simulated: replies sampled by llama.cpp from a tiny random Llama (its GGUF), judged by the
     rubric of bench/loop.py, read once by the toolkit's head-only features (with the likelihood column),
     every strategy; the sampled pool and the features are cached, so a second run samples nothing."""
-    from bench.loop import tiny_base
     from policy.gguf import convert_to_gguf
+    from tests.tiny_models import tiny_llama
 
-    base = tiny_base(tmp_path / "tiny-llama")
+    base = tiny_llama(tmp_path / "tiny-llama")
     gguf = convert_to_gguf(base, outtype="f16").path
     out, cache = tmp_path / "sim.json", tmp_path / "cache"
     command = [str(PYTHON), str(ROOT / "bench" / "active.py"), "--smoke", "--data", "simulated", "--likelihood",

@@ -19,21 +19,21 @@ from reward.errors import RewardError
 from reward.likelihood import LM_HEAD_FILE
 from reward.probe import reply_features
 from reward.train import train_reward_model
-from tests.test_reward_decoder import tiny_llama  # noqa: F401  (fixture)
 from tests.test_reward_train import make_pairs
 
 
-@pytest.fixture(scope="module", params=["untied", "tied"])
-def base(request, tiny_llama, tmp_path_factory):  # noqa: F811
-    """The tiny Llama as it is (untied LM head), and a copy with its LM head tied to the embedding."""
-    if request.param == "untied":
+@pytest.fixture(scope="module", params=["tied", "untied"])
+def base(request, tiny_llama, tmp_path_factory):
+    """The tiny Llama (conftest; its LM head tied to the embedding), and a copy with its own LM head."""
+    if request.param == "tied":
         return tiny_llama
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(tiny_llama)
-    model.config.tie_word_embeddings = True
-    model.tie_weights()
-    folder = tmp_path_factory.mktemp("tiny-llama-tied")
+    model.config.tie_word_embeddings = False
+    torch.manual_seed(1)
+    model.lm_head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+    folder = tmp_path_factory.mktemp("tiny-llama-untied")
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_llama).save_pretrained(folder)
     return folder
@@ -74,7 +74,7 @@ def test_reload_scores_as_fitted(trained, base):
     meta = json.loads((out / "therapref_reward.json").read_text())
     assert meta["config"]["likelihood"] is True and meta["likelihood_weight"] != 0.0
     assert "Likelihood feature" in (out / "README.md").read_text()
-    tied = "tied" in base.name and "untied" not in base.name
+    tied = "untied" not in base.name
     assert (out / LM_HEAD_FILE).is_file() is (not tied)
     model = RewardModel.load(out)
     assert model.likelihood_weight == pytest.approx(meta["likelihood_weight"])
@@ -102,7 +102,7 @@ def test_likelihood_needs_head_only_and_a_decoder(tmp_path):
         train_reward_model(config, make_pairs())
 
 
-def test_cli_shows_progress_while_reading_and_evaluating(tiny_llama, tmp_path):  # noqa: F811
+def test_cli_shows_progress_while_reading_and_evaluating(tiny_llama, tmp_path):
     """`train --head-only` and `evaluate` report replies read, per second and time left as they go."""
     from typer.testing import CliRunner
 
