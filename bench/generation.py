@@ -31,14 +31,11 @@ from candidates.registry import CandidateSpec  # noqa: E402
 from db.crud import get_or_create_prompt  # noqa: E402
 from db.engine import make_engine, session_scope  # noqa: E402
 from db.migrate import upgrade  # noqa: E402
+from tests.factories import PATIENT_MESSAGES  # noqa: E402
 
+# The test factories' patient messages and two more: eight prompts, as the figures in docs were measured on.
 MESSAGES = [
-    "I haven't been sleeping and I feel on edge all the time.",
-    "My partner says I'm too sensitive. Am I?",
-    "I failed my exam and I feel worthless.",
-    "Work is piling up and I can't bring myself to start anything.",
-    "I keep replaying an argument with my mother.",
-    "Some days I don't see the point of getting up.",
+    *PATIENT_MESSAGES,
     "My friends all seem to have their lives together except me.",
     "I get a tight chest every time I have to speak in a meeting.",
 ]

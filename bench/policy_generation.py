@@ -24,21 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.generation import MESSAGES  # noqa: E402  (the same patient messages as the provider benchmark)
 from candidates.embedded import smollm2_gguf_path, smollm2_hf_path  # noqa: E402
 from candidates.providers import Job, LlamaCppProvider, Reply, TransformersProvider  # noqa: E402
 from candidates.registry import CandidateSpec  # noqa: E402
 from policy.gguf import convert_to_gguf  # noqa: E402
-
-MESSAGES = [
-    "I haven't been sleeping and I feel on edge all the time.",
-    "My partner says I'm too sensitive. Am I?",
-    "I failed my exam and I feel worthless.",
-    "Work is piling up and I can't bring myself to start anything.",
-    "I keep replaying an argument with my mother.",
-    "Some days I don't see the point of getting up.",
-    "My friends all seem to have their lives together except me.",
-    "I get a tight chest every time I have to speak in a meeting.",
-]
 
 
 def _jobs(n: int) -> list[Job]:

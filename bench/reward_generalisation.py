@@ -280,7 +280,7 @@ def frozen_features(domains: dict[str, list[PreferencePair]], args: argparse.Nam
     cache: dict[str, tuple[Any, bool]] = {}
     if args.features_cache and args.features_cache.exists():
         stored = torch.load(args.features_cache)
-        if stored.get("key") == [args.base_model, args.max_length]:
+        if stored.get("key") == feature_key(args):
             cache = stored["items"]
     missing = [item for item in items if item_key(*item) not in cache]
     if missing:
@@ -289,7 +289,7 @@ def frozen_features(domains: dict[str, list[PreferencePair]], args: argparse.Nam
         print(f"frozen features of {len(missing)} replies in {time.perf_counter() - started:.0f}s "
               f"({sum(cache[item_key(*i)][1] for i in missing)} cut to {args.max_length} tokens)", flush=True)
         if args.features_cache:
-            torch.save({"key": [args.base_model, args.max_length], "items": cache}, args.features_cache)
+            torch.save({"key": feature_key(args), "items": cache}, args.features_cache)
     if len(missing) < len(items):
         print(f"frozen features of {len(items) - len(missing)} replies read from {args.features_cache}", flush=True)
     args.features = ({k: cache[item_key(p.prompt, p.chosen)][0] for k, p in pairs.items()},
@@ -297,22 +297,34 @@ def frozen_features(domains: dict[str, list[PreferencePair]], args: argparse.Nam
     args.n_truncated = sum(cache[item_key(*i)][1] for i in items)
 
 
+def feature_key(args: argparse.Namespace) -> list[Any]:
+    """What the cached features depend on (the likelihood column only when it was read)."""
+    return [args.base_model, args.max_length] + (["likelihood"] if getattr(args, "likelihood", False) else [])
+
+
 def read_replies(items: Sequence[tuple[Any, str]], args: argparse.Namespace) -> dict[str, tuple[Any, bool]]:
-    """The base model's head features of each item, and whether it was cut to ``--max-length``."""
+    """The base model's head features of each item (``reward.probe.reply_features``, as head-only training
+    reads them; ``--likelihood``: with the reply's mean log-probability), and whether it was cut to
+    ``--max-length``."""
     import torch
 
     from reward.config import load_config
     from reward.encoding import Encoder
-    from reward.probe import head_features
+    from reward.likelihood import base_lm_head
+    from reward.probe import reply_features
+    from reward.scoring import progress_bar
     from reward.train import _load_model, default_threads
 
     torch.set_num_threads(args.threads or default_threads() or 1)
+    base = resolve_base(args.base_model)
     config = load_config(output_dir="unused", base_model=args.base_model, head_only=True)
-    model, tokenizer = _load_model(resolve_base(args.base_model), config)
+    model, tokenizer = _load_model(base, config)
     model.eval()
+    lm_head = base_lm_head(model, base) if getattr(args, "likelihood", False) else None
     encoder = Encoder(tokenizer, max_length=args.max_length, min_context_tokens=min(64, args.max_length // 4))
-    ids, cut = encoder.encode(items)
-    rows = head_features(model, ids, pad_token_id=tokenizer.pad_token_id or 0)
+    with progress_bar(len(items), "Reading replies") as bar:
+        rows, cut = reply_features(model, encoder, items, pad_token_id=tokenizer.pad_token_id or 0, lm_head=lm_head,
+                                   progress=bar.update)
     return {item_key(*item): (rows[i], cut[i]) for i, item in enumerate(items)}
 
 
@@ -555,6 +567,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="--head-only: keep the frozen features in FILE and reuse them on the next run with "
                              "the same base and max length (e.g. --split random after --split domain)")
     parser.add_argument("--head-l2", type=float, default=1.0, help="--head-only: L2 penalty (head_l2)")
+    parser.add_argument("--likelihood", action="store_true",
+                        help="--head-only: add the reply's mean log-probability under the base to the features "
+                             "(`therapref train --head-only --likelihood`)")
     parser.add_argument("--length-prior", action="store_true",
                         help="train the network with a fixed length prior in the loss (TRL's margin = −w·Δlog length, "
                              "w fitted on the training pairs' lengths alone), so that it learns what length does not "
@@ -643,7 +658,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     length = f"{args.epochs:g} epochs" if args.epochs else f"{args.steps} steps"
     print(f"{split} × {args.seeds} seed(s); {length} × {args.batch_size} pairs, lr {args.learning_rate:g}, "
           f"max_length {args.max_length}, "
-          + (f"LoRA r={args.lora_r}" if args.lora else f"head only, l2 {args.head_l2:g}" if args.head_only
+          + (f"LoRA r={args.lora_r}" if args.lora else f"head only, l2 {args.head_l2:g}"
+             + (" + likelihood" if args.likelihood else "") if args.head_only
              else f"lowest {args.freeze_layers} layers frozen")
           + f", ≤{args.cap} pairs per prompt, base {args.base_model}; hybrid and network alone from each run",
           flush=True)

@@ -21,7 +21,7 @@ from db.sso import identity_of
 
 def add_account(username: str, password: str, *, session: Session, actor: str, role: str = "clinician",
                 display_name: str = "", credential: str = "") -> Annotator:
-    """Create a login account (clinician or admin) with an argon2-hashed password."""
+    """Create a login account (clinician, lead or admin) with an argon2-hashed password."""
     annotator = create_annotator(username, password, session=session, role=role, display_name=display_name,
                                  credential=credential)
     audit(actor, "annotator.add", session=session, target=annotator.username, details={"role": annotator.role})

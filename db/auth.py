@@ -58,7 +58,7 @@ def create_annotator(
     if not username or username.startswith("import:"):
         raise AccountError(f"invalid username {username!r}")
     if role not in LOGIN_ROLES:
-        raise AccountError(f"role must be {' or '.join(LOGIN_ROLES)}, not {role!r}")
+        raise AccountError(f"role must be {', '.join(LOGIN_ROLES[:-1])} or {LOGIN_ROLES[-1]}, not {role!r}")
     if get_annotator(username, session=session) is not None:
         raise AccountError(f"annotator {username!r} already exists")
     annotator = Annotator(
@@ -128,7 +128,7 @@ def is_locked(username: str, *, session: Session) -> bool:
 
 
 def require_login_account(username: str, *, session: Session) -> Annotator:
-    """The clinician or admin account of that name; ``AccountError`` for none (or an imported source)."""
+    """The clinician, lead or admin account of that name; ``AccountError`` for none (or an imported source)."""
     annotator = get_annotator(username, session=session)
     if annotator is None or annotator.role == "source":
         raise AccountError(f"no annotator named {username!r}")

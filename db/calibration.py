@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, select, update
-from sqlmodel import Session
+from sqlalchemy import and_, bindparam, delete, exists, func, update
+from sqlmodel import Session, select
 
 from db.audit import audit
 from db.crud import DataError
@@ -126,10 +126,10 @@ def add_calibration_item(comparison_id: int, *, session: Session, actor: Annotat
     if comparison.gold_answer is None:
         raise DataError(f"comparison {comparison_id} has no expected answer: set its gold answer first")
     name = actor if isinstance(actor, str) else actor.username
-    item = session.execute(select(CalibrationItem).where(CalibrationItem.comparison_id == comparison_id)
-                           ).scalars().first()
+    item = session.exec(select(CalibrationItem).where(CalibrationItem.comparison_id == comparison_id)
+                           ).first()
     if item is None:
-        position = session.execute(select(func.coalesce(func.max(CalibrationItem.position), 0))).scalar_one() + 1
+        position = session.exec(select(func.coalesce(func.max(CalibrationItem.position), 0))).one() + 1
         item = CalibrationItem(comparison_id=comparison_id, position=position,
                                added_by=None if isinstance(actor, str) else actor.id)
     item.note = (note or "").strip()
@@ -150,7 +150,7 @@ def remove_calibration_item(comparison_id: int, *, session: Session, actor: str)
 
 def calibration_items(*, session: Session) -> list[dict[str, Any]]:
     """The calibration set in serving order: comparison id, expected answer, note."""
-    rows = session.execute(
+    rows = session.exec(
         select(CalibrationItem.comparison_id, Comparison.gold_answer, CalibrationItem.note, CalibrationItem.position)
         .join(Comparison, Comparison.id == CalibrationItem.comparison_id)
         .order_by(CalibrationItem.position, CalibrationItem.id)).all()
@@ -183,18 +183,18 @@ def calibration_status(annotator_id: int, *, session: Session) -> CalibrationSta
     """How far one annotator is through the calibration set and how accurate (``CALIBRATED_ROLES`` only:
     for other roles the set is empty)."""
     threshold = calibration_threshold(session=session)
-    role = session.execute(select(Annotator.role).where(Annotator.id == annotator_id)).scalar()
+    role = session.exec(select(Annotator.role).where(Annotator.id == annotator_id)).first()
     if role not in CALIBRATED_ROLES:
         return CalibrationStatus(0, 0, 0, threshold)
     live = and_(Comparison.id == CalibrationItem.comparison_id, Comparison.gold_answer.is_not(None))
-    total = session.execute(select(func.count(CalibrationItem.id)).join(Comparison, live)).scalar_one()
-    judged = session.execute(
+    total = session.exec(select(func.count(CalibrationItem.id)).join(Comparison, live)).one()
+    judged = session.exec(
         select(Judgment.preferred, Comparison.gold_answer)
         .join(CalibrationItem, CalibrationItem.comparison_id == Judgment.comparison_id)
         .join(Comparison, live).where(Judgment.annotator_id == annotator_id)).all()
-    skipped = session.execute(
+    skipped = session.exec(
         select(func.count(Skip.id)).join(CalibrationItem, CalibrationItem.comparison_id == Skip.comparison_id)
-        .join(Comparison, live).where(Skip.annotator_id == annotator_id)).scalar_one()
+        .join(Comparison, live).where(Skip.annotator_id == annotator_id)).one()
     correct = sum(1 for given, expected in judged if given == expected)
     return CalibrationStatus(total, len(judged) + skipped, correct, threshold)
 
@@ -202,14 +202,14 @@ def calibration_status(annotator_id: int, *, session: Session) -> CalibrationSta
 def calibration_feedback(comparison_id: int, annotator_id: int, *, session: Session) -> CalibrationFeedback | None:
     """The expected answer and the lead's note for a calibration item this annotator judged; None when
     the comparison is not in the calibration set."""
-    row = session.execute(
+    row = session.exec(
         select(Comparison.gold_answer, CalibrationItem.note)
         .join(CalibrationItem, CalibrationItem.comparison_id == Comparison.id)
         .where(Comparison.id == comparison_id, Comparison.gold_answer.is_not(None))).first()
     if row is None:
         return None
-    given = session.execute(select(Judgment.preferred).where(
-        Judgment.comparison_id == comparison_id, Judgment.annotator_id == annotator_id)).scalar()
+    given = session.exec(select(Judgment.preferred).where(
+        Judgment.comparison_id == comparison_id, Judgment.annotator_id == annotator_id)).first()
     return CalibrationFeedback(comparison_id, row[0], given, row[1] or "")
 
 
@@ -221,7 +221,7 @@ def calibration_position(comparison_id: int, *, session: Session) -> tuple[int, 
 
 def calibration_overview(*, session: Session) -> list[dict[str, Any]]:
     """Per clinician (active or not): their calibration status, for the admin's view."""
-    clinicians = session.execute(select(Annotator.id, Annotator.username, Annotator.display_name, Annotator.is_active)
+    clinicians = session.exec(select(Annotator.id, Annotator.username, Annotator.display_name, Annotator.is_active)
                                  .where(Annotator.role.in_(CALIBRATED_ROLES)).order_by(Annotator.username)).all()
     rows = []
     for aid, username, display, active in clinicians:
@@ -234,7 +234,7 @@ def reset_calibration(annotator_id: int, *, session: Session, actor: str) -> int
     """Remove one clinician's judgments and skips of the calibration set (the counts of those
     comparisons go down) so that they take it again; audited. Returns how many judgments went."""
     items = select(CalibrationItem.comparison_id)
-    judged = session.execute(select(Judgment.id, Judgment.comparison_id).where(
+    judged = session.exec(select(Judgment.id, Judgment.comparison_id).where(
         Judgment.annotator_id == annotator_id, Judgment.comparison_id.in_(items))).all()
     for judgment_id, comparison_id in judged:
         session.execute(delete(Judgment).where(Judgment.id == judgment_id))
@@ -242,7 +242,7 @@ def reset_calibration(annotator_id: int, *, session: Session, actor: str) -> int
                         .values(judgments_count=Comparison.judgments_count - 1))
     skips = session.execute(delete(Skip).where(Skip.annotator_id == annotator_id,
                                                Skip.comparison_id.in_(items))).rowcount
-    username = session.execute(select(Annotator.username).where(Annotator.id == annotator_id)).scalar()
+    username = session.exec(select(Annotator.username).where(Annotator.id == annotator_id)).first()
     if username is None:
         raise DataError(f"annotator {annotator_id} does not exist")
     audit(actor, "calibration.reset", session=session, target=f"annotator:{username}",

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select
-from sqlmodel import Session
+from sqlalchemy import bindparam, func, insert
+from sqlmodel import Session, select
 
 from db.audit import audit
 from db.crud import DataError
@@ -121,9 +121,9 @@ def read_criteria_file(path: str | Path) -> list[CriterionSpec]:
 
 def criteria_of(version_id: int, *, session: Session) -> list[Criterion]:
     """The criteria of one guideline version (by its row id), in their order."""
-    return list(session.execute(
+    return list(session.exec(
         select(Criterion).where(Criterion.guideline_version_id == version_id).order_by(Criterion.position, Criterion.id)
-    ).scalars())
+    ))
 
 
 def current_criteria(*, session: Session) -> list[Criterion]:
@@ -161,7 +161,7 @@ def publish_guidelines(text: str, *, session: Session, criteria: Sequence[Criter
 
 def known_criterion_names(*, session: Session) -> list[str]:
     """Every criterion name of any guideline version (what a filter or a training flag may name)."""
-    return sorted(set(session.execute(select(Criterion.name).distinct()).scalars()))
+    return sorted(set(session.exec(select(Criterion.name).distinct())))
 
 
 # --- Verdicts ----------------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def verdicts_by_judgment(*, session: Session, criterion: str | None = None,
     if judgment_ids is not None:
         query = query.where(CriterionVerdict.judgment_id.in_(list(judgment_ids)))
     out: dict[int, dict[str, str]] = {}
-    for judgment_id, name, verdict in session.execute(query):
+    for judgment_id, name, verdict in session.exec(query):
         out.setdefault(judgment_id, {})[name] = verdict
     return out
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlmodel import Field, SQLModel
 
 PREFERENCES = ("a", "b", "tie", "both_bad")
-ROLES = ("clinician", "admin", "source")
+ROLES = ("clinician", "lead", "admin", "source")
 SAFETY_FLAGS = {
     "misses_risk": "Misses risk or crisis cues",
     "harmful_advice": "Harmful or unsafe advice",
@@ -46,7 +46,7 @@ def _json_column(default: Any = None) -> Any:
 
 
 class Annotator(SQLModel, table=True):
-    """A person who judges (clinician/admin) or a non-login source of imported preferences."""
+    """A person who judges (clinician/lead/admin) or a non-login source of imported preferences."""
 
     id: Optional[int] = Field(default=None, primary_key=True)
     username: str = Field(index=True, unique=True, max_length=120)
@@ -61,7 +61,7 @@ class Annotator(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
     __table_args__ = (
-        CheckConstraint("role IN ('clinician', 'admin', 'source')", name="ck_annotator_role"),
+        CheckConstraint("role IN ('clinician', 'lead', 'admin', 'source')", name="ck_annotator_role"),
     )
 
 
@@ -539,7 +539,27 @@ class BestOfNSample(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("response_id", "sample_index", name="uq_bestofn_sample"),)
 
 
-# --- Unsafe spans and calibration (issue 26; migration 0012) --------------------------------------
+class Adjudication(SQLModel, table=True):
+    """A lead's final label for a comparison that clinicians disagreed on (``db.adjudication``): it
+    replaces the clinicians' votes in training and exports. One per comparison. Migration 0012."""
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    comparison_id: int = Field(foreign_key="comparison.id", unique=True)
+    annotator_id: int = Field(foreign_key="annotator.id", index=True)
+    preferred: str = Field(max_length=10)
+    strength: Optional[int] = None
+    flags_a: list[str] = _json_column(list)
+    flags_b: list[str] = _json_column(list)
+    note: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("preferred IN ('a', 'b', 'tie', 'both_bad')", name="ck_adjudication_preferred"),
+        CheckConstraint("strength IS NULL OR (strength BETWEEN 1 AND 3)", name="ck_adjudication_strength"),
+    )
+
+
+# --- Unsafe spans and calibration (issue 26; migration 0013) --------------------------------------
 
 
 class UnsafeSpan(SQLModel, table=True):

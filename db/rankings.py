@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
-from sqlmodel import Session
+from sqlalchemy import bindparam, func, update
+from sqlmodel import Session, select
 
 from db.crud import DataError, add_comparison, existing_judgment_id, insert_judgment
 from db.models import (
@@ -193,8 +193,8 @@ def add_ranking_task(responses: Sequence[Response], *, session: Session,
     if judgments_required < 1:
         raise DataError("a ranking task needs at least one ranking")
     prompt_id, key = responses[0].prompt_id, response_key(ids)
-    existing = session.execute(select(RankingTask).where(
-        RankingTask.prompt_id == prompt_id, RankingTask.response_key == key)).scalars().first()
+    existing = session.exec(select(RankingTask).where(
+        RankingTask.prompt_id == prompt_id, RankingTask.response_key == key)).first()
     if existing is not None:
         return existing, False
     task = RankingTask(prompt_id=prompt_id, response_ids=ids, response_key=key,
@@ -213,10 +213,10 @@ _OPEN_TASKS = RANKINGS.open_query(bindparam("annotator_id"), bindparam("now"))
 
 def _assignment(task_id: int, annotator_id: int, token: str, expires_at: datetime, reserved_at: datetime,
                 *, session: Session) -> RankingAssignment:
-    response_ids, messages, system_prompt = session.execute(
+    response_ids, messages, system_prompt = session.exec(
         select(RankingTask.response_ids, Prompt.messages, Prompt.system_prompt)
         .join(Prompt, Prompt.id == RankingTask.prompt_id).where(RankingTask.id == task_id)).one()
-    texts = dict(session.execute(select(Response.id, Response.text).where(Response.id.in_(response_ids))).all())
+    texts = dict(session.exec(select(Response.id, Response.text).where(Response.id.in_(response_ids))).all())
     shown = shown_order_for(task_id, annotator_id, response_ids)
     return RankingAssignment(task_id=task_id, token=token, messages=list(messages or []),
                              system_prompt=system_prompt, texts=[texts[i] for i in shown], response_ids=shown,
@@ -279,9 +279,9 @@ def submit_ranking(
         return previous, False
     reservation_id, task_id, _owner, expires_at, reserved_at = reservation
     count, required, response_ids, prompt_id = RANKINGS.lock(task_id, session=session)
-    previous = session.execute(select(Ranking).where(
+    previous = session.exec(select(Ranking).where(
         (Ranking.idempotency_key == key) | ((Ranking.task_id == task_id) & (Ranking.annotator_id == annotator_id))
-    )).scalars().first()
+    )).first()
     if previous is not None:
         return previous, False
     k = len(response_ids)
@@ -290,7 +290,7 @@ def submit_ranking(
     RANKINGS.check_room(task_id, count, required, expires_at, annotator_id, now, session=session)
     if not is_sqlite(session):
         # Rankings of different tasks on one prompt may create the same comparison: take turns.
-        session.execute(select(Prompt.id).where(Prompt.id == prompt_id).with_for_update(key_share=True))
+        session.exec(select(Prompt.id).where(Prompt.id == prompt_id).with_for_update(key_share=True)).all()
     if ms_spent is None and reserved_at is not None:
         ms_spent = int((now - aware(reserved_at)).total_seconds() * 1000)
     shown = shown_order_for(task_id, annotator_id, response_ids)
@@ -302,7 +302,7 @@ def submit_ranking(
         marks = check_spans(spans, {n: (rid, texts[rid]) for n, rid in enumerate(shown, start=1)}, what="reply")
         for rid, own in marks.items():
             flags_by_id[rid] = flags_with_spans(flags_by_id.get(rid, ()), own)
-    guideline = session.execute(select(func.max(GuidelineVersion.version))).scalar()
+    guideline = session.exec(select(func.max(GuidelineVersion.version))).one()
     if ms_spent is not None:
         ms_spent = max(0, int(ms_spent))
     ranking = Ranking(task_id=task_id, annotator_id=annotator_id, order=tiers, shown_order=shown,
@@ -322,8 +322,8 @@ def submit_ranking(
 def _expand(ranking: Ranking, *, session: Session, flags_by_id: dict[int, list[str]], now: datetime) -> list[int]:
     """Write the ranking's pairwise judgments (see the module docstring); return their ids."""
     position = {rid: index for index, rid in enumerate(ranking.shown_order)}
-    responses = {r.id: r for r in session.execute(
-        select(Response).where(Response.id.in_(ranking.shown_order))).scalars()}
+    responses = {r.id: r for r in session.exec(
+        select(Response).where(Response.id.in_(ranking.shown_order)))}
     rationale = f"ranking #{ranking.id}" + (f": {ranking.rationale}" if ranking.rationale else "")
     written = []
     for a, b, preferred, strength in expand_to_pairs(ranking.order):

@@ -15,12 +15,14 @@ from typing import Any
 
 from db.errors import SourcesError
 
-#: Roles whose judgments are clinicians' (admins are lead clinicians); ``source`` rows are imported
-#: datasets and ``judge:<name>`` annotators are models, never counted as clinicians unless asked.
-CLINICIAN_ROLES: tuple[str, ...] = ("clinician", "admin")
+#: Roles whose judgments are clinicians' (leads adjudicate and judge too; admins are lead clinicians);
+#: ``source`` rows are imported datasets and ``judge:<name>`` annotators are models, never counted as
+#: clinicians unless asked.
+CLINICIAN_ROLES: tuple[str, ...] = ("clinician", "lead", "admin")
 #: Roles of accounts that sign in, least to most privileged (single sign-on maps claims onto these and
-#: a person in several mapped groups gets the most privileged one). A new role is one entry here.
-LOGIN_ROLES: tuple[str, ...] = ("clinician", "admin")
+#: a person in several mapped groups gets the most privileged one). A new role is one entry here; a
+#: ``lead`` judges like a clinician and also adjudicates disputed comparisons (db.adjudication).
+LOGIN_ROLES: tuple[str, ...] = ("clinician", "lead", "admin")
 #: Usernames of model judges' source annotators (``judge:<name>``; role ``source``).
 JUDGE_PREFIX = "judge:"
 
@@ -48,7 +50,7 @@ _KEYWORDS = {"clinicians": ("clinicians",), "imported": ("imported",), "both": (
 class Sources:
     """Whose judgments count: a ``--sources`` value parsed once (comma-separated items).
 
-    ``clinicians`` (roles clinician/admin), ``imported`` (datasets ``import:*``), ``judges`` (every model
+    ``clinicians`` (roles clinician/lead/admin), ``imported`` (datasets ``import:*``), ``judges`` (every model
     judge ``judge:*``), ``both`` (clinicians and imported), ``all`` (everyone), or one annotator's name
     (``judge:NAME``, ``import:DATASET``). Model judges count only when asked for: by name, ``judges`` or
     ``all``; never as clinicians or imported data. ``includes`` is the rule in Python, ``condition`` the
@@ -118,7 +120,7 @@ class Sources:
         >>> sql(Sources.parse("imported").condition())
         "annotator.role = 'source' AND (annotator.username NOT LIKE 'judge:' || '%')"
         >>> sql(Sources.parse("clinicians,judge:m").condition())
-        "annotator.role IN ('clinician', 'admin') OR annotator.username IN ('judge:m')"
+        "annotator.role IN ('clinician', 'lead', 'admin') OR annotator.username IN ('judge:m')"
         >>> sql(Sources.parse("judges").condition()), sql(Sources.parse("all").condition())
         ("annotator.role = 'source' AND (annotator.username LIKE 'judge:' || '%')", 'true')
         """
@@ -202,6 +204,37 @@ def majority_of_counts(counts: Mapping[str, int]) -> str | None:
         elif count == most and count > 0:
             level = True
     return None if level else leader
+
+
+def in_disagreement(judgments: Iterable[tuple[str, str, Sequence[str], Sequence[str]]]) -> bool:
+    """Whether clinicians disagree on a comparison, so that it needs a lead's adjudication: among the
+    clinicians' judgments (``(role, preferred, flags_a, flags_b)``; other roles, imported datasets and
+    model judges, are left out) one prefers A and another B, or one flags a reply unsafe and another
+    does not flag it.
+
+    >>> in_disagreement([("clinician", "a", [], []), ("lead", "b", [], [])])
+    True
+    >>> in_disagreement([("clinician", "a", [], []), ("clinician", "tie", [], [])])
+    False
+    >>> in_disagreement([("clinician", "a", [], ["toxic"]), ("admin", "a", [], [])])
+    True
+    >>> in_disagreement([("clinician", "a", [], ["toxic"]), ("clinician", "a", [], ["dismissive"])])
+    False
+    >>> in_disagreement([("clinician", "a", [], []), ("source", "b", ["toxic"], [])])
+    False
+    >>> in_disagreement([("clinician", "a", ["toxic"], [])])
+    False
+    """
+    preferences: set[str] = set()
+    flagged: list[tuple[bool, bool]] = []
+    for role, preferred, flags_a, flags_b in judgments:
+        if role not in CLINICIAN_ROLES:
+            continue
+        preferences.add(preferred)
+        flagged.append((bool(flags_a), bool(flags_b)))
+    if {"a", "b"} <= preferences:
+        return True
+    return any(len({row[side] for row in flagged}) > 1 for side in (0, 1))
 
 
 def reply_length(text: str) -> int:

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, or_, select
-from sqlmodel import Session
+from sqlalchemy import insert, or_
+from sqlmodel import Session, select
 
 from db.crud import DataError
 from db.models import SAFETY_FLAGS, Annotator, Comparison, Judgment, Ranking, Response, UnsafeSpan
@@ -139,7 +139,7 @@ def flags_with_spans(flags: Sequence[str], marks: Iterable[SpanMark]) -> list[st
 
 def response_texts(response_ids: Iterable[int], *, session: Session) -> dict[int, str]:
     ids = list(response_ids)
-    return dict(session.execute(select(Response.id, Response.text).where(Response.id.in_(ids))).all()) if ids else {}
+    return dict(session.exec(select(Response.id, Response.text).where(Response.id.in_(ids))).all()) if ids else {}
 
 
 _INSERT_SPAN = insert(UnsafeSpan)
@@ -231,7 +231,7 @@ def span_counts(*, session: Session, sources: Sources | None = None) -> list[Spa
     includes (default: clinicians), the replies they are on, the annotators who marked them and the
     characters they cover."""
     who = or_(Annotator.id == Judgment.annotator_id, Annotator.id == Ranking.annotator_id)
-    rows = session.execute(
+    rows = session.exec(
         select(UnsafeSpan.flag, UnsafeSpan.response_id, Annotator.id, UnsafeSpan.start_char, UnsafeSpan.end_char)
         .outerjoin(Judgment, Judgment.id == UnsafeSpan.judgment_id)
         .outerjoin(Ranking, Ranking.id == UnsafeSpan.ranking_id)

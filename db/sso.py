@@ -64,7 +64,7 @@ class RoleMapping:
     >>> RoleMapping("groups", {"x": "superuser"})
     Traceback (most recent call last):
     ...
-    db.sso.SsoConfigError: roles.x: unknown role 'superuser' (known: clinician, admin)
+    db.sso.SsoConfigError: roles.x: unknown role 'superuser' (known: clinician, lead, admin)
     """
 
     claim: str

@@ -40,7 +40,7 @@ from exports.errors import ExportError
 from exports.filters import ExportFilters, check_filters, judgment_filter_counts
 from exports.formats import manifest_path
 from exports.pii import Scrubber
-from exports.run import ExportOptions, _check_options, _record
+from exports.run import ExportOptions, _check_options, _record, applied_rulings, ruled_comparisons
 from exports.select import BT_SCORE_DECIMALS, _checked, bradley_terry, tallies
 from exports.source import Votes
 
@@ -330,11 +330,15 @@ def _export(archive: AgentZip, path: Path, *, engine: Engine, filters: ExportFil
             if not found:
                 raise ExportError(f"{agent_file}: none of the agent's {len(intents)} intents were imported "
                                   f"(run `therapref import prompts {agent_file}` first, or check --db)")
-            excluded = source.flagged_response_ids(conn) | source.criterion_losers(conn, filters)
+            # A lead's adjudication replaces its comparison's votes and flags (ExportOptions.aggregation).
+            by_pair = {(r.a_id, r.b_id): r.preferred for r in applied_rulings(conn, filters, options).values()}
+            excluded = source.flagged_response_ids(conn, adjudicated=bool(by_pair)) | \
+                source.criterion_losers(conn, filters)
             if judge_safety:
                 excluded |= source.criterion_losers(conn, replace(filters, not_worse_on=SAFETY))
             changes = [_decide(conn, intent, [found[h] for h in hashes if h in found], agent.candidate,
-                               lang=agent.lang, excluded=excluded, filters=filters, scrubber=scrubber)
+                               lang=agent.lang, excluded=excluded, filters=filters, scrubber=scrubber,
+                               by_pair=by_pair)
                        for intent, hashes in intents]
     rewritten = {c.entry: _rewrite(archive, intent, agent.lang, c)
                  for (intent, _), c in zip(intents, changes, strict=True) if c.status == "changed"}
@@ -344,6 +348,7 @@ def _export(archive: AgentZip, path: Path, *, engine: Engine, filters: ExportFil
         "judgments": judgment_counts,
         "responses_added": sum(len(c.added) for c in changes),
         "responses_removed": sum(len(c.removed) for c in changes),
+        "aggregation": "adjudicated" if by_pair else "majority", "adjudications": len(by_pair),
     }
     if scrubber:
         counts["pii_replaced"] = scrubber.report()
@@ -371,7 +376,8 @@ def _phrase_hashes(archive: AgentZip, intent: Intent) -> list[str]:
 
 
 def _decide(conn: Any, intent: Intent, prompt_ids: list[int], agent_candidate: str, *, lang: str,
-            excluded: set[int], filters: ExportFilters, scrubber: Scrubber | None) -> IntentChange:
+            excluded: set[int], filters: ExportFilters, scrubber: Scrubber | None,
+            by_pair: dict[tuple[int, int], str] | None = None) -> IntentChange:
     change = IntentChange(intent=intent.name, entry=intent.entry, status="kept", reason="kept",
                           prompt_ids=sorted(set(prompt_ids)), before=list(intent.replies))
     if intent.entry is None or not has_speech(intent.data, lang):
@@ -391,7 +397,7 @@ def _decide(conn: Any, intent: Intent, prompt_ids: list[int], agent_candidate: s
         for rid, text, model in source.prompt_responses(conn, prompt_id):
             replies.append((rid, text))
             models[rid] = model
-        comparisons += source.prompt_comparisons(conn, prompt_id, filters)
+        comparisons += ruled_comparisons(source.prompt_comparisons(conn, prompt_id, filters), by_pair or {})
     if wanted:  # --candidate: only comparisons between those candidates' replies (and the agent's own)
         allowed = {rid for rid, model in models.items() if model in wanted or model == agent_candidate}
         replies = [(rid, text) for rid, text in replies if rid in allowed]

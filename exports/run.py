@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,17 @@ from exports.select import (
     majority_choice,
     pair_margin,
     pair_winner,
+    ruled_votes,
     tallies,
     worse_on_criterion,
 )
 
 KINDS = ("sft", "dpo", "openai-dpo", "kto", "hf")
 SELECTIONS = ("majority", "bt", "reference", "reward")
+#: ``adjudicated``: a lead's final label replaces the votes of an adjudicated comparison (and its flags
+#: the clinicians' flags); ``majority``: the votes alone; ``auto``: adjudicated when any adjudication
+#: exists and clinicians' judgments are selected.
+AGGREGATIONS = ("auto", "adjudicated", "majority")
 PROGRESS_EVERY = 10_000
 
 
@@ -52,6 +57,9 @@ class ExportOptions:
     rewrites: str = field(default="prefer", metadata={"help": "SFT/KTO clinician rewrites: prefer or skip"})
     reward_model: str | None = field(default=None, metadata={"help": "reward model folder (selection reward)"})
     margin: bool = field(default=True, metadata={"help": "DPO: write the optional margin column"})
+    aggregation: str = field(default="auto", metadata={
+        "help": "adjudicated (a lead's final label replaces the votes and flags of an adjudicated comparison), "
+                "majority (the votes alone) or auto (adjudicated when any adjudication exists)"})
     actor: str = field(default="cli", metadata={"help": "who ran the export (audit trail)"})
     command: list[str] = field(default_factory=list, metadata={"help": "the command line, for the manifest"})
 
@@ -72,6 +80,7 @@ class Tracker:
     def __init__(self, unit: str, progress: Callable[[int], None] | None) -> None:
         self.unit, self.dropped, self.seen, self.rows = unit, Counter(), 0, 0
         self.progress = progress
+        self.aggregation, self.adjudicated = "majority", 0  # set by _rows; comparisons a ruling decided
         # Prompts with a row in the file: the manifest lists them, so that an A/B test of a policy
         # trained on this file can leave them out (policy/abtest.py). Ids only, one per prompt.
         self.prompt_ids: set[int] = set()
@@ -130,6 +139,7 @@ def run_export(kind: str, output: str | Path, *, engine: Engine, filters: Export
         counts = {
             "unit": tracker.unit, "in": tracker.seen, "out": n_rows,
             "dropped": dict(sorted(tracker.dropped.items())), "judgments": judgment_counts,
+            "aggregation": tracker.aggregation, "adjudicated": tracker.adjudicated,
         }
         if scrubber:
             counts["pii_replaced"] = scrubber.report()
@@ -144,6 +154,8 @@ def run_export(kind: str, output: str | Path, *, engine: Engine, filters: Export
 def _check_options(kind: str, options: ExportOptions) -> None:
     if options.selection not in SELECTIONS:
         raise ExportError(f"--select {options.selection!r} is not one of {', '.join(SELECTIONS)}")
+    if options.aggregation not in AGGREGATIONS:
+        raise ExportError(f"--aggregation {options.aggregation!r} is not one of {', '.join(AGGREGATIONS)}")
     if options.rewrites not in ("prefer", "skip"):
         raise ExportError(f"--rewrites {options.rewrites!r} is not one of prefer, skip")
     if options.selection != "majority" and kind != "sft":
@@ -167,23 +179,48 @@ def _check_candidates(names: set[str | None], *, session: Any) -> None:
             raise ExportError(f"unknown candidate model {name!r} (known: {', '.join(sorted(known)) or 'none'})")
 
 
+def applied_rulings(conn: Any, filters: ExportFilters, options: ExportOptions) -> dict[int, source.Ruling]:
+    """The adjudications the export applies: none under ``majority`` or when no clinician's judgment
+    is selected (a lead's label replaces clinicians' votes, not an imported dataset's)."""
+    if options.aggregation == "majority" or not filters.parsed_sources.clinicians:
+        return {}
+    return source.rulings(conn)
+
+
+def ruled_comparisons(comparisons: list[tuple[int, int, Any]], by_pair: dict[tuple[int, int], str],
+                      tracker: Tracker | None = None) -> list[tuple[int, int, Any]]:
+    """A prompt's (a id, b id, votes) with each adjudicated comparison's votes replaced by the ruling
+    (``by_pair``: (a id, b id) → the lead's label)."""
+    out = []
+    for a_id, b_id, votes in comparisons:
+        preferred = by_pair.get((a_id, b_id))
+        if preferred is not None:
+            if tracker is not None:
+                tracker.adjudicated += 1
+            votes = ruled_votes(votes, preferred)
+        out.append((a_id, b_id, votes))
+    return out
+
+
 def _rows(kind: str, conn: Any, filters: ExportFilters, options: ExportOptions,
           progress: Callable[[int], None] | None) -> tuple[Iterator[dict[str, Any]], Tracker]:
-    flagged = source.flagged_response_ids(conn)
+    rulings = applied_rulings(conn, filters, options)
+    by_pair = {(r.a_id, r.b_id): r.preferred for r in rulings.values()}
+    flagged = source.flagged_response_ids(conn, adjudicated=bool(rulings))
     # --not-worse-on: replies worse on the criterion in some comparison are never SFT/KTO targets
     # (pairs check their own comparison's verdicts instead, in _pair_rows).
     losers = source.criterion_losers(conn, filters) if kind in ("sft", "kto") else set()
+    unit = "replies" if kind == "kto" or (kind == "sft" and options.selection == "reference") else (
+        "prompts" if kind == "sft" else "comparisons")
+    tracker = Tracker(unit, progress)
+    tracker.aggregation = "adjudicated" if rulings else "majority"
     if kind == "sft":
         if options.selection == "reference":
-            tracker = Tracker("replies", progress)
             return _reference_rows(conn, filters, options, flagged, tracker, losers), tracker
-        tracker = Tracker("prompts", progress)
-        return _sft_rows(conn, filters, options, flagged, tracker, losers), tracker
+        return _sft_rows(conn, filters, options, flagged, tracker, losers, by_pair), tracker
     if kind == "kto":
-        tracker = Tracker("replies", progress)
-        return _kto_rows(conn, filters, options, flagged, tracker, losers), tracker
-    tracker = Tracker("comparisons", progress)
-    return _pair_rows(kind, conn, filters, options, flagged, tracker), tracker
+        return _kto_rows(conn, filters, options, flagged, tracker, losers, by_pair), tracker
+    return _pair_rows(kind, conn, filters, options, flagged, tracker, by_pair), tracker
 
 
 def _system(options: ExportOptions, own: str | None) -> str | None:
@@ -191,7 +228,8 @@ def _system(options: ExportOptions, own: str | None) -> str | None:
 
 
 def _pair_rows(kind: str, conn: Any, filters: ExportFilters, options: ExportOptions, flagged: set[int],
-               tracker: Tracker) -> Iterator[dict[str, Any]]:
+               tracker: Tracker, by_pair: dict[tuple[int, int], str] | None = None) -> Iterator[dict[str, Any]]:
+    by_pair = by_pair or {}
     wanted = set(filters.candidate_models)
     total = source.count_comparisons(conn)
     judged = 0
@@ -201,6 +239,10 @@ def _pair_rows(kind: str, conn: Any, filters: ExportFilters, options: ExportOpti
         if wanted and (pair.a_model not in wanted or pair.b_model not in wanted):
             tracker.drop("candidate_filtered")
             continue
+        ruling = by_pair.get((pair.a_id, pair.b_id))
+        if ruling is not None:
+            tracker.adjudicated += 1
+            pair = replace(pair, votes=ruled_votes(pair.votes, ruling))
         winner, reason = pair_winner(pair.votes, filters)
         if winner is None:
             tracker.drop(reason)
@@ -236,7 +278,8 @@ def _pair_rows(kind: str, conn: Any, filters: ExportFilters, options: ExportOpti
 
 
 def _sft_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged: set[int],
-              tracker: Tracker, losers: set[int] = frozenset()) -> Iterator[dict[str, Any]]:
+              tracker: Tracker, losers: set[int] = frozenset(),
+              by_pair: dict[tuple[int, int], str] | None = None) -> Iterator[dict[str, Any]]:
     wanted = set(filters.candidate_models)
     scorer = _reward_scorer(options.reward_model) if options.selection == "reward" else None
     for prompt_id, messages, system in source.iter_prompts(conn):
@@ -262,7 +305,8 @@ def _sft_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged
             choice, reason = _best_of_n(scorer, prompt, [(rid, texts[rid]) for rid in sorted(eligible)])
         else:
             models = {rid: model for rid, _, model in replies}
-            comparisons = [c for c in source.prompt_comparisons(conn, prompt_id, filters)
+            comparisons = [c for c in ruled_comparisons(source.prompt_comparisons(conn, prompt_id, filters),
+                                                        by_pair or {}, tracker)
                            if not wanted or (models.get(c[0]) in wanted and models.get(c[1]) in wanted)]
             if not replies:
                 choice, reason = None, "no_replies"
@@ -294,12 +338,13 @@ def _reference_rows(conn: Any, filters: ExportFilters, options: ExportOptions, f
 
 
 def _kto_rows(conn: Any, filters: ExportFilters, options: ExportOptions, flagged: set[int],
-              tracker: Tracker, losers: set[int] = frozenset()) -> Iterator[dict[str, Any]]:
+              tracker: Tracker, losers: set[int] = frozenset(),
+              by_pair: dict[tuple[int, int], str] | None = None) -> Iterator[dict[str, Any]]:
     wanted = set(filters.candidate_models)
     for prompt_id, messages, system in source.iter_prompts(conn):
         prompt = formats.checked_conversation(messages, _system(options, system))
         replies = source.prompt_responses(conn, prompt_id)
-        comparisons = source.prompt_comparisons(conn, prompt_id, filters)
+        comparisons = ruled_comparisons(source.prompt_comparisons(conn, prompt_id, filters), by_pair or {}, tracker)
         table = tallies(comparisons)
         for rid, text, model in replies:
             tracker.step()

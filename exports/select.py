@@ -48,6 +48,16 @@ def pair_winner(votes: Votes, filters: ExportFilters) -> tuple[str | None, str]:
     return winner, "kept"
 
 
+def ruled_votes(votes: Votes, preferred: str) -> Votes:
+    """A comparison's votes once a lead adjudicated it: every vote counts for the lead's label, so
+    the label wins whatever the majority said and the vote-count filters still see as many votes.
+
+    >>> ruled_votes(Votes(a=2, b=1), "b"), ruled_votes(Votes(a=1, b=1), "both_bad")
+    (Votes(a=0, b=3, tie=0, both_bad=0), Votes(a=0, b=0, tie=0, both_bad=2))
+    """
+    return Votes(**{preferred: votes.total})
+
+
 def worse_on_criterion(verdicts: Votes, side: str) -> bool:
     """``--not-worse-on``: is reply ``side`` (``a`` or ``b``) the worse one of its comparison on the
     criterion? ``verdicts`` counts that criterion's verdicts (a, b, tie) among the judgments used (those

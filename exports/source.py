@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
 from db.models import (
+    Adjudication,
     Annotator,
     CandidateModel,
     Comparison,
@@ -29,7 +30,7 @@ from exports.filters import ExportFilters, judgment_conditions
 BATCH = 2000
 # Core tables rather than ORM classes: rows stream as plain tuples, without building model objects.
 JUDGMENTS, ANNOTATORS, COMPARISONS = Judgment.__table__, Annotator.__table__, Comparison.__table__
-VERDICTS = CriterionVerdict.__table__
+VERDICTS, ADJUDICATIONS = CriterionVerdict.__table__, Adjudication.__table__
 PROMPTS, RESPONSES, CANDIDATES = Prompt.__table__, Response.__table__, CandidateModel.__table__
 SPANS, RANKINGS = UnsafeSpan.__table__, Ranking.__table__
 
@@ -100,18 +101,43 @@ def _vote_columns() -> list[Any]:
             for value in ("a", "b", "tie", "both_bad")]
 
 
-def flagged_response_ids(conn: Connection) -> set[int]:
-    """Replies any clinician (or admin) flagged unsafe, in any comparison, whatever the filters.
+@dataclass(frozen=True)
+class Ruling:
+    """A lead's final label on one comparison (``db.adjudication``): it replaces the votes."""
+
+    comparison_id: int
+    a_id: int
+    b_id: int
+    preferred: str
+
+
+def rulings(conn: Connection) -> dict[int, Ruling]:
+    """Every adjudication by comparison id (one row per adjudicated comparison: few, held in memory)."""
+    stmt = (select(ADJUDICATIONS.c.comparison_id, COMPARISONS.c.response_a_id, COMPARISONS.c.response_b_id,
+                   ADJUDICATIONS.c.preferred)
+            .select_from(ADJUDICATIONS.join(COMPARISONS, COMPARISONS.c.id == ADJUDICATIONS.c.comparison_id)))
+    return {row[0]: Ruling(row[0], row[1], row[2], row[3]) for row in _stream(conn, stmt)}
+
+
+def flagged_response_ids(conn: Connection, *, adjudicated: bool = False) -> set[int]:
+    """Replies any clinician (or lead, or admin) flagged unsafe, in any comparison, whatever the filters.
+    ``adjudicated``: on an adjudicated comparison the lead's flags replace the clinicians' flags.
 
     The set grows with the number of flagged replies, not with the number of judgments.
     """
     flagged: set[int] = set()
     base = _judged_comparisons()
-    role = ANNOTATORS.c.role.in_(CLINICIAN_ROLES)
-    for column, flags in ((COMPARISONS.c.response_a_id, JUDGMENTS.c.flags_a),
-                          (COMPARISONS.c.response_b_id, JUDGMENTS.c.flags_b)):
-        stmt = select(column).distinct().select_from(base).where(role, _nonempty_json_list(flags))
+    terms = [ANNOTATORS.c.role.in_(CLINICIAN_ROLES)]
+    if adjudicated:
+        terms.append(JUDGMENTS.c.comparison_id.notin_(select(ADJUDICATIONS.c.comparison_id)))
+    ruled = ADJUDICATIONS.join(COMPARISONS, COMPARISONS.c.id == ADJUDICATIONS.c.comparison_id)
+    for column, flags, lead_flags in ((COMPARISONS.c.response_a_id, JUDGMENTS.c.flags_a, ADJUDICATIONS.c.flags_a),
+                                      (COMPARISONS.c.response_b_id, JUDGMENTS.c.flags_b, ADJUDICATIONS.c.flags_b)):
+        stmt = select(column).distinct().select_from(base).where(*terms, _nonempty_json_list(flags))
         flagged.update(row[0] for row in _stream(conn, stmt))
+        if adjudicated:
+            stmt = select(column).distinct().select_from(ruled).where(_nonempty_json_list(lead_flags))
+            flagged.update(row[0] for row in _stream(conn, stmt))
     return flagged
 
 
@@ -337,6 +363,6 @@ def iter_spans(conn: Connection, filters: ExportFilters) -> Iterator[SpanRow]:
                       row[10], row[11])
 
 
-__all__ = ["Votes", "PairRow", "flagged_response_ids", "iter_pairs", "iter_prompts", "prompt_responses",
-           "prompt_comparisons", "prompt_rewrite", "iter_candidate_replies", "prompt_ids_by_hash",
+__all__ = ["Votes", "PairRow", "Ruling", "rulings", "flagged_response_ids", "iter_pairs", "iter_prompts",
+           "prompt_responses", "prompt_comparisons", "prompt_rewrite", "iter_candidate_replies", "prompt_ids_by_hash",
            "prompt_judgments", "SpanRow", "iter_spans", "count_span_replies"]

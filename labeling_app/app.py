@@ -2,8 +2,8 @@
 
 This file is an edge, like the CLI: it reads the settings once per session and decides which
 pages exist for whom. Signed out: only the login page, whatever the address. Clinicians: compare,
-progress, guidelines (admin addresses show "admins only"). Admins: also the admin pages, the
-analytics dashboard among them.
+progress, guidelines (admin addresses show "admins only", the adjudication address "leads only").
+Leads: also the adjudication queue. Admins: also the admin pages, the analytics dashboard among them.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ CLINICIAN_PAGES = [
     ("progress", "My progress", ":material/trending_up:"),
     ("guidelines", "Guidelines", ":material/menu_book:"),
 ]
+#: Leads and admins: disputed comparisons and their final labels (db.adjudication).
+LEAD_PAGES = [("adjudicate", "Adjudicate", ":material/gavel:")]
 ADMIN_PAGES = [
     ("admin_progress", "Live progress", ":material/monitoring:"),
     ("admin_annotators", "Annotators", ":material/group:"),
@@ -45,18 +47,23 @@ def _aliases(file: str, title: str, names: list[str]) -> list[st.Page]:
 
 
 def pages_for(user: state.User | None) -> tuple[dict[str, list[st.Page]] | list[st.Page], str]:
-    """The navigation for a signed-out user, a clinician or an admin, and where to show it."""
+    """The navigation for a signed-out user, a clinician, a lead or an admin, and where to show it."""
     admin_names = [name for name, _title, _icon in ADMIN_PAGES]
+    lead_names = [name for name, _title, _icon in LEAD_PAGES]
     other_names = [name for name, _title, _icon in CLINICIAN_PAGES if name != "compare"]
     if user is None:
         login = _page("login", "Log in", ":material/login:", HOME, default=True)
-        return [login, *_aliases("login", "Log in", other_names + admin_names)], "hidden"
+        return [login, *_aliases("login", "Log in", other_names + lead_names + admin_names)], "hidden"
     labeling = [_page(name, title, icon, HOME if name == "compare" else name, default=name == "compare")
                 for name, title, icon in CLINICIAN_PAGES]
-    if not user.is_admin:
-        return {"Labeling": labeling + _aliases("forbidden", "Admins only", admin_names)}, "sidebar"
-    admin = [_page(name, title, icon, name) for name, title, icon in ADMIN_PAGES]
-    return {"Labeling": labeling, "Admin": admin}, "sidebar"
+    lead = [_page(name, title, icon, name) for name, title, icon in LEAD_PAGES]
+    if user.is_admin:
+        admin = [_page(name, title, icon, name) for name, title, icon in ADMIN_PAGES]
+        return {"Labeling": labeling, "Lead": lead, "Admin": admin}, "sidebar"
+    forbidden_admin = _aliases("forbidden", "Admins only", admin_names)
+    if user.may_adjudicate:
+        return {"Labeling": labeling + forbidden_admin, "Lead": lead}, "sidebar"
+    return {"Labeling": labeling + forbidden_admin + _aliases("leads_only", "Leads only", lead_names)}, "sidebar"
 
 
 def main() -> None:

@@ -5,9 +5,10 @@ Compare page: 1 A better, 2 B better, 3 tie, 4 both bad, q/w/e strength slightly
 u undo; per-criterion rows: z A better, x tie, c B better on the current row, j/k next/previous row.
 Ranking page: the replies' numbers 1..K in order of preference (best first), ``=`` then a number ties
 that reply with the previous one, Backspace takes back the last step, Enter submits, ``s`` skips.
+Adjudication page: the compare page's 1-4 and q/w/e on its own widget keys ``adj_…``.
 Keys are ignored while typing in a text field or with a modifier key held, and wherever their page's
 widgets are absent (both pages' listeners may live in one window after navigating: the compare
-page's widget keys are ``choice-…``/``skip-…``, the ranking page's ``rank_…``).
+page's widget keys are ``choice-…``/``skip-…``, the ranking page's ``rank_…``, the adjudication page's ``adj_…``).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ RANK_SHORTCUTS = {
     "s": ("click", "rank_skip"),
 }
 
+#: Adjudication page: the compare page's keys on its own widget keys (``adj_…``), so that the compare
+#: page's listener, alive in the same window after navigating, never fires here, nor this one there.
+ADJUDICATE_SHORTCUTS = {key: (action[0], f"adj_{action[1]}", *action[2:])
+                        for key, action in SHORTCUTS.items() if key not in ("s", "u")}
+
+ADJUDICATE_HELP = "Keys: **1** A better · **2** B better · **3** tie · **4** both bad · " \
+                  "**q/w/e** slightly/clearly/much (the final label)"
+
 RANK_HELP = ("Keys: press the replies' numbers best first · **=** then a number: tie with the previous · "
              "**Backspace** undo the last step · **Enter** submit · **s** skip")
 
@@ -102,3 +111,12 @@ def rank_script() -> str:
     True
     """
     return script("rank", RANK_SHORTCUTS)
+
+
+def adjudicate_script() -> str:
+    """The adjudication page's shortcuts.
+
+    >>> '"2": ["click", "adj_choice-right"]' in adjudicate_script() and '"s"' not in adjudicate_script()
+    True
+    """
+    return script("adjudicate", ADJUDICATE_SHORTCUTS)

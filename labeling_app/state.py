@@ -39,6 +39,13 @@ class User:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def may_adjudicate(self) -> bool:
+        """Leads and admins see the adjudication queue (``db.adjudication.ADJUDICATOR_ROLES``)."""
+        from db.adjudication import ADJUDICATOR_ROLES
+
+        return self.role in ADJUDICATOR_ROLES
+
 
 @st.cache_resource(show_spinner=False)
 def get_engine(database_url: str, writer_queue: bool = True) -> Engine:
@@ -177,6 +184,15 @@ def require_admin() -> User:
     user = require_user()
     if not user.is_admin:
         st.error("This page is for admins only.")
+        st.stop()
+    return user
+
+
+def require_adjudicator() -> User:
+    """The signed-in lead or admin, or stop the page (the router already hides it from others)."""
+    user = require_user()
+    if not user.may_adjudicate:
+        st.error("This page is for leads and admins only.")
         st.stop()
     return user
 

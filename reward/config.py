@@ -11,6 +11,7 @@ from trl import RewardConfig
 
 from db.rules import Sources
 from reward.errors import RewardError
+from reward.pairs import AGGREGATIONS
 from reward.resources import EMBEDDED_BASE, accelerator_present, cpu_supports_bf16, gpu_supports_bf16
 from therapref.config_cli import load_config as load_dataclass
 
@@ -18,8 +19,8 @@ from therapref.config_cli import load_config as load_dataclass
 THERAPREF_FIELDS = (
     "base_model", "sources", "aggregation", "margin_mapping", "guideline_versions", "eval_fraction",
     "min_context_tokens", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "length_feature", "temperature", "num_threads", "freeze_layers", "head_only", "head_l2", "packing", "ensemble",
-    "criterion",
+    "length_feature", "temperature", "num_threads", "freeze_layers", "head_only", "head_l2", "likelihood", "packing",
+    "ensemble", "criterion",
 )
 #: Training fields worth recording next to ours.
 RECORDED_TRAINING_FIELDS = (
@@ -46,8 +47,11 @@ class TheraRewardConfig(RewardConfig):
         "help": "Whose judgments become pairs: 'clinicians' (role clinician/admin), 'imported' (source annotators "
                 "import:<dataset>), 'both', 'judges' (model judges judge:<name>; never included unless asked), "
                 "'all', or annotators by name (import:DATASET, judge:NAME); comma-separated (db.rules.Sources)."})
-    aggregation: str = field(default="judgment", metadata={
-        "help": "'judgment': one pair per A/B vote; 'majority': one pair per comparison with a strict majority."})
+    aggregation: str = field(default="auto", metadata={
+        "help": "'judgment': one pair per A/B vote; 'majority': one pair per comparison with a strict majority; "
+                "'adjudicated': a lead's final label replaces the clinicians' votes on adjudicated comparisons, "
+                "the others by majority; 'auto' (default): 'adjudicated' when the selected data holds an "
+                "adjudication, else 'judgment'."})
     margin_mapping: str | None = field(default=None, metadata={
         "help": "Strength→margin mapping for TRL's margin loss, e.g. '1:0,2:0.5,3:1' or 'linear'; off by default."})
     criterion: str | None = field(default=None, metadata={
@@ -84,6 +88,11 @@ class TheraRewardConfig(RewardConfig):
                 "best with the smollm2 base (docs/reward.md, 'Generalisation'); it is also the fastest on a CPU."})
     head_l2: float = field(default=1.0, metadata={
         "help": "head_only: L2 penalty on the head's weights (features standardised; larger is simpler)."})
+    likelihood: bool = field(default=False, metadata={
+        "help": "head_only with a decoder base: one more feature, the reply's mean log-probability under the base "
+                "causal LM given the conversation (read in the same forward pass; the LM head is kept with the "
+                "model, so scoring, evaluation, judges and best-of-n compute it alike). docs/reward.md has the "
+                "held-out figures."})
     packing: bool | None = field(default=None, metadata={
         "help": "Padding-free batches for BERT-style bases (the embedded default): the sequences of a batch are "
                 "laid end to end and each attends only to itself; about 2x (256 tokens) to 2.5x (512) the pairs/s "
@@ -122,13 +131,15 @@ class TheraRewardConfig(RewardConfig):
         if self.output_dir is None:
             raise RewardError("an output folder is required (--output DIR)")
         Sources.parse(self.sources)  # a bad value fails here, before any data is read
-        if self.aggregation not in ("judgment", "majority"):
-            raise RewardError(f"aggregation must be 'judgment' or 'majority', not {self.aggregation!r}")
+        if self.aggregation not in ("auto", *AGGREGATIONS):
+            raise RewardError(f"aggregation must be one of auto, {', '.join(AGGREGATIONS)}, not {self.aggregation!r}")
         if not 1 <= self.ensemble <= 64:
             raise RewardError(f"ensemble must be between 1 and 64 members, not {self.ensemble}")
         if self.head_only and (self.use_lora or self.ensemble > 1):
             raise RewardError("head_only fits one deterministic head: it cannot be combined with "
                               + ("use_lora" if self.use_lora else "an ensemble (its members would be identical)"))
+        if self.likelihood and not self.head_only:
+            raise RewardError("likelihood is a feature of head_only training: add head_only (--head-only)")
         if self.head_l2 < 0:
             raise RewardError(f"head_l2 must be 0 or more, not {self.head_l2}")
         if not 0.0 <= self.eval_fraction < 1.0:

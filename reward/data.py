@@ -10,9 +10,9 @@ from sqlmodel import Session, select
 
 from db.criteria import known_criterion_names, verdicts_by_judgment
 from db.models import Annotator, Comparison, Judgment, Prompt, Response
-from db.rules import prompt_conversation
+from db.rules import Sources, prompt_conversation
 from reward.errors import RewardError
-from reward.pairs import PairStats, PreferencePair, Vote, build_pairs, messages_key
+from reward.pairs import PairStats, PreferencePair, Ruling, Vote, build_pairs, messages_key
 
 
 def prompt_messages(prompt: Prompt) -> tuple[tuple[str, str], ...]:
@@ -52,24 +52,53 @@ def load_votes(*, session: Session, criterion: str | None = None) -> list[Vote]:
     return votes
 
 
+def load_rulings(*, session: Session) -> dict[int, Ruling]:
+    """The leads' final labels (``db.adjudication``) by comparison id."""
+    from db.adjudication import adjudications
+
+    return {cid: Ruling(row.preferred, row.strength, tuple(row.flags_a or ()), tuple(row.flags_b or ()))
+            for cid, row in adjudications(session=session).items()}
+
+
+def resolve_aggregation(aggregation: str, rulings: dict[int, Ruling], votes: Sequence[Vote],
+                        sources: str | Sequence[str] | Sources) -> str:
+    """``auto``: ``adjudicated`` when a selected clinicians' comparison has a ruling, else ``judgment``;
+    any other name as it is.
+
+    >>> v = [Vote(1, "p", (), "x", "y", "a")]
+    >>> resolve_aggregation("auto", {1: Ruling("b")}, v, "clinicians"), resolve_aggregation("auto", {}, v, "both")
+    ('adjudicated', 'judgment')
+    >>> ruled = {1: Ruling("b")}
+    >>> resolve_aggregation("auto", ruled, v, "imported"), resolve_aggregation("majority", ruled, v, "all")
+    ('judgment', 'majority')
+    """
+    if aggregation != "auto":
+        return aggregation
+    ruled = Sources.parse(sources).clinicians and any(v.comparison_id in rulings for v in votes)
+    return "adjudicated" if ruled else "judgment"
+
+
 def pairs_from_db(
     *,
     session: Session,
-    aggregation: str = "judgment",
+    aggregation: str = "auto",
     margin_mapping: dict[int, float] | None = None,
     sources: str | Sequence[str] = "clinicians",
     guideline_versions: Sequence[int] | None = None,
     criterion: str | None = None,
 ) -> tuple[list[PreferencePair], PairStats]:
     """Pairs from the stored judgments (see :func:`reward.pairs.build_pairs` for the rules); with
-    ``criterion``, from that criterion's verdicts (an unknown name is an error that lists the known ones)."""
+    ``criterion``, from that criterion's verdicts (an unknown name is an error that lists the known ones);
+    ``aggregation="auto"`` resolves through :func:`resolve_aggregation` (``stats.aggregation`` says which)."""
     if criterion is not None:
         known = known_criterion_names(session=session)
         if criterion not in known:
             raise RewardError(f"unknown criterion {criterion!r} (known: {', '.join(known) or 'none'})")
-    return build_pairs(load_votes(session=session, criterion=criterion), aggregation=aggregation,
+    votes = load_votes(session=session, criterion=criterion)
+    rulings = load_rulings(session=session)
+    return build_pairs(votes, aggregation=resolve_aggregation(aggregation, rulings, votes, sources),
                        margin_mapping=margin_mapping, sources=sources, guideline_versions=guideline_versions,
-                       criterion=criterion)
+                       criterion=criterion, rulings=rulings)
 
 
 def read_preference_file(path: str | Path, *, format: str | None = None, margins: bool = True) -> list[PreferencePair]:

@@ -101,17 +101,25 @@ class Encoder:
 
     def encode(self, items: Sequence[tuple[Sequence[tuple[str, str]], str]]) -> tuple[list[list[int]], list[bool]]:
         """Token ids for many (messages, reply) items; each distinct text is tokenised once."""
+        ids, truncated, _ = self.encode_spans(items)
+        return ids, truncated
+
+    def encode_spans(self, items: Sequence[tuple[Sequence[tuple[str, str]], str]]
+                     ) -> tuple[list[list[int]], list[bool], list[int]]:
+        """:meth:`encode`, and where each row's reply begins (its tokens run from there to the end,
+        the template's closing tokens included): what the likelihood feature reads."""
         splits = [self._split(messages, reply) for messages, reply in items]
         unique = sorted({text for pair in splits for text in pair})
         ids = dict(zip(unique, self._ids(unique), strict=True))
         budget = self.max_length - len(self.prefix) - len(self.middle) - len(self.suffix)
-        out, truncated = [], []
+        out, truncated, starts = [], [], []
         for context, reply in splits:
             ctx_ids, reply_ids, cut = fit(ids[context], ids[reply], budget, self.min_context_tokens)
             middle = self.middle if (ctx_ids or self.layout == "pair") else []
             out.append(self.prefix + ctx_ids + middle + reply_ids + self.suffix)
             truncated.append(cut)
-        return out, truncated
+            starts.append(len(self.prefix) + len(ctx_ids) + len(middle))
+        return out, truncated, starts
 
 
 def padded_batches(ids: Sequence[Sequence[int]], *, pad_token_id: int, batch_size: int) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,12 @@ def evaluate_model(
     format: str | None = None,
     batch_size: int = 32,
     model: RewardModel | None = None,
+    progress: Callable[[int], Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model folder on ``data`` ('db' or a preference file); write JSON/Markdown/PNG.
 
-    Returns the report with ``files`` (where it was written) added.
+    ``progress``, when given, is a factory ``progress(total)`` of a context-managed counter (a tqdm bar)
+    that is advanced by the replies scored. Returns the report with ``files`` (where it was written) added.
     """
     from reward.data import read_preference_file
     from reward.report import write_report
@@ -65,7 +68,11 @@ def evaluate_model(
     if not pairs:
         raise RewardError(f"no preference pairs to evaluate in {'the database' if data == 'db' else data}"
                           + (" (every prompt was used for training)" if data == "db" else ""))
-    chosen, rejected = model.score_pairs(pairs, batch_size=batch_size)
+    if progress is None:
+        chosen, rejected = model.score_pairs(pairs, batch_size=batch_size)
+    else:
+        with progress(2 * len(pairs) * model.n_members) as bar:
+            chosen, rejected = model.score_pairs(pairs, batch_size=batch_size, progress=bar.update)
     report = evaluation_report(pairs, chosen, rejected)
     report["data"] = what
     report["model"] = str(model_dir)

@@ -18,6 +18,20 @@ from db.rules import CLINICIAN_ROLES, Sources, majority_label, reply_length
 from reward.errors import RewardError
 
 CLINICIANS = "clinicians"
+#: ``judgment``: a pair per A/B vote; ``majority``: a pair per comparison; ``adjudicated``: a lead's final
+#: label replaces the clinicians' votes where there is one, the rest by majority. ``auto`` (the config's
+#: default) is ``adjudicated`` when the selected data holds an adjudication, else ``judgment``.
+AGGREGATIONS = ("judgment", "majority", "adjudicated")
+
+
+@dataclass(frozen=True)
+class Ruling:
+    """A lead's final label for one comparison (``db.models.Adjudication``), as pairs use it."""
+
+    preferred: str
+    strength: int | None = None
+    flags_a: tuple[str, ...] = ()
+    flags_b: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,9 @@ class PairStats:
     comparisons: int = 0
     by_source: dict[str, int] = field(default_factory=dict)
     no_criterion_verdict: int = 0
+    #: The aggregation used (``auto`` resolved) and the comparisons whose pair came from an adjudication.
+    aggregation: str = ""
+    adjudicated: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -144,8 +161,9 @@ def margin_for(strength: int | None, mapping: Mapping[int, float] | None) -> flo
     return float(mapping.get(int(strength), 0.0))
 
 
-def unsafe_responses(votes: Iterable[Vote]) -> set[Any]:
-    """Replies that any clinician flagged (any safety flag) in any judgment: never ``chosen``.
+def unsafe_responses(votes: Iterable[Vote], rulings: Mapping[int, Ruling] | None = None) -> set[Any]:
+    """Replies that any clinician flagged (any safety flag) in any judgment: never ``chosen``. On a
+    comparison with a ruling (``rulings``, by comparison id) the ruling's flags replace the votes' flags.
 
     A reply is identified by its response id, or by its text when it has none (files).
 
@@ -154,14 +172,19 @@ def unsafe_responses(votes: Iterable[Vote]) -> set[Any]:
     [10]
     >>> unsafe_responses([Vote(1, "p", (), "x", "y", "a", 10, 11, flags_a=("toxic",), role="source")])
     set()
+    >>> sorted(unsafe_responses([v], {1: Ruling("a", flags_b=("toxic",))}))
+    [11]
     """
+    rulings = rulings or {}
     flagged: set[Any] = set()
     for vote in votes:
         if vote.role not in CLINICIAN_ROLES:
             continue
-        if vote.flags_a:
+        ruling = rulings.get(vote.comparison_id) if vote.comparison_id is not None else None
+        flags_a, flags_b = (ruling.flags_a, ruling.flags_b) if ruling else (vote.flags_a, vote.flags_b)
+        if flags_a:
             flagged.add(_reply_id(vote.response_a_id, vote.text_a))
-        if vote.flags_b:
+        if flags_b:
             flagged.add(_reply_id(vote.response_b_id, vote.text_b))
     return flagged
 
@@ -217,6 +240,7 @@ def build_pairs(
     sources: str | Sequence[str] | Sources = "both",
     guideline_versions: Sequence[int] | None = None,
     criterion: str | None = None,
+    rulings: Mapping[int, Ruling] | None = None,
 ) -> tuple[list[PreferencePair], PairStats]:
     """Turn votes into preference pairs.
 
@@ -228,7 +252,11 @@ def build_pairs(
     - ``sources`` (``db.rules.Sources``) and ``guideline_versions`` filter votes before anything else;
     - ``criterion``: pairs from that criterion's verdicts instead of the overall preference
       (``criterion_votes``; votes without a verdict on it are counted as ``no_criterion_verdict``); the
-      safety rule above still holds, flags being read from every vote.
+      safety rule above still holds, flags being read from every vote;
+    - ``aggregation="adjudicated"``: on a comparison with a lead's ruling (``rulings``, by comparison id;
+      only while clinicians' votes are selected) the ruling replaces the votes: one pair when it prefers A
+      or B (margin from its strength), none for tie / both bad, and its flags replace the votes' flags;
+      every other comparison by majority.
 
     >>> p = (("user", "I feel low"),)
     >>> votes = [Vote(1, "p1", p, "long kind reply", "ok", "a", 1, 2, strength=3),
@@ -241,13 +269,17 @@ def build_pairs(
     >>> pairs, stats = build_pairs(votes, aggregation="majority", margin_mapping={1: 0.0, 3: 1.0})
     >>> [(q.chosen, q.margin) for q in pairs], stats.no_majority
     ([('long kind reply', 0.5)], 2)
+    >>> pairs, stats = build_pairs(votes, aggregation="adjudicated", rulings={1: Ruling("b", strength=3)})
+    >>> [(q.chosen, q.comparison_id) for q in pairs], stats.adjudicated
+    ([('ok', 1)], 1)
     """
-    if aggregation not in ("judgment", "majority"):
-        raise RewardError(f"aggregation must be 'judgment' or 'majority', not {aggregation!r}")
+    if aggregation not in AGGREGATIONS:
+        raise RewardError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, not {aggregation!r}")
     wanted = Sources.parse(sources)
     votes = list(votes)
-    stats = PairStats()
-    unsafe = unsafe_responses(votes)
+    stats = PairStats(aggregation=aggregation)
+    applied = dict(rulings or {}) if aggregation == "adjudicated" and wanted.clinicians else {}
+    unsafe = unsafe_responses(votes, applied)
     if criterion is not None:
         votes, stats.no_criterion_verdict = criterion_votes(votes, criterion)
         stats.votes += stats.no_criterion_verdict
@@ -261,6 +293,10 @@ def build_pairs(
         else:
             kept.append(vote)
     pairs: list[PreferencePair] = []
+    if applied:
+        ruled = [v for v in kept if v.comparison_id in applied]
+        kept = [v for v in kept if v.comparison_id not in applied]
+        pairs.extend(_ruled_pairs(ruled, applied, margin_mapping, stats))
     if aggregation == "judgment":
         for vote in kept:
             if vote.preferred == "tie":
@@ -285,7 +321,7 @@ def build_pairs(
             winners = [v for v in group if v.preferred == top]
             margin = sum(_vote_margin(v, margin_mapping) for v in winners) / len(winners)
             pairs.append(_pair(winners[0], top, margin))
-    stats.comparisons = len({v.comparison_id for v in kept})
+    stats.comparisons = len({v.comparison_id for v in kept}) + stats.adjudicated
     safe = []
     for pair in pairs:
         if _reply_id(pair.chosen_id, pair.chosen) in unsafe:
@@ -295,6 +331,26 @@ def build_pairs(
     stats.pairs = len(safe)
     stats.by_source = dict(Counter(p.source for p in safe))
     return safe, stats
+
+
+def _ruled_pairs(ruled: Sequence[Vote], rulings: Mapping[int, Ruling], margin_mapping: Mapping[int, float] | None,
+                 stats: PairStats) -> list[PreferencePair]:
+    """One pair per adjudicated comparison that prefers A or B (its votes only carry the texts)."""
+    first: dict[int, Vote] = {}
+    for vote in ruled:
+        first.setdefault(vote.comparison_id, vote)
+    pairs = []
+    for comparison_id, vote in first.items():
+        ruling = rulings[comparison_id]
+        stats.adjudicated += 1
+        if ruling.preferred == "tie":
+            stats.ties += 1
+        elif ruling.preferred == "both_bad":
+            stats.both_bad += 1
+        else:
+            pairs.append(replace(_pair(vote, ruling.preferred, margin_for(ruling.strength, margin_mapping)),
+                                 source=CLINICIANS))
+    return pairs
 
 
 def split_by_prompt(

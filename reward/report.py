@@ -115,6 +115,9 @@ def model_card(meta: dict[str, Any], report: dict[str, Any] | None) -> str:
         "```python", "from reward import RewardModel", f"rm = RewardModel.load({meta.get('path', '.')!r})",
         'rm.score([{"role": "user", "content": "I feel low"}], "That sounds hard. What happened?")', "```", "",
     ]
+    if meta.get("likelihood_weight") is not None:
+        lines += [f"Likelihood feature: the network's output includes {meta['likelihood_weight']:.3f} × the reply's "
+                  "mean log-probability under the base model (head-only, `--likelihood`).", ""]
     if meta.get("length_weight"):
         lines += [f"Hybrid score: network × {meta.get('network_scale', 1.0):.3f} + "
                   f"{meta['length_weight']:.3f} × log(1 + words(reply)).", ""]

@@ -49,6 +49,8 @@ class TrainRun:
 
     result: TrainResult
     run_id: int | None
+    #: How the judgments became pairs (``auto`` resolved) and how many comparisons a lead adjudicated.
+    pair_stats: PairStats | None = None
 
 
 def train_and_record(settings: Mapping[str, Any], *, open_database: Callable[[], Engine],
@@ -71,7 +73,8 @@ def train_and_record(settings: Mapping[str, Any], *, open_database: Callable[[],
                      provenance=training.provenance())
     if not result.is_main_process:
         return TrainRun(result=result, run_id=None)
-    return TrainRun(result=result, run_id=record_training(result, engine=engine, data=training, actor=actor))
+    return TrainRun(result=result, run_id=record_training(result, engine=engine, data=training, actor=actor),
+                    pair_stats=training.stats)
 
 
 def load_training_data(data: str, config: TheraRewardConfig, *, engine: Engine) -> TrainingData:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,9 @@ class RewardModel:
     """A sequence-classification reward model, its tokenizer and TheraPref's encoding of inputs.
 
     ``score`` = network output × ``network_scale`` + ``length_weight`` × log(1 + words(reply)); the
-    last two are 1 and 0 unless the model was trained with ``length_feature``.
+    last two are 1 and 0 unless the model was trained with ``length_feature``. A head-only model trained
+    with ``likelihood`` has the reply's mean log-probability under the base (``lm_head``, the base's LM
+    head) times ``likelihood_weight`` in its network output (``reward/likelihood.py``).
     """
 
     model: Any
@@ -50,6 +52,8 @@ class RewardModel:
     length_weight: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
     path: str = ""
+    lm_head: Any = None
+    likelihood_weight: float | None = None
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | None = None, dtype: Any = None) -> RewardModel | RewardEnsemble:
@@ -73,15 +77,26 @@ class RewardModel:
         enc = meta.get("encoder", {})
         encoder = Encoder(tokenizer, max_length=int(enc.get("max_length", 512)),
                           min_context_tokens=int(enc.get("min_context_tokens", 64)), layout=enc.get("layout", ""))
+        likelihood_weight = meta.get("likelihood_weight")
+        lm_head = None
+        if likelihood_weight is not None:
+            from reward.likelihood import load_lm_head
+
+            lm_head = load_lm_head(model, path)
         return cls(model=model, tokenizer=tokenizer, encoder=encoder,
                    network_scale=float(meta.get("network_scale", 1.0)),
-                   length_weight=float(meta.get("length_weight", 0.0)), meta=meta, path=str(path))
+                   length_weight=float(meta.get("length_weight", 0.0)), meta=meta, path=str(path),
+                   lm_head=lm_head, likelihood_weight=None if likelihood_weight is None else float(likelihood_weight))
 
-    def network_scores(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[float]:
-        """Raw network outputs for (messages, reply) items, batched by length."""
+    def network_scores(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32,
+                       progress: Callable[[int], None] | None = None) -> list[float]:
+        """Raw network outputs for (messages, reply) items, batched by length; ``progress`` is called with
+        the number of items scored after every batch."""
         import torch
 
         frozen = [(messages_key(m) if m and isinstance(m[0], Mapping) else tuple(m or ()), r) for m, r in items]
+        if self.lm_head is not None:
+            return self._likelihood_scores(frozen, batch_size=batch_size, progress=progress)
         ids, _ = self.encoder.encode(frozen)
         scores = [0.0] * len(ids)
         device = _device_for(self.model)
@@ -91,13 +106,31 @@ class RewardModel:
                 logits = self.model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
                 for row, i in enumerate(chunk):
                     scores[i] = float(logits[row, 0].float())
+                if progress is not None:
+                    progress(len(chunk))
         return scores
 
-    def score_batch(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[float]:
+    def _likelihood_scores(self, items: Sequence[tuple[Any, str]], *, batch_size: int,
+                           progress: Callable[[int], None] | None) -> list[float]:
+        """The reward head on the head's input plus ``likelihood_weight`` × the reply's mean log-probability,
+        both read by ``reward.probe.reply_features`` (the features the head was fitted on)."""
+        from reward.probe import head_module, reply_features
+
+        features, _ = reply_features(self.model, self.encoder, items, pad_token_id=self.tokenizer.pad_token_id or 0,
+                                     lm_head=self.lm_head, batch_size=batch_size, progress=progress)
+        head = head_module(self.model)
+        weights = head.weight.detach().double().cpu()[0]
+        raw = features[:, :-1] @ weights + float(self.likelihood_weight) * features[:, -1]
+        if head.bias is not None:
+            raw = raw + float(head.bias.detach()[0])
+        return [float(v) for v in raw]
+
+    def score_batch(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32,
+                    progress: Callable[[int], None] | None = None) -> list[float]:
         """Rewards for many (messages, reply) items; messages are role/content dicts or (role, content)."""
         if not items:
             return []
-        raw = self.network_scores(items, batch_size=batch_size)
+        raw = self.network_scores(items, batch_size=batch_size, progress=progress)
         return [self.network_scale * r + self.length_weight * math.log1p(reply_length(reply))
                 for r, (_, reply) in zip(raw, items, strict=True)]
 
@@ -105,9 +138,10 @@ class RewardModel:
         """The reward of one reply to a conversation."""
         return self.score_batch([(messages, reply)])[0]
 
-    def score_pairs(self, pairs: Sequence[PreferencePair], *, batch_size: int = 32) -> tuple[list[float], list[float]]:
+    def score_pairs(self, pairs: Sequence[PreferencePair], *, batch_size: int = 32,
+                    progress: Callable[[int], None] | None = None) -> tuple[list[float], list[float]]:
         scores = self.score_batch([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, progress=progress)
         return scores[:len(pairs)], scores[len(pairs):]
 
     @property
@@ -117,6 +151,14 @@ class RewardModel:
     def member_scores(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[list[float]]:
         """Rewards per member: one list for a single model (an ensemble has one per member)."""
         return [self.score_batch(items, batch_size=batch_size)]
+
+
+def progress_bar(total: int, what: str = "Scoring replies") -> Any:
+    """The progress bar of a long read of replies (replies read, per second, time left), shown as TRL's
+    training bar is, also when the output is not a terminal (a log file)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="reply", disable=False, mininterval=2.0, dynamic_ncols=True)
 
 
 def check_model_folder(path: str | Path) -> Path:
@@ -168,23 +210,26 @@ class RewardEnsemble:
     def n_members(self) -> int:
         return len(self.members)
 
-    def member_scores(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[list[float]]:
-        """Rewards per member: ``[member][item]``."""
-        return [member.score_batch(items, batch_size=batch_size) for member in self.members]
+    def member_scores(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32,
+                      progress: Callable[[int], None] | None = None) -> list[list[float]]:
+        """Rewards per member: ``[member][item]`` (``progress`` counts every member's items)."""
+        return [member.score_batch(items, batch_size=batch_size, progress=progress) for member in self.members]
 
-    def score_batch(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32) -> list[float]:
+    def score_batch(self, items: Sequence[tuple[Any, str]], *, batch_size: int = 32,
+                    progress: Callable[[int], None] | None = None) -> list[float]:
         """The members' mean reward per item."""
         if not items:
             return []
-        per_member = self.member_scores(items, batch_size=batch_size)
+        per_member = self.member_scores(items, batch_size=batch_size, progress=progress)
         return [sum(column) / len(column) for column in zip(*per_member, strict=True)]
 
     def score(self, messages: Any, reply: str) -> float:
         return self.score_batch([(messages, reply)])[0]
 
-    def score_pairs(self, pairs: Sequence[PreferencePair], *, batch_size: int = 32) -> tuple[list[float], list[float]]:
+    def score_pairs(self, pairs: Sequence[PreferencePair], *, batch_size: int = 32,
+                    progress: Callable[[int], None] | None = None) -> tuple[list[float], list[float]]:
         scores = self.score_batch([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs],
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, progress=progress)
         return scores[:len(pairs)], scores[len(pairs):]
 
 

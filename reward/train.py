@@ -190,6 +190,8 @@ class FittedModel:
     pairs_per_second: float
     losses: list[float]
     network: Any = None  # the fitted model when there is no trainer
+    lm_head: Any = None  # head-only with the likelihood feature: the base's LM head (reward/likelihood.py)
+    likelihood_weight: float | None = None  # … and the fitted weight of the reply's mean log-probability
 
     @property
     def global_step(self) -> int:
@@ -377,7 +379,8 @@ def _trained_reward_model(config: TheraRewardConfig, fitted: FittedModel) -> Rew
     if config.use_lora and fitted.trainer is not None:
         network = network.merge_and_unload()
     network.eval()
-    return RewardModel(model=network, tokenizer=fitted.tokenizer, encoder=fitted.encoder, path=str(config.output_dir))
+    return RewardModel(model=network, tokenizer=fitted.tokenizer, encoder=fitted.encoder, path=str(config.output_dir),
+                       lm_head=fitted.lm_head, likelihood_weight=fitted.likelihood_weight)
 
 
 def run_meta(config: TheraRewardConfig, plan: TrainingPlan, fitted: FittedModel, rm: RewardModel, *,
@@ -387,7 +390,7 @@ def run_meta(config: TheraRewardConfig, plan: TrainingPlan, fitted: FittedModel,
     return {
         "format": 1, "base_model": config.base_model, "base_model_path": plan.base, "path": str(config.output_dir),
         "encoder": fitted.encoder.describe(), "network_scale": rm.network_scale, "length_weight": rm.length_weight,
-        "config": config.therapref_dict(),
+        "likelihood_weight": rm.likelihood_weight, "config": config.therapref_dict(),
         "train_prompt_keys": sorted({p.prompt_key for p in trained_on}),
         "eval_prompt_keys": sorted({p.prompt_key for p in plan.held}),
         "data": {**(provenance or {}), "n_pairs": len(trained_on) + len(plan.held),
@@ -410,6 +413,10 @@ def save_artifacts(rm: RewardModel, config: TheraRewardConfig, meta: dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     rm.model.save_pretrained(out)
     rm.tokenizer.save_pretrained(out)
+    if rm.lm_head is not None:
+        from reward.likelihood import save_lm_head
+
+        save_lm_head(rm.model, rm.lm_head, out)
     (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     (out / "train_config.json").write_text(config.to_json_string())
     files = {"model": str(out), "config": str(out / "train_config.json")}

@@ -208,3 +208,21 @@ def test_every_owned_name_is_defined_in_its_owner_only():
         if others:
             problems.append(f"{idea!r}: {name} is owned by {module} but also defined in {', '.join(others)}")
     assert not problems, "\n".join(problems)
+
+
+# "One style" (docs/architecture.md): ORM queries are ``session.exec(select(...))``; the app's hot path
+# runs prebuilt Core statements and says so where it does.
+CORE_QUERY_MODULES = {"db/assignment.py", "db/queue.py"}
+
+
+def test_queries_use_session_exec_outside_the_hot_path():
+    offenders = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            relative = path.relative_to(ROOT).as_posix()
+            if relative in CORE_QUERY_MODULES:
+                continue
+            text = path.read_text(encoding="utf-8")
+            for match in re.finditer(r"session\.execute\(\s*select\(", text):
+                offenders.append(f"{relative}:{text.count(chr(10), 0, match.start()) + 1}")
+    assert not offenders, f"session.execute(select(...)) instead of session.exec: {offenders}"

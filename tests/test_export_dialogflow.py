@@ -356,3 +356,47 @@ def test_an_empty_intent_is_filled_and_a_flagged_original_replaced(engine, sqlit
     assert b"I\\u0027m" in files["intents/Hello there.json"]
     manifest = json.loads((tmp_path / "tiny v2.zip.manifest.json").read_text())
     assert manifest["counts"]["pii_replaced"]["phone"] == 1
+
+
+def test_a_lead_adjudication_replaces_the_votes_and_flags(engine, sqlite_url, tmp_path):
+    """One intent, two clinicians preferring a generated reply over the original, one of them flagging
+    it: by the votes the flag keeps it out; a lead's adjudication (preferred, no flag) lets it in, and
+    ``--aggregation majority`` still reads the votes alone."""
+    from db.adjudication import record_adjudication
+    from db.auth import create_annotator
+    from db.crud import add_comparison, add_response, get_or_create_candidate
+
+    agent = tmp_path / "tiny agent.zip"
+    intent = {"id": "x", "name": "Unsafe", "fallbackIntent": False,
+              "responses": [{"messages": [{"type": "0", "lang": "en", "speech": ["Just stop eating."]}]}]}
+    with zipfile.ZipFile(agent, "w") as z:
+        z.writestr("agent.json", json.dumps({"displayName": "Tiny", "language": "en"}))
+        z.writestr("intents/Unsafe.json", json.dumps(intent, indent=2))
+        z.writestr("intents/Unsafe_usersays_en.json", json.dumps([{"data": [{"text": "I want to lose weight"}]}]))
+    assert run("import", "prompts", agent, "--db", sqlite_url).exit_code == 0
+    with Session(engine) as session:
+        prompt = session.exec(select(Prompt)).one()
+        bot = session.exec(select(CandidateModel).where(CandidateModel.name == "dialogflow:Tiny")).one()
+        original = session.exec(select(Response).where(Response.candidate_model_id == bot.id)).one()
+        gen, _ = get_or_create_candidate("gen", session=session, provider="local", model_id="m")
+        reply, _ = add_response(prompt, gen, "What makes you want that?", session=session)
+        comparison, _ = add_comparison(reply, original, session=session, judgments_required=2)
+        side = "a" if comparison.response_a_id == reply.id else "b"
+        lee = create_annotator("dr.lee", "correct-horse-battery", session=session)
+        ray = create_annotator("dr.ray", "correct-horse-battery", session=session)
+        lead = create_annotator("dr.lead", "correct-horse-battery", session=session, role="lead")
+        add_judgment(comparison, lee, side, session=session)
+        add_judgment(comparison, ray, side, session=session, **{f"flags_{side}": ["harmful_advice"]})
+        session.commit()
+        votes = run("export", "dialogflow", "--agent", agent, "-o", tmp_path / "votes.zip", "--db", sqlite_url)
+        assert "0 of 1 intents changed" in votes.output, votes.output
+        record_adjudication(comparison.id, session=session, lead_id=lead.id, preferred=side, note="Safe question.")
+        session.commit()
+    ruled = run("export", "dialogflow", "--agent", agent, "-o", tmp_path / "ruled.zip", "--db", sqlite_url)
+    assert "1 of 1 intents changed" in ruled.output, ruled.output
+    assert _speech(entries(tmp_path / "ruled.zip"), "Unsafe") == ["What makes you want that?"]
+    manifest = json.loads((tmp_path / "ruled.zip.manifest.json").read_text())
+    assert (manifest["counts"]["aggregation"], manifest["counts"]["adjudications"]) == ("adjudicated", 1)
+    majority = run("export", "dialogflow", "--agent", agent, "-o", tmp_path / "majority.zip", "--db", sqlite_url,
+                   "--aggregation", "majority")
+    assert "0 of 1 intents changed" in majority.output, majority.output

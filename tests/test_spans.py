@@ -1,4 +1,4 @@
-"""Unsafe spans on a real SQLite file and a real PostgreSQL server: migration 0012 up and down with
+"""Unsafe spans on a real SQLite file and a real PostgreSQL server: migration 0013 up and down with
 data, spans written with their judgment or ranking (checked first: a span outside the text writes
 nothing), undo removes them, ``spans_for_comparison`` for leads, per-kind counts."""
 
@@ -130,8 +130,8 @@ def test_ranking_spans_are_stored_with_the_ranking_and_shown_on_its_pairs(any_en
         assert {c.flag: c.spans for c in span_counts(session=session)}["dismissive"] == 1
 
 
-def test_migration_0012_up_and_down_with_data(any_db_url):
-    """Up: the span, calibration and setting tables match the models; down to 0011: they go, the
+def test_migration_0013_up_and_down_with_data(any_db_url):
+    """Up: the span, calibration and setting tables match the models; down to 0012: they go, the
     judgments and rankings stay; up again: empty tables that work."""
     from alembic import command
     from alembic.autogenerate import compare_metadata
@@ -155,8 +155,8 @@ def test_migration_0012_up_and_down_with_data(any_db_url):
         assert connection.execute(text("SELECT count(*) FROM unsafespan")).scalar() == 1
         before = [tuple(r) for r in connection.execute(text(
             "SELECT comparison_id, annotator_id, preferred, flags_a, flags_b FROM judgment ORDER BY id"))]
-    command.downgrade(alembic_config(engine), "0011")
-    assert current_revision(engine) == "0011"
+    command.downgrade(alembic_config(engine), "0012")
+    assert current_revision(engine) == "0012"
     assert not {"unsafespan", "calibrationitem", "appsetting"} & set(inspect(engine).get_table_names())
     with engine.connect() as connection:
         after = [tuple(r) for r in connection.execute(text(

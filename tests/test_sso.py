@@ -75,7 +75,7 @@ def test_bad_auth_tables_are_one_clear_line(tmp_path, table, message):
 @pytest.mark.parametrize(("table", "message"), [
     ('[auth]\nclient_id = "tp"\n', "[auth] issuer is missing"),
     ('[auth]\nissuer = "https://idp"\nclient_id = "tp"\nroles = {"staff" = "superuser"}\n',
-     "[auth] roles.staff: unknown role 'superuser' (known: clinician, admin)"),
+     "[auth] roles.staff: unknown role 'superuser' (known: clinician, lead, admin)"),
 ])
 def test_therapref_app_refuses_a_bad_auth_table_and_writes_nothing(tmp_path, monkeypatch, table, message):
     monkeypatch.chdir(tmp_path)
@@ -97,9 +97,12 @@ def test_therapref_app_without_the_client_secret_is_one_line(tmp_path, monkeypat
     assert not (tmp_path / "therapref.db").exists()
 
 
-def test_role_mapping_rejects_unknown_roles():
-    with pytest.raises(SsoConfigError, match="unknown role 'lead'"):
-        RoleMapping("groups", {"leads": "lead"})
+def test_role_mapping_knows_lead_and_rejects_unknown_roles():
+    mapping = RoleMapping("groups", {"therapists": "clinician", "leads": "lead", "it-admins": "admin"})
+    assert mapping.role_for({"groups": ["therapists", "leads"]}) == "lead"  # between clinician and admin
+    assert mapping.role_for({"groups": ["leads", "it-admins"]}) == "admin"
+    with pytest.raises(SsoConfigError, match="unknown role 'chief'"):
+        RoleMapping("groups", {"chiefs": "chief"})
 
 
 # --- accounts ---------------------------------------------------------------------------------------

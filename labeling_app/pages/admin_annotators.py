@@ -6,6 +6,7 @@ import streamlit as st
 
 from db.accounts import account_rows, add_account, reset_account_password, set_account_active
 from db.errors import TheraPrefError
+from db.rules import LOGIN_ROLES
 from labeling_app import state
 
 admin = state.require_admin()
@@ -33,7 +34,8 @@ with add, st.form("add_annotator", clear_on_submit=True):
     username = st.text_input("Username", key="new_username")
     display_name = st.text_input("Display name", key="new_display_name")
     credential = st.text_input("Credential (e.g. LCSW, PsyD)", key="new_credential")
-    role = st.selectbox("Role", ["clinician", "admin"], key="new_role")
+    role = st.selectbox("Role", list(LOGIN_ROLES), key="new_role",
+                        help="A lead judges like a clinician and also adjudicates disputed pairs.")
     new_password = st.text_input("Initial password (min. 8 characters)", type="password", key="new_password")
     if st.form_submit_button("Add annotator", type="primary", key="add_submit"):
         _run(lambda s: add_account(username, new_password, session=s, actor=admin.username, role=role,

@@ -103,7 +103,7 @@ def backup(
 def annotators_add(
     username: str,
     db: DbOption = None,
-    role: Annotated[str, typer.Option(help="clinician or admin")] = "clinician",
+    role: Annotated[str, typer.Option(help="clinician, lead (also adjudicates disputed pairs) or admin")] = "clinician",
     display_name: Annotated[str, typer.Option(help="Name shown in the app.")] = "",
     credential: Annotated[str, typer.Option(help='Clinical credential, e.g. "LCSW".')] = "",
     password_stdin: Annotated[bool, typer.Option(help="Read the password from standard input.")] = False,

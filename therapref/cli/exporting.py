@@ -95,6 +95,9 @@ def export(
     margin: Annotated[bool, typer.Option(help="DPO: write the optional margin column.")] = True,
     agent: Annotated[Optional[Path], typer.Option(
         help="dialogflow: the Dialogflow ES agent zip to copy with the preferred replies.")] = None,
+    aggregation: Annotated[str, typer.Option(
+        help="adjudicated: a lead's final label replaces the votes and flags of an adjudicated comparison; "
+             "majority: the votes alone; auto (default): adjudicated when any adjudication exists.")] = "auto",
 ) -> None:
     """Export training data: SFT, DPO (TRL), OpenAI preference, KTO, an HF dataset folder, a copy of a
     Dialogflow ES agent whose intents answer with the preferred replies (dialogflow --agent ZIP), or the
@@ -106,7 +109,7 @@ def export(
         options = ExportOptions(
             force=force, scrub_pii=scrub_pii, system_prompt=system_prompt, selection=select.value,
             reference_candidate=reference_candidate, prefer_source=prefer_source, rewrites=rewrites,
-            reward_model=str(reward_model) if reward_model else None, margin=margin,
+            reward_model=str(reward_model) if reward_model else None, margin=margin, aggregation=aggregation,
             command=command_line(ctx),
         )
         if (kind is Kind.dialogflow) != (agent is not None):
@@ -136,6 +139,9 @@ def export(
     if "spans" in counts:
         per_flag = ", ".join(f"{k} {v:,}" for k, v in counts["spans_per_flag"].items())
         typer.echo(f"Spans: {counts['spans']:,} ({per_flag}).")
+    if counts.get("aggregation") == "adjudicated":
+        typer.echo(f"Aggregation: adjudicated ({counts['adjudicated']:,} adjudicated comparisons: the lead's label "
+                   "replaces the votes).")
     if "pii_replaced" in counts:
         pii = ", ".join(f"{k} {v:,}" for k, v in counts["pii_replaced"].items())
         typer.echo(f"PII replaced: {pii}.")

@@ -17,8 +17,8 @@ TRAIN_FLAGS = ConfigFlags(
     "reward.config:TheraRewardConfig",
     ("base_model", Flag("num_train_epochs", "epochs"), "max_length", "sources", "aggregation", "margin_mapping",
      "guideline_versions", "eval_fraction", "seed", "learning_rate", Flag("per_device_train_batch_size", "batch_size"),
-     "max_steps", Flag("use_lora", "lora"), "lora_r", "length_feature", "temperature", "head_only", "packing",
-     "ensemble", "criterion"),
+     "max_steps", Flag("use_lora", "lora"), "lora_r", "length_feature", "temperature", "head_only", "likelihood",
+     "packing", "ensemble", "criterion"),
     panel="Training settings (also in --config FILE)")
 
 
@@ -44,6 +44,11 @@ def _train(
     if trained.run_id is None:  # another process of `accelerate launch`: the main one reports
         return
     result = trained.result
+    if trained.pair_stats is not None:
+        stats = trained.pair_stats
+        typer.echo(f"Aggregation: {stats.aggregation}" + (
+            f" ({stats.adjudicated} adjudicated comparisons: the lead's label replaces the votes)"
+            if stats.aggregation == "adjudicated" else "") + ".")
     typer.echo(f"Trained on {result.n_train} pairs ({result.n_truncated} truncated to max_length, none dropped); "
                f"held out {result.n_eval}; {result.pairs_per_second:.1f} pairs/s.")
     if result.report:
@@ -70,14 +75,16 @@ def _evaluate(
     from db.engine import read_only_engine, session_scope
     from db.json_values import nan_to_none
     from reward.evaluate import evaluate_model
+    from reward.scoring import progress_bar
 
     with errors():
         if data == "db":
             engine = open_engine(db)
             with session_scope(read_only_engine(engine)) as session:
-                report = evaluate_model(model_dir, data=data, session=session, output=output, format=format)
+                report = evaluate_model(model_dir, data=data, session=session, output=output, format=format,
+                                        progress=progress_bar)
         else:
-            report = evaluate_model(model_dir, data=data, output=output, format=format)
+            report = evaluate_model(model_dir, data=data, output=output, format=format, progress=progress_bar)
     if as_json:
         typer.echo(json.dumps(nan_to_none(report), sort_keys=True))
         return

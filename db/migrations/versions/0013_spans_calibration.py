@@ -1,8 +1,8 @@
 """Unsafe spans (characters of a reply a clinician marked unsafe, with the flag kind), the calibration
 set (gold comparisons a lead chose, with a note) and admin settings (the calibration threshold).
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-03
 
 New tables only: existing judgments, rankings and gold answers are untouched either way. A downgrade
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
