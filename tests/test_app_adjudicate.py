@@ -10,7 +10,8 @@ from streamlit.testing.v1 import AppTest
 
 from db.auth import create_annotator
 from db.crud import add_judgment
-from db.models import Adjudication, AuditEvent
+from db.models import Adjudication, AuditEvent, Response
+from db.spans import SpanMark, insert_spans
 from labeling_app.state import USER_KEY, User
 from tests.app_helpers import APP
 from tests.factories import HOSTILE_NAME, PASSWORD, make_database
@@ -26,8 +27,9 @@ def app_db(sqlite_url, monkeypatch):
         hostile = create_annotator("hostile", PASSWORD, session=session, display_name=HOSTILE_NAME)
         c0 = project.comparisons[0]
         add_judgment(c0, project.clinicians[0], "a", session=session, strength=2, rationale="A validates.")
-        add_judgment(c0, hostile, "b", session=session, strength=1, rationale="**B** <b>is</b> concrete.",
-                     flags_a=["dismissive"])
+        marked, _ = add_judgment(c0, hostile, "b", session=session, strength=1, rationale="**B** <b>is</b> concrete.",
+                                 flags_a=["dismissive"])
+        insert_spans({c0.response_a_id: [SpanMark(0, 4, "dismissive")]}, session=session, judgment_id=marked.id)
         session.commit()
     monkeypatch.setenv("THERAPREF_DATABASE_URL", sqlite_url)
     yield engine, project, lead
@@ -53,6 +55,9 @@ def test_lead_sees_names_and_adjudicates(app_db):
     texts = [t.value for t in at.text]
     assert "A validates." in texts and "**B** <b>is</b> concrete." in texts  # rationales as plain text
     assert any("Flags on A: Dismissive or invalidating" in t for t in texts)
+    with Session(engine) as session:
+        words = session.get(Response, project.comparisons[0].response_a_id).text[:4]
+    assert f"“{words}” (0–4): Dismissive or invalidating · hostile" in texts  # the marked words, for leads
     screen = f"c{cid}"
     at.radio(key=f"adj_strength-{screen}").set_value(3)
     at.text_area(key=f"adj_note-{screen}").input("B is concrete; A is fine too.")

@@ -1,6 +1,7 @@
 """Leads: disputed comparisons, oldest first. The conversation, both replies as the comparison's own
-A and B (not blinded), every clinician's judgment with its rationale and flags (names included: this
-page is for leads and admins only), and a form for the final label; keys as on the compare page."""
+A and B (not blinded) with the words clinicians marked unsafe, every clinician's judgment with its
+rationale and flags (names included: this page is for leads and admins only), and a form for the
+final label; keys as on the compare page."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import streamlit as st
 
 from db.adjudication import AdjudicationError, Dispute, adjudication_queue, dispute, record_adjudication
 from db.models import SAFETY_FLAGS
+from db.spans import StoredSpan, spans_for_comparison
 from labeling_app import state
 from labeling_app.conversation import show_conversation
 from labeling_app.keyboard import ADJUDICATE_HELP, adjudicate_script
@@ -42,10 +44,15 @@ def _on_submit(comparison_id: int, screen: str, preferred: str) -> None:
     state.flash("success", f"Comparison {comparison_id} adjudicated: {PREFERRED[preferred]}.")
 
 
-def _reply(column, label: str, text: str, side: str, screen: str) -> None:
+def _reply(column, label: str, text: str, side: str, screen: str, spans: list[StoredSpan]) -> None:
     with column, st.container(border=True):
         st.subheader(label)
         state.inert_text(text)
+        if spans:
+            # The words clinicians marked unsafe, quoted as plain text (never HTML), with who marked them.
+            st.caption(f"Unsafe words marked ({len(spans)})")
+            st.text("\n".join(f"“{span.quote}” ({span.start}–{span.end}): {SAFETY_FLAGS.get(span.flag, span.flag)}"
+                              f" · {span.username}" for span in spans))
         st.pills("Final safety flags", options=list(SAFETY_FLAGS), format_func=SAFETY_FLAGS.get,
                  selection_mode="multi", key=f"adj_flags_{side}-{screen}")
 
@@ -74,6 +81,7 @@ def adjudication_panel() -> None:
     with state.read_session() as session:
         queue = adjudication_queue(session=session)
         view = dispute(queue[0], session=session) if queue else None
+        spans = spans_for_comparison(view.comparison_id, session=session) if view else []
     if view is None:
         st.success("No disputed pairs are waiting for adjudication.")
         return
@@ -82,8 +90,8 @@ def adjudication_panel() -> None:
     show_conversation(view.messages, view.system_prompt)
     with st.form(f"adj_form-{screen}", border=False, enter_to_submit=False):
         left, right = st.columns(2)
-        _reply(left, "Response A", view.text_a, "left", screen)
-        _reply(right, "Response B", view.text_b, "right", screen)
+        _reply(left, "Response A", view.text_a, "left", screen, [s for s in spans if s.side == "a"])
+        _reply(right, "Response B", view.text_b, "right", screen, [s for s in spans if s.side == "b"])
         _judgments(view)
         st.subheader("Final label")
         st.radio("How much better? (for A or B; keys q / w / e)", options=list(STRENGTHS),
