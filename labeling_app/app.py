@@ -3,7 +3,8 @@
 This file is an edge, like the CLI: it reads the settings once per session and decides which
 pages exist for whom. Signed out: only the login page, whatever the address. Clinicians: compare,
 progress, guidelines (admin addresses show "admins only", the adjudication address "leads only").
-Leads: also the adjudication queue. Admins: also the admin pages, the analytics dashboard among them.
+Leads: also the adjudication queue and the calibration set. Admins: also the admin pages, the
+analytics dashboard among them.
 """
 
 from __future__ import annotations
@@ -25,15 +26,16 @@ CLINICIAN_PAGES = [
     ("progress", "My progress", ":material/trending_up:"),
     ("guidelines", "Guidelines", ":material/menu_book:"),
 ]
-#: Leads and admins: disputed comparisons and their final labels (db.adjudication).
-LEAD_PAGES = [("adjudicate", "Adjudicate", ":material/gavel:")]
+#: Leads and admins: disputed comparisons and their final labels (db.adjudication); the calibration set
+#: new clinicians judge first (db.calibration; admins also set its threshold there).
+LEAD_PAGES = [("adjudicate", "Adjudicate", ":material/gavel:"),
+              ("admin_calibration", "Calibration", ":material/school:")]
 ADMIN_PAGES = [
     ("admin_progress", "Live progress", ":material/monitoring:"),
     ("admin_annotators", "Annotators", ":material/group:"),
     ("admin_data", "Data", ":material/database:"),
     ("admin_dashboard", "Analytics", ":material/insights:"),  # agreement, quality, leaderboard
     ("admin_audit", "Audit log", ":material/history:"),  # who did what, when (db.audit)
-    ("admin_calibration", "Calibration", ":material/school:"),  # onboarding (db.calibration)
 ]
 
 
