@@ -22,10 +22,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 #: A letter per flag kind (none of the pages' own shortcut keys; they wait while marking anyway).
 FLAG_LETTERS = {"misses_risk": "r", "harmful_advice": "h", "dismissive": "d", "toxic": "t", "boundary": "b",
                 "factual_error": "f"}
-HELP = ("Unsafe words: select them with the mouse, then a kind; or Tab to a reply, **←/→** move by word, "
-        "**Shift+←/→** extend, a kind's letter marks (" + " · ".join(
-            f"**{letter}** {SAFETY_FLAGS[flag].lower()}" for flag, letter in FLAG_LETTERS.items())
-        + "), **Delete** removes, **Esc** leaves")
+HELP = ("Unsafe words: select them (the mouse, or Tab to a reply then **←/→**, **Shift+←/→**), then a kind's "
+        "button or letter · **Delete** removes · **Esc** leaves")
 
 
 @cache

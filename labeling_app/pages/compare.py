@@ -227,6 +227,6 @@ def judging_panel() -> None:
 state.require_user()
 st.title("Which reply is better?")
 st.caption(HELP)
-st.caption(SPANS_HELP)
 judging_panel()
+st.caption(SPANS_HELP)  # below the panel: the decision controls stay above the fold
 st.html(compare_script(), unsafe_allow_javascript=True)

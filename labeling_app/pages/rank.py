@@ -169,6 +169,6 @@ def ranking_panel() -> None:
 state.require_user()
 st.title("Rank the replies, best first")
 st.caption(RANK_HELP)
-st.caption(SPANS_HELP)
 ranking_panel()
+st.caption(SPANS_HELP)  # below the panel: the decision controls stay above the fold
 st.html(rank_script(), unsafe_allow_javascript=True)

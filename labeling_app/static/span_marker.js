@@ -124,6 +124,8 @@ export default function (component) {
     body.replaceChildren.apply(body, pieces);
     const has = Boolean(selection);
     for (const flag in buttons) { buttons[flag].disabled = !has; }
+    // The kinds appear only with a selection: an unmarked reply takes no more room than its text.
+    tools.style.display = has ? '' : 'none';
     status.textContent = has ? 'Mark “' + quote(selection) + '” as:' : 'Select words, then a kind:';
     list.replaceChildren();
     spans.forEach(function (s) {
