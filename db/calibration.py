@@ -170,9 +170,12 @@ def calibration_queue(annotator_id: Any, *, limit: int = 25) -> Any:
     """The calibration items a clinician has neither judged nor skipped, in serving order (a statement
     of comparison ids; empty for annotators outside ``CALIBRATED_ROLES``)."""
     role = select(Annotator.id).where(Annotator.id == annotator_id, Annotator.role.in_(CALIBRATED_ROLES))
+    # The items drive the query (EXISTS, not a join): joined, SQLite walked all comparisons instead
+    # (7 ms per fetch at 100k comparisons, with no calibration set at all; bench/app_queries.py).
+    gold = select(Comparison.id).where(Comparison.id == CalibrationItem.comparison_id,
+                                       Comparison.gold_answer.is_not(None))
     return (select(CalibrationItem.comparison_id)
-            .join(Comparison, Comparison.id == CalibrationItem.comparison_id)
-            .where(exists(role), Comparison.gold_answer.is_not(None), ~_judged(annotator_id), ~_skipped(annotator_id))
+            .where(exists(role), exists(gold), ~_judged(annotator_id), ~_skipped(annotator_id))
             .order_by(CalibrationItem.position, CalibrationItem.id).limit(limit))
 
 
