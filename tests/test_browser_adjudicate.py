@@ -1,12 +1,9 @@
 """The adjudication page in a real Chromium (Playwright) against ``streamlit run``: a lead adjudicates
 two disputed pairs by keyboard only (shortcut keys, Tab into the note), while hostile HTML in a reply,
 a rationale, an annotator's name and the lead's own note stays inert text. Screenshot:
-test-output/app/adjudicate.png (and /work/screens/adjudicate.png when that folder exists)."""
+test-output/app/adjudicate.png."""
 
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -22,7 +19,6 @@ pytestmark = pytest.mark.browser
 
 XSS_RATIONALE = "<img src=x onerror=\"window.__xss = 3\"> **bold?** <script>window.__xss = 4;</script>"
 XSS_NOTE = "<script>window.__xss = 5;</script> <b>final</b>"
-SCREENS = Path("/work/screens")
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +84,6 @@ def test_lead_adjudicates_by_keyboard_and_hostile_text_is_inert(app):
     page.wait_for_timeout(500)
     page.screenshot(path=str(OUTPUT / "adjudicate.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 1000})
-    if SCREENS.is_dir():
-        shutil.copy(OUTPUT / "adjudicate.png", SCREENS / "adjudicate.png")
 
     # Pair 2 by keyboard only: Tab to the note, type it, Tab out of it, then "1" (A is better).
     for _ in range(120):

@@ -1,11 +1,9 @@
 """Onboarding by calibration in real Chromium against ``streamlit run``: a new clinician judges the
 calibration set first, by keyboard only, and sees the expected answer and the lead's note (hostile
 markup in the note stays inert text) after each; below the admin's threshold real work waits; the
-admin's calibration page shows the accuracy. Screenshots go to /work/screens/."""
+admin's calibration page shows the accuracy. Screenshots go to test-output/app/ like the other browser tests'."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -13,12 +11,12 @@ from sqlmodel import Session
 
 from analytics.gold import set_gold
 from db.calibration import add_calibration_item, set_calibration_threshold
-from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, current_screen, login, running_app
+from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, current_screen, login, running_app
 from tests.factories import PASSWORD, make_database
 
 pytestmark = pytest.mark.browser
 
-SCREENS = Path("/work/screens")
+SCREENS = OUTPUT  # screenshots beside the other browser tests'
 NOTE = "A names the feeling; B dismisses it. <img src=x onerror=\"window.__xss = 3\">"
 
 

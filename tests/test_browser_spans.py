@@ -2,11 +2,9 @@
 of a hostile reply by mouse (drag, then a kind's button) and words of the other reply by keyboard only
 (Tab, arrows, Shift+arrows, a kind's letter), then judges by keyboard; on the ranking page by keyboard
 only. The spans are stored with the judgment or ranking at the right offsets; the XSS payloads stay
-inert text, inside the marks too. Screenshots go to /work/screens/."""
+inert text, inside the marks too. Screenshots go to test-output/app/ like the other browser tests'."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
@@ -22,7 +20,7 @@ from tests.factories import PASSWORD, XSS_REPLY, make_database, user
 
 pytestmark = pytest.mark.browser
 
-SCREENS = Path("/work/screens")
+SCREENS = OUTPUT  # screenshots beside the other browser tests'
 RANKED = "Honestly, just get over it 😤 and stop complaining."
 # Mouse-drag over the characters [start, end) of the reply whose text contains ``needle``.
 DRAG_JS = """([needle, start, end]) => {
