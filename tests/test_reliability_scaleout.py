@@ -24,9 +24,9 @@ from tests.reliability_helpers import (
     assert_sound,
     cli_env,
     count,
-    tiny_reward_base,
     wait_until,
 )
+from tests.tiny_models import tiny_reward_base
 
 pytestmark = pytest.mark.slow
 
