@@ -127,3 +127,15 @@ def judge_left_in_app(at: AppTest, count: int, *, strength: int = 2) -> None:
         at.radio(key=f"strength-{screen}").set_value(strength)
         at.button(key=f"choice-left-{screen}").click().run()
         assert not at.exception
+
+
+def signed_in_app(annotator, script: Path = APP, *, timeout: float = 60) -> AppTest:
+    """An AppTest of ``script`` (the router by default, or one page run directly) with ``annotator``
+    already signed in (the session's user, as the login page leaves it); not yet run."""
+    from streamlit.testing.v1 import AppTest
+
+    from labeling_app.state import USER_KEY, User
+
+    at = AppTest.from_file(str(script), default_timeout=timeout)
+    at.session_state[USER_KEY] = User(annotator.id, annotator.username, annotator.display_name, annotator.role)
+    return at

@@ -12,8 +12,7 @@ from db.auth import create_annotator
 from db.crud import add_judgment
 from db.models import Adjudication, AuditEvent, Response
 from db.spans import SpanMark, insert_spans
-from labeling_app.state import USER_KEY, User
-from tests.app_helpers import APP
+from tests.app_helpers import APP, signed_in_app
 from tests.factories import HOSTILE_NAME, PASSWORD, make_database
 
 TIMEOUT = 60
@@ -37,8 +36,7 @@ def app_db(sqlite_url, monkeypatch):
 
 
 def _app(user) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state[USER_KEY] = User(user.id, user.username, user.display_name, user.role)
+    at = signed_in_app(user, timeout=TIMEOUT)
     return at.run()
 
 
@@ -92,9 +90,7 @@ def test_clinician_cannot_open_it(app_db):
     at.switch_page("pages/leads_only.py").run()
     assert [e.value for e in at.error][0].startswith("This page is for leads and admins only.")
     assert not [b for b in at.button if (b.key or "").startswith("adj_choice-")]
-    direct = AppTest.from_file(str(APP.parent / "pages" / "adjudicate.py"), default_timeout=TIMEOUT)
-    clin = project.clinicians[0]
-    direct.session_state[USER_KEY] = User(clin.id, clin.username, clin.display_name, clin.role)
+    direct = signed_in_app(project.clinicians[0], APP.parent / "pages" / "adjudicate.py", timeout=TIMEOUT)
     direct.run()
     assert [e.value for e in direct.error] == ["This page is for leads and admins only."]
     assert not [b for b in direct.button if (b.key or "").startswith("adj_choice-")]

@@ -11,8 +11,7 @@ from streamlit.testing.v1 import AppTest
 from db.auth import create_annotator
 from db.calibration import calibration_items
 from db.models import AuditEvent
-from labeling_app.state import USER_KEY, User
-from tests.app_helpers import APP
+from tests.app_helpers import APP, signed_in_app
 from tests.factories import PASSWORD, make_database
 
 TIMEOUT = 60
@@ -30,8 +29,7 @@ def app_db(sqlite_url, monkeypatch):
 
 
 def _page(user) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state[USER_KEY] = User(user.id, user.username, user.display_name, user.role)
+    at = signed_in_app(user, timeout=TIMEOUT)
     at.run()
     return at.switch_page("pages/admin_calibration.py").run()
 
@@ -67,13 +65,11 @@ def test_an_admin_also_sets_the_threshold(app_db):
 def test_a_clinician_cannot_open_it(app_db):
     _engine, project, _lead = app_db
     clin = project.clinicians[0]
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-    at.session_state[USER_KEY] = User(clin.id, clin.username, clin.display_name, clin.role)
+    at = signed_in_app(clin, timeout=TIMEOUT)
     at.run()
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         at.switch_page("pages/admin_calibration.py")
-    direct = AppTest.from_file(str(APP.parent / "pages" / "admin_calibration.py"), default_timeout=TIMEOUT)
-    direct.session_state[USER_KEY] = User(clin.id, clin.username, clin.display_name, clin.role)
+    direct = signed_in_app(clin, APP.parent / "pages" / "admin_calibration.py", timeout=TIMEOUT)
     direct.run()
     assert [e.value for e in direct.error] == ["This page is for leads and admins only."]
     assert not [h for h in direct.subheader if h.value == "Calibration set"]
