@@ -92,9 +92,18 @@ SCREEN_JS = """() => {
 }"""
 
 
+def wait_for_keys(page, name: str, timeout: float = 60_000) -> None:
+    """Wait until the page ``name``'s keyboard listener is installed (labeling_app/keyboard.py). Its
+    script comes after the widgets, so on a loaded machine a pair can be on screen a while before a
+    key would do anything."""
+    page.wait_for_function(f"() => window.__therapref_keys_{name} === true", timeout=timeout)
+
+
 def current_screen(page, timeout: float = 60_000) -> str:
-    """The opaque id of the pair on screen, as its widget keys carry it (waits until a pair is shown)."""
+    """The opaque id of the pair on screen, as its widget keys carry it (waits until a pair is shown
+    and the compare page's keys work)."""
     page.wait_for_function(SCREEN_JS, timeout=timeout)
+    wait_for_keys(page, "compare", timeout)
     return page.evaluate(SCREEN_JS)
 
 

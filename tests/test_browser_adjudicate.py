@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from db.auth import create_annotator
 from db.crud import add_judgment
 from db.models import Adjudication
-from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, login, running_app
+from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, login, running_app, wait_for_keys
 from tests.factories import HOSTILE_NAME, PASSWORD, make_database
 
 pytestmark = pytest.mark.browser
@@ -48,6 +48,7 @@ def app(tmp_path_factory):
 
 def _wait_for_pair(page, comparison_id: int) -> None:
     page.locator(f".st-key-adj_choice-left-c{comparison_id} button").wait_for(timeout=60_000)
+    wait_for_keys(page, "adjudicate")
 
 
 def test_lead_adjudicates_by_keyboard_and_hostile_text_is_inert(app):

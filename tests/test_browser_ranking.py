@@ -15,7 +15,7 @@ from sqlmodel import Session
 from db.crud import add_response, get_or_create_candidate, get_or_create_prompt
 from db.models import CandidateModel, Comparison, Judgment, Ranking, RankingReservation, RankingTask
 from db.rankings import add_ranking_task, shown_order_for
-from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, login, running_app
+from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, login, running_app, wait_for_keys
 from tests.factories import PASSWORD, make_database
 
 pytestmark = pytest.mark.browser
@@ -61,6 +61,7 @@ def _open_rank_page(page, base_url: str) -> None:
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Rank replies").click()
     page.get_by_role("heading", name="Rank the replies, best first").wait_for(timeout=60_000)
     page.get_by_text("Reply 3", exact=True).wait_for(timeout=60_000)
+    wait_for_keys(page, "rank")
 
 
 def _press(page, key: str, expect: str) -> None:

@@ -15,7 +15,16 @@ from db.crud import add_response, get_or_create_candidate, get_or_create_prompt
 from db.models import Annotator, Judgment, Ranking
 from db.rankings import add_ranking_task
 from db.spans import spans_of
-from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, current_screen, login, running_app, wait_for_new_pair
+from tests.app_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    OUTPUT,
+    current_screen,
+    login,
+    running_app,
+    wait_for_keys,
+    wait_for_new_pair,
+)
 from tests.factories import PASSWORD, XSS_REPLY, make_database, user
 
 pytestmark = pytest.mark.browser
@@ -150,6 +159,7 @@ def test_mark_spans_by_keyboard_on_the_ranking_page(app):
     login(page, app["url"], "clin1", PASSWORD)
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name="Rank replies").click()
     page.get_by_text(RANKED).wait_for(timeout=60_000)
+    wait_for_keys(page, "rank")
     page.locator("h1").first.click()
     _tab_to(page, RANKED)
     # Words: Honestly, | just | get | over | it | 😤 … → → then Shift+→ ×2 selects "get over it".
