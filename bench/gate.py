@@ -1,4 +1,6 @@
-"""Judge-gate benchmark: the coverage the guarantee gives, on a synthetic pool of simulated clinicians.
+"""Judge-gate benchmark: the coverage the guarantee gives, on a synthetic pool of simulated clinicians
+(the default, ``--data synthetic``) or on the simulated pool of sampled replies with a real reward-model
+judge (``--data simulated``: ``bench/gate_simulated.py`` says how it is built).
 
 A synthetic pool, not real judgments: each comparison has a hidden better reply and a difficulty d
 drawn uniformly from [0, 1]; a simulated clinician picks the better reply with probability
@@ -20,6 +22,7 @@ is the realised error, which the guarantee holds at or below alpha (for the targ
 
     .venv/bin/python bench/gate.py                     # 3 judges × alpha 0.1 and 0.05, 200 seeds
     .venv/bin/python bench/gate.py --calibration 100 --clinicians 2 --seeds 50
+    .venv/bin/python bench/gate.py --data simulated    # the reward judge on the simulated pool, 20 seeds
 """
 
 from __future__ import annotations
@@ -124,6 +127,8 @@ def mean_sd(values: Sequence[float]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", choices=("synthetic", "simulated"), default="synthetic",
+                        help="synthetic judges of known accuracy, or the reward judge on the simulated pool")
     parser.add_argument("--judges", default="0.15,0.3,0.45,coin60", help="judges' slopes w (comma-separated) or coin60")
     parser.add_argument("--alphas", default="0.1,0.05", help="confidence levels 1 - alpha to run")
     parser.add_argument("--calibration", type=int, default=200, help="comparisons judged by --clinicians clinicians")
@@ -131,13 +136,96 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clinicians", type=int, default=3, help="clinicians per calibration comparison")
     parser.add_argument("--noise", type=float, default=0.1, help="sd of the noise on the judge's confidence")
     parser.add_argument("--min-calibration", type=int, default=30, help="the gate's --min-calibration")
-    parser.add_argument("--seeds", type=int, default=200, help="pools per judge for coverage and realised error")
+    parser.add_argument("--seeds", type=int, help="pools per judge (synthetic, default 200) or clinicians' draws "
+                        "(simulated, default 20)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    return parser.parse_args(argv)
+    simulated = parser.add_argument_group("--data simulated")
+    simulated.add_argument("--questions", type=int, default=100, help="Counsel Chat questions sampled")
+    simulated.add_argument("--replies", type=int, default=6, help="replies sampled per question")
+    simulated.add_argument("--max-tokens", type=int, default=80, help="tokens per sampled reply")
+    simulated.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    simulated.add_argument("--sampler", default="embedded", help="the sampling model: embedded or a GGUF file")
+    simulated.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "bench-active",
+                           help="where the sampled replies are kept (shared with bench/active.py)")
+    simulated.add_argument("--counsel-chat", type=Path, default=ROOT.parent / "shared" / "data" / "counsel_chat.csv",
+                           help="Counsel Chat CSV")
+    simulated.add_argument("--judge-fraction", type=float, default=0.5,
+                           help="share of the questions whose pairs train the judge (the rest are gated)")
+    simulated.add_argument("--calibration-share", type=float, default=0.3,
+                           help="share of the gated comparisons judged by --clinicians clinicians")
+    simulated.add_argument("--base-model", default="embedded", help="the judge's reward base model")
+    simulated.add_argument("--judge-epochs", type=float, default=10.0, help="the judge's training epochs")
+    simulated.add_argument("--judge-steps", type=int, help="optimizer steps instead of --judge-epochs")
+    simulated.add_argument("--judge-lr", type=float, default=3e-4, help="the judge's learning rate")
+    simulated.add_argument("--max-length", type=int, default=128, help="tokens per (conversation, reply)")
+    simulated.add_argument("--threads", type=int, help="CPU threads for torch")
+    args = parser.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 200 if args.data == "synthetic" else 20
+    return args
+
+
+def main_simulated(args: argparse.Namespace) -> int:
+    """``--data simulated``: train the reward judge once, then gate it over ``--seeds`` draws of clinicians."""
+    from bench import gate_simulated as gs
+    from bench.simulated_pool import PoolSettings, judged_pairs, load_or_sample
+
+    settings = PoolSettings(questions=args.questions, replies=args.replies, max_tokens=args.max_tokens,
+                            temperature=args.temperature, model=args.sampler, threads=args.threads or 1)
+    groups = load_or_sample(args.counsel_chat, settings, args.cache_dir)
+    train_groups, gated_groups = gs.split_questions(groups, args.judge_fraction)
+    pairs = judged_pairs(train_groups, noisy=True, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        model = gs.train_judge(pairs, args, Path(tmp) / "judge")
+        comparisons = gs.judged(model, gs.comparisons_of(gated_groups))
+    clean = judged_pairs(gated_groups, noisy=False)
+    print(f"simulated pool: {len(groups)} questions × {args.replies} replies; the judge (reward model, "
+          f"{args.base_model}) trained on {len(pairs)} decided clinician pairs of {len(train_groups)} questions; "
+          f"{len(comparisons)} comparisons of {len(gated_groups)} other questions gated; "
+          f"{args.calibration_share:.0%} judged by {args.clinicians} clinicians, the rest by 1; {args.seeds} seeds")
+    truth = {}  # the noise-free rubric's decided pairs: the judge's accuracy, for scale
+    for p in clean:
+        key = p.prompt_key.removeprefix("simulated/")
+        truth[(key, p.chosen, p.rejected)], truth[(key, p.rejected, p.chosen)] = "a", "b"
+    right = [c.preferred == truth[(c.prompt_key, c.reply_a, c.reply_b)] for c in comparisons
+             if (c.prompt_key, c.reply_a, c.reply_b) in truth]
+    print(f"  judge right on the noise-free rubric's decided pairs: {sum(right) / max(1, len(right)):.3f} "
+          f"({len(right)} pairs)")
+    out: list[dict[str, Any]] = []
+    for alpha in (float(a) for a in args.alphas.split(",")):
+        pools = [gs.seed_pool(comparisons, seed, args) for seed in range(args.seeds)]
+        line = gs.gate_database(pools[0], alpha, args)
+        runs = [gs.gate_seed(pool, alpha, args) for pool in pools]
+        passed = [r for r in runs if r["threshold"] is not None]
+        row = {"alpha": alpha, "seed0": line, "labels": gs.label_shares(pools[0]),
+               "passed_share": len(passed) / len(runs),
+               "threshold": mean_sd([r["threshold"] for r in passed]),
+               "target": mean_sd([r["target"] for r in runs]),
+               "coverage": mean_sd([r["coverage"] for r in runs]),
+               "judge_agreement": mean_sd([r["judge_agreement"] for r in passed]),
+               "clinician_agreement_taken": mean_sd([r["clinician_agreement_taken"] for r in passed]),
+               "below_target_share": sum(r["judge_agreement"] < r["target"] for r in passed) / len(runs),
+               "runs": runs}
+        out.append(row)
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in row["labels"].items())
+        print(f"\nalpha {alpha:g} (clinicians' votes: {shares})\n  seed 0: {line}\n  over {len(runs)} seeds: a "
+              f"threshold in {row['passed_share']:.0%}; threshold {row['threshold']}; target (clinician–clinician "
+              f"agreement) {row['target']}; coverage of the open comparisons {row['coverage']}; on those taken, "
+              f"agreement with fresh clinicians: judge {row['judge_agreement']}, clinicians "
+              f"{row['clinician_agreement_taken']}; judge below the target in {row['below_target_share']:.0%} "
+              "of seeds")
+    best = max(out, key=lambda r: float(r["coverage"].split(" ")[0]) if r["coverage"] != "n/a" else -1)
+    print(f"\ngate on the simulated pool: coverage {best['coverage']} at alpha {best['alpha']:g} "
+          f"(target ≥ 30% at agreement ≥ clinician–clinician {best['target']})")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.data == "simulated":
+        return main_simulated(args)
     print(f"synthetic pool: {args.calibration} calibration comparisons × {args.clinicians} clinicians, "
           f"{args.open} open × 1; clinicians right 1 - {CLINICIAN_SLOPE}·d; {args.seeds} seeds")
     out: list[dict[str, Any]] = []
