@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import random
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -159,6 +160,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     simulated.add_argument("--judge-lr", type=float, default=3e-4, help="the judge's learning rate")
     simulated.add_argument("--max-length", type=int, default=128, help="tokens per (conversation, reply)")
     simulated.add_argument("--threads", type=int, help="CPU threads for torch")
+    simulated.add_argument("--judge", choices=("reward", "rubric"), default="reward",
+                           help="reward: the toolkit's reward model trained on the judge's questions; rubric: a "
+                                "reference judge that reads replies as one more simulated clinician does")
+    simulated.add_argument("--ties", action="store_true",
+                           help="the tie-aware judge: an ordered logit on the reward gap (a, tie, b), its scale and "
+                                "margin fitted on clinicians' labels of the judge's training questions")
+    simulated.add_argument("--scores-cache", type=Path,
+                           help="keep the trained judge's scores here (a rerun with the same settings trains nothing)")
     args = parser.parse_args(argv)
     if args.seeds is None:
         args.seeds = 200 if args.data == "synthetic" else 20
@@ -175,22 +184,40 @@ def main_simulated(args: argparse.Namespace) -> int:
     groups = load_or_sample(args.counsel_chat, settings, args.cache_dir)
     train_groups, gated_groups = gs.split_questions(groups, args.judge_fraction)
     pairs = judged_pairs(train_groups, noisy=True, seed=1)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = gs.train_judge(pairs, args, Path(tmp) / "judge")
-        comparisons = gs.judged(model, gs.comparisons_of(gated_groups))
+    gated, training = gs.comparisons_of(gated_groups), gs.comparisons_of(train_groups)
+    scores = gs.cached_scores(args, settings) if args.judge == "reward" else None
+    if args.judge == "rubric":
+        scores = {"gated": gs.rubric_scores(gated), "training": gs.rubric_scores(training, seed=4)}
+    elif scores is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = gs.train_judge(pairs, args, Path(tmp) / "judge")
+            scores = {"gated": gs.reply_scores(model, gated), "training": gs.reply_scores(model, training)}
+        gs.keep_scores(args, settings, scores)
+    ties = None
+    if args.ties:  # the tie rule's two numbers, from one clinician's labels of the judge's training questions
+        rng = random.Random(2)
+        labels = [gs.votes(c, 1, rng)[0][0] for c in training]
+        ties = gs.fit_ties([a - b for a, b in scores["training"]], labels)
+        print(f"  tie-aware judge: scale {ties[0]:.3f}, margin {ties[1]:.3f} (fitted on {len(labels)} clinician "
+              f"labels of the judge's training questions, {labels.count('tie') / len(labels):.0%} ties)")
+    comparisons = gs.with_verdicts(gated, scores["gated"], ties)
     clean = judged_pairs(gated_groups, noisy=False)
-    print(f"simulated pool: {len(groups)} questions × {args.replies} replies; the judge (reward model, "
-          f"{args.base_model}) trained on {len(pairs)} decided clinician pairs of {len(train_groups)} questions; "
+    judge = (f"the judge (reward model, {args.base_model}) trained on {len(pairs)} decided clinician pairs of "
+             f"{len(train_groups)} questions" if args.judge == "reward" else
+             "the reference judge (the rubric with one clinician's noise)")
+    print(f"simulated pool: {len(groups)} questions × {args.replies} replies; {judge}; "
           f"{len(comparisons)} comparisons of {len(gated_groups)} other questions gated; "
           f"{args.calibration_share:.0%} judged by {args.clinicians} clinicians, the rest by 1; {args.seeds} seeds")
     truth = {}  # the noise-free rubric's decided pairs: the judge's accuracy, for scale
     for p in clean:
         key = p.prompt_key.removeprefix("simulated/")
         truth[(key, p.chosen, p.rejected)], truth[(key, p.rejected, p.chosen)] = "a", "b"
-    right = [c.preferred == truth[(c.prompt_key, c.reply_a, c.reply_b)] for c in comparisons
-             if (c.prompt_key, c.reply_a, c.reply_b) in truth]
-    print(f"  judge right on the noise-free rubric's decided pairs: {sum(right) / max(1, len(right)):.3f} "
-          f"({len(right)} pairs)")
+    on_decided = [c for c in comparisons if (c.prompt_key, c.reply_a, c.reply_b) in truth]
+    said = [c for c in on_decided if c.preferred != "tie"]
+    right = sum(c.preferred == truth[(c.prompt_key, c.reply_a, c.reply_b)] for c in said)
+    print(f"  judge on the noise-free rubric's {len(on_decided)} decided pairs: right on "
+          f"{right / max(1, len(said)):.3f} of those it decides "
+          f"({1 - len(said) / max(1, len(on_decided)):.0%} called a tie)")
     out: list[dict[str, Any]] = []
     for alpha in (float(a) for a in args.alphas.split(",")):
         pools = [gs.seed_pool(comparisons, seed, args) for seed in range(args.seeds)]

@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import io
 import itertools
+import math
 import random
 import tempfile
 from collections.abc import Sequence
@@ -98,17 +99,97 @@ def train_judge(pairs: Sequence[Any], args: argparse.Namespace, output: Path) ->
     return RewardModel.load(output, device="cpu")
 
 
-def judged(model: Any, comparisons: Sequence[GateComparison]) -> list[GateComparison]:
-    """The comparisons with the reward judge's verdicts (each distinct reply scored once)."""
-    from candidates.judge import reward_verdict
-
+def reply_scores(model: Any, comparisons: Sequence[GateComparison]) -> list[tuple[float, float]]:
+    """The reward model's (score a, score b) per comparison (each distinct reply scored once)."""
     items = list(dict.fromkeys((c.messages, r) for c in comparisons for r in (c.reply_a, c.reply_b)))
     scores = dict(zip(items, model.score_batch(items), strict=True))
+    return [(scores[(c.messages, c.reply_a)], scores[(c.messages, c.reply_b)]) for c in comparisons]
+
+
+def rubric_scores(comparisons: Sequence[GateComparison], seed: int = 3) -> list[tuple[float, float]]:
+    """A reference judge, not a model: the rubric's scores with one draw of the clinician's own noise
+    (``bench.loop.rubric_score`` + N(0, ``NOISE_SD``)), i.e. a judge that reads replies exactly as one more
+    simulated clinician does. With ``--ties`` it says tie like one; it shows what coverage the gate gives
+    on this pool to a judge as good as a clinician.
+
+    >>> good = GateComparison("q", (("user", "I feel alone."),), "It sounds like you feel alone. What helps?", "Ok.")
+    >>> a, b = rubric_scores([good])[0]; a > b
+    True
+    """
+    from bench.loop import NOISE_SD, rubric_score
+
+    rng = random.Random(seed)
+    return [(rubric_score(c.messages[-1][1], c.reply_a) + rng.gauss(0.0, NOISE_SD),
+             rubric_score(c.messages[-1][1], c.reply_b) + rng.gauss(0.0, NOISE_SD)) for c in comparisons]
+
+
+def with_verdicts(comparisons: Sequence[GateComparison], scores: Sequence[tuple[float, float]],
+                  ties: tuple[float, float] | None = None) -> list[GateComparison]:
+    """The comparisons with the judge's verdicts: ``therapref judge reward:DIR``'s rule
+    (``candidates.judge.reward_verdict``), or with ``ties`` = (scale, margin) the ordered-logit rule
+    that can say tie (:func:`tie_aware_verdict`)."""
+    from candidates.judge import reward_verdict
+
     out = []
-    for c in comparisons:
-        v = reward_verdict(scores[(c.messages, c.reply_a)], scores[(c.messages, c.reply_b)])
-        out.append(GateComparison(c.prompt_key, c.messages, c.reply_a, c.reply_b, v.preferred, v.confidence))
+    for c, (a, b) in zip(comparisons, scores, strict=True):
+        if ties is None:
+            v = reward_verdict(a, b)
+            preferred, confidence = v.preferred, v.confidence
+        else:
+            preferred, confidence = tie_aware_verdict(a - b, *ties)
+        out.append(GateComparison(c.prompt_key, c.messages, c.reply_a, c.reply_b, preferred, confidence))
     return out
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
+
+
+def tie_probabilities(gap: float, scale: float, margin: float) -> dict[str, float]:
+    """An ordered logit over b < tie < a on the reward gap: P(a) = σ(s·gap − m), P(b) = σ(−s·gap − m),
+    the rest a tie (Rao–Kupper's idea: a gap inside ±m/s reads as equal).
+
+    >>> {k: round(v, 3) for k, v in tie_probabilities(0.0, 1.0, 1.0).items()}
+    {'a': 0.269, 'b': 0.269, 'tie': 0.462}
+    """
+    pa, pb = _sigmoid(scale * gap - margin), _sigmoid(-scale * gap - margin)
+    return {"a": pa, "b": pb, "tie": max(0.0, 1.0 - pa - pb)}
+
+
+def tie_aware_verdict(gap: float, scale: float, margin: float) -> tuple[str, float]:
+    """The most probable label and its probability, the verdict's confidence.
+
+    >>> tie_aware_verdict(0.0, 1.0, 1.0)[0], tie_aware_verdict(5.0, 1.0, 1.0)[0]
+    ('tie', 'a')
+    """
+    probs = tie_probabilities(gap, scale, margin)
+    label = max(probs, key=probs.get)
+    return label, probs[label]
+
+
+def fit_ties(gaps: Sequence[float], labels: Sequence[str]) -> tuple[float, float]:
+    """(scale, margin) of :func:`tie_probabilities` by maximum likelihood on clinicians' labels (a, b,
+    tie) of comparisons the gate never sees (the judge's own training questions).
+
+    >>> scale, margin = fit_ties([2.0, 1.5, 0.1, -0.1, 0.0, -2.0, -1.8, 0.2], list("aattttbb"))
+    >>> scale > 0 and margin > 0
+    True
+    """
+    import numpy as np
+    from scipy.optimize import minimize
+
+    g = np.asarray(gaps, dtype=float)
+    y = np.asarray(labels)
+
+    def loss(theta: Any) -> float:
+        scale, margin = math.exp(theta[0]), math.exp(theta[1])
+        pa = 1 / (1 + np.exp(-(scale * g - margin)))
+        pb = 1 / (1 + np.exp(-(-scale * g - margin)))
+        p = np.where(y == "a", pa, np.where(y == "b", pb, 1 - pa - pb))
+        return float(-np.log(np.clip(p, 1e-12, 1)).sum())
+
+    best = minimize(loss, np.zeros(2), method="Nelder-Mead")
+    return math.exp(best.x[0]), math.exp(best.x[1])
 
 
 def votes(comparison: GateComparison, k: int, rng: random.Random) -> tuple[list[str], bool]:
@@ -197,3 +278,34 @@ def label_shares(pool: dict[str, Any]) -> dict[str, float]:
     counts = Counter(label for labels in pool["fresh"] for label in labels)
     total = sum(counts.values()) or 1
     return {label: counts[label] / total for label in sorted(counts)}
+
+
+def _scores_key(args: argparse.Namespace, settings: Any) -> str:
+    """Every setting that changes the judge's scores."""
+    import hashlib
+    import json
+
+    fields = {"pool": settings.key(), "judge_fraction": args.judge_fraction, "base_model": args.base_model,
+              "epochs": args.judge_epochs, "steps": args.judge_steps, "lr": args.judge_lr,
+              "max_length": args.max_length}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_scores(args: argparse.Namespace, settings: Any) -> dict[str, list[tuple[float, float]]] | None:
+    """The judge's scores from ``--scores-cache``, when they were made with these settings."""
+    import json
+
+    path = args.scores_cache
+    if path is None or not Path(path).is_file():
+        return None
+    data = json.loads(Path(path).read_text())
+    if data.get("key") != _scores_key(args, settings):
+        return None
+    return {name: [tuple(pair) for pair in data[name]] for name in ("gated", "training")}
+
+
+def keep_scores(args: argparse.Namespace, settings: Any, scores: dict[str, list[tuple[float, float]]]) -> None:
+    import json
+
+    if args.scores_cache is not None:
+        Path(args.scores_cache).write_text(json.dumps({"key": _scores_key(args, settings), **scores}) + "\n")

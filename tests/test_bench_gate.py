@@ -12,6 +12,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,26 +78,50 @@ def test_comparisons_pair_distinct_replies_once():
     assert [(c.reply_a, c.reply_b) for c in comparisons_of(groups)] == [(GOOD, FAIR), (GOOD, BAD), (FAIR, BAD)]
 
 
+def run_gate(tmp_path, *flags: str, questions: int = 12, replies: tuple[str, ...] = (GOOD, FAIR, SAME, "Okay ({i})."),
+             ) -> tuple[subprocess.CompletedProcess, Path]:
+    """bench/gate.py --data simulated on a cached pool of hand-written replies (nothing is sampled)."""
+    settings = PoolSettings(questions=questions, replies=4, max_tokens=8, model="hand-written")
+    cache = tmp_path / "cache"
+    cache.mkdir(exist_ok=True)
+    groups = [{"prompt_key": f"q{i}", "messages": [["user", f"I feel alone ({i})."]],
+               "replies": [r.format(i=i) for r in replies]} for i in range(questions)]
+    (cache / f"{settings.key()}.json").write_text(json.dumps({"settings": {}, "groups": groups}))
+    out = tmp_path / "gate.json"
+    command = [str(PYTHON), str(ROOT / "bench" / "gate.py"), "--data", "simulated", "--questions", str(questions),
+               "--replies", "4", "--max-tokens", "8", "--sampler", "hand-written", "--cache-dir", str(cache),
+               "--alphas", "0.1", "--json", str(out), *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280), out
+
+
+def test_reference_judge_with_ties_gets_coverage_without_ties_none(tmp_path):
+    """The rubric read as one more clinician: saying tie is what lets it stand in where clinicians tie."""
+    tied = (GOOD, FAIR, SAME, "That is hard. Lots of people feel that way sometimes ({i}).")  # 3 of 6 pairs tie
+    flags = ("--judge", "rubric", "--seeds", "5", "--calibration-share", "0.5")
+    proc, out = run_gate(tmp_path, *flags, "--ties", questions=80, replies=tied)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "tie-aware judge: scale" in proc.stdout and "reference judge" in proc.stdout
+    (with_ties,) = json.loads(out.read_text())
+    runs = with_ties["runs"]
+    assert sum(r["threshold"] is not None for r in runs) >= 3 and sum(r["coverage"] for r in runs) / 5 > 0.3
+    assert all(r["judge_agreement"] >= r["target"] - 0.05 for r in runs if r["threshold"] is not None)
+    proc, out = run_gate(tmp_path, *flags, questions=80, replies=tied)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (no_ties,) = json.loads(out.read_text())
+    assert sum(r["coverage"] for r in no_ties["runs"]) < sum(r["coverage"] for r in with_ties["runs"])
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_simulated_gate_command_end_to_end(tmp_path):
-    """A cached pool (so nothing is sampled) of hand-written replies; the judge a tiny BERT trained two steps."""
+    """The judge a tiny BERT trained two steps; its scores cached, so a rerun trains nothing."""
     from tests.tiny_models import tiny_reward_base
 
     base = tiny_reward_base(tmp_path / "tiny-bert")
-    settings = PoolSettings(questions=12, replies=4, max_tokens=8, model="hand-written")
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    groups = [{"prompt_key": f"q{i}", "messages": [["user", f"I feel alone ({i})."]],
-               "replies": [GOOD, FAIR, SAME, f"Okay ({i})."]} for i in range(12)]
-    (cache / f"{settings.key()}.json").write_text(json.dumps({"settings": {}, "groups": groups}))
-    out = tmp_path / "gate.json"
-    command = [str(PYTHON), str(ROOT / "bench" / "gate.py"), "--data", "simulated", "--questions", "12",
-               "--replies", "4", "--max-tokens", "8", "--sampler", "hand-written", "--cache-dir", str(cache),
-               "--base-model", str(base), "--judge-steps", "2", "--max-length", "32", "--threads", "1",
-               "--seeds", "2", "--min-calibration", "5", "--alphas", "0.1", "--json", str(out)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
+    flags = ("--base-model", str(base), "--judge-steps", "2", "--max-length", "32", "--threads", "1", "--seeds", "2",
+             "--min-calibration", "5", "--scores-cache", str(tmp_path / "scores.json"))
+    proc, out = run_gate(tmp_path, *flags)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "6 questions" in proc.stdout and "36 comparisons of 6 other questions gated" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1].startswith("gate on the simulated pool: coverage ")
@@ -106,3 +131,6 @@ def test_simulated_gate_command_end_to_end(tmp_path):
     # the database and the pure steps see the same clinicians: the same target
     assert 0.0 < row["runs"][0]["target"] <= 1.0 and f"{row['runs'][0]['target']:.2f}" in row["seed0"]
     assert set(row["labels"]) <= {"a", "b", "tie"}
+    again, out = run_gate(tmp_path, *flags)  # the same settings: the cached scores, no training
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Filtering train" not in again.stderr and json.loads(out.read_text())[0]["runs"] == row["runs"]
