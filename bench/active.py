@@ -492,7 +492,8 @@ def gate(seed: int, x_pool: Any, y_pool: Any, x_test: Any, y_test: Any, judge: A
 
 def finetune_config(args: argparse.Namespace, output: Path, seed: int) -> Any:
     """The toolkit's training config for one round: MiniLM (or ``--base-model``) fine-tuned from its base
-    weights with the hybrid length feature (20% of the labelled prompts calibrate the length weight)."""
+    weights, with the hybrid length feature unless ``--length-feature off`` (20% of the labelled prompts then
+    calibrate the length weight)."""
     from reward.config import load_config
 
     steps = {"max_steps": args.steps} if args.steps else {"num_train_epochs": float(args.epochs)}
@@ -500,8 +501,8 @@ def finetune_config(args: argparse.Namespace, output: Path, seed: int) -> Any:
         output_dir=str(output), base_model=args.base_model, seed=seed, eval_fraction=0.0,
         max_length=args.max_length, min_context_tokens=min(32, args.max_length // 4),
         per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, **steps,
-        freeze_layers=args.freeze_layers, length_feature=True, save_strategy="no", logging_steps=10,
-        disable_tqdm=True, report_to="none", num_threads=args.threads)
+        freeze_layers=args.freeze_layers, length_feature=args.length_feature == "on", save_strategy="no",
+        logging_steps=10, disable_tqdm=True, report_to="none", num_threads=args.threads)
 
 
 def train_round(pairs: Sequence[PreferencePair], seed: int, args: argparse.Namespace, output: Path) -> Any:
@@ -758,6 +759,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="finetune: optimizer steps per round instead of --epochs (smoke 2)")
     parser.add_argument("--batch-size", type=int, help="finetune: pairs per optimizer step (default 16; smoke 4)")
     parser.add_argument("--learning-rate", type=float, default=1e-4, help="finetune: learning rate")
+    parser.add_argument("--length-feature", choices=("on", "off"), default="on",
+                        help="finetune: the hybrid length feature (default on; off for --data simulated, as "
+                             "docs/policy.md's setting that learns the rubric)")
     parser.add_argument("--freeze-layers", type=int, help="finetune: lowest transformer layers frozen (default 4 "
                                                           "of MiniLM's 6; smoke 0)")
     parser.add_argument("--candidates", type=int, help="finetune: unlabelled pairs scored per round by uncertainty/"
@@ -782,7 +786,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.data == "simulated" and args.learner == "finetune":
         # docs/policy.md: MiniLM fine-tuned 10 epochs at lr 3e-4, all layers, learns the rubric (0.705)
         for name, value in (("epochs", 10.0), ("learning_rate", 3e-4), ("freeze_layers", 0), ("batch_size", 8),
-                            ("max_pool", None)):
+                            ("max_pool", None), ("length_feature", "off")):
             if getattr(args, name, None) in (None, parser.get_default(name)):
                 setattr(args, name, value)
     if args.quick and args.seeds is None:
