@@ -120,6 +120,8 @@ async def _login(page, base_url: str, username: str) -> None:
     await page.get_by_role("textbox", name="Password").fill(PASSWORD_HASH_USER)
     await page.get_by_role("button", name="Log in").click()
     await page.wait_for_function(SCREEN_JS, timeout=120_000)
+    # the page's keyboard script comes after the widgets: the first key must not land before it
+    await page.wait_for_function("() => window.__therapref_keys_compare === true", timeout=120_000)
 
 
 async def _clinician(browser, base_url: str, username: str, config: BrowserConfig, rng: random.Random,
