@@ -849,7 +849,7 @@ def learner_line(args: argparse.Namespace) -> str:
     steps = f"{args.steps} steps" if args.steps else f"{args.epochs:g} epochs"
     return (f"{args.base_model} reward model fine-tuned from the base weights each round (reward.train, {steps} "
             f"× {args.batch_size} pairs, lr {args.learning_rate:g}, lowest {args.freeze_layers} layers frozen, "
-            f"max_length {args.max_length}, hybrid length feature); uncertainty/disagreement score "
+            f"max_length {args.max_length}, length feature {args.length_feature}); uncertainty/disagreement score "
             f"{args.candidates or 'all'} unlabelled pairs per round")
 
 
