@@ -7,7 +7,9 @@ against simulated clinicians who judge real sampled replies.
   the setting that learns the rubric, docs/policy.md: 10 epochs, lr 3e-4, all layers) trained on the
   simulated clinician's decided pairs of half the questions (``--judge-fraction``), then judging every
   pair of two distinct replies of the other questions as ``therapref judge reward:DIR`` does
-  (``candidates.judge.reward_verdict``: P = σ(score gap), confidence |2P − 1|).
+  (``candidates.judge.reward_verdict``: P = σ(score gap), confidence |2P − 1|). ``--judge rubric`` puts a
+  reference judge in its place (the rubric read with one clinician's noise: as good as a clinician), and
+  ``--ties`` a verdict that can say tie (an ordered logit on the gap, fitted on the judge's own questions).
 - **Clinicians**: the simulated clinician of ``bench/loop.py`` (``simulated_judgment``: the rubric plus
   its noise, so a/b/tie, and its safety flags), each vote an independent draw. Per seed, a
   ``--calibration-share`` of the judged comparisons gets ``--clinicians`` votes (the overlap the gate
