@@ -107,6 +107,19 @@ def current_screen(page, timeout: float = 60_000) -> str:
     return page.evaluate(SCREEN_JS)
 
 
+STRENGTH_JS = """([widget, index]) => {
+  const radios = document.querySelectorAll('.st-key-' + widget + ' input[type="radio"]');
+  return radios.length === 3 && radios[index].checked;
+}"""
+
+
+def press_strength(page, key: str, widget: str, timeout: float = 30_000) -> None:
+    """Press a strength key (q / w / e) and wait until the strength radio with widget key ``widget``
+    shows that option checked (a radio click reruns nothing, but the next key must not overtake it)."""
+    page.keyboard.press(key)
+    page.wait_for_function(STRENGTH_JS, arg=[widget, "qwe".index(key)], timeout=timeout)
+
+
 def wait_for_new_pair(page, old_screen: str, timeout: float = 60_000) -> str | None:
     """Wait until the pair on screen changed (or the queue is done); return the new screen id or None."""
     page.wait_for_function(

@@ -12,7 +12,7 @@ from sqlmodel import Session, select
 from db.auth import create_annotator
 from db.crud import add_judgment
 from db.models import Adjudication
-from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, login, running_app, wait_for_keys
+from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, login, press_strength, running_app, wait_for_keys
 from tests.factories import HOSTILE_NAME, PASSWORD, make_database
 
 pytestmark = pytest.mark.browser
@@ -65,10 +65,7 @@ def test_lead_adjudicates_by_keyboard_and_hostile_text_is_inert(app):
     page.get_by_text("B brushes it off.").wait_for()
 
     # Pair 1 by keys only: "w" (clearly better), then "2" (B is better).
-    page.keyboard.press("w")
-    page.wait_for_function(f"""() => {{
-        const radios = document.querySelectorAll('.st-key-adj_strength-c{older.id} input[type="radio"]');
-        return radios.length === 3 && radios[1].checked; }}""", timeout=30_000)
+    press_strength(page, "w", f"adj_strength-c{older.id}")
     page.keyboard.press("2")
     _wait_for_pair(page, xss.id)
     page.get_by_text(f"Comparison {older.id} adjudicated: B better.").wait_for()

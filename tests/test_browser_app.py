@@ -17,6 +17,7 @@ from tests.app_helpers import (
     OUTPUT,
     current_screen,
     login,
+    press_strength,
     running_app,
     wait_for_new_pair,
 )
@@ -87,10 +88,7 @@ def test_judge_three_pairs_one_by_keyboard_and_hostile_text_is_inert(app):
     third = wait_for_new_pair(page, second)
     # Pair 3 by keyboard only: "w" (clearly better), then "2" (B is better).
     page.locator("h1").first.click()  # focus the page, not a text field
-    page.keyboard.press("w")
-    page.wait_for_function(f"""() => {{
-        const radios = document.querySelectorAll('.st-key-strength-{third} input[type="radio"]');
-        return radios.length === 3 && radios[1].checked; }}""", timeout=30_000)
+    press_strength(page, "w", f"strength-{third}")
     page.keyboard.press("2")
     wait_for_new_pair(page, third)
     assert page.evaluate("window.__xss") is None

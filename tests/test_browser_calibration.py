@@ -11,7 +11,7 @@ from sqlmodel import Session
 
 from analytics.gold import set_gold
 from db.calibration import add_calibration_item, set_calibration_threshold
-from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, current_screen, login, running_app
+from tests.app_helpers import CHROMIUM, CHROMIUM_ARGS, OUTPUT, current_screen, login, press_strength, running_app
 from tests.factories import PASSWORD, make_database
 
 pytestmark = pytest.mark.browser
@@ -42,11 +42,10 @@ def test_calibration_first_with_feedback_then_the_threshold_and_the_admin_view(t
         login(page, base_url, "clin0", PASSWORD)
         page.get_by_text("Calibration 1 of 2").wait_for(timeout=60_000)
         # Keyboard only: the warm reply ("That sounds really hard…") is the right answer on item 1.
-        current_screen(page)
+        screen = current_screen(page)
         side = "1" if "That sounds" in page.locator(".tp-text").first.inner_text() else "2"
         page.locator("h1").first.click()
-        page.keyboard.press("w")
-        page.wait_for_timeout(300)
+        press_strength(page, "w", f"strength-{screen}")
         page.keyboard.press(side)
         page.get_by_text("You matched the expected answer").wait_for(timeout=60_000)
         page.get_by_text(NOTE).wait_for()  # the note, as text
@@ -55,11 +54,10 @@ def test_calibration_first_with_feedback_then_the_threshold_and_the_admin_view(t
         page.keyboard.press("Enter")
         # Item 2: choose the terse reply (wrong), then see the expected answer.
         page.get_by_text("Calibration 2 of 2").wait_for(timeout=60_000)
-        current_screen(page)
+        screen = current_screen(page)
         wrong = "2" if "That sounds" in page.locator(".tp-text").first.inner_text() else "1"
         page.locator("h1").first.click()
-        page.keyboard.press("w")
-        page.wait_for_timeout(300)
+        press_strength(page, "w", f"strength-{screen}")
         page.keyboard.press(wrong)
         page.get_by_text("The expected answer was").wait_for(timeout=60_000)
         page.screenshot(path=str(SCREENS / "calibration_feedback_wrong.png"), full_page=True)

@@ -21,6 +21,7 @@ from tests.app_helpers import (
     OUTPUT,
     current_screen,
     login,
+    press_strength,
     running_app,
     wait_for_keys,
     wait_for_new_pair,
@@ -136,10 +137,7 @@ def test_mark_spans_by_mouse_and_keyboard_on_the_compare_page(app):
     page.screenshot(path=str(SCREENS / "span_marking.png"), full_page=True)
     # Leave the text (Esc), then judge by keyboard: w (clearly), 1 (A better).
     page.keyboard.press("Escape")
-    page.keyboard.press("w")
-    page.wait_for_function(f"""() => {{
-        const radios = document.querySelectorAll('.st-key-strength-{screen} input[type="radio"]');
-        return radios.length === 3 && radios[1].checked; }}""", timeout=30_000)
+    press_strength(page, "w", f"strength-{screen}")
     page.keyboard.press("1")
     wait_for_new_pair(page, screen)
     assert page.evaluate("window.__xss") is None
