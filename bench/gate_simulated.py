@@ -40,6 +40,7 @@ from analytics.gate import calibration_item, choose_threshold, clinician_agreeme
 from analytics.judges import calibration
 from bench.loop import simulated_judgment
 from db.judges import VerdictRow
+from reward.metrics import sigmoid
 
 
 @dataclass(frozen=True)
@@ -143,10 +144,6 @@ def with_verdicts(comparisons: Sequence[GateComparison], scores: Sequence[tuple[
     return out
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
-
-
 def tie_probabilities(gap: float, scale: float, margin: float) -> dict[str, float]:
     """An ordered logit over b < tie < a on the reward gap: P(a) = σ(s·gap − m), P(b) = σ(−s·gap − m),
     the rest a tie (Rao–Kupper's idea: a gap inside ±m/s reads as equal).
@@ -154,7 +151,7 @@ def tie_probabilities(gap: float, scale: float, margin: float) -> dict[str, floa
     >>> {k: round(v, 3) for k, v in tie_probabilities(0.0, 1.0, 1.0).items()}
     {'a': 0.269, 'b': 0.269, 'tie': 0.462}
     """
-    pa, pb = _sigmoid(scale * gap - margin), _sigmoid(-scale * gap - margin)
+    pa, pb = sigmoid(scale * gap - margin), sigmoid(-scale * gap - margin)
     return {"a": pa, "b": pb, "tie": max(0.0, 1.0 - pa - pb)}
 
 
@@ -179,14 +176,14 @@ def fit_ties(gaps: Sequence[float], labels: Sequence[str]) -> tuple[float, float
     """
     import numpy as np
     from scipy.optimize import minimize
+    from scipy.special import expit
 
     g = np.asarray(gaps, dtype=float)
     y = np.asarray(labels)
 
     def loss(theta: Any) -> float:
         scale, margin = math.exp(theta[0]), math.exp(theta[1])
-        pa = 1 / (1 + np.exp(-(scale * g - margin)))
-        pb = 1 / (1 + np.exp(-(-scale * g - margin)))
+        pa, pb = expit(scale * g - margin), expit(-scale * g - margin)
         p = np.where(y == "a", pa, np.where(y == "b", pb, 1 - pa - pb))
         return float(-np.log(np.clip(p, 1e-12, 1)).sum())
 
